@@ -1,0 +1,25 @@
+"""slimtune: AutoML compression of PyTorch models as hyperparameter search.
+
+Find the best compressed versions of a trained model (pruned, sped up, quantized), trading the
+task's metric against FLOPs, latency and size, as an Optuna study.
+"""
+
+from __future__ import annotations
+
+from slimtune.compressors import CompressionPlan, compress, measure, speedup, trace
+from slimtune.errors import CriterionError, PlanError, SlimtuneError, TraceError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressionPlan",
+    "CriterionError",
+    "PlanError",
+    "SlimtuneError",
+    "TraceError",
+    "__version__",
+    "compress",
+    "measure",
+    "speedup",
+    "trace",
+]

@@ -1,0 +1,64 @@
+"""The shared compressor library: tracing, pruning, speedup and the measures.
+
+It knows nothing about search: it imports neither optuna nor ray.
+
+Public entry points:
+    - :func:`trace` → :class:`ModelGraph` (dependency groups, prunable and quantizable layers)
+    - :class:`CompressionPlan` (what to prune / quantize), JSON round-trip and validation
+    - :func:`compress` (a compressed copy: masked or physically smaller), :func:`speedup`
+    - :func:`measure` (FLOPs, params, size in bytes, latency) and :class:`LatencyTable`
+    - :data:`CRITERIA` (pruning criteria by name)
+"""
+
+from __future__ import annotations
+
+from slimtune.compressors._types import Group, LayerInfo, Member, Tap
+from slimtune.compressors.criteria import CRITERIA, CriterionContext, register_criterion, score_group
+from slimtune.compressors.graph import ModelGraph, trace
+from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
+from slimtune.compressors.compress import compress, prune_channels
+from slimtune.compressors.speedup import SpeedupError, speedup
+from slimtune.compressors.pruning import apply_channel_masks, apply_unstructured_masks, make_permanent
+from slimtune.compressors.measures import (
+    LatencyResult,
+    LatencyTable,
+    Measures,
+    compare_latency,
+    count_flops,
+    count_params,
+    measure,
+    measure_latency,
+    model_size_bytes,
+)
+
+__all__ = [
+    "CRITERIA",
+    "CompressionPlan",
+    "CriterionContext",
+    "Group",
+    "LatencyResult",
+    "LatencyTable",
+    "LayerInfo",
+    "Measures",
+    "Member",
+    "ModelGraph",
+    "PruneSpec",
+    "QuantSpec",
+    "SpeedupError",
+    "Tap",
+    "apply_channel_masks",
+    "apply_unstructured_masks",
+    "compare_latency",
+    "compress",
+    "count_flops",
+    "count_params",
+    "make_permanent",
+    "measure",
+    "measure_latency",
+    "model_size_bytes",
+    "prune_channels",
+    "register_criterion",
+    "score_group",
+    "speedup",
+    "trace",
+]

@@ -1,0 +1,139 @@
+"""Value types of the dependency graph: layers, groups, members and taps.
+
+A *group* is a set of channels that must be removed together, wherever they appear: the output
+channels of the layers that produce them, the batch-norm entries that follow, the input channels
+of the layers that consume them, depthwise convolutions they pass through. Residual additions
+merge the channels of several producers into one group; concatenation gives each consumer input
+channels from several groups; a flatten repeats each channel over the spatial positions.
+
+Each group channel ``c`` appears at one or more *positions* along a parameter dimension of a
+member layer; a :class:`Member` lists those positions and, for each, the group channel it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Role = Literal["out", "in", "norm", "dw"]
+"""How a member layer holds a group's channels.
+
+- ``out``: a Conv/Linear producing them: ``weight`` dim 0 and ``bias``.
+- ``in``: a Conv/Linear consuming them: ``weight`` dim 1 (input features / input channels).
+- ``norm``: a BatchNorm following them: ``weight``, ``bias``, ``running_mean``, ``running_var``.
+- ``dw``: a grouped or depthwise Conv the channels pass through: ``weight`` dim 0, ``bias``
+  and, for grouped convs, the matching input channels inside each group; ``groups`` changes.
+"""
+
+
+@dataclass
+class Member:
+    """One parameterised layer in which a group's channels appear.
+
+    Args:
+        layer: Qualified module name (as in ``model.named_modules()``).
+        role: See :data:`Role`.
+        positions: Indices along the role's parameter dimension (``out``, ``dw``: output channel;
+            ``in``: input channel/feature; ``norm``: BN entry).
+        channels: For each position, the group channel held there (same length as ``positions``).
+    """
+
+    layer: str
+    role: Role
+    positions: torch.Tensor
+    channels: torch.Tensor
+
+    def positions_of(self, group_channels: torch.Tensor) -> torch.Tensor:
+        """Positions that hold any of ``group_channels`` (a 1-D long tensor)."""
+        hit = torch.isin(self.channels, group_channels)
+        return self.positions[hit]
+
+
+@dataclass
+class Tap:
+    """A tensor of the traced graph in which a group's channels appear (for activation criteria).
+
+    Args:
+        node: Name of the ``torch.fx`` node producing the tensor.
+        cdim: The tensor dimension that holds the channels.
+        positions: Indices along ``cdim``.
+        channels: Group channel of each position.
+        activation: True when the node is a non-linearity (ReLU-like) output.
+    """
+
+    node: str
+    cdim: int
+    positions: torch.Tensor
+    channels: torch.Tensor
+    activation: bool = False
+
+
+@dataclass
+class Group:
+    """Channels that must be pruned together.
+
+    Args:
+        name: Stable, readable name: the first producing layer in execution order.
+        size: Number of group channels.
+        members: Every layer where the channels appear.
+        taps: Graph tensors where the channels appear.
+        blocks: The channels are split into ``blocks`` contiguous equal blocks and pruning removes
+            the same number from each block (grouped convolutions). 1 means no constraint.
+        prunable: False when some use of the channels cannot be resized (model output, reshape
+            that mixes channels, layer norm ...); ``reason`` says which.
+        reason: Why the group is not prunable.
+    """
+
+    name: str
+    size: int
+    members: list[Member] = field(default_factory=list)
+    taps: list[Tap] = field(default_factory=list)
+    blocks: int = 1
+    prunable: bool = True
+    reason: str | None = None
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of the member layers, in order, without repeats."""
+        seen: dict[str, None] = {}
+        for m in self.members:
+            seen.setdefault(m.layer, None)
+        return list(seen)
+
+    def members_with(self, role: Role) -> list[Member]:
+        return [m for m in self.members if m.role == role]
+
+    def n_prune(self, sparsity: float) -> int:
+        """Number of channels removed at ``sparsity``, rounded to the block structure.
+
+        At least one channel per block always stays.
+        """
+        per_block = self.size // self.blocks
+        n = int(round(sparsity * per_block))
+        n = max(0, min(n, per_block - 1))
+        return n * self.blocks
+
+
+@dataclass
+class LayerInfo:
+    """A leaf layer of the model with the shapes seen when tracing the example inputs.
+
+    Args:
+        name: Qualified module name.
+        type: Module class name (``Conv2d``, ``Linear``, ``BatchNorm2d`` ...).
+        in_shape: Shape of the layer's input for the example inputs (batch dim included).
+        out_shape: Shape of the layer's output.
+        prunable: Has a weight that pruning can act on (Conv/Linear).
+        quantizable: Can carry a fake-quantizer (Conv/Linear).
+        calls: How many times the module is called in one forward pass.
+    """
+
+    name: str
+    type: str
+    in_shape: tuple[int, ...] | None = None
+    out_shape: tuple[int, ...] | None = None
+    prunable: bool = False
+    quantizable: bool = False
+    calls: int = 1

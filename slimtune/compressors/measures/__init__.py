@@ -1,0 +1,40 @@
+"""Measures of a model: MACs and parameters per layer, storage size, latency, latency lookup table.
+
+* :func:`count_flops` — per-layer MACs (per sample), element-wise ops and parameters (``flops.py``).
+* :func:`model_size_bytes`, :func:`count_params` — bytes with bit-widths and sparse storage,
+  prune-aware parameter counts (``size.py``).
+* :func:`measure_latency`, :func:`compare_latency` — measured CPU latency, fixed threads, medians,
+  interleaved comparisons (``latency.py``).
+* :class:`LatencyTable` — NetAdapt-style per-layer lookup table predicting a plan's latency
+  (``lut.py``).
+* :func:`measure` — all of the above in one call, as :class:`Measures` (``summary.py``).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from slimtune.compressors.measures import measure
+    >>> m = measure(nn.Conv2d(3, 16, 3, padding=1), torch.randn(1, 3, 32, 32), latency=False)
+    >>> m.flops
+    442368
+"""
+
+from __future__ import annotations
+
+from slimtune.compressors.measures.flops import count_flops
+from slimtune.compressors.measures.latency import LatencyResult, compare_latency, measure_latency
+from slimtune.compressors.measures.lut import LatencyTable
+from slimtune.compressors.measures.size import SizeReport, count_params, model_size_bytes
+from slimtune.compressors.measures.summary import Measures, measure
+
+__all__ = [
+    "measure",
+    "Measures",
+    "count_flops",
+    "count_params",
+    "model_size_bytes",
+    "SizeReport",
+    "measure_latency",
+    "compare_latency",
+    "LatencyResult",
+    "LatencyTable",
+]

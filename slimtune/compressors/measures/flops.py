@@ -1,0 +1,259 @@
+"""Multiply-accumulates (MACs) and parameters per layer, counted with forward hooks.
+
+:func:`count_flops` runs one forward pass of the example inputs with a hook on every module that
+does work and reports one row per such module. Hooks see every module call, so the count works
+for any model — also ones ``torch.fx`` cannot trace — and a module called twice is counted twice.
+Work done by functional calls outside modules (``F.relu``, ``x + y``, ``torch.cat``) is not seen.
+
+Counting rules (all numbers are **per sample**: the totals of the forward pass are divided by the
+first dimension of the first tensor input):
+
+============================== ================================================= =================
+module                          ``macs``                                          ``elementwise``
+============================== ================================================= =================
+Conv1d/2d/3d (any groups)       out.numel × in_channels/groups × prod(kernel)      0
+ConvTranspose1d/2d/3d           in.numel × out_channels/groups × prod(kernel)      0
+Linear (any leading dims)       out.numel × in_features                            0
+Bilinear                        out.numel × in1_features × in2_features            0
+BatchNorm/InstanceNorm/         0                                                  out.numel
+LayerNorm/GroupNorm
+activations, Softmax, Upsample  0                                                  out.numel
+pooling (max/avg/adaptive/LP)   0                                                  in.numel
+Embedding, other leaf modules   0                                                  0
+with parameters
+============================== ================================================= =================
+
+Biases are not counted as MACs. Unstructured zeros do not reduce ``macs`` (dense kernels still
+multiply them); ``sparse_macs`` is ``macs`` × the fraction of non-zero weights, the count an
+ideal sparse kernel would do. ``params`` counts the module's own weights (a
+``torch.nn.utils.prune`` re-parametrised layer counts its weight once; a quantized
+``torch.ao.nn.quantized`` layer counts its packed weight and bias). Module types with no work
+(``Identity``, ``Dropout``, ``Flatten``, containers) get no row.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from slimtune.compressors.measures import count_flops
+    >>> df = count_flops(nn.Conv2d(3, 16, 3, padding=1), torch.randn(1, 3, 32, 32))
+    >>> int(df["macs"].sum())  # 16*32*32 outputs x 3*3*3 MACs each
+    442368
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from slimtune.compressors.measures.latency import as_tuple, batch_dim
+
+__all__ = ["count_flops", "COLUMNS"]
+
+COLUMNS = ["layer", "type", "macs", "sparse_macs", "elementwise", "params", "in_shape", "out_shape", "calls"]
+"""Columns of the :func:`count_flops` table."""
+
+_NORMS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+_POOLS = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd,
+)
+_ELEMENTWISE = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Upsample)
+_SKIP = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd, nn.MultiheadAttention)
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _tensor_of(value: Any) -> torch.Tensor | None:
+    """A tensor attribute, or the tensor returned by a quantized module's ``weight()``/``bias()``."""
+    if callable(value) and not isinstance(value, (torch.Tensor, nn.Module)):
+        try:
+            value = value()
+        except Exception:  # noqa: BLE001 - any failure means: no readable tensor
+            return None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _kind(m: nn.Module) -> str | None:
+    """``conv``, ``convT``, ``linear``, ``bilinear``, ``norm``, ``act``, ``pool``, ``param`` or None."""
+    if isinstance(m, _SKIP):
+        return None
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return "convT" if m.transposed else "conv"
+    if isinstance(m, nn.Bilinear):
+        return "bilinear"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, _NORMS):
+        return "norm"
+    if isinstance(m, _POOLS):
+        return "pool"
+    if isinstance(m, _ELEMENTWISE) or type(m).__module__ == "torch.nn.modules.activation":
+        return "act"
+    # quantized / wrapped layers that are not subclasses of the float modules (duck typing)
+    if all(hasattr(m, a) for a in ("in_channels", "out_channels", "kernel_size", "groups")):
+        return "convT" if "Transpose" in type(m).__name__ else "conv"
+    if hasattr(m, "in_features") and hasattr(m, "out_features") and "Linear" in type(m).__name__:
+        return "linear"
+    if "activation" in type(m).__module__ or type(m).__name__ in ("ReLU6", "Hardswish", "ELU", "LeakyReLU"):
+        return "act"
+    if any(True for _ in m.children()):
+        return None
+    if any(True for _ in m.parameters(recurse=False)):
+        return "param"
+    return None
+
+
+def _weight(m: nn.Module) -> torch.Tensor | None:
+    """The effective weight (prune masks applied)."""
+    return _tensor_of(getattr(m, "weight", None))
+
+
+def _params(m: nn.Module) -> int:
+    """Own parameter count; prune re-parametrisation and packed quantized weights handled."""
+    total = 0
+    counted = set()
+    for attr in ("weight", "bias"):
+        t = _tensor_of(getattr(m, attr, None))
+        if t is not None:
+            total += t.numel()
+            counted.update({attr, attr + "_orig"})
+    for n, p in m.named_parameters(recurse=False):
+        if n not in counted:
+            total += p.numel()
+    return total
+
+
+def _macs(kind: str, m: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[int, int]:
+    """(MACs, element-wise ops) of one call over the whole batch."""
+    if y is None:
+        return 0, 0
+    if kind == "conv":
+        k = math.prod(_pair(m.kernel_size))
+        return y.numel() * (int(m.in_channels) // int(m.groups)) * k, 0
+    if kind == "convT":
+        if x is None:
+            return 0, 0
+        k = math.prod(_pair(m.kernel_size))
+        return x.numel() * (int(m.out_channels) // int(m.groups)) * k, 0
+    if kind == "linear":
+        return y.numel() * int(m.in_features), 0
+    if kind == "bilinear":
+        return y.numel() * int(m.in1_features) * int(m.in2_features), 0
+    if kind in ("norm", "act"):
+        return 0, y.numel()
+    if kind == "pool":
+        return 0, (x.numel() if x is not None else y.numel())
+    return 0, 0
+
+
+def _pair(k: Any) -> tuple[int, ...]:
+    return tuple(k) if isinstance(k, (tuple, list)) else (int(k),)
+
+
+def _density(m: nn.Module) -> float:
+    w = _weight(m)
+    if w is None or w.numel() == 0 or w.is_quantized:
+        return 1.0
+    return float(torch.count_nonzero(w.detach())) / w.numel()
+
+
+def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
+    """Per-layer MACs, element-wise ops and parameters of one forward pass, per sample.
+
+    Args:
+        model: Any module. It runs once in eval mode under ``torch.no_grad()``; every submodule's
+            training flag is restored afterwards.
+        example_inputs: A tensor or a tuple of positional arguments. Counts are divided by the
+            first dimension of the first tensor input, so they are **per sample** whatever the
+            example's batch size.
+
+    Returns:
+        A DataFrame with one row per module that did work, in order of first call, and columns
+        ``layer`` (qualified name), ``type`` (class name), ``macs``, ``sparse_macs``,
+        ``elementwise``, ``params``, ``in_shape`` and ``out_shape`` (of the first call, batch dim
+        included), ``calls`` (calls in the pass; counts are summed over calls). Use
+        ``df["macs"].sum()`` for the model's MACs (FLOPs ≈ 2 × MACs).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> mlp = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        >>> df = count_flops(mlp, torch.randn(4, 64))
+        >>> df["macs"].tolist()  # 64*32 and 32*10 per sample
+        [2048, 0, 320]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    args = as_tuple(example_inputs)
+    n = batch_dim(args)
+    rows: dict[str, dict[str, Any]] = {}
+    handles = []
+
+    def make_hook(name: str, kind: str):  # noqa: ANN202
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            x = _first_tensor(inputs)
+            y = _first_tensor(output)
+            macs, elem = _macs(kind, module, x, y)
+            row = rows.get(name)
+            if row is None:
+                rows[name] = row = {
+                    "layer": name,
+                    "type": type(module).__name__,
+                    "macs": 0,
+                    "sparse_macs": 0.0,
+                    "elementwise": 0,
+                    "params": _params(module),
+                    "in_shape": tuple(x.shape) if x is not None else None,
+                    "out_shape": tuple(y.shape) if y is not None else None,
+                    "calls": 0,
+                    "_density": _density(module) if kind in ("conv", "convT", "linear", "bilinear") else 1.0,
+                }
+            row["macs"] += macs
+            row["sparse_macs"] += macs * row["_density"]
+            row["elementwise"] += elem
+            row["calls"] += 1
+
+        return hook
+
+    for name, m in model.named_modules():
+        kind = _kind(m)
+        if kind is not None:
+            handles.append(m.register_forward_hook(make_hook(name or type(m).__name__, kind)))
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+
+    for row in rows.values():
+        del row["_density"]
+        for key in ("macs", "elementwise"):
+            row[key] = row[key] // n if row[key] % n == 0 else row[key] / n
+        row["sparse_macs"] = row["sparse_macs"] / n
+    return pd.DataFrame(list(rows.values()), columns=COLUMNS)

@@ -1,0 +1,206 @@
+"""The CompressionPlan: the one value that search produces and compressors consume.
+
+A plan says, for each prunable *group* (channel granularity) or prunable *layer* (unstructured
+granularity), how much to prune and by which criterion, and for each quantizable layer the weight
+and activation bit-widths. It is plain data: it round-trips through JSON and is stored with every
+trial so any trial's model can be rebuilt later.
+
+Example:
+    >>> import torch
+    >>> from slimtune.compressors import trace, CompressionPlan
+    >>> from slimtune.examples.models import vgg_small
+    >>> model = vgg_small()
+    >>> graph = trace(model, torch.randn(1, 3, 32, 32))
+    >>> plan = CompressionPlan.uniform(graph, 0.5, criterion="l1")
+    >>> CompressionPlan.from_json(plan.to_json()) == plan
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from slimtune.errors import PlanError
+
+if TYPE_CHECKING:
+    from slimtune.compressors.graph import ModelGraph
+
+Granularity = Literal["channel", "unstructured"]
+_GRANULARITIES = ("channel", "unstructured")
+_FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How one group (or layer) is pruned.
+
+    Args:
+        sparsity: Fraction of channels (or weights) removed, in [0, 1).
+        criterion: Name of a registered pruning criterion (``slimtune.compressors.criteria``).
+    """
+
+    sparsity: float
+    criterion: str = "l1"
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Bit-widths of one layer. ``None`` or 32 keeps floating point."""
+
+    bits_w: int | None = None
+    bits_a: int | None = None
+
+
+@dataclass
+class CompressionPlan:
+    """Per-group pruning and per-layer quantization decisions.
+
+    Args:
+        prune: Group name (``granularity="channel"``) or layer name (``"unstructured"``) →
+            :class:`PruneSpec`. Groups not listed are left alone.
+        quantize: Layer name → :class:`QuantSpec`. Layers not listed stay in floating point.
+        granularity: ``"channel"`` removes whole channels (and can be sped up physically);
+            ``"unstructured"`` zeroes single weights.
+    """
+
+    prune: dict[str, PruneSpec] = field(default_factory=dict)
+    quantize: dict[str, QuantSpec] = field(default_factory=dict)
+    granularity: Granularity = "channel"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def uniform(
+        cls,
+        graph: ModelGraph,
+        sparsity: float,
+        criterion: str = "l1",
+        granularity: Granularity = "channel",
+    ) -> CompressionPlan:
+        """The same sparsity for every prunable group (or layer, when unstructured)."""
+        names = graph.prunable_names(granularity)
+        plan = cls({n: PruneSpec(float(sparsity), criterion) for n in names}, {}, granularity)
+        plan.validate(graph)
+        return plan
+
+    @classmethod
+    def from_sparsities(
+        cls,
+        sparsities: Mapping[str, float],
+        criterion: str | Mapping[str, str] = "l1",
+        granularity: Granularity = "channel",
+        quantize: Mapping[str, QuantSpec | Mapping[str, Any]] | None = None,
+    ) -> CompressionPlan:
+        """Build a plan from ``{group: sparsity}`` and one criterion (or one per group)."""
+        prune = {}
+        for name, s in sparsities.items():
+            crit = criterion if isinstance(criterion, str) else criterion.get(name, "l1")
+            prune[name] = PruneSpec(float(s), crit)
+        quant = {k: v if isinstance(v, QuantSpec) else QuantSpec(**v) for k, v in (quantize or {}).items()}
+        return cls(prune, quant, granularity)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "granularity": self.granularity,
+            "prune": {k: asdict(v) for k, v in self.prune.items()},
+            "quantize": {k: asdict(v) for k, v in self.quantize.items()},
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompressionPlan:
+        if not isinstance(data, Mapping):
+            raise PlanError(f"plan must be a mapping, got {type(data).__name__}")
+        unknown = set(data) - {"granularity", "prune", "quantize"}
+        if unknown:
+            raise PlanError(f"plan has unknown field(s) {sorted(unknown)}; expected granularity, prune, quantize")
+        prune = {}
+        for name, spec in dict(data.get("prune") or {}).items():
+            if not isinstance(spec, Mapping):
+                raise PlanError(f"plan.prune[{name!r}] must be a mapping with 'sparsity' and 'criterion'")
+            try:
+                prune[name] = PruneSpec(**spec)
+            except TypeError as e:
+                raise PlanError(f"plan.prune[{name!r}]: {e}") from None
+        quant = {}
+        for name, spec in dict(data.get("quantize") or {}).items():
+            if not isinstance(spec, Mapping):
+                raise PlanError(f"plan.quantize[{name!r}] must be a mapping with 'bits_w' and 'bits_a'")
+            try:
+                quant[name] = QuantSpec(**spec)
+            except TypeError as e:
+                raise PlanError(f"plan.quantize[{name!r}]: {e}") from None
+        return cls(prune, quant, data.get("granularity", "channel"))
+
+    @classmethod
+    def from_json(cls, text: str) -> CompressionPlan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"plan is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, graph: ModelGraph | None = None) -> CompressionPlan:
+        """Check values, and names against ``graph`` when given. Raises :class:`PlanError`.
+
+        The message names the offending group or layer and the value. Returns ``self``.
+        """
+        from slimtune.compressors.criteria import CRITERIA
+
+        if self.granularity not in _GRANULARITIES:
+            raise PlanError(f"plan.granularity is {self.granularity!r}; expected one of {_GRANULARITIES}")
+        kind = "group" if self.granularity == "channel" else "layer"
+        names = set(graph.prunable_names(self.granularity)) if graph is not None else None
+        for name, spec in self.prune.items():
+            s = spec.sparsity
+            if not isinstance(s, (int, float)) or isinstance(s, bool) or math.isnan(s) or not (0.0 <= s < 1.0):
+                raise PlanError(f"{kind} {name!r}: sparsity {s!r} is outside [0, 1)")
+            if spec.criterion not in CRITERIA:
+                raise PlanError(
+                    f"{kind} {name!r}: unknown criterion {spec.criterion!r}; known: {sorted(CRITERIA)}"
+                )
+            if names is not None and name not in names:
+                why = ""
+                if self.granularity == "channel" and name in graph.groups:
+                    why = f" (it is not prunable: {graph.groups[name].reason})"
+                raise PlanError(
+                    f"unknown {kind} {name!r} in plan.prune{why}; prunable {kind}s are: "
+                    f"{_preview(sorted(names))}"
+                )
+        qnames = set(graph.quantizable_layers()) if graph is not None else None
+        for name, q in self.quantize.items():
+            for attr in ("bits_w", "bits_a"):
+                b = getattr(q, attr)
+                if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == _FLOAT_BITS)):
+                    raise PlanError(f"layer {name!r}: {attr} {b!r} must be 1-8, 32 or None")
+            if qnames is not None and name not in qnames:
+                raise PlanError(
+                    f"unknown layer {name!r} in plan.quantize; quantizable layers are: {_preview(sorted(qnames))}"
+                )
+        return self
+
+    # ------------------------------------------------------------------ summaries
+    def sparsities(self) -> dict[str, float]:
+        return {k: v.sparsity for k, v in self.prune.items()}
+
+    def summary(self) -> str:
+        """A one-line human summary (mean sparsity, bit-widths)."""
+        parts = [self.granularity]
+        if self.prune:
+            sp = list(self.sparsities().values())
+            parts.append(f"sparsity mean {sum(sp) / len(sp):.2f} [{min(sp):.2f}-{max(sp):.2f}] over {len(sp)}")
+        if self.quantize:
+            bw = sorted({q.bits_w for q in self.quantize.values() if q.bits_w})
+            parts.append(f"bits_w {bw}")
+        return ", ".join(parts)
+
+
+def _preview(names: list[str], n: int = 12) -> str:
+    head = ", ".join(names[:n])
+    return head + (f", ... ({len(names)} in all)" if len(names) > n else "")

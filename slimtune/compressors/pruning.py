@@ -1,0 +1,166 @@
+"""Choosing channels to prune and applying masks (channel or unstructured).
+
+Masks are applied with ``torch.nn.utils.prune`` (``weight_orig`` × ``weight_mask``), so they stay
+in force during fine-tuning: pruned weights stay zero whatever the optimizer does. A channel-masked
+model computes exactly what its physically smaller version (:func:`~slimtune.compressors.speedup`)
+computes: the channel is zeroed in its producers, in the batch-norms it passes (weight and bias,
+so the norm outputs zero) and in the inputs of its consumers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import prune as torch_prune
+
+from slimtune.compressors.criteria import CriterionContext, score_group
+from slimtune.errors import PlanError
+
+if TYPE_CHECKING:
+    from slimtune.compressors._types import Group
+    from slimtune.compressors.graph import ModelGraph
+    from slimtune.compressors.plan import CompressionPlan
+
+_UNSTRUCTURED_SCORES = {
+    "level": lambda w: w.abs(),
+    "l1": lambda w: w.abs(),
+    "l2": lambda w: w.square(),
+}
+
+
+def select_channels(graph: ModelGraph, plan: CompressionPlan, ctx: CriterionContext) -> dict[str, torch.Tensor]:
+    """The channels each group of ``plan`` loses: ``{group: sorted long tensor of channel ids}``.
+
+    Each group loses ``group.n_prune(sparsity)`` channels, the lowest-scoring by its criterion;
+    with a block constraint (grouped convs) the same number is taken from each block.
+    """
+    pruned: dict[str, torch.Tensor] = {}
+    for name, spec in plan.prune.items():
+        group = graph.groups[name]
+        n = group.n_prune(spec.sparsity)
+        if n == 0:
+            continue
+        scores = score_group(group, spec.criterion, ctx)
+        pruned[name] = _lowest(scores, n, group.blocks)
+    return pruned
+
+
+def _lowest(scores: torch.Tensor, n: int, blocks: int) -> torch.Tensor:
+    per_block = scores.numel() // blocks
+    k = n // blocks
+    chosen = []
+    for b in range(blocks):
+        block = scores[b * per_block : (b + 1) * per_block]
+        idx = torch.argsort(block, stable=True)[:k]
+        chosen.append(idx + b * per_block)
+    return torch.sort(torch.cat(chosen)).values
+
+
+def removed_positions(graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
+    """``{(layer, role): positions}`` that the pruned channels occupy, over all groups."""
+    acc: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
+    for name, channels in pruned.items():
+        group: Group = graph.groups[name]
+        for m in group.members:
+            pos = m.positions_of(channels)
+            if len(pos):
+                acc[(m.layer, m.role)].append(pos)
+    return {k: torch.unique(torch.cat(v)) for k, v in acc.items()}
+
+
+def apply_channel_masks(model: nn.Module, graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> nn.Module:
+    """Zero the pruned channels in place with persistent ``torch.nn.utils.prune`` masks."""
+    masks: dict[tuple[str, str], torch.Tensor] = {}
+
+    def mask_of(layer: str, pname: str) -> torch.Tensor | None:
+        module = model.get_submodule(layer)
+        param = getattr(module, pname, None)
+        if param is None:
+            return None
+        key = (layer, pname)
+        if key not in masks:
+            masks[key] = torch.ones_like(param, dtype=torch.bool)
+        return masks[key]
+
+    for (layer, role), pos in removed_positions(graph, pruned).items():
+        if role in ("out", "dw", "norm"):
+            for pname in ("weight", "bias"):
+                mask = mask_of(layer, pname)
+                if mask is not None:
+                    mask[pos] = False
+        elif role == "in":
+            mask = mask_of(layer, "weight")
+            module = model.get_submodule(layer)
+            if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+                raise PlanError(f"layer {layer!r}: cannot mask input channels of a grouped conv")
+            mask[:, pos] = False  # type: ignore[index]
+    for (layer, pname), mask in masks.items():
+        torch_prune.custom_from_mask(model.get_submodule(layer), pname, mask)
+    return model
+
+
+def apply_unstructured_masks(model: nn.Module, plan: CompressionPlan) -> nn.Module:
+    """Zero the lowest-scoring fraction of each listed layer's weights (persistent masks).
+
+    Unstructured criteria score single weights: ``level`` and ``l1`` by |w|, ``l2`` by w².
+    """
+    for layer, spec in plan.prune.items():
+        if spec.sparsity <= 0:
+            continue
+        score_fn = _UNSTRUCTURED_SCORES.get(spec.criterion)
+        if score_fn is None:
+            raise PlanError(
+                f"layer {layer!r}: criterion {spec.criterion!r} scores channels, not single weights; "
+                f"unstructured pruning supports {sorted(_UNSTRUCTURED_SCORES)}"
+            )
+        module = model.get_submodule(layer)
+        weight = module.weight.detach()
+        n = int(round(spec.sparsity * weight.numel()))
+        if n == 0:
+            continue
+        scores = score_fn(weight).flatten()
+        order = torch.argsort(scores, stable=True)
+        mask = torch.ones(weight.numel(), dtype=torch.bool)
+        mask[order[:n]] = False
+        torch_prune.custom_from_mask(module, "weight", mask.view_as(weight))
+    return model
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every ``torch.nn.utils.prune`` mask into its weight (``weight_orig`` × mask → weight)."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod) and hasattr(module, hook._tensor_name + "_orig"):
+                torch_prune.remove(module, hook._tensor_name)
+    return model
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on models carrying ``torch.nn.utils.prune`` masks.
+
+    A masked weight is a computed (non-leaf) tensor that deepcopy refuses; it is detached for the
+    copy and recomputed from ``weight_orig`` × mask afterwards, in the original and in the copy.
+    """
+    def masked_hooks(m: nn.Module) -> list[tuple[nn.Module, torch_prune.BasePruningMethod]]:
+        return [
+            (sub, hook)
+            for sub in m.modules()
+            for hook in sub._forward_pre_hooks.values()
+            if isinstance(hook, torch_prune.BasePruningMethod) and hasattr(sub, hook._tensor_name + "_orig")
+        ]
+
+    hooks = masked_hooks(model)
+    for sub, hook in hooks:
+        setattr(sub, hook._tensor_name, getattr(sub, hook._tensor_name).detach())
+    try:
+        clone = copy.deepcopy(model)
+    finally:
+        for sub, hook in hooks:
+            hook(sub, None)
+    for sub, hook in masked_hooks(clone):
+        hook(sub, None)
+    return clone

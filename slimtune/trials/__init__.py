@@ -1,0 +1,1 @@
+"""trials (see DESIGN.md)."""
