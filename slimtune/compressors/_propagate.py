@@ -499,18 +499,16 @@ def _split(p: Propagation, node: fx.Node) -> Any:
     if x is None or not isinstance(meta, (list, tuple)):
         p.pin_chan(p.arg_values(node.args), f"split at node {node.name!r}")
         return None
-    fn = getattr(node.target, "__name__", str(node.target))
-    dim = _arg(node, 2, "dim", 0)
-    dim = _norm_dim(int(dim), x.ndim)
-    sizes = [int(m.shape[dim]) for m in meta]
+    dim = _norm_dim(int(_arg(node, 2, "dim", 0)), x.ndim)
     if dim != x.cdim:
-        return [Chan(x.labels, x.cdim, x.ndim) for _ in sizes]
-    del fn
-    pieces, start = [], 0
-    for s in sizes:
-        pieces.append(Chan(x.labels[start : start + s], x.cdim, x.ndim))
-        start += s
-    return pieces
+        return [Chan(x.labels, x.cdim, x.ndim) for _ in meta]
+    # pieces of fixed sizes along the channel dim would cut elsewhere once channels are removed
+    p.pin(x.labels, f"split/chunk along the channel dim at node {node.name!r} uses fixed sizes")
+    return [_fresh_pinned_shape(p, tuple(m.shape), x.cdim, f"piece of split at node {node.name!r}") for m in meta]
+
+
+def _fresh_pinned_shape(p: Propagation, shape: tuple[int, ...], cdim: int, reason: str) -> Chan:
+    return Chan(p.new_source(None, int(shape[cdim]), reason), cdim, len(shape))
 
 
 def _getitem(p: Propagation, node: fx.Node) -> Any:
@@ -536,22 +534,23 @@ def _getitem(p: Propagation, node: fx.Node) -> Any:
         else:
             expanded.append(i)
     in_dim, out_dim = 0, 0
-    labels, cdim = v.labels, None
+    cdim = None
     for i in expanded:
         if i is None:
             out_dim += 1
             continue
         if in_dim == v.cdim:
-            if isinstance(i, int):
-                p.pin(v.labels, f"indexing selects one channel at node {node.name!r}")
+            if isinstance(i, int) or i != slice(None):
+                # a fixed index or range would select other channels once channels are removed
+                p.pin(v.labels, f"indexing selects channels by position at node {node.name!r}")
                 return _fresh_pinned(p, node, f"output of indexing at node {node.name!r}")
-            labels, cdim = labels[i], out_dim
+            cdim = out_dim
         if not isinstance(i, int):
             out_dim += 1
         in_dim += 1
     if cdim is None:  # channel dim not indexed explicitly: it keeps its place after the indexed dims
         cdim = out_dim + (v.cdim - in_dim)
-    return Chan(labels, cdim, _out_ndim(node, v.ndim))
+    return Chan(v.labels, cdim, _out_ndim(node, v.ndim))
 
 
 def _reshape(p: Propagation, node: fx.Node) -> Any:
@@ -567,12 +566,11 @@ def _reshape(p: Propagation, node: fx.Node) -> Any:
     size = in_shape[c]
     prefix = math.prod(in_shape[:c])
     literal = _literal_sizes(node)
+    # the prefix product can match at several dims when sizes are 1 (e.g. batch 1): try each
     for d in range(len(out_shape)):
-        if math.prod(out_shape[:d]) != prefix:
+        if math.prod(out_shape[:d]) != prefix or d in literal:
             continue
         if out_shape[d] == size and size > 0:
-            if d in literal and size > 1:
-                break
             return Chan(x.labels, d, len(out_shape))
         if out_shape[d] % size == 0 and out_shape[d] > size:
             repeat = out_shape[d] // size
@@ -582,9 +580,8 @@ def _reshape(p: Propagation, node: fx.Node) -> Any:
             while acc < repeat and k < len(suffix):
                 acc *= suffix[k]
                 k += 1
-            if acc == repeat and d not in literal:
+            if acc == repeat:
                 return Chan(np.repeat(x.labels, repeat), d, len(out_shape))
-        break
     reason = f"reshape at node {node.name!r} mixes or splits the channel dim"
     if literal:
         reason += " (or fixes its size with a literal; write x.view(x.size(0), -1) or torch.flatten(x, 1))"

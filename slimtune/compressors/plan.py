@@ -156,6 +156,11 @@ class CompressionPlan:
         if self.granularity not in _GRANULARITIES:
             raise PlanError(f"plan.granularity is {self.granularity!r}; expected one of {_GRANULARITIES}")
         kind = "group" if self.granularity == "channel" else "layer"
+        if graph is not None and not graph.traced and self.granularity == "channel" and self.prune:
+            raise PlanError(
+                f"channel pruning needs the model's dependency graph, but tracing failed: {graph.trace_error}; "
+                "use granularity='unstructured' for this model"
+            )
         names = set(graph.prunable_names(self.granularity)) if graph is not None else None
         for name, spec in self.prune.items():
             s = spec.sparsity

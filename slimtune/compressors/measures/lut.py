@@ -6,29 +6,40 @@ latencies looked up in a table measured beforehand. :class:`LatencyTable` does t
 channel counts a :class:`~slimtune.compressors.CompressionPlan` gives, and adds what the
 convolutions do not explain, so that the prediction is for the *whole* model:
 
-``predict(plan) = Σ_layers calls × γ × lut_layer(in', out') + remainder(batch × s)``
+``predict(plan) = Σ_layers calls × γ × lut_layer(in', out') + remainder(B × s)``
 
 * ``lut_layer`` — every Conv/Linear layer is measured as a standalone module of the same kind,
-  kernel, stride, padding, dilation, bias and input size, at a grid of kept channel ratios
+  kernel, stride, padding, dilation, bias and input size, at a grid of kept-channel ratios
   (``grid``) of its prunable dimensions (input channels when a prunable group feeds them, output
   channels when it produces a prunable group; depthwise convolutions on one axis, with
   ``groups = channels``; grouped convolutions keep their groups, counts rounded to multiples).
-  Values between grid points are interpolated bilinearly in (in', out') — exact for costs of the
-  form ``a + b·in + c·out + d·in·out`` — and extrapolated linearly from the nearest cell below the
+  Between grid points the table interpolates bilinearly in (in', out') — exact for costs of the
+  form ``a + b·in + c·out + d·in·out`` — and extrapolates linearly from the nearest cell below the
   smallest ratio. Identical configurations are measured once.
-* ``γ`` — the ratio of the convolutions' time *inside* the dense model (timed with module hooks)
-  to their standalone time; it carries cache and memory effects of the real network into the
-  table.
-* ``remainder`` — batch norm, activations, pooling, additions, concatenations and per-op overhead:
-  the dense model's time minus its Conv/Linear time, measured at batch sizes ``B``, ``B/2``,
-  ``B/4``, ``B/8``. Their cost is proportional to the number of activation elements (plus a
-  constant per op), and shrinking the kept channels by a factor ``s`` shrinks the elements as
-  shrinking the batch by ``s`` does, so the remainder of a plan is read off that curve at
-  ``B × s``, where ``s`` is the kept fraction of the Conv/Linear output elements.
+* *exact points* — CPU convolution kernels (oneDNN) switch algorithms with the channel counts, so
+  a count between two grid points can cost much more (or less) than the interpolation says
+  (measured here: ``Conv2d(16→32)`` 4 ms, ``Conv2d(17→32)`` 14 ms at batch 32). The grid
+  matches uniform plans, whose counts are grid points; for other counts,
+  ``predict(..., measure_missing=True)`` (or :meth:`LatencyTable.measure`) measures the exact
+  ``(in', out')`` of each layer once and keeps it in the table, which then takes precedence.
+* ``γ`` — the ratio of the layers' time *inside* the dense model (timed with module hooks) to
+  their standalone time; it carries the network's cache and memory effects into the table.
+* ``remainder`` — batch norm, activations, pooling, additions, concatenations and per-op
+  overhead: the dense model's time minus its Conv/Linear time, measured at batch sizes ``B``,
+  ``B/2``, ``B/4`` and ``B/8``. Its cost is proportional to the number of activation elements
+  plus a constant per op; keeping a fraction ``s`` of the channels shrinks the elements as
+  shrinking the batch to ``B × s`` does, so the remainder of a plan is read off that curve at
+  ``B × s``, with ``s`` the kept fraction of the Conv/Linear output elements.
+
+All measurements of a build run round-robin (each grid point and each whole-model pass gets one
+turn per round: an untimed call that warms the caches, then ``burst`` timed calls), so machine
+noise hits them alike. With one thread the default clock is the thread's CPU time
+(:func:`time.thread_time`), which equals the wall-clock latency of an idle machine and ignores
+other processes preempting the measurement.
 
 Only channel pruning changes the prediction (quantization settings and unstructured sparsity are
-ignored). Measurements are valid for the machine, thread count and batch size they were taken
-with; save a table with :meth:`LatencyTable.save` and reload it on the same machine.
+ignored). A table is valid for the machine, thread count and batch size it was measured with;
+save it with :meth:`LatencyTable.save` and reload it with :meth:`LatencyTable.load`.
 
 Example:
     .. code-block:: python
@@ -43,6 +54,7 @@ Example:
         graph = trace(model, x)
         table = LatencyTable.build(graph, x, batch_size=32, threads=1)
         table.predict(CompressionPlan.uniform(graph, 0.5))   # ms per batch of 32
+        table.predict({"conv1": (3, 12)}, measure_missing=True)
         table.save("resnet20.lut.json")
         table = LatencyTable.load("resnet20.lut.json", graph)
 """
@@ -53,7 +65,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -61,8 +73,10 @@ import torch
 from torch import nn
 
 from slimtune.compressors.measures.latency import (
+    Clock,
     make_batch,
     measurement_context,
+    stabilize_allocator,
     time_interleaved,
 )
 
@@ -73,6 +87,101 @@ if TYPE_CHECKING:
 __all__ = ["LatencyTable"]
 
 _FORMAT = "slimtune.latency_table/1"
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+# ============================================================================================ records
+@dataclass(frozen=True)
+class _Spec:
+    """What a standalone copy of a layer needs: its kind, hyper-parameters and input shape."""
+
+    kind: str  # "conv" | "linear"
+    in_ch: int
+    out_ch: int
+    in_shape: tuple[int, ...]  # without the batch dimension
+    bias: bool
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: Any = ()  # tuple or "same"/"valid"
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    padding_mode: str = "zeros"
+    depthwise: bool = False
+
+    @classmethod
+    def of(cls, m: nn.Module, in_shape: tuple[int, ...]) -> _Spec:
+        if isinstance(m, nn.Linear):
+            return cls("linear", int(m.in_features), int(m.out_features), in_shape, m.bias is not None)
+        pad = m.padding if isinstance(m.padding, str) else tuple(int(p) for p in m.padding)
+        return cls(
+            "conv", int(m.in_channels), int(m.out_channels), in_shape, m.bias is not None,
+            tuple(int(k) for k in m.kernel_size), tuple(int(s) for s in m.stride), pad,
+            tuple(int(d) for d in m.dilation), int(m.groups), str(m.padding_mode),
+            depthwise=m.groups > 1 and m.groups == m.in_channels,
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Spec:
+        tup = {k: tuple(d[k]) for k in ("in_shape", "kernel", "stride", "dilation")}
+        pad = d["padding"] if isinstance(d["padding"], str) else tuple(d["padding"])
+        return cls(**{**d, **tup, "padding": pad})
+
+    def groups_for(self, cin: int, cout: int) -> int:
+        if self.depthwise:
+            return cin
+        g = self.groups
+        return g if cin % g == 0 and cout % g == 0 else math.gcd(math.gcd(cin, cout), g)
+
+    def module(self, cin: int, cout: int) -> nn.Module:
+        if self.kind == "linear":
+            return nn.Linear(cin, cout, bias=self.bias).eval()
+        cls = _CONV[len(self.kernel)]
+        return cls(cin, cout, self.kernel, self.stride, self.padding, self.dilation, self.groups_for(cin, cout),
+                   self.bias, self.padding_mode).eval()
+
+    def input(self, batch: int, cin: int) -> torch.Tensor:
+        shape = list(self.in_shape)
+        shape[-1 if self.kind == "linear" else 0] = cin
+        return torch.randn(batch, *shape)
+
+
+@dataclass
+class _Entry:
+    """Standalone latencies (ms) of one layer configuration.
+
+    ``ms[i][j]`` is the latency at ``(ins[i], outs[j])``; for depthwise convolutions (one axis,
+    in = out) ``outs == ins`` and ``ms[i] == [latency at ins[i]]``. ``exact`` holds latencies
+    measured at exact counts, keyed ``"in,out"``.
+    """
+
+    spec: _Spec
+    ins: list[int]
+    outs: list[int]
+    ms: list[list[float]]
+    exact: dict[str, float] = field(default_factory=dict)
+
+    def points(self) -> list[tuple[int, int]]:
+        if self.spec.depthwise:
+            return [(i, i) for i in self.ins]
+        return [(i, o) for i in self.ins for o in self.outs]
+
+    def lookup(self, cin: int, cout: int) -> float:
+        hit = self.exact.get(f"{cin},{cout}")
+        if hit is not None:
+            return hit
+        floor = 0.05 * min(v for row in self.ms for v in row)
+        if self.spec.depthwise:
+            return max(floor, _interp1(self.ins, [row[0] for row in self.ms], cout))
+        i0, i1, wi = _cell(self.ins, cin)
+        o0, o1, wo = _cell(self.outs, cout)
+        v = ((1 - wi) * (1 - wo) * self.ms[i0][o0] + (1 - wi) * wo * self.ms[i0][o1]
+             + wi * (1 - wo) * self.ms[i1][o0] + wi * wo * self.ms[i1][o1])
+        # an axis measured at one count only (pruning never changes it): scale if asked otherwise
+        if len(self.ins) == 1 and cin != self.ins[0]:
+            v *= cin / self.ins[0]
+        if len(self.outs) == 1 and cout != self.outs[0]:
+            v *= cout / self.outs[0]
+        return max(floor, v)
 
 
 @dataclass
@@ -80,41 +189,54 @@ class _Layer:
     """A Conv/Linear layer of the model and where its measurements are."""
 
     name: str
-    key: str  # configuration key into LatencyTable.entries
+    key: str  # into LatencyTable.entries
     orig: tuple[int, int]  # (in, out) channels / features
     calls: int
-    out_elems: float  # output elements per sample of one call (remainder weighting)
+    out_elems: float  # output elements per sample of one call (weights the remainder)
     depthwise: bool
 
 
 @dataclass
-class _Entry:
-    """Standalone latencies (ms) of one layer configuration on a grid of channel counts."""
+class _Settings:
+    """How the table was measured (reused for exact points measured later)."""
 
-    ins: list[int]
-    outs: list[int]
-    ms: list[list[float]]  # ms[i][j] for (ins[i], outs[j]); depthwise: outs == ins, ms[i][i] used
+    warmup: int
+    repeats: int
+    burst: int
+    quantile: float
+    clock: str
+    min_time_s: float = 0.0
 
 
+# ============================================================================================ table
 @dataclass
 class LatencyTable:
     """Per-layer latency lookup table of one model; predicts the latency of channel-pruned versions.
 
-    Build it with :meth:`LatencyTable.build`; predict with :meth:`predict`; cache it with
-    :meth:`to_json`/:meth:`from_json` or :meth:`save`/:meth:`load`. See the module docstring for
-    the latency model.
+    Build it with :meth:`LatencyTable.build`; predict with :meth:`predict` (or :meth:`explain` for
+    a per-layer breakdown); cache it with :meth:`to_json`/:meth:`from_json` or
+    :meth:`save`/:meth:`load`. See the module docstring for the latency model.
 
     Attributes:
         batch_size: Batch size of the measurements (predictions are ms per batch).
         threads: Intra-op threads of the measurements.
-        dense_ms: Measured latency of the unpruned model.
+        dense_ms: Measured latency of the unpruned model (``predict()`` of no plan returns it).
         gamma: In-network / standalone time ratio of the Conv/Linear layers.
         remainder_batches: Batch sizes at which the non-Conv/Linear time was measured.
         remainder_ms: That time at each of those batch sizes.
         layers: Per layer: configuration key, original counts, calls, output elements.
-        entries: Per configuration: the grid and its latencies.
-        graph: The model graph (for predicting from plans); not serialised.
+        entries: Per configuration: the grid, its latencies and any exact points.
+        settings: Measurement settings (reused for exact points).
+        graph: The model graph (for predictions from plans); not serialised.
         meta: Free-form information (torch version, build time, grid ...).
+
+    Example:
+        .. code-block:: python
+
+            table = LatencyTable.build(graph, x, batch_size=32)
+            plan = CompressionPlan.uniform(graph, 0.5)
+            ms = table.predict(plan)
+            speedup = table.dense_ms / ms
     """
 
     batch_size: int
@@ -125,6 +247,7 @@ class LatencyTable:
     remainder_ms: list[float]
     layers: dict[str, _Layer]
     entries: dict[str, _Entry]
+    settings: _Settings
     graph: ModelGraph | None = field(default=None, repr=False, compare=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -137,39 +260,49 @@ class LatencyTable:
         batch_size: int = 32,
         threads: int = 1,
         grid: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-        warmup: int = 3,
-        repeats: int = 15,
-        min_time_s: float = 0.0,
+        warmup: int = 2,
+        repeats: int = 8,
+        burst: int = 3,
         quantile: float = 0.5,
+        clock: Clock | None = None,
+        min_time_s: float = 0.0,
+        stable_allocator: bool = True,
         progress: Callable[[str], None] | None = None,
     ) -> LatencyTable:
         """Measure the table for ``graph``'s model.
 
         Args:
-            graph: From :func:`slimtune.compressors.trace`; ``graph.layers`` gives the Conv/Linear
-                layers and their input shapes, ``graph.groups`` which of their dimensions
-                pruning can change (without groups both dimensions are measured).
-            example_inputs: Model inputs (a tensor or tuple); tiled to ``batch_size``. When None,
+            graph: From :func:`slimtune.compressors.trace`: ``graph.layers`` gives the
+                Conv/Linear layers and their input shapes, ``graph.groups`` which of their
+                dimensions pruning can change (without ``groups`` both dimensions are measured).
+            example_inputs: Model inputs (a tensor or tuple), tiled to ``batch_size``. When None,
                 random inputs of the traced placeholder shapes are used.
             batch_size: Batch size to predict for.
             threads: Intra-op threads (restored afterwards).
             grid: Kept-channel ratios in (0, 1] to measure; 1.0 is always added.
             warmup: Untimed rounds first.
-            repeats: Timed rounds. One round times every grid point of every layer
-                configuration and the whole model at each remainder batch size once
-                (round-robin), so machine noise hits all measurements alike.
-            min_time_s: Minimum timed seconds of all rounds together.
+            repeats: Timed rounds. A round gives every grid point of every layer configuration,
+                and the whole model at each remainder batch size (plain and hooked), one turn:
+                an untimed call that warms the caches, then ``burst`` timed calls.
+            burst: Timed calls per turn.
             quantile: Statistic kept of each measurement's timed calls: 0.5 is the median (what
-                :func:`measure_latency` reports); a low quantile such as 0.1 is steadier on a
-                busy machine.
-            progress: Optional callback receiving one line per measured configuration.
+                :func:`~slimtune.compressors.measures.measure_latency` reports); a low quantile
+                such as 0.2 is steadier on a busy machine.
+            clock: ``"cpu"`` (thread CPU time) or ``"wall"``; default ``"cpu"`` with one thread,
+                ``"wall"`` otherwise (see :func:`~slimtune.compressors.measures.measure_latency`).
+            min_time_s: Minimum timed seconds of all rounds together.
+            stable_allocator: Call :func:`~slimtune.compressors.measures.latency.stabilize_allocator`
+                first (process-wide): without it, page faults that depend on the process's
+                allocation history dominate small standalone layers. Measure the models you
+                compare predictions with the same way (``measure_latency`` does by default).
+            progress: Optional callback receiving a line of progress.
 
         Returns:
-            The table; ``table.graph`` is set to ``graph``.
+            The table; ``table.graph`` is ``graph``.
 
         Raises:
-            ValueError: A grid value is outside (0, 1], or ``batch_size``/``threads`` are not
-                positive.
+            ValueError: A grid value is outside (0, 1], ``batch_size``/``threads`` are not
+                positive, ``quantile`` is outside (0, 1), ``clock="cpu"`` with several threads.
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -181,87 +314,86 @@ class LatencyTable:
         for r in ratios:
             if not 0.0 < r <= 1.0:
                 raise ValueError(f"grid ratio {r!r} is outside (0, 1]")
+        clock = clock or ("cpu" if threads == 1 else "wall")
+        if clock == "cpu" and threads != 1:
+            raise ValueError(f"clock='cpu' measures one thread; it needs threads=1, got threads={threads}")
+        settings = _Settings(warmup, repeats, burst, quantile, clock, min_time_s)
+        if stable_allocator:
+            stabilize_allocator()
         t_start = time.perf_counter()
         model = graph.model
         inputs = example_inputs if example_inputs is not None else _inputs_from_graph(graph)
         modules = dict(model.named_modules())
-        prunable_dims = _prunable_dims(graph)
+        dims = _prunable_dims(graph)
 
         layers: dict[str, _Layer] = {}
-        configs: dict[str, tuple[nn.Module, tuple[int, ...], list[int], list[int], bool]] = {}
+        entries: dict[str, _Entry] = {}
         for name, info in graph.layers.items():
             m = modules.get(name)
-            if not _supported(m) or info.in_shape is None or info.out_shape is None:
+            if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or not info.in_shape or not info.out_shape:
                 continue
-            cin, cout = _counts_of(m)
-            depthwise = isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == cin
-            din, dout = (True, True) if prunable_dims is None else prunable_dims.get(name, (False, False))
-            if depthwise:
+            spec = _Spec.of(m, tuple(int(s) for s in info.in_shape[1:]))
+            din, dout = (True, True) if dims is None else dims.get(name, (False, False))
+            if spec.depthwise:
                 din = dout = din or dout
-            g = m.groups if isinstance(m, nn.modules.conv._ConvNd) and not depthwise else 1
-            ins = _grid_counts(cin, ratios if din else [1.0], g)
-            outs = ins if depthwise else _grid_counts(cout, ratios if dout else [1.0], g)
-            in_shape = tuple(int(s) for s in info.in_shape[1:])
-            key = _config_key(m, in_shape, batch_size, ins, outs, depthwise)
-            configs.setdefault(key, (m, in_shape, ins, outs, depthwise))
-            out_elems = float(math.prod(info.out_shape[1:]))
-            layers[name] = _Layer(name, key, (cin, cout), max(1, int(info.calls)), out_elems, depthwise)
+            multiple = spec.groups if spec.kind == "conv" and not spec.depthwise else 1
+            ins = _grid_counts(spec.in_ch, ratios if din else [1.0], multiple)
+            outs = ins if spec.depthwise else _grid_counts(spec.out_ch, ratios if dout else [1.0], multiple)
+            key = _key(spec, ins, outs)
+            entries.setdefault(key, _Entry(spec, ins, outs, []))
+            layers[name] = _Layer(name, key, (spec.in_ch, spec.out_ch), max(1, int(info.calls)),
+                                  float(math.prod(info.out_shape[1:])), spec.depthwise)
 
         fns: list[Callable[[], Any]] = []
-        slots: dict[str, list[tuple[int, int]]] = {}
-        for key, (m, in_shape, ins, outs, depthwise) in configs.items():
-            points = [(i, i) for i in ins] if depthwise else [(i, o) for i in ins for o in outs]
-            slots[key] = points
-            xs = {cin: _input_for(m, in_shape, batch_size, cin) for cin in ins}
-            fns += [_bind(_standalone(m, cin, cout, depthwise).eval(), xs[cin]) for cin, cout in points]
-        n_layer_fns = len(fns)
-        batches, model_fns, in_net_passes = _model_passes(model, inputs, list(layers), batch_size)
+        for e in entries.values():
+            xs = {cin: e.spec.input(batch_size, cin) for cin in e.ins}
+            fns += [_bind(e.spec.module(cin, cout), xs[cin]) for cin, cout in e.points()]
+        n_points = len(fns)
+        batches, model_fns, in_net_passes = _model_passes(model, inputs, list(layers), batch_size, clock)
         fns += model_fns
-        with measurement_context([model], threads):
-            samples = time_interleaved(fns, warmup, repeats, min_time_s)
-        stat = lambda values: float(np.quantile(np.asarray(values), quantile)) * 1e3  # noqa: E731
-        entries: dict[str, _Entry] = {}
-        pos = 0
-        for key, points in slots.items():
-            m, in_shape, ins, outs, depthwise = configs[key]
-            med = {p: stat(samples[pos + j]) for j, p in enumerate(points)}
-            pos += len(points)
-            if depthwise:
-                ms = [[med[(i, i)] if i == o else float("nan") for o in ins] for i in ins]
-                entries[key] = _Entry(list(ins), list(ins), ms)
-            else:
-                entries[key] = _Entry(list(ins), list(outs), [[med[(i, o)] for o in outs] for i in ins])
-        totals = [stat(samples[n_layer_fns + 2 * k]) for k in range(len(batches))]
-        in_net = [stat(p[warmup:] if len(p) > warmup else p) for p in in_net_passes]
         if progress is not None:
-            progress(f"measured {len(configs)} layer configurations, {n_layer_fns} points, {len(samples[0])} rounds")
+            progress(f"measuring {len(entries)} layer configurations ({n_points} points) and the model "
+                     f"at batch sizes {batches}")
+        with measurement_context([model], threads):
+            samples = time_interleaved(fns, warmup, repeats, min_time_s, burst=burst, burst_warmup=1, clock=clock)
 
-        standalone = sum(
-            layers[n].calls * entries[layers[n].key].ms[-1][-1] for n in layers
-        )
-        conv_in_net = in_net[0]  # at the full batch size
-        gamma = conv_in_net / standalone if standalone > 0 else 1.0
-        remainder = [max(0.0, t - c) for t, c in zip(totals, in_net)]
+        stat = _statistic(quantile)
+        pos = 0
+        for e in entries.values():
+            values = {p: stat(samples[pos + j]) for j, p in enumerate(e.points())}
+            pos += len(values)
+            if e.spec.depthwise:
+                e.ms = [[values[(i, i)]] for i in e.ins]
+            else:
+                e.ms = [[values[(i, o)] for o in e.outs] for i in e.ins]
+        totals = [stat(samples[n_points + 2 * k]) for k in range(len(batches))]
+        # hooked passes log every call: drop the warm-up rounds and each turn's untimed first call
+        in_net = [stat([v for j, v in enumerate(p[warmup:]) if j % (burst + 1)]) for p in in_net_passes]
+        standalone = sum(l.calls * entries[l.key].lookup(*l.orig) for l in layers.values())
+        gamma = in_net[0] / standalone if standalone > 0 and in_net[0] > 0 else 1.0
         table = cls(
             batch_size=batch_size,
             threads=threads,
             dense_ms=totals[0],
             gamma=gamma,
             remainder_batches=[float(b) for b in batches],
-            remainder_ms=remainder,
+            remainder_ms=[max(0.0, t - c) for t, c in zip(totals, in_net)],
             layers=layers,
             entries=entries,
+            settings=settings,
             graph=graph,
             meta={
                 "torch": torch.__version__,
                 "grid": ratios,
                 "build_s": round(time.perf_counter() - t_start, 3),
                 "configs": len(entries),
-                "quantile": quantile,
-                "conv_ms_in_network": conv_in_net,
-                "conv_ms_standalone": standalone,
+                "points": n_points,
+                "layers_ms_in_network": in_net[0],
+                "layers_ms_standalone": standalone,
             },
         )
+        if progress is not None:
+            progress(f"built in {table.meta['build_s']:.1f} s: dense {table.dense_ms:.2f} ms, gamma {gamma:.3f}")
         return table
 
     # ------------------------------------------------------------------------------------- predict
@@ -269,6 +401,7 @@ class LatencyTable:
         self,
         plan_or_counts: CompressionPlan | Mapping[str, tuple[int, int]] | None = None,
         graph: ModelGraph | None = None,
+        measure_missing: bool = False,
     ) -> float:
         """Predicted latency in ms per batch of :attr:`batch_size`.
 
@@ -276,36 +409,80 @@ class LatencyTable:
             plan_or_counts: A :class:`~slimtune.compressors.CompressionPlan` (channel counts from
                 ``graph.channel_counts``), or ``{layer: (in_channels, out_channels)}`` (layers not
                 listed keep their original counts), or None for the unpruned model.
-            graph: The model graph, needed for a plan when the table was loaded from JSON and
-                has no :attr:`graph`.
+            graph: The model graph, needed for a plan when the table has no :attr:`graph`
+                (loaded from JSON without one).
+            measure_missing: First measure (and keep) the exact counts of every layer that has
+                no exact point yet (see :meth:`measure`) — slower, more accurate off the grid.
 
         Raises:
             ValueError: A layer name is not in the table, or a count is not positive.
         """
-        return self.explain(plan_or_counts, graph)["total"]
+        return self.explain(plan_or_counts, graph, measure_missing)["total"]
 
     def explain(
         self,
         plan_or_counts: CompressionPlan | Mapping[str, tuple[int, int]] | None = None,
         graph: ModelGraph | None = None,
+        measure_missing: bool = False,
     ) -> dict[str, float]:
-        """The prediction broken down: ms per Conv/Linear layer, ``remainder`` and ``total``."""
+        """The prediction broken down: ms per Conv/Linear layer, ``"remainder"`` and ``"total"``.
+
+        Arguments as in :meth:`predict`.
+        """
         counts = self._counts(plan_or_counts, graph)
+        if measure_missing:
+            self.measure(counts)
         out: dict[str, float] = {}
-        kept_elems = total_elems = 0.0
+        kept = total = 0.0
         for name, layer in self.layers.items():
-            cin, cout = counts.get(name, layer.orig)
-            if layer.depthwise:
-                cin = cout
-            ms = _interpolate(self.entries[layer.key], cin, cout, layer.depthwise)
-            out[name] = layer.calls * self.gamma * ms
+            cin, cout = self._effective(layer, counts.get(name, layer.orig))
+            out[name] = layer.calls * self.gamma * self.entries[layer.key].lookup(cin, cout)
             w = layer.out_elems * layer.calls
-            total_elems += w
-            kept_elems += w * cout / layer.orig[1]
-        s = kept_elems / total_elems if total_elems > 0 else 1.0
+            total += w
+            kept += w * cout / layer.orig[1]
+        s = kept / total if total > 0 else 1.0
         out["remainder"] = max(0.0, _interp1(self.remainder_batches, self.remainder_ms, self.batch_size * s))
         out["total"] = sum(out.values())
         return out
+
+    def measure(
+        self,
+        plan_or_counts: CompressionPlan | Mapping[str, tuple[int, int]],
+        graph: ModelGraph | None = None,
+    ) -> int:
+        """Measure the exact ``(in', out')`` of every layer not measured at those counts yet.
+
+        The points are measured standalone like the grid (same clock, quantile, turns) and kept
+        in the table (and its JSON); later predictions use them instead of interpolating.
+
+        Returns:
+            The number of points measured.
+        """
+        counts = self._counts(plan_or_counts, graph)
+        todo: dict[tuple[str, int, int], _Entry] = {}
+        for name, layer in self.layers.items():
+            cin, cout = self._effective(layer, counts.get(name, layer.orig))
+            e = self.entries[layer.key]
+            on_grid = cin in e.ins and cout in e.outs and (not e.spec.depthwise or cin == cout)
+            if f"{cin},{cout}" in e.exact or on_grid:
+                continue
+            todo[(layer.key, cin, cout)] = e
+        if not todo:
+            return 0
+        fns = [_bind(e.spec.module(cin, cout), e.spec.input(self.batch_size, cin)) for (_, cin, cout), e in todo.items()]
+        st = self.settings
+        with measurement_context([], self.threads):
+            samples = time_interleaved(fns, max(1, st.warmup // 2), st.repeats, st.min_time_s, burst=st.burst,
+                                       burst_warmup=1, clock=st.clock)
+        stat = _statistic(st.quantile)
+        for ((_, cin, cout), e), s in zip(todo.items(), samples):
+            e.exact[f"{cin},{cout}"] = stat(s)
+        return len(todo)
+
+    @staticmethod
+    def _effective(layer: _Layer, counts: tuple[int, int]) -> tuple[int, int]:
+        cin, cout = counts
+        return (cout, cout) if layer.depthwise else (cin, cout)
 
     def _counts(self, plan_or_counts: Any, graph: ModelGraph | None) -> dict[str, tuple[int, int]]:
         if plan_or_counts is None:
@@ -330,8 +507,7 @@ class LatencyTable:
         if graph is None:
             raise ValueError("predicting from a plan needs the model graph: pass graph= (the table was loaded "
                              "without one), or pass {layer: (in, out)} counts")
-        all_counts = graph.channel_counts(plan_or_counts)
-        return {n: c for n, c in all_counts.items() if n in self.layers}
+        return {n: c for n, c in graph.channel_counts(plan_or_counts).items() if n in self.layers}
 
     # ------------------------------------------------------------------------------------- json
     def to_dict(self) -> dict[str, Any]:
@@ -344,12 +520,16 @@ class LatencyTable:
             "gamma": self.gamma,
             "remainder_batches": list(self.remainder_batches),
             "remainder_ms": list(self.remainder_ms),
+            "settings": asdict(self.settings),
             "layers": {
                 n: {"key": l.key, "orig": list(l.orig), "calls": l.calls, "out_elems": l.out_elems,
                     "depthwise": l.depthwise}
                 for n, l in self.layers.items()
             },
-            "entries": {k: {"ins": e.ins, "outs": e.outs, "ms": e.ms} for k, e in self.entries.items()},
+            "entries": {
+                k: {"spec": asdict(e.spec), "ins": e.ins, "outs": e.outs, "ms": e.ms, "exact": e.exact}
+                for k, e in self.entries.items()
+            },
             "meta": self.meta,
         }
 
@@ -359,18 +539,24 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], graph: ModelGraph | None = None) -> LatencyTable:
-        """Rebuild a table from :meth:`to_dict` output; ``graph`` is attached for plan predictions."""
+        """Rebuild a table from :meth:`to_dict` output; ``graph`` is attached for plan predictions.
+
+        Raises:
+            ValueError: ``data`` is not a latency table, is malformed, or names layers that
+                ``graph`` lacks (the table belongs to another model: rebuild it).
+        """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError(f"not a slimtune latency table (expected format {_FORMAT!r})")
         try:
             layers = {
-                n: _Layer(n, d["key"], (int(d["orig"][0]), int(d["orig"][1])), int(d["calls"]), float(d["out_elems"]),
-                          bool(d["depthwise"]))
+                n: _Layer(n, d["key"], (int(d["orig"][0]), int(d["orig"][1])), int(d["calls"]),
+                          float(d["out_elems"]), bool(d["depthwise"]))
                 for n, d in data["layers"].items()
             }
             entries = {
-                k: _Entry([int(v) for v in e["ins"]], [int(v) for v in e["outs"]],
-                          [[float(v) for v in row] for row in e["ms"]])
+                k: _Entry(_Spec.from_dict(e["spec"]), [int(v) for v in e["ins"]], [int(v) for v in e["outs"]],
+                          [[float(v) for v in row] for row in e["ms"]],
+                          {str(p): float(v) for p, v in (e.get("exact") or {}).items()})
                 for k, e in data["entries"].items()
             }
             table = cls(
@@ -382,10 +568,11 @@ class LatencyTable:
                 remainder_ms=[float(v) for v in data["remainder_ms"]],
                 layers=layers,
                 entries=entries,
+                settings=_Settings(**data["settings"]),
                 graph=graph,
                 meta=dict(data.get("meta") or {}),
             )
-        except (KeyError, TypeError, IndexError) as e:
+        except (KeyError, TypeError, IndexError, ValueError) as e:
             raise ValueError(f"latency table is malformed: missing or invalid field {e}") from None
         missing = {l.key for l in layers.values()} - set(entries)
         if missing:
@@ -399,7 +586,7 @@ class LatencyTable:
 
     @classmethod
     def from_json(cls, text: str, graph: ModelGraph | None = None) -> LatencyTable:
-        """Rebuild a table from :meth:`to_json` output."""
+        """Rebuild a table from :meth:`to_json` output (see :meth:`from_dict`)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -413,7 +600,7 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], graph: ModelGraph | None = None) -> LatencyTable:
-        """Read a table written by :meth:`save`."""
+        """Read a table written by :meth:`save`; ``graph`` is attached for plan predictions."""
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read(), graph)
 
@@ -423,14 +610,11 @@ def _preview(names: list[str], n: int = 8) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def _supported(m: nn.Module | None) -> bool:
-    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+def _statistic(quantile: float) -> Callable[[Sequence[float]], float]:
+    def stat(values: Sequence[float]) -> float:
+        return float(np.quantile(np.asarray(values, dtype=float), quantile)) * 1e3
 
-
-def _counts_of(m: nn.Module) -> tuple[int, int]:
-    if isinstance(m, nn.Linear):
-        return int(m.in_features), int(m.out_features)
-    return int(m.in_channels), int(m.out_channels)
+    return stat
 
 
 def _prunable_dims(graph: ModelGraph) -> dict[str, tuple[bool, bool]] | None:
@@ -444,10 +628,8 @@ def _prunable_dims(graph: ModelGraph) -> dict[str, tuple[bool, bool]] | None:
             continue
         for m in g.members:
             d = dims.setdefault(m.layer, [False, False])
-            if m.role in ("in", "dw"):
-                d[0] = True
-            if m.role in ("out", "dw"):
-                d[1] = True
+            d[0] = d[0] or m.role in ("in", "dw")
+            d[1] = d[1] or m.role in ("out", "dw")
     return {k: (v[0], v[1]) for k, v in dims.items()}
 
 
@@ -455,40 +637,17 @@ def _grid_counts(n: int, ratios: Sequence[float], multiple: int) -> list[int]:
     """Channel counts for the ratios, rounded to ``multiple`` (groups), at least ``multiple``."""
     if n % multiple:
         multiple = 1
-    out = sorted({max(multiple, int(round(r * n / multiple)) * multiple) for r in ratios} | {n})
-    return out
+    return sorted({max(multiple, int(round(r * n / multiple)) * multiple) for r in ratios} | {n})
 
 
-def _config_key(m: nn.Module, in_shape: tuple[int, ...], batch: int, ins: list[int], outs: list[int],
-                depthwise: bool) -> str:
-    if isinstance(m, nn.Linear):
-        desc = f"Linear(in={m.in_features},out={m.out_features},bias={m.bias is not None})"
+def _key(spec: _Spec, ins: list[int], outs: list[int]) -> str:
+    if spec.kind == "linear":
+        desc = f"Linear({spec.in_ch},{spec.out_ch},bias={spec.bias})"
     else:
-        desc = (f"{type(m).__name__}(in={m.in_channels},out={m.out_channels},k={tuple(m.kernel_size)},"
-                f"s={tuple(m.stride)},p={m.padding},d={tuple(m.dilation)},g={m.groups},dw={depthwise},"
-                f"bias={m.bias is not None},pm={m.padding_mode})")
-    return f"{desc}@{batch}x{'x'.join(map(str, in_shape))}|in={ins}|out={outs}"
-
-
-def _standalone(m: nn.Module, cin: int, cout: int, depthwise: bool) -> nn.Module:
-    """A fresh module like ``m`` with ``cin``/``cout`` channels (float32, random weights)."""
-    if isinstance(m, nn.Linear):
-        return nn.Linear(cin, cout, bias=m.bias is not None)
-    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)]
-    if depthwise:
-        groups = cin
-    else:
-        groups = m.groups if (cin % m.groups == 0 and cout % m.groups == 0) else math.gcd(math.gcd(cin, cout), m.groups)
-    return cls(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None, m.padding_mode)
-
-
-def _input_for(m: nn.Module, in_shape: tuple[int, ...], batch: int, cin: int) -> torch.Tensor:
-    shape = list(in_shape)
-    if isinstance(m, nn.Linear):
-        shape[-1] = cin
-    else:
-        shape[0] = cin
-    return torch.randn(batch, *shape)
+        desc = (f"Conv{len(spec.kernel)}d({spec.in_ch},{spec.out_ch},k={spec.kernel},s={spec.stride},"
+                f"p={spec.padding},d={spec.dilation},g={spec.groups},bias={spec.bias},{spec.padding_mode})")
+    shape = "x".join(map(str, spec.in_shape))
+    return f"{desc}@{shape}|in={ins}|out={outs}"
 
 
 def _bind(mod: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -502,26 +661,28 @@ def _remainder_batches(batch: int) -> list[int]:
     return sorted({max(1, batch // d) for d in (1, 2, 4, 8)}, reverse=True)
 
 
-def _model_passes(model: nn.Module, example_inputs: Any, names: list[str], batch: int
-                  ) -> tuple[list[int], list[Callable[[], Any]], list[list[float]]]:
+def _model_passes(
+    model: nn.Module, example_inputs: Any, names: list[str], batch: int, clock: str
+) -> tuple[list[int], list[Callable[[], Any]], list[list[float]]]:
     """Plain and hooked forward passes of the dense model at each remainder batch size.
 
     Returns the batch sizes, the callables (``plain, hooked`` per batch size: the plain passes
-    give the total time, the hooked ones record, per pass, the seconds spent inside the
-    Conv/Linear modules ``names``) and the lists the hooked passes append to.
+    give the total time; the hooked ones append, per pass, the seconds spent inside the
+    Conv/Linear modules ``names`` to the returned lists).
     """
     batches = _remainder_batches(batch)
     modules = dict(model.named_modules())
-    clock = time.perf_counter
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     per_pass: list[list[float]] = [[] for _ in batches]
-    current: dict[int, float] = {}
+    started: dict[int, float] = {}
     acc = [0.0]
 
     def pre(module: nn.Module, args: Any) -> None:
-        current[id(module)] = clock()
+        started[id(module)] = timer()
 
     def post(module: nn.Module, args: Any, output: Any) -> None:
-        acc[0] += clock() - current.pop(id(module), clock())
+        t = timer()
+        acc[0] += t - started.pop(id(module), t)
 
     fns: list[Callable[[], Any]] = []
     for k, b in enumerate(batches):
@@ -550,7 +711,7 @@ def _model_passes(model: nn.Module, example_inputs: Any, names: list[str], batch
 def _inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
     gm = getattr(graph, "gm", None)
     if gm is None:
-        raise ValueError("LatencyTable.build needs example_inputs: the graph has no traced placeholders")
+        raise ValueError("LatencyTable.build needs example_inputs: the graph has no traced input shapes")
     out = []
     for node in gm.graph.nodes:
         if node.op != "placeholder":
@@ -581,7 +742,7 @@ def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
 
 
 def _cell(axis: Sequence[int], v: float) -> tuple[int, int, float]:
-    """Indices (lo, hi) of the grid cell for ``v`` and the weight of ``hi`` (may be <0 or >1)."""
+    """Indices (lo, hi) of the grid cell for ``v`` and the weight of ``hi`` (<0 or >1 outside)."""
     if len(axis) == 1:
         return 0, 0, 0.0
     if v <= axis[0]:
@@ -590,29 +751,4 @@ def _cell(axis: Sequence[int], v: float) -> tuple[int, int, float]:
         lo = len(axis) - 2
     else:
         lo = max(i for i in range(len(axis) - 1) if axis[i] <= v)
-    hi = lo + 1
-    return lo, hi, (v - axis[lo]) / (axis[hi] - axis[lo])
-
-
-def _interpolate(e: _Entry, cin: float, cout: float, depthwise: bool) -> float:
-    """Bilinear (depthwise: linear) interpolation/extrapolation of the table at (cin, cout)."""
-    floor = 0.05 * min(v for row in e.ms for v in row if not math.isnan(v))
-    if depthwise:
-        diag = [e.ms[i][i] for i in range(len(e.ins))]
-        return max(floor, _scale_single(e.ins, diag, cout))
-    i0, i1, wi = _cell(e.ins, cin)
-    o0, o1, wo = _cell(e.outs, cout)
-    v = ((1 - wi) * (1 - wo) * e.ms[i0][o0] + (1 - wi) * wo * e.ms[i0][o1]
-         + wi * (1 - wo) * e.ms[i1][o0] + wi * wo * e.ms[i1][o1])
-    # an axis measured at one count only (not prunable): scale proportionally if asked otherwise
-    if len(e.ins) == 1 and cin != e.ins[0]:
-        v *= cin / e.ins[0]
-    if len(e.outs) == 1 and cout != e.outs[0]:
-        v *= cout / e.outs[0]
-    return max(floor, v)
-
-
-def _scale_single(axis: Sequence[int], values: Sequence[float], v: float) -> float:
-    if len(axis) == 1:
-        return values[0] * v / axis[0]
-    return _interp1(axis, values, v)
+    return lo, lo + 1, (v - axis[lo]) / (axis[lo + 1] - axis[lo])
