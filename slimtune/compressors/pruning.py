@@ -45,19 +45,41 @@ def select_channels(graph: ModelGraph, plan: CompressionPlan, ctx: CriterionCont
         if n == 0:
             continue
         scores = score_group(group, spec.criterion, ctx)
-        pruned[name] = _lowest(scores, n, group.blocks)
+        pruned[name] = _lowest(group, scores, n)
     return pruned
 
 
-def _lowest(scores: torch.Tensor, n: int, blocks: int) -> torch.Tensor:
-    per_block = scores.numel() // blocks
-    k = n // blocks
-    chosen = []
-    for b in range(blocks):
-        block = scores[b * per_block : (b + 1) * per_block]
-        idx = torch.argsort(block, stable=True)[:k]
-        chosen.append(idx + b * per_block)
-    return torch.sort(torch.cat(chosen)).values
+def _lowest(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` lowest-scoring channels, equally many per block, never emptying a layer.
+
+    A group can hold several producers that each carry only some of its channels (e.g. a
+    squeeze-excite multiply over a concatenation); a channel is skipped when removing it would
+    leave one of them with no output channel.
+    """
+    holders: list[set[int]] = [set() for _ in range(group.size)]
+    left: list[int] = []
+    for i, m in enumerate(group.members):
+        if m.role in ("out", "dw"):
+            chans = torch.unique(m.channels).tolist()
+            left.append(len(chans))
+            for c in chans:
+                holders[c].add(len(left) - 1)
+    per_block = group.size // group.blocks
+    k = n // group.blocks
+    chosen: list[int] = []
+    for b in range(group.blocks):
+        order = torch.argsort(scores[b * per_block : (b + 1) * per_block], stable=True) + b * per_block
+        taken = 0
+        for c in order.tolist():
+            if taken == k:
+                break
+            if any(left[h] <= 1 for h in holders[c]):
+                continue
+            for h in holders[c]:
+                left[h] -= 1
+            chosen.append(c)
+            taken += 1
+    return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
 def removed_positions(graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
