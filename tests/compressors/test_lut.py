@@ -15,7 +15,7 @@ from torch import nn
 
 from slimtune.compressors import CompressionPlan, compress, trace
 from slimtune.compressors.measures import LatencyTable, measure_latency
-from slimtune.compressors.measures.lut import _cell, _Entry, _interp1, _Spec
+from slimtune.compressors.measures._lut_parts import Entry, LayerSpec, cell, interp1, line_fit
 
 FAST = {"batch_size": 4, "grid": (0.5, 1.0), "warmup": 1, "repeats": 2, "burst": 1}
 
@@ -153,7 +153,7 @@ def test_depthwise_and_grouped() -> None:
     model = TinyDW().eval()
     x = torch.randn(1, 3, 8, 8)
     graph = trace(model, x)
-    table = LatencyTable.build(graph, x, **FAST)
+    table = LatencyTable.build(graph, None, **FAST)  # inputs from the traced placeholder shapes
     dw = table.entries[table.layers["dw"].key]
     assert dw.spec.depthwise and dw.ins == dw.outs and all(len(row) == 1 for row in dw.ms)
     gc = table.entries[table.layers["gc"].key]
@@ -183,8 +183,8 @@ def test_bilinear_interpolation_is_exact_for_bilinear_costs() -> None:
         return 0.5 + 0.01 * i + 0.02 * o + 0.003 * i * o
 
     ins, outs = [8, 16, 24, 32], [4, 8, 16]
-    spec = _Spec("conv", 32, 16, (32, 8, 8), False, (3, 3), (1, 1), (1, 1), (1, 1))
-    e = _Entry(spec, ins, outs, [[cost(i, o) for o in outs] for i in ins])
+    spec = LayerSpec("conv", 32, 16, (32, 8, 8), False, (3, 3), (1, 1), (1, 1), (1, 1))
+    e = Entry(spec, ins, outs, [[cost(i, o) for o in outs] for i in ins])
     for i, o in [(8, 4), (13, 5), (20, 12), (32, 16), (31, 15), (6, 3), (5, 10), (40, 20)]:
         assert e.lookup(i, o) == pytest.approx(cost(i, o)), (i, o)  # inside and extrapolated
     e.exact["13,5"] = 99.0
@@ -192,18 +192,26 @@ def test_bilinear_interpolation_is_exact_for_bilinear_costs() -> None:
 
 
 def test_one_axis_and_depthwise_lookup() -> None:
-    spec = _Spec("conv", 3, 16, (3, 8, 8), False, (3, 3), (1, 1), (1, 1), (1, 1))
-    e = _Entry(spec, [3], [8, 16], [[1.0, 2.0]])
+    spec = LayerSpec("conv", 3, 16, (3, 8, 8), False, (3, 3), (1, 1), (1, 1), (1, 1))
+    e = Entry(spec, [3], [8, 16], [[1.0, 2.0]])
     assert e.lookup(3, 12) == pytest.approx(1.5)
     assert e.lookup(6, 16) == pytest.approx(4.0)  # an unmeasured axis scales proportionally
-    dspec = _Spec("conv", 16, 16, (16, 8, 8), False, (3, 3), (1, 1), (1, 1), (1, 1), 16, depthwise=True)
-    d = _Entry(dspec, [8, 16], [8, 16], [[1.0], [3.0]])
+    dspec = LayerSpec("conv", 16, 16, (16, 8, 8), False, (3, 3), (1, 1), (1, 1), (1, 1), 16, depthwise=True)
+    d = Entry(dspec, [8, 16], [8, 16], [[1.0], [3.0]])
     assert d.lookup(12, 12) == pytest.approx(2.0)
     assert d.lookup(4, 4) == pytest.approx(0.05)  # extrapolates to 0: floored at 5 % of the smallest value
-    assert _interp1([1, 2, 4], [1.0, 2.0, 4.0], 3) == pytest.approx(3.0)
-    assert _interp1([1, 2, 4], [1.0, 2.0, 4.0], 8) == pytest.approx(8.0)
-    assert _interp1([4, 2, 1], [4.0, 2.0, 1.0], 0.5) == pytest.approx(0.5)
-    assert _cell([1], 5) == (0, 0, 0.0)
+    assert interp1([1, 2, 4], [1.0, 2.0, 4.0], 3) == pytest.approx(3.0)
+    assert interp1([1, 2, 4], [1.0, 2.0, 4.0], 8) == pytest.approx(8.0)
+    assert interp1([4, 2, 1], [4.0, 2.0, 1.0], 0.5) == pytest.approx(0.5)
+    assert cell([1], 5) == (0, 0, 0.0)
+
+
+def test_remainder_line_fit() -> None:
+    assert line_fit([32, 16, 8, 4], [3.4, 1.8, 1.0, 0.6]) == pytest.approx((0.2, 0.1))
+    a, k = line_fit([32, 16, 8], [3.0, 2.0, 4.0])  # noisy, falling: no negative slope
+    assert k == 0.0 and a == pytest.approx(3.0)
+    a, k = line_fit([32, 16, 8], [3.2, 1.0, 0.2])  # negative intercept: through the origin
+    assert a == 0.0 and k > 0
 
 
 # ------------------------------------------------------------------------------------------ json / errors

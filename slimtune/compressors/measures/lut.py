@@ -27,10 +27,11 @@ convolutions do not explain, so that the prediction is for the *whole* model:
   their standalone time; it carries the network's cache and memory effects into the table.
 * ``remainder`` — batch norm, activations, pooling, additions, concatenations and per-op
   overhead: the dense model's time minus its Conv/Linear time, measured at batch sizes ``B``,
-  ``B/2``, ``B/4`` and ``B/8``. Its cost is proportional to the number of activation elements
-  plus a constant per op; keeping a fraction ``s`` of the channels shrinks the elements as
-  shrinking the batch to ``B × s`` does, so the remainder of a plan is read off that curve at
-  ``B × s``, with ``s`` the kept fraction of the Conv/Linear output elements.
+  ``B/2``, ``B/4`` and ``B/8``. Its cost is a constant per op plus a cost per activation element;
+  keeping a fraction ``s`` of the channels shrinks the elements as shrinking the batch to
+  ``B × s`` does. The remainder of a plan is the measured one at ``B`` minus the slope of a
+  least-squares line through all those points (slope ≥ 0) times ``B × (1 - s)``, with ``s`` the
+  kept fraction of the Conv/Linear output elements.
 
 All measurements of a build run round-robin (each grid point and each whole-model pass gets one
 turn per round: an untimed call that warms the caches, then ``burst`` timed calls), so machine
@@ -69,17 +70,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from slimtune.compressors.measures.latency import (
-    Clock,
-    make_batch,
-    measurement_context,
-    stabilize_allocator,
-    time_interleaved,
+from slimtune.compressors.measures._lut_parts import (
+    Entry,
+    LayerRef,
+    LayerSpec,
+    Settings,
+    bind,
+    config_key,
+    grid_counts,
+    inputs_from_graph,
+    line_fit,
+    model_passes,
+    prunable_dims,
+    statistic,
 )
+from slimtune.compressors.measures.latency import Clock, measurement_context, stabilize_allocator, time_interleaved
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
@@ -88,125 +96,6 @@ if TYPE_CHECKING:
 __all__ = ["LatencyTable"]
 
 _FORMAT = "slimtune.latency_table/1"
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-# ============================================================================================ records
-@dataclass(frozen=True)
-class _Spec:
-    """What a standalone copy of a layer needs: its kind, hyper-parameters and input shape."""
-
-    kind: str  # "conv" | "linear"
-    in_ch: int
-    out_ch: int
-    in_shape: tuple[int, ...]  # without the batch dimension
-    bias: bool
-    kernel: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
-    padding: Any = ()  # tuple or "same"/"valid"
-    dilation: tuple[int, ...] = ()
-    groups: int = 1
-    padding_mode: str = "zeros"
-    depthwise: bool = False
-
-    @classmethod
-    def of(cls, m: nn.Module, in_shape: tuple[int, ...]) -> _Spec:
-        if isinstance(m, nn.Linear):
-            return cls("linear", int(m.in_features), int(m.out_features), in_shape, m.bias is not None)
-        pad = m.padding if isinstance(m.padding, str) else tuple(int(p) for p in m.padding)
-        return cls(
-            "conv", int(m.in_channels), int(m.out_channels), in_shape, m.bias is not None,
-            tuple(int(k) for k in m.kernel_size), tuple(int(s) for s in m.stride), pad,
-            tuple(int(d) for d in m.dilation), int(m.groups), str(m.padding_mode),
-            depthwise=m.groups > 1 and m.groups == m.in_channels,
-        )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> _Spec:
-        tup = {k: tuple(d[k]) for k in ("in_shape", "kernel", "stride", "dilation")}
-        pad = d["padding"] if isinstance(d["padding"], str) else tuple(d["padding"])
-        return cls(**{**d, **tup, "padding": pad})
-
-    def groups_for(self, cin: int, cout: int) -> int:
-        if self.depthwise:
-            return cin
-        g = self.groups
-        return g if cin % g == 0 and cout % g == 0 else math.gcd(math.gcd(cin, cout), g)
-
-    def module(self, cin: int, cout: int) -> nn.Module:
-        if self.kind == "linear":
-            return nn.Linear(cin, cout, bias=self.bias).eval()
-        cls = _CONV[len(self.kernel)]
-        return cls(cin, cout, self.kernel, self.stride, self.padding, self.dilation, self.groups_for(cin, cout),
-                   self.bias, self.padding_mode).eval()
-
-    def input(self, batch: int, cin: int) -> torch.Tensor:
-        shape = list(self.in_shape)
-        shape[-1 if self.kind == "linear" else 0] = cin
-        return torch.randn(batch, *shape)
-
-
-@dataclass
-class _Entry:
-    """Standalone latencies (ms) of one layer configuration.
-
-    ``ms[i][j]`` is the latency at ``(ins[i], outs[j])``; for depthwise convolutions (one axis,
-    in = out) ``outs == ins`` and ``ms[i] == [latency at ins[i]]``. ``exact`` holds latencies
-    measured at exact counts, keyed ``"in,out"``.
-    """
-
-    spec: _Spec
-    ins: list[int]
-    outs: list[int]
-    ms: list[list[float]]
-    exact: dict[str, float] = field(default_factory=dict)
-
-    def points(self) -> list[tuple[int, int]]:
-        if self.spec.depthwise:
-            return [(i, i) for i in self.ins]
-        return [(i, o) for i in self.ins for o in self.outs]
-
-    def lookup(self, cin: int, cout: int) -> float:
-        hit = self.exact.get(f"{cin},{cout}")
-        if hit is not None:
-            return hit
-        floor = 0.05 * min(v for row in self.ms for v in row)
-        if self.spec.depthwise:
-            return max(floor, _interp1(self.ins, [row[0] for row in self.ms], cout))
-        i0, i1, wi = _cell(self.ins, cin)
-        o0, o1, wo = _cell(self.outs, cout)
-        v = ((1 - wi) * (1 - wo) * self.ms[i0][o0] + (1 - wi) * wo * self.ms[i0][o1]
-             + wi * (1 - wo) * self.ms[i1][o0] + wi * wo * self.ms[i1][o1])
-        # an axis measured at one count only (pruning never changes it): scale if asked otherwise
-        if len(self.ins) == 1 and cin != self.ins[0]:
-            v *= cin / self.ins[0]
-        if len(self.outs) == 1 and cout != self.outs[0]:
-            v *= cout / self.outs[0]
-        return max(floor, v)
-
-
-@dataclass
-class _Layer:
-    """A Conv/Linear layer of the model and where its measurements are."""
-
-    name: str
-    key: str  # into LatencyTable.entries
-    orig: tuple[int, int]  # (in, out) channels / features
-    calls: int
-    out_elems: float  # output elements per sample of one call (weights the remainder)
-    depthwise: bool
-
-
-@dataclass
-class _Settings:
-    """How the table was measured (reused for exact points measured later)."""
-
-    warmup: int
-    repeats: int
-    burst: int
-    quantile: float
-    clock: str
-    min_time_s: float = 0.0
 
 
 # ============================================================================================ table
@@ -246,9 +135,9 @@ class LatencyTable:
     gamma: float
     remainder_batches: list[float]
     remainder_ms: list[float]
-    layers: dict[str, _Layer]
-    entries: dict[str, _Entry]
-    settings: _Settings
+    layers: dict[str, LayerRef]
+    entries: dict[str, Entry]
+    settings: Settings
     graph: ModelGraph | None = field(default=None, repr=False, compare=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -318,39 +207,39 @@ class LatencyTable:
         clock = clock or ("cpu" if threads == 1 else "wall")
         if clock == "cpu" and threads != 1:
             raise ValueError(f"clock='cpu' measures one thread; it needs threads=1, got threads={threads}")
-        settings = _Settings(warmup, repeats, burst, quantile, clock, min_time_s)
+        settings = Settings(warmup, repeats, burst, quantile, clock, min_time_s)
         if stable_allocator:
             stabilize_allocator()
         t_start = time.perf_counter()
         model = graph.model
-        inputs = example_inputs if example_inputs is not None else _inputs_from_graph(graph)
+        inputs = example_inputs if example_inputs is not None else inputs_from_graph(graph)
         modules = dict(model.named_modules())
-        dims = _prunable_dims(graph)
+        dims = prunable_dims(graph)
 
-        layers: dict[str, _Layer] = {}
-        entries: dict[str, _Entry] = {}
+        layers: dict[str, LayerRef] = {}
+        entries: dict[str, Entry] = {}
         for name, info in graph.layers.items():
             m = modules.get(name)
             if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or not info.in_shape or not info.out_shape:
                 continue
-            spec = _Spec.of(m, tuple(int(s) for s in info.in_shape[1:]))
+            spec = LayerSpec.of(m, tuple(int(s) for s in info.in_shape[1:]))
             din, dout = (True, True) if dims is None else dims.get(name, (False, False))
             if spec.depthwise:
                 din = dout = din or dout
             multiple = spec.groups if spec.kind == "conv" and not spec.depthwise else 1
-            ins = _grid_counts(spec.in_ch, ratios if din else [1.0], multiple)
-            outs = ins if spec.depthwise else _grid_counts(spec.out_ch, ratios if dout else [1.0], multiple)
-            key = _key(spec, ins, outs)
-            entries.setdefault(key, _Entry(spec, ins, outs, []))
-            layers[name] = _Layer(name, key, (spec.in_ch, spec.out_ch), max(1, int(info.calls)),
+            ins = grid_counts(spec.in_ch, ratios if din else [1.0], multiple)
+            outs = ins if spec.depthwise else grid_counts(spec.out_ch, ratios if dout else [1.0], multiple)
+            key = config_key(spec, ins, outs)
+            entries.setdefault(key, Entry(spec, ins, outs, []))
+            layers[name] = LayerRef(name, key, (spec.in_ch, spec.out_ch), max(1, int(info.calls)),
                                   float(math.prod(info.out_shape[1:])), spec.depthwise)
 
         fns: list[Callable[[], Any]] = []
         for e in entries.values():
             xs = {cin: e.spec.input(batch_size, cin) for cin in e.ins}
-            fns += [_bind(e.spec.module(cin, cout), xs[cin]) for cin, cout in e.points()]
+            fns += [bind(e.spec.module(cin, cout), xs[cin]) for cin, cout in e.points()]
         n_points = len(fns)
-        batches, model_fns, in_net_passes = _model_passes(model, inputs, list(layers), batch_size, clock)
+        batches, model_fns, in_net_passes = model_passes(model, inputs, list(layers), batch_size, clock)
         fns += model_fns
         if progress is not None:
             progress(f"measuring {len(entries)} layer configurations ({n_points} points) and the model "
@@ -358,7 +247,7 @@ class LatencyTable:
         with measurement_context([model], threads):
             samples = time_interleaved(fns, warmup, repeats, min_time_s, burst=burst, burst_warmup=1, clock=clock)
 
-        stat = _statistic(quantile)
+        stat = statistic(quantile)
         pos = 0
         for e in entries.values():
             values = {p: stat(samples[pos + j]) for j, p in enumerate(e.points())}
@@ -447,7 +336,10 @@ class LatencyTable:
             total += w
             kept += w * cout / layer.orig[1]
         s = kept / total if total > 0 else 1.0
-        out["remainder"] = max(0.0, _interp1(self.remainder_batches, self.remainder_ms, self.batch_size * s))
+        # slope from a line through all batch sizes, anchored at the measured full batch
+        _, k = line_fit(self.remainder_batches, self.remainder_ms)
+        full = self.remainder_ms[self.remainder_batches.index(float(self.batch_size))]
+        out["remainder"] = max(0.0, full - k * self.batch_size * (1.0 - s))
         out["total"] = sum(out.values())
         return out
 
@@ -465,7 +357,7 @@ class LatencyTable:
             The number of points measured.
         """
         counts = self._counts(plan_or_counts, graph)
-        todo: dict[tuple[str, int, int], _Entry] = {}
+        todo: dict[tuple[str, int, int], Entry] = {}
         for name, layer in self.layers.items():
             cin, cout = self._effective(layer, counts.get(name, layer.orig))
             e = self.entries[layer.key]
@@ -475,18 +367,18 @@ class LatencyTable:
             todo[(layer.key, cin, cout)] = e
         if not todo:
             return 0
-        fns = [_bind(e.spec.module(cin, cout), e.spec.input(self.batch_size, cin)) for (_, cin, cout), e in todo.items()]
+        fns = [bind(e.spec.module(cin, cout), e.spec.input(self.batch_size, cin)) for (_, cin, cout), e in todo.items()]
         st = self.settings
         with measurement_context([], self.threads):
             samples = time_interleaved(fns, max(1, st.warmup // 2), st.repeats, st.min_time_s, burst=st.burst,
                                        burst_warmup=1, clock=st.clock)
-        stat = _statistic(st.quantile)
+        stat = statistic(st.quantile)
         for ((_, cin, cout), e), s in zip(todo.items(), samples):
             e.exact[f"{cin},{cout}"] = stat(s)
         return len(todo)
 
     @staticmethod
-    def _effective(layer: _Layer, counts: tuple[int, int]) -> tuple[int, int]:
+    def _effective(layer: LayerRef, counts: tuple[int, int]) -> tuple[int, int]:
         cin, cout = counts
         return (cout, cout) if layer.depthwise else (cin, cout)
 
@@ -555,12 +447,12 @@ class LatencyTable:
             raise ValueError(f"not a slimtune latency table (expected format {_FORMAT!r})")
         try:
             layers = {
-                n: _Layer(n, d["key"], (int(d["orig"][0]), int(d["orig"][1])), int(d["calls"]),
+                n: LayerRef(n, d["key"], (int(d["orig"][0]), int(d["orig"][1])), int(d["calls"]),
                           float(d["out_elems"]), bool(d["depthwise"]))
                 for n, d in data["layers"].items()
             }
             entries = {
-                k: _Entry(_Spec.from_dict(e["spec"]), [int(v) for v in e["ins"]], [int(v) for v in e["outs"]],
+                k: Entry(LayerSpec.from_dict(e["spec"]), [int(v) for v in e["ins"]], [int(v) for v in e["outs"]],
                           [[float(v) for v in row] for row in e["ms"]],
                           {str(p): float(v) for p, v in (e.get("exact") or {}).items()})
                 for k, e in data["entries"].items()
@@ -574,7 +466,7 @@ class LatencyTable:
                 remainder_ms=[float(v) for v in data["remainder_ms"]],
                 layers=layers,
                 entries=entries,
-                settings=_Settings(**data["settings"]),
+                settings=Settings(**data["settings"]),
                 graph=graph,
                 meta=dict(data.get("meta") or {}),
             )
@@ -611,150 +503,6 @@ class LatencyTable:
             return cls.from_json(f.read(), graph)
 
 
-# ============================================================================================ helpers
+
 def _preview(names: list[str], n: int = 8) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
-
-
-def _statistic(quantile: float) -> Callable[[Sequence[float]], float]:
-    def stat(values: Sequence[float]) -> float:
-        return float(np.quantile(np.asarray(values, dtype=float), quantile)) * 1e3
-
-    return stat
-
-
-def _prunable_dims(graph: ModelGraph) -> dict[str, tuple[bool, bool]] | None:
-    """Per layer: (input dim prunable, output dim prunable), from the graph's prunable groups."""
-    groups = getattr(graph, "groups", None)
-    if groups is None:
-        return None
-    dims: dict[str, list[bool]] = {}
-    for g in groups.values():
-        if not getattr(g, "prunable", True):
-            continue
-        for m in g.members:
-            d = dims.setdefault(m.layer, [False, False])
-            d[0] = d[0] or m.role in ("in", "dw")
-            d[1] = d[1] or m.role in ("out", "dw")
-    return {k: (v[0], v[1]) for k, v in dims.items()}
-
-
-def _grid_counts(n: int, ratios: Sequence[float], multiple: int) -> list[int]:
-    """Channel counts for the ratios, rounded to ``multiple`` (groups), at least ``multiple``."""
-    if n % multiple:
-        multiple = 1
-    return sorted({max(multiple, int(round(r * n / multiple)) * multiple) for r in ratios} | {n})
-
-
-def _key(spec: _Spec, ins: list[int], outs: list[int]) -> str:
-    if spec.kind == "linear":
-        desc = f"Linear({spec.in_ch},{spec.out_ch},bias={spec.bias})"
-    else:
-        desc = (f"Conv{len(spec.kernel)}d({spec.in_ch},{spec.out_ch},k={spec.kernel},s={spec.stride},"
-                f"p={spec.padding},d={spec.dilation},g={spec.groups},bias={spec.bias},{spec.padding_mode})")
-    shape = "x".join(map(str, spec.in_shape))
-    return f"{desc}@{shape}|in={ins}|out={outs}"
-
-
-def _bind(mod: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    def call() -> Any:
-        return mod(x)
-
-    return call
-
-
-def _remainder_batches(batch: int) -> list[int]:
-    return sorted({max(1, batch // d) for d in (1, 2, 4, 8)}, reverse=True)
-
-
-def _model_passes(
-    model: nn.Module, example_inputs: Any, names: list[str], batch: int, clock: str
-) -> tuple[list[int], list[Callable[[], Any]], list[list[float]]]:
-    """Plain and hooked forward passes of the dense model at each remainder batch size.
-
-    Returns the batch sizes, the callables (``plain, hooked`` per batch size: the plain passes
-    give the total time; the hooked ones append, per pass, the seconds spent inside the
-    Conv/Linear modules ``names`` to the returned lists).
-    """
-    batches = _remainder_batches(batch)
-    modules = dict(model.named_modules())
-    timer = time.thread_time if clock == "cpu" else time.perf_counter
-    per_pass: list[list[float]] = [[] for _ in batches]
-    started: dict[int, float] = {}
-    acc = [0.0]
-
-    def pre(module: nn.Module, args: Any) -> None:
-        started[id(module)] = timer()
-
-    def post(module: nn.Module, args: Any, output: Any) -> None:
-        t = timer()
-        acc[0] += t - started.pop(id(module), t)
-
-    fns: list[Callable[[], Any]] = []
-    for k, b in enumerate(batches):
-        args = make_batch(example_inputs, b)
-
-        def plain(args: tuple[Any, ...] = args) -> Any:
-            return model(*args)
-
-        def hooked(args: tuple[Any, ...] = args, k: int = k) -> Any:
-            handles = []
-            for n in names:
-                handles.append(modules[n].register_forward_pre_hook(pre))
-                handles.append(modules[n].register_forward_hook(post))
-            acc[0] = 0.0
-            try:
-                return model(*args)
-            finally:
-                for h in handles:
-                    h.remove()
-                per_pass[k].append(acc[0])
-
-        fns += [plain, hooked]
-    return batches, fns, per_pass
-
-
-def _inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
-    gm = getattr(graph, "gm", None)
-    if gm is None:
-        raise ValueError("LatencyTable.build needs example_inputs: the graph has no traced input shapes")
-    out = []
-    for node in gm.graph.nodes:
-        if node.op != "placeholder":
-            continue
-        meta = node.meta.get("tensor_meta")
-        if meta is None:
-            raise ValueError(f"LatencyTable.build needs example_inputs: no shape known for input {node.name!r}")
-        out.append(torch.randn(tuple(meta.shape)).to(meta.dtype))
-    return tuple(out)
-
-
-def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """Piecewise-linear interpolation, linear extrapolation from the end segments."""
-    pts = sorted(zip(xs, ys))
-    if len(pts) == 1:
-        x0, y0 = pts[0]
-        return y0 * x / x0 if x0 else y0
-    if x <= pts[0][0]:
-        (x0, y0), (x1, y1) = pts[0], pts[1]
-    elif x >= pts[-1][0]:
-        (x0, y0), (x1, y1) = pts[-2], pts[-1]
-    else:
-        i = next(i for i in range(1, len(pts)) if pts[i][0] >= x)
-        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
-    if x1 == x0:
-        return y0
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-
-
-def _cell(axis: Sequence[int], v: float) -> tuple[int, int, float]:
-    """Indices (lo, hi) of the grid cell for ``v`` and the weight of ``hi`` (<0 or >1 outside)."""
-    if len(axis) == 1:
-        return 0, 0, 0.0
-    if v <= axis[0]:
-        lo = 0
-    elif v >= axis[-1]:
-        lo = len(axis) - 2
-    else:
-        lo = max(i for i in range(len(axis) - 1) if axis[i] <= v)
-    return lo, lo + 1, (v - axis[lo]) / (axis[lo + 1] - axis[lo])

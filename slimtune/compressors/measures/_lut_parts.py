@@ -1,0 +1,305 @@
+"""Internals of :mod:`slimtune.compressors.measures.lut`: layer specs, table entries, interpolation.
+
+A :class:`LayerSpec` describes a Conv/Linear layer well enough to build a standalone copy at other
+channel counts; an :class:`Entry` holds the latencies of one configuration on a grid of
+(in, out) counts plus exact points, and interpolates between them. The functions build the
+measured callables (standalone layers, plain and hooked whole-model passes) and fit the remainder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimtune.compressors.measures.latency import make_batch
+
+if TYPE_CHECKING:
+    from slimtune.compressors.graph import ModelGraph
+
+CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a standalone copy of a layer needs: its kind, hyper-parameters and input shape."""
+
+    kind: str  # "conv" | "linear"
+    in_ch: int
+    out_ch: int
+    in_shape: tuple[int, ...]  # without the batch dimension
+    bias: bool
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: Any = ()  # tuple or "same"/"valid"
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    padding_mode: str = "zeros"
+    depthwise: bool = False
+
+    @classmethod
+    def of(cls, m: nn.Module, in_shape: tuple[int, ...]) -> LayerSpec:
+        if isinstance(m, nn.Linear):
+            return cls("linear", int(m.in_features), int(m.out_features), in_shape, m.bias is not None)
+        pad = m.padding if isinstance(m.padding, str) else tuple(int(p) for p in m.padding)
+        return cls(
+            "conv", int(m.in_channels), int(m.out_channels), in_shape, m.bias is not None,
+            tuple(int(k) for k in m.kernel_size), tuple(int(s) for s in m.stride), pad,
+            tuple(int(d) for d in m.dilation), int(m.groups), str(m.padding_mode),
+            depthwise=m.groups > 1 and m.groups == m.in_channels,
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerSpec:
+        tup = {k: tuple(d[k]) for k in ("in_shape", "kernel", "stride", "dilation")}
+        pad = d["padding"] if isinstance(d["padding"], str) else tuple(d["padding"])
+        return cls(**{**d, **tup, "padding": pad})
+
+    def groups_for(self, cin: int, cout: int) -> int:
+        if self.depthwise:
+            return cin
+        g = self.groups
+        return g if cin % g == 0 and cout % g == 0 else math.gcd(math.gcd(cin, cout), g)
+
+    def module(self, cin: int, cout: int) -> nn.Module:
+        if self.kind == "linear":
+            return nn.Linear(cin, cout, bias=self.bias).eval()
+        cls = CONV_TYPES[len(self.kernel)]
+        return cls(cin, cout, self.kernel, self.stride, self.padding, self.dilation, self.groups_for(cin, cout),
+                   self.bias, self.padding_mode).eval()
+
+    def input(self, batch: int, cin: int) -> torch.Tensor:
+        shape = list(self.in_shape)
+        shape[-1 if self.kind == "linear" else 0] = cin
+        return torch.randn(batch, *shape)
+
+
+@dataclass
+class Entry:
+    """Standalone latencies (ms) of one layer configuration.
+
+    ``ms[i][j]`` is the latency at ``(ins[i], outs[j])``; for depthwise convolutions (one axis,
+    in = out) ``outs == ins`` and ``ms[i] == [latency at ins[i]]``. ``exact`` holds latencies
+    measured at exact counts, keyed ``"in,out"``.
+    """
+
+    spec: LayerSpec
+    ins: list[int]
+    outs: list[int]
+    ms: list[list[float]]
+    exact: dict[str, float] = field(default_factory=dict)
+
+    def points(self) -> list[tuple[int, int]]:
+        if self.spec.depthwise:
+            return [(i, i) for i in self.ins]
+        return [(i, o) for i in self.ins for o in self.outs]
+
+    def lookup(self, cin: int, cout: int) -> float:
+        hit = self.exact.get(f"{cin},{cout}")
+        if hit is not None:
+            return hit
+        floor = 0.05 * min(v for row in self.ms for v in row)
+        if self.spec.depthwise:
+            return max(floor, interp1(self.ins, [row[0] for row in self.ms], cout))
+        i0, i1, wi = cell(self.ins, cin)
+        o0, o1, wo = cell(self.outs, cout)
+        v = ((1 - wi) * (1 - wo) * self.ms[i0][o0] + (1 - wi) * wo * self.ms[i0][o1]
+             + wi * (1 - wo) * self.ms[i1][o0] + wi * wo * self.ms[i1][o1])
+        # an axis measured at one count only (pruning never changes it): scale if asked otherwise
+        if len(self.ins) == 1 and cin != self.ins[0]:
+            v *= cin / self.ins[0]
+        if len(self.outs) == 1 and cout != self.outs[0]:
+            v *= cout / self.outs[0]
+        return max(floor, v)
+
+
+@dataclass
+class LayerRef:
+    """A Conv/Linear layer of the model and where its measurements are."""
+
+    name: str
+    key: str  # into LatencyTable.entries
+    orig: tuple[int, int]  # (in, out) channels / features
+    calls: int
+    out_elems: float  # output elements per sample of one call (weights the remainder)
+    depthwise: bool
+
+
+@dataclass
+class Settings:
+    """How the table was measured (reused for exact points measured later)."""
+
+    warmup: int
+    repeats: int
+    burst: int
+    quantile: float
+    clock: str
+    min_time_s: float = 0.0
+
+
+def statistic(quantile: float) -> Callable[[Sequence[float]], float]:
+    def stat(values: Sequence[float]) -> float:
+        return float(np.quantile(np.asarray(values, dtype=float), quantile)) * 1e3
+
+    return stat
+
+
+def prunable_dims(graph: ModelGraph) -> dict[str, tuple[bool, bool]] | None:
+    """Per layer: (input dim prunable, output dim prunable), from the graph's prunable groups."""
+    groups = getattr(graph, "groups", None)
+    if groups is None:
+        return None
+    dims: dict[str, list[bool]] = {}
+    for g in groups.values():
+        if not getattr(g, "prunable", True):
+            continue
+        for m in g.members:
+            d = dims.setdefault(m.layer, [False, False])
+            d[0] = d[0] or m.role in ("in", "dw")
+            d[1] = d[1] or m.role in ("out", "dw")
+    return {k: (v[0], v[1]) for k, v in dims.items()}
+
+
+def grid_counts(n: int, ratios: Sequence[float], multiple: int) -> list[int]:
+    """Channel counts for the ratios, rounded to ``multiple`` (groups), at least ``multiple``."""
+    if n % multiple:
+        multiple = 1
+    return sorted({max(multiple, int(round(r * n / multiple)) * multiple) for r in ratios} | {n})
+
+
+def config_key(spec: LayerSpec, ins: list[int], outs: list[int]) -> str:
+    if spec.kind == "linear":
+        desc = f"Linear({spec.in_ch},{spec.out_ch},bias={spec.bias})"
+    else:
+        desc = (f"Conv{len(spec.kernel)}d({spec.in_ch},{spec.out_ch},k={spec.kernel},s={spec.stride},"
+                f"p={spec.padding},d={spec.dilation},g={spec.groups},bias={spec.bias},{spec.padding_mode})")
+    shape = "x".join(map(str, spec.in_shape))
+    return f"{desc}@{shape}|in={ins}|out={outs}"
+
+
+def bind(mod: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def call() -> Any:
+        return mod(x)
+
+    return call
+
+
+def remainder_batches(batch: int) -> list[int]:
+    return sorted({max(1, batch // d) for d in (1, 2, 4, 8)}, reverse=True)
+
+
+def model_passes(
+    model: nn.Module, example_inputs: Any, names: list[str], batch: int, clock: str
+) -> tuple[list[int], list[Callable[[], Any]], list[list[float]]]:
+    """Plain and hooked forward passes of the dense model at each remainder batch size.
+
+    Returns the batch sizes, the callables (``plain, hooked`` per batch size: the plain passes
+    give the total time; the hooked ones append, per pass, the seconds spent inside the
+    Conv/Linear modules ``names`` to the returned lists).
+    """
+    batches = remainder_batches(batch)
+    modules = dict(model.named_modules())
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
+    per_pass: list[list[float]] = [[] for _ in batches]
+    started: dict[int, float] = {}
+    acc = [0.0]
+
+    def pre(module: nn.Module, args: Any) -> None:
+        started[id(module)] = timer()
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        t = timer()
+        acc[0] += t - started.pop(id(module), t)
+
+    fns: list[Callable[[], Any]] = []
+    for k, b in enumerate(batches):
+        args = make_batch(example_inputs, b)
+
+        def plain(args: tuple[Any, ...] = args) -> Any:
+            return model(*args)
+
+        def hooked(args: tuple[Any, ...] = args, k: int = k) -> Any:
+            handles = []
+            for n in names:
+                handles.append(modules[n].register_forward_pre_hook(pre))
+                handles.append(modules[n].register_forward_hook(post))
+            acc[0] = 0.0
+            try:
+                return model(*args)
+            finally:
+                for h in handles:
+                    h.remove()
+                per_pass[k].append(acc[0])
+
+        fns += [plain, hooked]
+    return batches, fns, per_pass
+
+
+def inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
+    gm = getattr(graph, "gm", None)
+    if gm is None:
+        raise ValueError("LatencyTable.build needs example_inputs: the graph has no traced input shapes")
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        meta = node.meta.get("tensor_meta")
+        if meta is None:
+            raise ValueError(f"LatencyTable.build needs example_inputs: no shape known for input {node.name!r}")
+        out.append(torch.randn(tuple(meta.shape)).to(meta.dtype))
+    return tuple(out)
+
+
+def interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear interpolation, linear extrapolation from the end segments."""
+    pts = sorted(zip(xs, ys))
+    if len(pts) == 1:
+        x0, y0 = pts[0]
+        return y0 * x / x0 if x0 else y0
+    if x <= pts[0][0]:
+        (x0, y0), (x1, y1) = pts[0], pts[1]
+    elif x >= pts[-1][0]:
+        (x0, y0), (x1, y1) = pts[-2], pts[-1]
+    else:
+        i = next(i for i in range(1, len(pts)) if pts[i][0] >= x)
+        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+    if x1 == x0:
+        return y0
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def line_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + k x`` with ``a, k >= 0`` (a per-op constant plus a per-element cost).
+
+    Each remainder value is a difference of two measurements, so single points are noisy; a line
+    through all of them is steadier than interpolating between them.
+    """
+    x = np.asarray(xs, dtype=float)
+    y = np.asarray(ys, dtype=float)
+    if len(x) == 1 or np.ptp(x) == 0:
+        return 0.0, float(y.mean() / x.mean()) if x.mean() > 0 else 0.0
+    k, a = np.polyfit(x, y, 1)
+    if a < 0 or k < 0:
+        if k <= 0:
+            return float(max(0.0, y.mean())), 0.0
+        k = float((x * y).sum() / (x * x).sum())  # through the origin
+        return 0.0, max(0.0, k)
+    return float(a), float(k)
+
+
+def cell(axis: Sequence[int], v: float) -> tuple[int, int, float]:
+    """Indices (lo, hi) of the grid cell for ``v`` and the weight of ``hi`` (<0 or >1 outside)."""
+    if len(axis) == 1:
+        return 0, 0, 0.0
+    if v <= axis[0]:
+        lo = 0
+    elif v >= axis[-1]:
+        lo = len(axis) - 2
+    else:
+        lo = max(i for i in range(len(axis) - 1) if axis[i] <= v)
+    return lo, lo + 1, (v - axis[lo]) / (axis[lo + 1] - axis[lo])
