@@ -128,6 +128,7 @@ class LayerRef:
     calls: int
     out_elems: float  # output elements per sample of one call (weights the remainder)
     depthwise: bool
+    remainder_ms: float = 0.0  # time of the leaf modules that follow it on its channels (BN, ReLU, pool)
 
 
 @dataclass
@@ -194,20 +195,23 @@ def remainder_batches(batch: int) -> list[int]:
 
 
 def model_passes(
-    model: nn.Module, example_inputs: Any, names: list[str], batch: int, clock: str
-) -> tuple[list[int], list[Callable[[], Any]], list[list[float]]]:
+    model: nn.Module, example_inputs: Any, names: list[str], others: list[str], batch: int, clock: str
+) -> tuple[list[int], list[Callable[[], Any]], list[list[float]], dict[str, list[float]]]:
     """Plain and hooked forward passes of the dense model at each remainder batch size.
 
-    Returns the batch sizes, the callables (``plain, hooked`` per batch size: the plain passes
-    give the total time; the hooked ones append, per pass, the seconds spent inside the
-    Conv/Linear modules ``names`` to the returned lists).
+    Returns the batch sizes; the callables (``plain, hooked`` per batch size): the plain passes
+    give the total time, the hooked ones append, per pass, the seconds spent inside the
+    Conv/Linear modules ``names`` to the returned lists; and, for the full batch size, the
+    seconds per pass spent inside each of the ``others`` modules.
     """
     batches = remainder_batches(batch)
     modules = dict(model.named_modules())
     timer = time.thread_time if clock == "cpu" else time.perf_counter
     per_pass: list[list[float]] = [[] for _ in batches]
+    other_pass: dict[str, list[float]] = {n: [] for n in others}
     started: dict[int, float] = {}
     acc = [0.0]
+    other_acc: dict[str, float] = {}
 
     def pre(module: nn.Module, args: Any) -> None:
         started[id(module)] = timer()
@@ -215,6 +219,13 @@ def model_passes(
     def post(module: nn.Module, args: Any, output: Any) -> None:
         t = timer()
         acc[0] += t - started.pop(id(module), t)
+
+    def post_other(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            t = timer()
+            other_acc[name] = other_acc.get(name, 0.0) + t - started.pop(id(module), t)
+
+        return hook
 
     fns: list[Callable[[], Any]] = []
     for k, b in enumerate(batches):
@@ -228,16 +239,68 @@ def model_passes(
             for n in names:
                 handles.append(modules[n].register_forward_pre_hook(pre))
                 handles.append(modules[n].register_forward_hook(post))
+            if k == 0:
+                for n in others:
+                    handles.append(modules[n].register_forward_pre_hook(pre))
+                    handles.append(modules[n].register_forward_hook(post_other(n)))
             acc[0] = 0.0
+            other_acc.clear()
             try:
                 return model(*args)
             finally:
                 for h in handles:
                     h.remove()
                 per_pass[k].append(acc[0])
+                if k == 0:
+                    for n in others:
+                        other_pass[n].append(other_acc.get(n, 0.0))
 
         fns += [plain, hooked]
-    return batches, fns, per_pass
+    return batches, fns, per_pass, other_pass
+
+
+def attribute_leaves(model: nn.Module, example_inputs: Any, names: list[str]) -> dict[str, str | None]:
+    """For every other leaf module: the Conv/Linear layer whose channels it works on, or None.
+
+    One forward pass records the call order; a leaf module (BN, activation, pooling ...) is
+    attributed to the latest Conv/Linear layer called before it whose output has the shape of the
+    leaf's input (batch dimension aside) — the layer whose output channels it processes.
+    """
+    lut = set(names)
+    order: list[tuple[str, tuple[int, ...] | None, tuple[int, ...] | None]] = []
+    handles = []
+
+    def shape(value: Any) -> tuple[int, ...] | None:
+        if isinstance(value, (tuple, list)):
+            value = value[0] if value else None
+        return tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            order.append((name, shape(args), shape(output)))
+
+        return hook
+
+    for name, m in model.named_modules():
+        if name and (name in lut or not any(True for _ in m.children())):
+            handles.append(m.register_forward_hook(make(name)))
+    try:
+        with torch.inference_mode():
+            model(*make_batch(example_inputs, None))
+    finally:
+        for h in handles:
+            h.remove()
+    owner: dict[str, str | None] = {}
+    last: dict[tuple[int, ...], str] = {}  # output shape -> latest layer producing it
+    for name, in_shape, out_shape in order:
+        if name in lut:
+            if out_shape is not None:
+                last[out_shape] = name
+            continue
+        if name in owner:
+            continue
+        owner[name] = last.get(in_shape) if in_shape is not None else None
+    return owner
 
 
 def inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:

@@ -8,27 +8,22 @@ Work done by functional calls outside modules (``F.relu``, ``x + y``, ``torch.ca
 Counting rules (all numbers are **per sample**: the totals of the forward pass are divided by the
 first dimension of the first tensor input):
 
-============================== ================================================= =================
-module                          ``macs``                                          ``elementwise``
-============================== ================================================= =================
-Conv1d/2d/3d (any groups)       out.numel × in_channels/groups × prod(kernel)      0
-ConvTranspose1d/2d/3d           in.numel × out_channels/groups × prod(kernel)      0
-Linear (any leading dims)       out.numel × in_features                            0
-Bilinear                        out.numel × in1_features × in2_features            0
-BatchNorm/InstanceNorm/         0                                                  out.numel
-LayerNorm/GroupNorm
-activations, Softmax, Upsample  0                                                  out.numel
-pooling (max/avg/adaptive/LP)   0                                                  in.numel
-Embedding, other leaf modules   0                                                  0
-with parameters
-============================== ================================================= =================
+- Conv1d/2d/3d (any ``groups``): ``macs = out.numel × in_channels/groups × prod(kernel)``.
+- ConvTranspose1d/2d/3d: ``macs = in.numel × out_channels/groups × prod(kernel)``.
+- Linear (any number of leading dims): ``macs = out.numel × in_features``.
+- Bilinear: ``macs = out.numel × in1_features × in2_features``.
+- BatchNorm, InstanceNorm, LayerNorm, GroupNorm: ``macs = 0``, ``elementwise = out.numel``.
+- Activations, Softmax, Upsample: ``macs = 0``, ``elementwise = out.numel``.
+- Pooling (max, avg, adaptive, LP): ``macs = 0``, ``elementwise = in.numel``.
+- Embedding and other leaf modules with parameters: 0 and 0 (listed for their ``params``).
 
 Biases are not counted as MACs. Unstructured zeros do not reduce ``macs`` (dense kernels still
 multiply them); ``sparse_macs`` is ``macs`` × the fraction of non-zero weights, the count an
 ideal sparse kernel would do. ``params`` counts the module's own weights (a
 ``torch.nn.utils.prune`` re-parametrised layer counts its weight once; a quantized
 ``torch.ao.nn.quantized`` layer counts its packed weight and bias). Module types with no work
-(``Identity``, ``Dropout``, ``Flatten``, containers) get no row.
+(``Identity``, ``Dropout``, ``Flatten``, containers) get no row; ``nn.MultiheadAttention`` is not
+counted (it computes its projections functionally).
 
 Example:
     >>> import torch

@@ -30,8 +30,12 @@ convolutions do not explain, so that the prediction is for the *whole* model:
   ``B/2``, ``B/4`` and ``B/8``. Its cost is a constant per op plus a cost per activation element;
   keeping a fraction ``s`` of the channels shrinks the elements as shrinking the batch to
   ``B × s`` does. The remainder of a plan is the measured one at ``B`` minus the slope of a
-  least-squares line through all those points (slope ≥ 0) times ``B × (1 - s)``, with ``s`` the
-  kept fraction of the Conv/Linear output elements.
+  least-squares line through all those points (slope ≥ 0) times ``B × (1 - s)``. ``s`` weighs
+  each layer's kept fraction of output channels by the time of the leaf modules that work on its
+  output (BN, activations, pooling: timed with hooks in the dense model and attributed to the
+  latest Conv/Linear layer whose output shape they take as input), and the rest of the
+  remainder (functional ops) by the layers' output elements. A slow ``MaxPool2d`` after a wide
+  first layer, for instance, then follows that layer's channels.
 
 All measurements of a build run round-robin (each grid point and each whole-model pass gets one
 turn per round: an untimed call that warms the caches, then ``burst`` timed calls), so machine
@@ -78,6 +82,7 @@ from slimtune.compressors.measures._lut_parts import (
     LayerRef,
     LayerSpec,
     Settings,
+    attribute_leaves,
     bind,
     config_key,
     grid_counts,
@@ -239,7 +244,10 @@ class LatencyTable:
             xs = {cin: e.spec.input(batch_size, cin) for cin in e.ins}
             fns += [bind(e.spec.module(cin, cout), xs[cin]) for cin, cout in e.points()]
         n_points = len(fns)
-        batches, model_fns, in_net_passes = model_passes(model, inputs, list(layers), batch_size, clock)
+        owners = attribute_leaves(model, inputs, list(layers))
+        batches, model_fns, in_net_passes, other_passes = model_passes(
+            model, inputs, list(layers), list(owners), batch_size, clock
+        )
         fns += model_fns
         if progress is not None:
             progress(f"measuring {len(entries)} layer configurations ({n_points} points) and the model "
@@ -258,7 +266,13 @@ class LatencyTable:
                 e.ms = [[values[(i, o)] for o in e.outs] for i in e.ins]
         totals = [stat(samples[n_points + 2 * k]) for k in range(len(batches))]
         # hooked passes log every call: drop the warm-up rounds and each turn's untimed first call
-        in_net = [stat([v for j, v in enumerate(p[warmup:]) if j % (burst + 1)]) for p in in_net_passes]
+        def timed(values: list[float]) -> list[float]:
+            return [v for j, v in enumerate(values[warmup:]) if j % (burst + 1)]
+
+        in_net = [stat(timed(p)) for p in in_net_passes]
+        for leaf, owner in owners.items():
+            if owner is not None:
+                layers[owner].remainder_ms += stat(timed(other_passes[leaf]))
         standalone = sum(l.calls * entries[l.key].lookup(*l.orig) for l in layers.values())
         gamma = in_net[0] / standalone if standalone > 0 and in_net[0] > 0 else 1.0
         table = cls(
@@ -328,17 +342,24 @@ class LatencyTable:
         if measure_missing:
             self.measure(counts)
         out: dict[str, float] = {}
-        kept = total = 0.0
+        kept = total = attributed = attributed_kept = 0.0
         for name, layer in self.layers.items():
             cin, cout = self._effective(layer, counts.get(name, layer.orig))
             out[name] = layer.calls * self.gamma * self.entries[layer.key].lookup(cin, cout)
+            keep = cout / layer.orig[1]
             w = layer.out_elems * layer.calls
             total += w
-            kept += w * cout / layer.orig[1]
-        s = kept / total if total > 0 else 1.0
+            kept += w * keep
+            attributed += layer.remainder_ms
+            attributed_kept += layer.remainder_ms * keep
+        # kept fraction of the remainder: leaf modules (BN, activations, pooling) by the channels
+        # of the layer they follow, the rest (functional ops, overhead) by kept output elements
+        s_elems = kept / total if total > 0 else 1.0
+        full = self.remainder_ms[self.remainder_batches.index(float(self.batch_size))]
+        rest = max(0.0, full - attributed)
+        s = (attributed_kept + rest * s_elems) / (attributed + rest) if attributed + rest > 0 else s_elems
         # slope from a line through all batch sizes, anchored at the measured full batch
         _, k = line_fit(self.remainder_batches, self.remainder_ms)
-        full = self.remainder_ms[self.remainder_batches.index(float(self.batch_size))]
         out["remainder"] = max(0.0, full - k * self.batch_size * (1.0 - s))
         out["total"] = sum(out.values())
         return out
@@ -421,7 +442,7 @@ class LatencyTable:
             "settings": asdict(self.settings),
             "layers": {
                 n: {"key": l.key, "orig": list(l.orig), "calls": l.calls, "out_elems": l.out_elems,
-                    "depthwise": l.depthwise}
+                    "depthwise": l.depthwise, "remainder_ms": l.remainder_ms}
                 for n, l in self.layers.items()
             },
             "entries": {
@@ -448,7 +469,7 @@ class LatencyTable:
         try:
             layers = {
                 n: LayerRef(n, d["key"], (int(d["orig"][0]), int(d["orig"][1])), int(d["calls"]),
-                          float(d["out_elems"]), bool(d["depthwise"]))
+                          float(d["out_elems"]), bool(d["depthwise"]), float(d.get("remainder_ms", 0.0)))
                 for n, d in data["layers"].items()
             }
             entries = {
