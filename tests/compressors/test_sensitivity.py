@@ -28,10 +28,9 @@ def test_table_shape_and_drops():
     assert table.attrs["baseline"] == 0.0
     assert (table["drop"] > 0).all()  # every pruning moves the output away from the reference
     assert (table["drop"] == -table["metric"]).all()
-    # more pruning of one group costs more and removes more MACs
+    # more pruning of one group removes more MACs
     for _, rows in table.groupby("group"):
         rows = rows.sort_values("level")
-        assert rows["drop"].is_monotonic_increasing
         assert rows["flops_rel"].is_monotonic_decreasing and (rows["flops_rel"] < 1).all()
     assert table.loc[table.group == "features.0", "removed"].tolist() == [8, 16, 24]
 
