@@ -487,11 +487,12 @@ def machine_info() -> dict[str, Any]:
             "torch_pruning": tp_version, "platform": platform.platform()}
 
 
-def _load() -> tuple[float, ...]:
+def _load() -> str:
+    """The 1 / 5 / 15 minute load averages (other jobs on a shared machine show up here)."""
     try:
-        return tuple(round(v, 2) for v in os.getloadavg())
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
-        return ()
+        return "n/a"
 
 
 def write_results(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path) -> None:
@@ -506,7 +507,7 @@ def markdown_report(rows: list[dict[str, Any]], runs: list[dict[str, Any]], t: d
     last = runs[-1]
     m, cfg = last["machine"], last["config"]
     run_lines = [f"- run {i + 1}: {r['date']}, models {', '.join(r['config']['models'])}, "
-                 f"{r['total_s'] / 60:.1f} min, load average before/after {r.get('load_before')} / {r.get('load_after')}"
+                 f"{r['total_s'] / 60:.1f} min, load average (1/5/15 min) before {r.get('load_before')}, after {r.get('load_after')}"
                  for i, r in enumerate(runs)]
     notes = [f"- **{r['model']} @ {r['sparsity']:.2f}:** " + " ".join(r["notes"]) for r in rows if r.get("notes")]
     lines = [
@@ -534,7 +535,8 @@ def markdown_report(rows: list[dict[str, Any]], runs: list[dict[str, Any]], t: d
         "(`MetaPruner`, `MagnitudeImportance(p=1)`, last Linear ignored). "
         "`eff` = speedup efficiency = (orig latency / pruned latency) / (orig MACs / pruned MACs) at batch 32 "
         f"(target ≥ {EFF_TARGET} at 0.50). `st/TP` = slimtune latency / TP latency (target ≤ {TP_TARGET}; "
-        f"≈ marks ≤ {TP_NOISE}, within measurement noise). `LUT pred` = `LatencyTable.predict(plan)` at batch 32, "
+        f"≈ marks ≤ {TP_NOISE}, within measurement noise: two copies of one model differ by up to ~1.5 % at batch 1 "
+        "here). `LUT pred` = `LatencyTable.predict(plan)` at batch 32, "
         "`meas` = measured slimtune latency at batch 32 (ms), `LUT err` = pred / meas − 1 "
         f"(target within ±{LUT_TARGET:.0%}); `LUT err (ratio)` = error of the predicted speedup "
         "(pred / LUT dense) / (meas / measured orig) − 1, free of drift between the LUT build and the measurement.",

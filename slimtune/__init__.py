@@ -8,11 +8,32 @@ from __future__ import annotations
 
 from slimtune.compressors import CompressionPlan, compress, measure, speedup, trace
 from slimtune.errors import CriterionError, PlanError, SlimtuneError, TraceError
+from slimtune.trials import (
+    Task,
+    export_model,
+    load_model,
+    open_study,
+    pareto_front,
+    search,
+    sensitivity_table,
+    studies_summary,
+)
+
+run_study = search
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CompressionPlan",
+    "Task",
+    "export_model",
+    "load_model",
+    "open_study",
+    "pareto_front",
+    "run_study",
+    "search",
+    "sensitivity_table",
+    "studies_summary",
     "CriterionError",
     "PlanError",
     "SlimtuneError",

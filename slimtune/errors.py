@@ -21,3 +21,22 @@ class TraceError(SlimtuneError):
 
 class CriterionError(SlimtuneError, ValueError):
     """A pruning criterion cannot be computed (unknown name, missing data or gradients)."""
+
+
+class SpecError(SlimtuneError, ValueError):
+    """A spec file is invalid or its task cannot be built.
+
+    The message names the file and the field as a dotted path, e.g.
+    ``examples/digits.yaml: strategy.name: unknown strategy 'foo'; known: nsga2, random, tpe, uniform``.
+
+    Attributes:
+        problem: What is wrong (and, where possible, what to do about it).
+        source: The spec file (or ``"<string>"`` for a spec given as data).
+        field: The dotted path of the offending field (``None`` for the whole file).
+    """
+
+    def __init__(self, problem: str, *, source: str | None = None, field: str | None = None) -> None:
+        self.problem = problem
+        self.source = source
+        self.field = field
+        super().__init__(": ".join([part for part in (source, field) if part] + [problem]))

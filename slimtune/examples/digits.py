@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from slimtune.examples.models import BasicBlock
 
 if TYPE_CHECKING:
+    from slimtune.trials.task import Task
     from collections.abc import Callable, Iterator
 
 __all__ = [
@@ -411,3 +412,47 @@ def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
             raise
     except OSError as exc:
         logger.warning("pretrained: could not write the cache file %s (%s); the model is not cached", path, exc)
+
+
+def make_task(
+    arch: str = "cnn",
+    finetune_epochs: int = 2,
+    finetune_lr: float = 1e-3,
+    calibration_batches: int = 4,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Task:
+    """The digits example as a slimtune :class:`~slimtune.Task` (the bundled example's task).
+
+    Args:
+        arch: ``"cnn"`` or ``"resnet"``.
+        finetune_epochs: Epochs of fine-tuning of every compressed model (0: none).
+        finetune_lr: Learning rate of that fine-tuning.
+        calibration_batches: Training batches of 128 given to data-driven criteria.
+        cache_dir: Where the pretrained weights are cached (see :func:`pretrained`).
+
+    Returns:
+        A Task whose metric is validation accuracy.
+    """
+    from slimtune.trials.task import Task
+
+    train_set, val_set = load_digits_data()
+    model = pretrained(arch, cache_dir=cache_dir)
+    images, labels = train_set.tensors
+    calibration = [(images[i : i + 128], labels[i : i + 128]) for i in range(0, 128 * calibration_batches, 128)]
+
+    def evaluate(m: nn.Module) -> float:
+        return evaluate_accuracy(m, val_set)
+
+    def finetune(m: nn.Module) -> None:
+        if finetune_epochs > 0:
+            train(m, train_set, epochs=finetune_epochs, lr=finetune_lr)
+
+    return Task(
+        model=model,
+        example_inputs=images[:1],
+        evaluate=evaluate,
+        finetune=finetune if finetune_epochs > 0 else None,
+        calibration=calibration,
+        metric_name="accuracy",
+        name=f"digits-{arch}",
+    )

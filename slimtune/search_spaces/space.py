@@ -1,0 +1,199 @@
+"""Per-group sparsity search space, with bounds and seed points derived from sensitivity.
+
+Each prunable group gets one parameter ``sparsity/<group>`` (a float in ``[min_sparsity,
+upper]``). The upper bound comes from the sensitivity table: the largest level whose one-shot
+metric drop stays within ``tolerance``, plus ``headroom`` (fine-tuning recovers part of the
+drop), capped at ``max_sparsity``. Without sensitivity every group gets ``max_sparsity``.
+
+Seed points, enqueued as a study's first trials, give every strategy a sensible start:
+a uniform allocation and the sensitivity-derived allocation (each group at its one-shot-safe
+level).
+
+Example:
+    >>> import torch
+    >>> from slimtune.compressors import trace
+    >>> from slimtune.search_spaces import SearchSpace, SpaceOptions
+    >>> from slimtune.examples.models import vgg_small
+    >>> space = SearchSpace(trace(vgg_small(), torch.randn(1, 3, 32, 32)), SpaceOptions(max_sparsity=0.8))
+    >>> sorted(space.distributions())[:2]
+    ['sparsity/fc1', 'sparsity/features.0']
+    >>> space.plan({"sparsity/fc1": 0.5}).prune["fc1"].sparsity
+    0.5
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from optuna.distributions import BaseDistribution, FloatDistribution
+
+from slimtune.compressors.criteria import CRITERIA
+from slimtune.compressors.plan import CompressionPlan, PruneSpec
+from slimtune.compressors.sensitivity import DEFAULT_LEVELS, max_safe_level
+from slimtune.errors import PlanError
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+    from slimtune.compressors.graph import ModelGraph
+
+SPARSITY_PREFIX = "sparsity/"
+
+
+@dataclass(frozen=True)
+class SpaceOptions:
+    """Options of the search space (the ``space`` section of a spec).
+
+    Args:
+        max_sparsity: Largest sparsity any group may get, in (0, 1).
+        min_sparsity: Smallest sparsity, in [0, max_sparsity).
+        tolerance: One-shot metric drop allowed when deriving a group's bound from sensitivity.
+        headroom: Added to the one-shot-safe level to form the bound (fine-tuning recovers).
+        levels: Sparsity grid of the sensitivity analysis.
+        criterion: Pruning criterion of every group (a name in ``CRITERIA``).
+        sensitivity: Derive bounds and seeds from a sensitivity analysis.
+        groups: Restrict the search to these groups (default: every prunable group).
+    """
+
+    max_sparsity: float = 0.9
+    min_sparsity: float = 0.0
+    tolerance: float = 0.05
+    headroom: float = 0.2
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    criterion: str = "l1"
+    sensitivity: bool = True
+    groups: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"space.{name}: {why}")
+
+        if not 0.0 < self.max_sparsity < 1.0:
+            raise bad("max_sparsity", f"{self.max_sparsity!r} must be in (0, 1)")
+        if not 0.0 <= self.min_sparsity < self.max_sparsity:
+            raise bad("min_sparsity", f"{self.min_sparsity!r} must be in [0, max_sparsity)")
+        if self.tolerance < 0:
+            raise bad("tolerance", f"{self.tolerance!r} must be >= 0")
+        if not 0.0 <= self.headroom < 1.0:
+            raise bad("headroom", f"{self.headroom!r} must be in [0, 1)")
+        if not self.levels or any(not 0.0 < float(v) < 1.0 for v in self.levels):
+            raise bad("levels", f"{list(self.levels)!r} must be a non-empty list of sparsities in (0, 1)")
+        if self.criterion not in CRITERIA:
+            raise bad("criterion", f"unknown criterion {self.criterion!r}; known: {', '.join(sorted(CRITERIA))}")
+        object.__setattr__(self, "levels", tuple(float(v) for v in self.levels))
+        if self.groups is not None:
+            object.__setattr__(self, "groups", tuple(self.groups))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> SpaceOptions:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"space: unknown option(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["levels"] = list(self.levels)
+        d["groups"] = list(self.groups) if self.groups is not None else None
+        return d
+
+
+class SearchSpace:
+    """Distributions over per-group sparsities, plans from parameters, seed points.
+
+    Args:
+        graph: The traced model.
+        options: :class:`SpaceOptions`.
+        sensitivity: The table of :func:`~slimtune.compressors.sensitivity.analyze_sensitivity`
+            (used for bounds and seeds when ``options.sensitivity``).
+    """
+
+    def __init__(
+        self, graph: ModelGraph, options: SpaceOptions | None = None, sensitivity: pd.DataFrame | None = None
+    ) -> None:
+        self.options = options or SpaceOptions()
+        prunable = [g.name for g in graph.prunable_groups()]
+        if self.options.groups is not None:
+            unknown = [g for g in self.options.groups if g not in prunable]
+            if unknown:
+                raise ValueError(f"space.groups: {unknown} are not prunable groups; prunable: {prunable}")
+            prunable = [g for g in prunable if g in self.options.groups]
+        if not prunable:
+            raise ValueError("the model has no prunable channel group to search over (see trace(model, x).summary())")
+        self.groups: list[str] = prunable
+        self.sizes = {g: graph.groups[g].size for g in prunable}
+        opt = self.options
+        self.safe: dict[str, float] = {}
+        if sensitivity is not None and opt.sensitivity:
+            safe = max_safe_level(sensitivity, opt.tolerance)
+            self.safe = {g: safe.get(g, 0.0) for g in prunable}
+        self.upper: dict[str, float] = {}
+        for g in prunable:
+            if g in self.safe:
+                ub = min(opt.max_sparsity, self.safe[g] + opt.headroom)
+                self.upper[g] = max(ub, min(opt.max_sparsity, opt.min_sparsity + 0.05))
+            else:
+                self.upper[g] = opt.max_sparsity
+
+    # ------------------------------------------------------------------ parameters
+    @staticmethod
+    def param_name(group: str) -> str:
+        return SPARSITY_PREFIX + group
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        lo = self.options.min_sparsity
+        return {self.param_name(g): FloatDistribution(lo, self.upper[g]) for g in self.groups}
+
+    def suggest(self, trial: optuna.trial.Trial) -> dict[str, float]:
+        """Ask ``trial`` for every group's sparsity."""
+        return {name: trial.suggest_float(name, d.low, d.high) for name, d in self.distributions().items()}  # type: ignore[attr-defined]
+
+    def plan(self, params: Mapping[str, Any]) -> CompressionPlan:
+        """The plan of a trial's parameters (``sparsity/<group>`` keys; others are ignored)."""
+        prune = {}
+        for key, value in params.items():
+            if not key.startswith(SPARSITY_PREFIX):
+                continue
+            group = key[len(SPARSITY_PREFIX) :]
+            if group not in self.sizes:
+                raise PlanError(f"parameter {key!r} names no group of this search space")
+            prune[group] = PruneSpec(float(value), self.options.criterion)
+        return CompressionPlan(prune)
+
+    def uniform(self, sparsity: float, clip: bool = True) -> dict[str, float]:
+        """Parameters giving every group ``sparsity`` (clipped to each group's bounds)."""
+        lo = self.options.min_sparsity
+        return {
+            self.param_name(g): (min(max(sparsity, lo), self.upper[g]) if clip else sparsity) for g in self.groups
+        }
+
+    def seeds(self) -> list[dict[str, float]]:
+        """Seed points: a uniform allocation and, with sensitivity, the one-shot-safe allocation."""
+        seeds = [self.uniform(0.5 * (self.options.min_sparsity + self.options.max_sparsity))]
+        if self.safe:
+            lo = self.options.min_sparsity
+            seeds.append({self.param_name(g): min(max(self.safe[g], lo), self.upper[g]) for g in self.groups})
+        return seeds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"options": self.options.to_dict(), "groups": self.groups, "upper": self.upper, "safe": self.safe}
+
+    def describe(self) -> pd.DataFrame:
+        """One row per group: channels, one-shot-safe level, upper bound."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [{"group": g, "channels": self.sizes[g], "safe": self.safe.get(g), "upper": self.upper[g]} for g in self.groups]
+        )
+
+
+def parameter_groups(params: Mapping[str, Any]) -> Sequence[str]:
+    """Group names of ``sparsity/<group>`` parameters."""
+    return [k[len(SPARSITY_PREFIX) :] for k in params if k.startswith(SPARSITY_PREFIX)]
+
+
+__all__ = ["SPARSITY_PREFIX", "SearchSpace", "SpaceOptions", "parameter_groups"]

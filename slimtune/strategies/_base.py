@@ -1,0 +1,65 @@
+"""The strategy interface and the registry of strategies by name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+if TYPE_CHECKING:
+    import optuna
+
+    from slimtune.compressors.plan import CompressionPlan
+    from slimtune.search_spaces import SearchSpace
+
+
+class Strategy:
+    """A search strategy: an Optuna sampler over a :class:`SearchSpace`, plus how a trial asks.
+
+    Subclasses set ``name``, ``defaults`` (their parameters with default values) and implement
+    :meth:`sampler`. Parameters come from the spec's ``strategy`` section; unknown ones are an
+    error naming the parameter.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    uses_sensitivity: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"strategy {self.name!r}: unknown parameter(s) {unknown}; known: {known}")
+        self.params = {**self.defaults, **params}
+
+    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError
+
+    def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, float]:
+        """Ask the trial for its parameters (default: every group's sparsity)."""
+        return space.suggest(trial)
+
+    def plan(self, params: Mapping[str, Any], space: SearchSpace) -> CompressionPlan:
+        return space.plan(params)
+
+    def seeds(self, space: SearchSpace) -> list[dict[str, float]]:
+        """Parameters enqueued as the first trials of a new study."""
+        return space.seeds()
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator registering a strategy under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
+        raise ValueError(f"strategy {cls.name!r} is already registered")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str, **params: Any) -> Strategy:
+    """Instantiate the strategy registered as ``name`` with ``params``."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name](**params)

@@ -1,0 +1,177 @@
+"""The cost of a trial: objectives and constraints over its measures.
+
+Measures of a trial (all stored, whatever is optimised):
+
+============== =====================================================================
+``accuracy``   the task's metric (whatever its name), absolute
+``accuracy_drop``  original metric − metric (for a minimised metric: metric − original)
+``flops``      MACs per sample relative to the original model (``flops_abs``: absolute)
+``params``     parameters, relative (``params_abs``)
+``size``       bytes, relative (``size_abs``)
+``latency``    measured latency, relative (``latency_abs``: milliseconds)
+============== =====================================================================
+
+Objectives are chosen from ``accuracy``, ``flops``, ``params``, ``latency`` and ``size``
+(resources are minimised as ratios to the original, so objectives of different scales compare).
+Several objectives give a Pareto search; ``weights`` turn them into one weighted scalar to
+minimise. Constraints are strings ``"<measure> <= value"`` or ``">="``, passed to Optuna as
+``trial.set_constraint`` so the front holds feasible trials only.
+
+Example:
+    >>> cost = Cost(["accuracy", "flops"], constraints=["accuracy_drop <= 0.01"])
+    >>> cost.directions
+    ['maximize', 'minimize']
+    >>> m = {"accuracy": 0.97, "accuracy_drop": 0.02, "flops": 0.4}
+    >>> cost.values(m), cost.constraint_values(m)
+    ([0.97, 0.4], {'accuracy_drop <= 0.01': 0.01})
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+OBJECTIVES: dict[str, str | None] = {
+    "accuracy": None,  # the task's direction
+    "flops": "minimize",
+    "params": "minimize",
+    "latency": "minimize",
+    "size": "minimize",
+}
+"""Objective names and their direction (``None``: the task's metric direction)."""
+
+CONSTRAINT_MEASURES = (
+    "accuracy",
+    "accuracy_drop",
+    "flops",
+    "params",
+    "size",
+    "latency",
+    "flops_abs",
+    "params_abs",
+    "size_abs",
+    "latency_abs",
+)
+
+_CONSTRAINT_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``measure op bound``; :meth:`value` is ≤ 0 when satisfied (Optuna's convention)."""
+
+    measure: str
+    op: str
+    bound: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.measure} {self.op} {self.bound:g}"
+
+    def value(self, measures: Mapping[str, Any]) -> float:
+        v = measures.get(self.measure)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return math.inf
+        return float(v) - self.bound if self.op == "<=" else self.bound - float(v)
+
+
+def parse_constraint(text: str) -> Constraint:
+    """Parse ``"flops <= 0.5"``; errors say what is wrong and list the measures."""
+    if isinstance(text, Constraint):
+        return text
+    m = _CONSTRAINT_RE.match(str(text))
+    if not m:
+        raise ValueError(f"constraint {text!r} must look like '<measure> <= <number>' or '<measure> >= <number>'")
+    measure, op, bound = m.group(1), m.group(2), m.group(3)
+    if measure not in CONSTRAINT_MEASURES:
+        raise ValueError(f"constraint {text!r}: unknown measure {measure!r}; known: {', '.join(CONSTRAINT_MEASURES)}")
+    try:
+        value = float(bound)
+    except ValueError:
+        raise ValueError(f"constraint {text!r}: {bound!r} is not a number") from None
+    return Constraint(measure, op, value)
+
+
+class Cost:
+    """Objectives, optional weights and constraints.
+
+    Args:
+        objectives: Names from :data:`OBJECTIVES`.
+        metric_direction: The task's metric direction (``accuracy``'s direction).
+        weights: Optional ``{objective: weight}``: one scalar ``Σ w·v`` (maximised objectives
+            enter with a minus sign) is minimised instead of a Pareto search.
+        constraints: Strings (see :func:`parse_constraint`) or :class:`Constraint`.
+    """
+
+    def __init__(
+        self,
+        objectives: Sequence[str] = ("accuracy", "flops"),
+        metric_direction: str = "maximize",
+        weights: Mapping[str, float] | None = None,
+        constraints: Sequence[str | Constraint] | None = None,
+    ) -> None:
+        objectives = list(objectives)
+        if not objectives:
+            raise ValueError("objectives: at least one objective is needed")
+        for o in objectives:
+            if o not in OBJECTIVES:
+                raise ValueError(f"objectives: unknown objective {o!r}; known: {', '.join(OBJECTIVES)}")
+        if len(set(objectives)) != len(objectives):
+            raise ValueError(f"objectives: {objectives} lists an objective twice")
+        if weights is not None:
+            missing = set(objectives) - set(weights)
+            extra = set(weights) - set(objectives)
+            if missing or extra:
+                raise ValueError(f"weights must give exactly one weight per objective; missing {sorted(missing)}, extra {sorted(extra)}")
+        self.objectives = objectives
+        self.metric_direction = metric_direction
+        self.weights = dict(weights) if weights is not None else None
+        self.constraints = [parse_constraint(c) for c in (constraints or [])]
+
+    def direction_of(self, objective: str) -> str:
+        return OBJECTIVES[objective] or self.metric_direction
+
+    @property
+    def directions(self) -> list[str]:
+        if self.weights is not None:
+            return ["minimize"]
+        return [self.direction_of(o) for o in self.objectives]
+
+    @property
+    def needs_latency(self) -> bool:
+        return "latency" in self.objectives or any(c.measure.startswith("latency") for c in self.constraints)
+
+    def values(self, measures: Mapping[str, Any]) -> list[float]:
+        vals = [float(measures[o]) for o in self.objectives]
+        if self.weights is None:
+            return vals
+        total = 0.0
+        for o, v in zip(self.objectives, vals):
+            sign = 1.0 if self.direction_of(o) == "minimize" else -1.0
+            total += sign * self.weights[o] * v
+        return [total]
+
+    def constraint_values(self, measures: Mapping[str, Any]) -> dict[str, float]:
+        return {c.text: c.value(measures) for c in self.constraints}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objectives": self.objectives,
+            "directions": self.directions,
+            "weights": self.weights,
+            "constraints": [c.text for c in self.constraints],
+        }
+
+
+def relative_measures(measures: Mapping[str, Any], baseline: Mapping[str, Any], metric_direction: str) -> dict[str, Any]:
+    """All measures of a trial: absolute (``*_abs``), relative to ``baseline`` and the metric drop."""
+    out: dict[str, Any] = {"accuracy": measures["accuracy"]}
+    sign = 1.0 if metric_direction == "maximize" else -1.0
+    out["accuracy_drop"] = sign * (float(baseline["accuracy"]) - float(measures["accuracy"]))
+    for key in ("flops", "params", "size", "latency"):
+        v, b = measures.get(key), baseline.get(key)
+        out[f"{key}_abs"] = v
+        out[key] = (float(v) / float(b)) if v is not None and b not in (None, 0) else None
+    return out

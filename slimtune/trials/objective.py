@@ -1,0 +1,169 @@
+"""One trial: parameters → plan → compress a copy → fine-tune → evaluate → measures → cost.
+
+Everything a trial learns is stored on it (Optuna user attributes): the plan (so the model can be
+rebuilt), every measure absolute and relative to the original model, the time spent in each
+phase, and on failure the reason. The compressed model is saved as an Optuna artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any, Mapping
+
+import optuna
+import torch
+import torch.nn as nn
+
+from slimtune.compressors import compress, count_flops, count_params, measure_latency, model_size_bytes
+from slimtune.errors import SlimtuneError
+from slimtune.trials.cost import Cost, relative_measures
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
+    from slimtune.search_spaces import SearchSpace
+    from slimtune.strategies import Strategy
+    from slimtune.trials.task import Task
+
+
+class TrialFailure(SlimtuneError):
+    """A trial could not produce a valid result (e.g. the metric is NaN); recorded as FAILED."""
+
+
+ATTR_PLAN = "plan"
+ATTR_MEASURES = "measures"
+ATTR_FAIL = "fail_reason"
+ATTR_TIMES = "times"
+ATTR_ARTIFACT = "model_artifact"
+ATTR_NODE = "hostname"
+ATTR_CONSTRAINTS = "constraints"
+
+
+def measure_model(
+    model: nn.Module,
+    example_inputs: Any,
+    latency: bool,
+    latency_batch: int = 32,
+    latency_repeats: int = 20,
+) -> dict[str, Any]:
+    """FLOPs (MACs per sample), parameters, size in bytes and (optionally) latency of ``model``."""
+    flops = float(count_flops(model, example_inputs)["macs"].sum())
+    params, _ = count_params(model)
+    size = model_size_bytes(model).total_bytes
+    lat = None
+    if latency:
+        lat = measure_latency(model, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats).median_ms
+    return {"flops": flops, "params": params, "size": size, "latency": lat}
+
+
+class Objective:
+    """The Optuna objective of a slimtune study.
+
+    Args:
+        task: The user's :class:`~slimtune.trials.task.Task`.
+        space: The :class:`~slimtune.search_spaces.SearchSpace`.
+        strategy: The :class:`~slimtune.strategies.Strategy` (how a trial asks for parameters).
+        cost: The :class:`~slimtune.trials.cost.Cost`.
+        baseline: Measures of the original model (``accuracy``, ``flops``, ``params``, ``size``,
+            ``latency``).
+        artifact_store: Where compressed models are saved (None: not saved).
+        latency_batch: Batch size of the latency measurement.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        space: SearchSpace,
+        strategy: Strategy,
+        cost: Cost,
+        baseline: Mapping[str, Any],
+        artifact_store: ArtifactStore | None = None,
+        latency_batch: int = 32,
+    ) -> None:
+        self.task = task
+        self.space = space
+        self.strategy = strategy
+        self.cost = cost
+        self.baseline = dict(baseline)
+        self.artifact_store = artifact_store
+        self.latency_batch = latency_batch
+        self.single_objective = len(cost.directions) == 1
+
+    def __call__(self, trial: optuna.trial.Trial) -> float | list[float]:
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        trial.set_user_attr(ATTR_NODE, os.uname().nodename)
+        try:
+            params = self.strategy.suggest(trial, self.space)
+            plan = self.strategy.plan(params, self.space)
+            trial.set_user_attr(ATTR_PLAN, plan.to_dict())
+            t = time.perf_counter()
+            model = compress(self.task.model, plan, self.task.example_inputs, data=self.task.calibration)
+            times["compress"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            self.task.run_finetune(model, self._reporter(trial) if self.single_objective else None)
+            times["finetune"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            metric = self.task.evaluate(model)
+            times["evaluate"] = time.perf_counter() - t
+            try:
+                metric = float(metric)
+            except (TypeError, ValueError):
+                raise TrialFailure(f"evaluate returned {metric!r}, not a number") from None
+            if not math.isfinite(metric):
+                raise TrialFailure(f"evaluate returned {metric}")
+
+            t = time.perf_counter()
+            raw = measure_model(model, self.task.example_inputs, self.cost.needs_latency, self.latency_batch)
+            raw["accuracy"] = metric
+            measures = relative_measures(raw, self.baseline, self.task.direction)
+            times["measure"] = time.perf_counter() - t
+            trial.set_user_attr(ATTR_MEASURES, measures)
+            constraints = self.cost.constraint_values(measures)
+            for name, value in constraints.items():
+                trial.set_constraint(name, value)
+            trial.set_user_attr(ATTR_CONSTRAINTS, constraints)
+            values = self.cost.values(measures)
+
+            t = time.perf_counter()
+            if self.artifact_store is not None:
+                trial.set_user_attr(ATTR_ARTIFACT, _save_model(model, trial, self.artifact_store))
+            times["save"] = time.perf_counter() - t
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr(ATTR_FAIL, f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            times["total"] = time.perf_counter() - start
+            try:
+                trial.set_user_attr(ATTR_TIMES, times)
+            except Exception:  # the storage itself failing must not hide the first error
+                pass
+        return values[0] if self.single_objective else values
+
+    @staticmethod
+    def _reporter(trial: optuna.trial.Trial) -> Any:
+        def report(step: int, value: float) -> None:
+            trial.report(float(value), int(step))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
+
+        return report
+
+
+def _save_model(model: nn.Module, trial: optuna.trial.Trial, store: ArtifactStore) -> str:
+    from optuna.artifacts import upload_artifact
+
+    fd, path = tempfile.mkstemp(prefix=f"slimtune-trial{trial.number}-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(model, path)
+        return upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial, mimetype="application/x-pytorch")
+    finally:
+        os.unlink(path)
