@@ -29,6 +29,7 @@ def compress(
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     max_batches: int | None = None,
+    graph: ModelGraph | None = None,
 ) -> nn.Module:
     """Return a compressed copy of ``model``; the model itself is never modified.
 
@@ -43,6 +44,8 @@ def compress(
             ``apoz`` and ``mean_activation`` need inputs).
         loss_fn: Loss for ``taylor`` (default cross-entropy).
         max_batches: Use at most this many batches of ``data``.
+        graph: ``trace(model, example_inputs)`` when already at hand (a search traces once and
+            compresses many times); groups refer to layers by name, so it serves every copy.
 
     Returns:
         The compressed model, in the training mode of ``model``.
@@ -64,12 +67,11 @@ def compress(
             "version of slimtune's compress(); remove plan.quantize"
         )
     compressed = clone_model(model)
-    if plan.granularity == "unstructured":
+    if graph is None:
         graph = trace(compressed, example_inputs)
-        plan.validate(graph)
-        return apply_unstructured_masks(compressed, plan)
-    graph = trace(compressed, example_inputs)
     plan.validate(graph)
+    if plan.granularity == "unstructured":
+        return apply_unstructured_masks(compressed, plan)
     ctx = CriterionContext(compressed, graph, data, loss_fn, max_batches)
     pruned = select_channels(graph, plan, ctx)
     if not speedup:

@@ -17,13 +17,14 @@ import optuna
 import torch
 import torch.nn as nn
 
-from slimtune.compressors import compress, count_flops, count_params, measure_latency, model_size_bytes
+from slimtune.compressors import compress, count_flops, count_params, measure_latency, model_size_bytes, trace
 from slimtune.errors import SlimtuneError
 from slimtune.trials.cost import Cost, relative_measures
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
+    from slimtune.compressors.graph import ModelGraph
     from slimtune.search_spaces import SearchSpace
     from slimtune.strategies import Strategy
     from slimtune.trials.task import Task
@@ -71,6 +72,7 @@ class Objective:
             ``latency``).
         artifact_store: Where compressed models are saved (None: not saved).
         latency_batch: Batch size of the latency measurement.
+        graph: ``trace(task.model, task.example_inputs)``, traced once for every trial.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Objective:
         baseline: Mapping[str, Any],
         artifact_store: ArtifactStore | None = None,
         latency_batch: int = 32,
+        graph: ModelGraph | None = None,
     ) -> None:
         self.task = task
         self.space = space
@@ -91,6 +94,7 @@ class Objective:
         self.artifact_store = artifact_store
         self.latency_batch = latency_batch
         self.single_objective = len(cost.directions) == 1
+        self.graph = graph if graph is not None else trace(task.model, task.example_inputs)
 
     def __call__(self, trial: optuna.trial.Trial) -> float | list[float]:
         times: dict[str, float] = {}
@@ -101,7 +105,7 @@ class Objective:
             plan = self.strategy.plan(params, self.space)
             trial.set_user_attr(ATTR_PLAN, plan.to_dict())
             t = time.perf_counter()
-            model = compress(self.task.model, plan, self.task.example_inputs, data=self.task.calibration)
+            model = compress(self.task.model, plan, self.task.example_inputs, data=self.task.calibration, graph=self.graph)
             times["compress"] = time.perf_counter() - t
 
             t = time.perf_counter()

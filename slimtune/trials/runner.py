@@ -254,7 +254,7 @@ def search(
         adir = Path(study.user_attrs.get("artifacts_dir") or artifacts_dir(url))
         adir.mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(str(adir))
-    objective = Objective(task, sspace, strat, cost, baseline, artifact_store=store)
+    objective = Objective(task, sspace, strat, cost, baseline, artifact_store=store, graph=graph)
     _drive(study, objective, n_trials, timeout, progress)
     return study
 

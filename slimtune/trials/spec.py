@@ -241,7 +241,7 @@ class Spec:
 
     def to_yaml(self) -> str:
         """The spec as YAML text (fields in the documented order)."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     def search_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`slimtune.trials.runner.search` (all but ``task``).

@@ -133,3 +133,16 @@ def test_speedup_rejects_unequal_grouped_blocks():
                         p[m.positions[torch.isin(m.channels, torch.tensor([0, 1]))]] = 0
     with pytest.raises(SpeedupError, match="layer1.0.conv_reduce"):
         speedup(model, x)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor", "apoz"])
+def test_precomputed_graph_gives_the_same_model(criterion):
+    model, x = resnet20().eval(), torch.randn(2, 3, 32, 32)
+    graph = trace(model, x)
+    data = _data((3, 32, 32))
+    plan = CompressionPlan.uniform(graph, 0.5, criterion)
+    a = compress(model, plan, x, data=data).eval()
+    b = compress(model, plan, x, data=data, graph=graph).eval()
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)

@@ -1,0 +1,118 @@
+"""Per-trial overhead of slimtune: everything but the user's fine-tune and evaluate.
+
+Runs a study on the digits task (fine-tune enabled) on a temporary SQLite storage and splits each
+trial's wall time (from the sampler's ask to the storage's tell, measured around the whole
+``study.optimize`` loop) into the user's part (fine-tune + evaluate, timed inside the objective)
+and slimtune's part (sampling, compress + speedup, measures, saving the model, storage). The
+user's part is also timed *directly* — the same fine-tune and evaluate called on the same
+compressed models outside slimtune — to check the split. Target: overhead ≤ 5 % of a trial.
+
+Usage: ``python benchmarks/overhead.py [--trials 12] [--finetune-epochs 2]``; results are printed
+and written to ``benchmarks/results/overhead.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import slimtune
+from slimtune.compressors import CompressionPlan, compress
+from slimtune.examples.digits import make_task
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--strategy", default="nsga2")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    task = make_task(finetune_epochs=args.finetune_epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/overhead.db"
+        # set-up (sensitivity, baseline, study creation) is once per study: measured apart
+        t0 = time.perf_counter()
+        study = slimtune.search(task, strategy=args.strategy, n_trials=1, storage=url, study_name="o", progress=False)
+        setup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        study = slimtune.search(task, strategy=args.strategy, n_trials=args.trials + 1, storage=url, study_name="o", progress=False)
+        loop_s = time.perf_counter() - t0
+        trials = [t for t in study.trials if t.number >= 1 and t.state.name == "COMPLETE"]
+        times = [t.user_attrs["times"] for t in trials]
+        user_s = sum(t["finetune"] + t["evaluate"] for t in times)
+        parts = {k: sum(t.get(k, 0.0) for t in times) for k in ("compress", "measure", "save", "finetune", "evaluate", "total")}
+        outside_objective = loop_s - parts["total"]
+
+        # the user's work called directly on the same compressed models, outside slimtune
+        direct = []
+        for t in trials:
+            model = compress(task.model, CompressionPlan.from_dict(t.user_attrs["plan"]), task.example_inputs)
+            s = time.perf_counter()
+            task.run_finetune(model)
+            task.evaluate(model)
+            direct.append(time.perf_counter() - s)
+
+    n = len(trials)
+    per_trial = loop_s / n
+    overhead = (loop_s - user_s) / loop_s
+    overhead_direct = (loop_s - sum(direct)) / loop_s
+    result = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "trials": n,
+        "finetune_epochs": args.finetune_epochs,
+        "setup_s": setup_s,
+        "loop_s": loop_s,
+        "per_trial_s": per_trial,
+        "user_s_in_trials": user_s,
+        "user_s_direct": sum(direct),
+        "median_user_trial_s": statistics.median(t["finetune"] + t["evaluate"] for t in times),
+        "slimtune_parts_s": {
+            "compress": parts["compress"],
+            "measure": parts["measure"],
+            "save_model": parts["save"],
+            "sampler_and_storage": outside_objective,
+        },
+        "overhead_fraction": overhead,
+        "overhead_fraction_vs_direct": overhead_direct,
+        "target": 0.05,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        "# Per-trial overhead of slimtune (digits CNN, fine-tune on)",
+        "",
+        f"{n} trials, {args.finetune_epochs} fine-tune epochs each, strategy {args.strategy}, torch {torch.__version__}, "
+        f"2-core CPU. Study set-up (sensitivity analysis, baseline, study creation) once: {setup_s:.1f} s.",
+        "",
+        "| part | seconds (all trials) | per trial | share of trial time |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, seconds in [("user: fine-tune + evaluate (in trials)", user_s), *result["slimtune_parts_s"].items()]:
+        lines.append(f"| {name} | {seconds:.2f} | {seconds / n:.3f} | {seconds / loop_s:.1%} |")
+    lines += [
+        f"| **trial loop (wall)** | {loop_s:.2f} | {per_trial:.3f} | 100% |",
+        "",
+        f"Overhead (everything but the user's fine-tune and evaluate): **{overhead:.1%}** of trial time "
+        f"(target ≤ 5 %: {'pass' if overhead <= 0.05 else 'FAIL'}).",
+        f"Against the same fine-tune + evaluate called directly outside slimtune ({sum(direct):.2f} s): "
+        f"{overhead_direct:.1%}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "overhead.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""The ``slimtune`` command: run searches from a spec file and inspect, export and compare their results.
+
+.. code-block:: text
+
+    slimtune run SPEC [--n-trials N] [--timeout S] [--storage URL] [--study NAME]
+    slimtune worker SPEC [same options]       join a running study as one more worker process
+    slimtune status [SPEC | --storage URL]    the studies of a storage
+    slimtune pareto SPEC | --storage URL --study NAME [--format table|csv|json] [--out FILE]
+    slimtune export SPEC | --storage URL --study NAME --trial N --out model.pt
+    slimtune sensitivity SPEC [--out sensitivity.csv]
+
+Also ``python -m slimtune ...``. Global options (before or after the command): ``--debug`` (tracebacks
+and debug logs), ``-q``/``--quiet`` (no progress bar or per-trial lines), ``--version``.
+
+Errors of slimtune (a bad spec, a missing study, a model that cannot be traced …) print
+``slimtune: error: <message>`` on stderr and exit with status 2, without a traceback unless
+``--debug`` is given. Ctrl-C exits with status 130; finished trials stay in the study and the same
+command resumes it.
+
+Relative ``sqlite:///`` storage paths are relative to the current directory (Optuna's rule), so run
+every command of one study from the same directory (or use an absolute path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from slimtune import __version__
+from slimtune.errors import SlimtuneError
+from slimtune.trials.spec import DEFAULT_STORAGE, Spec, load_spec
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+__all__ = ["build_parser", "format_front", "main"]
+
+#: Columns of the Pareto table ``run`` and ``pareto`` print, with their number formats.
+TABLE_COLUMNS: dict[str, str] = {
+    "trial": "{:d}",
+    "accuracy": "{:.4f}",
+    "flops_rel": "{:.3f}",
+    "params_rel": "{:.3f}",
+    "size_bytes": "{:,.0f}",
+    "latency_ms": "{:.3f}",
+    "plan": "{}",
+}
+
+_EPILOG = """\
+examples:
+  slimtune run examples/digits.yaml              create or resume the study, print its Pareto front
+  slimtune worker examples/digits.yaml           one more worker on the same study (another terminal)
+  slimtune status                                 studies in ./slimtune.db
+  slimtune pareto examples/digits.yaml --format csv --out front.csv
+  slimtune export examples/digits.yaml --trial 12 --out small.pt
+  slimtune sensitivity examples/digits.yaml      per-group metric drop, written to sensitivity.csv
+
+A relative sqlite:/// storage path is relative to the current directory: run every command of a
+study from the same directory.
+"""
+
+logger = logging.getLogger("slimtune")
+
+
+# -------------------------------------------------------------------------------------------------
+# entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``slimtune`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(debug=args.debug, quiet=args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except SlimtuneError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"slimtune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "slimtune: interrupted; finished trials are saved in the study (run the same command to resume)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``slimtune`` and its subcommands."""
+    # Global flags are accepted before and after the command: the subcommands' copies default to
+    # SUPPRESS so they never overwrite a flag given before the command.
+    flags = argparse.ArgumentParser(add_help=False)
+    _add_global_flags(flags, default=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="slimtune",
+        description="AutoML compression of PyTorch models as hyperparameter search (Optuna studies).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"slimtune {__version__}")
+    _add_global_flags(parser, default=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help, description=description, parents=[flags], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = command(
+        "run",
+        _cmd_run,
+        "create or resume a study and run it",
+        "Create the study of SPEC (or resume it: the budget counts the study's finished trials), run "
+        "trials until n_trials or timeout, then print the Pareto front.",
+    )
+    _add_run_options(run)
+
+    worker = command(
+        "worker",
+        _cmd_worker,
+        "join a running study as one more worker",
+        "Join the study of SPEC, which `slimtune run` must have created, and run trials until the "
+        "study has n_trials finished trials (counted over all workers) or timeout passes. Start "
+        "several workers for parallel trials; they share the study through its storage.",
+    )
+    _add_run_options(worker)
+
+    status = command(
+        "status",
+        _cmd_status,
+        "list the studies of a storage",
+        "One row per study of the storage (that of SPEC, --storage URL, or sqlite:///slimtune.db): "
+        "strategy, objectives, trials by state, Pareto front size and the best trial.",
+    )
+    status.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file whose storage to list")
+    status.add_argument("--storage", metavar="URL", help=f"an Optuna storage URL (default {DEFAULT_STORAGE})")
+
+    pareto = command(
+        "pareto",
+        _cmd_pareto,
+        "print or save the Pareto front of a study",
+        "The Pareto front of a study: the best feasible trials for the study's objectives. The table "
+        "shows key columns; csv and json hold every measure and each plan (json: plan_json as an object).",
+    )
+    _add_study_options(pareto)
+    pareto.add_argument(
+        "--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)"
+    )
+    pareto.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+
+    export = command(
+        "export",
+        _cmd_export,
+        "save the compressed model of a trial",
+        "Write the compressed model of a trial (saved when it ran, save_models: all) with torch.save; "
+        "load it with torch.load(FILE, weights_only=False).",
+    )
+    _add_study_options(export)
+    export.add_argument("--trial", type=_non_negative_int, required=True, metavar="N", help="the trial's number")
+    export.add_argument("--out", required=True, metavar="FILE", help="where to write the model (e.g. model.pt)")
+
+    sensitivity = command(
+        "sensitivity",
+        _cmd_sensitivity,
+        "per-group pruning sensitivity of the task's model",
+        "Prune one group at a time at each level of the space's sensitivity grid and print the metric "
+        "drop (rows: groups, columns: sparsity levels); writes the long-form table as CSV. Computed "
+        "once per task and storage (cached in the storage), like the searches do.",
+    )
+    sensitivity.add_argument("spec", metavar="SPEC", help="the spec file (its task, storage and space)")
+    sensitivity.add_argument("--storage", metavar="URL", help="an Optuna storage URL (overrides the spec's)")
+    sensitivity.add_argument(
+        "--out", default="sensitivity.csv", metavar="FILE", help="the CSV to write (default: sensitivity.csv)"
+    )
+    return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="no progress bar or per-trial log lines"
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="the YAML spec file")
+    parser.add_argument("--n-trials", type=_positive_int, metavar="N", help="override the spec's n_trials")
+    parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="override the spec's timeout")
+    parser.add_argument("--storage", metavar="URL", help="override the spec's storage (an Optuna storage URL)")
+    parser.add_argument("--study", metavar="NAME", help="override the spec's study name")
+
+
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file naming the storage and the study")
+    parser.add_argument("--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
+    parser.add_argument("--study", metavar="NAME", help="the study's name (default: the spec's)")
+
+
+# -------------------------------------------------------------------------------------------------
+# commands
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from slimtune.trials.runner import pareto_front, search
+
+    spec = _load_run_spec(args)
+    task = spec.make_task()
+    study = search(task, **spec.search_kwargs(), join=False, progress=not args.quiet)
+    print(_study_line(study, spec.storage_url))
+    front = pareto_front(study)
+    print(format_front(front) if not front.empty else "no complete trial yet: the Pareto front is empty")
+    if not front.empty and spec.save_models == "all":
+        where = "".join(f" --{opt} {_quote(getattr(args, opt))}" for opt in ("storage", "study") if getattr(args, opt))
+        print(f"\nexport a model: slimtune export {_quote(args.spec)}{where} --trial N --out model.pt")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from slimtune.trials.runner import search
+
+    spec = _load_run_spec(args)
+    _check_storage_exists(spec.storage_url)
+    task = spec.make_task()
+    study = search(task, **spec.search_kwargs(), join=True, progress=not args.quiet)
+    print(f"worker done; {_study_line(study, spec.storage_url)}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from slimtune.trials.runner import studies_summary
+
+    storage = args.storage or (load_spec(args.spec).storage_url if args.spec else DEFAULT_STORAGE)
+    _check_storage_exists(storage)
+    table = studies_summary(storage)
+    if table.empty:
+        print(f"no studies in {storage}")
+        return 0
+    print(f"studies in {storage}:")
+    print(table.to_string(index=False))
+    return 0
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    from slimtune.trials.runner import pareto_front
+
+    study = _open_study(args)
+    front = pareto_front(study)
+    if args.format == "table":
+        text = format_front(front) if not front.empty else f"study {study.study_name!r} has no complete trial yet"
+        text += "\n"
+    elif args.format == "csv":
+        text = front.to_csv(index=False)
+    else:
+        text = json.dumps(_front_records(front), indent=2) + "\n"
+    if args.out:
+        _write_text(args.out, text)
+        print(f"wrote the Pareto front of study {study.study_name!r} ({len(front)} trials) to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from slimtune.trials.runner import export_model
+
+    study = _open_study(args)
+    try:
+        path = export_model(study, args.trial, args.out)
+    except OSError as exc:
+        raise SlimtuneError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    print(
+        f"exported trial {args.trial} of study {study.study_name!r} to {path} "
+        f"(load it with torch.load({str(path)!r}, weights_only=False))"
+    )
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from slimtune.trials.runner import sensitivity_table
+
+    spec = load_spec(args.spec, overrides={"storage": args.storage})
+    task = spec.make_task()
+    table = sensitivity_table(task, storage=spec.storage_url, space=spec.space, progress=not args.quiet)
+    baseline = table.attrs.get("baseline")
+    cached = " (cached in the storage)" if table.attrs.get("cached") else ""
+    print(
+        f"{task.metric_name} drop when only one group is pruned{cached}; "
+        f"original {task.metric_name}: {_fmt(baseline, '{:.4f}')}"
+    )
+    print(format_sensitivity(table))
+    try:
+        table.to_csv(args.out, index=False)
+    except OSError as exc:
+        raise SlimtuneError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    print(f"wrote {args.out} ({len(table)} rows)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------
+# formatting
+
+
+def format_front(front: pd.DataFrame) -> str:
+    """The key columns of a Pareto front (:data:`TABLE_COLUMNS`) as aligned text.
+
+    ``latency_ms`` is shown only when measured; missing values print as ``-``.
+    """
+    columns = [c for c in TABLE_COLUMNS if c in front.columns and not (c == "latency_ms" and front[c].isna().all())]
+    table = front[columns].copy()
+    for column in columns:
+        fmt = TABLE_COLUMNS[column]
+        table[column] = [_fmt(v, fmt) for v in table[column]]
+    if "plan" in table.columns:  # left-align the one text column
+        width = max([len("plan"), *(len(v) for v in table["plan"])])
+        table["plan"] = [v.ljust(width) for v in table["plan"]]
+        table = table.rename(columns={"plan": "plan".ljust(width)})
+    return table.to_string(index=False)
+
+
+def format_sensitivity(table: pd.DataFrame) -> str:
+    """A sensitivity table pivoted: one row per group (in the table's order), one column per level."""
+    if table.empty:
+        return "(no prunable groups)"
+    groups = list(dict.fromkeys(table["group"]))
+    pivot = table.pivot(index="group", columns="level", values="drop").reindex(groups)
+    pivot.columns = [f"{level:.0%}" if float(level * 100).is_integer() else f"{level:g}" for level in pivot.columns]
+    if "channels" in table.columns:
+        pivot.insert(0, "channels", table.groupby("group")["channels"].first().reindex(groups))
+    return pivot.to_string(float_format=lambda v: f"{v:.4f}")
+
+
+def _front_records(front: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON-ready rows (NaN → null) with each ``plan_json`` parsed into an object."""
+    records = json.loads(front.to_json(orient="records", double_precision=15)) if not front.empty else []
+    for record in records:
+        if isinstance(record.get("plan_json"), str):
+            record["plan_json"] = json.loads(record["plan_json"])
+    return records
+
+
+def _study_line(study: optuna.Study, storage: str) -> str:
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    return (
+        f"study {study.study_name!r} in {storage}: {counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed trials"
+    )
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    try:
+        return fmt.format(int(value) if fmt == "{:d}" else value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _load_run_spec(args: argparse.Namespace) -> Spec:
+    return load_spec(
+        args.spec,
+        overrides={"n_trials": args.n_trials, "timeout": args.timeout, "storage": args.storage, "study": args.study},
+    )
+
+
+def _open_study(args: argparse.Namespace) -> optuna.Study:
+    """The study named by ``SPEC`` and/or ``--storage``/``--study`` (options win over the spec)."""
+    from slimtune.trials.runner import open_study
+
+    spec = load_spec(args.spec) if args.spec else None
+    storage = args.storage or (spec.storage_url if spec else DEFAULT_STORAGE)
+    name = args.study or (spec.study if spec else None)
+    if not name:
+        raise SlimtuneError(
+            f"name the study: give a SPEC file or --study NAME (`slimtune status --storage {storage}` lists them)"
+        )
+    _check_storage_exists(storage)
+    return open_study(storage, name)
+
+
+def _check_storage_exists(url: str) -> None:
+    """Fail clearly when a file storage does not exist (instead of creating an empty one)."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :].split("?", 1)[0]
+        if not path or path == ":memory:":
+            return
+    elif url.startswith("journal:///"):
+        path = url[len("journal://") :]
+    else:
+        return
+    if not os.path.exists(path):
+        raise SlimtuneError(
+            f"storage {url}: no such file {os.path.abspath(path)} (a relative sqlite:/// path is relative to "
+            "the current directory: run this command where `slimtune run` ran, or give --storage)"
+        )
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        out = Path(path)
+        if out.parent != Path("."):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SlimtuneError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    """Show slimtune's log lines (one per finished trial) on stderr, without a prefix."""
+    import optuna
+
+    for old in [h for h in logger.handlers if isinstance(h, _TqdmHandler)]:
+        logger.removeHandler(old)  # main() called again in the same process
+    handler = _TqdmHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    # Optuna announces every study it creates at INFO; slimtune prints its own lines.
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+
+
+class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes log lines through ``tqdm.write`` so they do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)

@@ -1,0 +1,75 @@
+"""Tiny task functions for spec and CLI tests (``task: _tasks:tiny_task`` with ``tests/`` on the path).
+
+The model is a two-layer MLP on a fixed random 3-class problem, trained for a few steps so the
+metric means something; everything runs in well under a second.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimtune.trials.task import Task
+
+NOT_CALLABLE = 42
+
+
+def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return x, y
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def tiny_task(hidden: int = 16, seed: int = 0, train_steps: int = 60, finetune_steps: int = 0) -> Task:
+    """A Linear(8, hidden) → ReLU → Linear(hidden, 3) classifier; its metric is accuracy."""
+    torch.manual_seed(seed)
+    x, y = _data(seed)
+    model = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+    def fit(m: nn.Module, steps: int) -> None:
+        m.train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+        m.eval()
+
+    fit(model, train_steps)
+    finetune = (lambda m: fit(m, finetune_steps)) if finetune_steps else None
+    return Task(model.eval(), x[:1], lambda m: _accuracy(m, x, y), finetune=finetune, name=f"tiny-{hidden}")
+
+
+def failing_task() -> Task:
+    """A task function that raises."""
+    raise RuntimeError("cannot build the task (on purpose)")
+
+
+def not_a_task() -> int:
+    """A task function returning something other than a Task."""
+    return 42
+
+
+def raising_evaluate_task() -> Task:
+    """A valid Task whose evaluate raises."""
+    task = tiny_task()
+
+    def evaluate(model: nn.Module) -> float:
+        raise RuntimeError("evaluation failed (on purpose)")
+
+    task.evaluate = evaluate
+    return task
+
+
+def nan_task() -> Task:
+    """A valid Task whose evaluate returns NaN."""
+    task = tiny_task()
+    task.evaluate = lambda model: float("nan")
+    return task
