@@ -57,7 +57,7 @@ _EPILOG = """\
 examples:
   slimtune run examples/digits.yaml              create or resume the study, print its Pareto front
   slimtune worker examples/digits.yaml           one more worker on the same study (another terminal)
-  slimtune status                                 studies in ./slimtune.db
+  slimtune status                                studies in ./slimtune.db
   slimtune pareto examples/digits.yaml --format csv --out front.csv
   slimtune export examples/digits.yaml --trial 12 --out small.pt
   slimtune sensitivity examples/digits.yaml      per-group metric drop, written to sensitivity.csv
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``slimtune`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(debug=args.debug, quiet=args.quiet)
+    restore_logging = _configure_logging(debug=args.debug, quiet=args.quiet)
     try:
         return int(args.handler(args) or 0)
     except SlimtuneError as exc:
@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        restore_logging()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_flags(parser, default=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, help=help, description=description, parents=[flags], formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str, description: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description, parents=[flags])
         sub.set_defaults(handler=handler)
         return sub
 
@@ -203,7 +205,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file naming the storage and the study")
-    parser.add_argument("--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
+    parser.add_argument(
+        "--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})"
+    )
     parser.add_argument("--study", metavar="NAME", help="the study's name (default: the spec's)")
 
 
@@ -221,7 +225,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     front = pareto_front(study)
     print(format_front(front) if not front.empty else "no complete trial yet: the Pareto front is empty")
     if not front.empty and spec.save_models == "all":
-        where = "".join(f" --{opt} {_quote(getattr(args, opt))}" for opt in ("storage", "study") if getattr(args, opt))
+        options = [f" --{opt} {_quote(getattr(args, opt))}" for opt in ("storage", "study") if getattr(args, opt)]
+        where = "".join(options)
         print(f"\nexport a model: slimtune export {_quote(args.spec)}{where} --trial N --out model.pt")
     return 0
 
@@ -316,7 +321,9 @@ def format_front(front: pd.DataFrame) -> str:
 
     ``latency_ms`` is shown only when measured; missing values print as ``-``.
     """
-    columns = [c for c in TABLE_COLUMNS if c in front.columns and not (c == "latency_ms" and front[c].isna().all())]
+    columns = [
+        c for c in TABLE_COLUMNS if c in front.columns and not (c == "latency_ms" and front[c].isna().all())
+    ]
     table = front[columns].copy()
     for column in columns:
         fmt = TABLE_COLUMNS[column]
@@ -334,10 +341,16 @@ def format_sensitivity(table: pd.DataFrame) -> str:
         return "(no prunable groups)"
     groups = list(dict.fromkeys(table["group"]))
     pivot = table.pivot(index="group", columns="level", values="drop").reindex(groups)
-    pivot.columns = [f"{level:.0%}" if float(level * 100).is_integer() else f"{level:g}" for level in pivot.columns]
+    pivot.columns = [
+        f"{level:.0%}" if round(level * 100, 9).is_integer() else f"{level:g}" for level in pivot.columns
+    ]
     if "channels" in table.columns:
         pivot.insert(0, "channels", table.groupby("group")["channels"].first().reindex(groups))
-    return pivot.to_string(float_format=lambda v: f"{v:.4f}")
+    width = max(len("group"), *(len(g) for g in groups))
+    pivot.index = [g.ljust(width) for g in groups]
+    pivot.index.name = None
+    text = pivot.to_string(float_format=lambda v: f"{v:.4f}")
+    return "group".ljust(width) + text[width:]  # the header row's empty index cell
 
 
 def _front_records(front: pd.DataFrame) -> list[dict[str, Any]]:
@@ -382,7 +395,9 @@ def _quote(text: str) -> str:
 def _load_run_spec(args: argparse.Namespace) -> Spec:
     return load_spec(
         args.spec,
-        overrides={"n_trials": args.n_trials, "timeout": args.timeout, "storage": args.storage, "study": args.study},
+        overrides={
+            "n_trials": args.n_trials, "timeout": args.timeout, "storage": args.storage, "study": args.study
+        },
     )
 
 
@@ -458,19 +473,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _configure_logging(debug: bool, quiet: bool) -> None:
-    """Show slimtune's log lines (one per finished trial) on stderr, without a prefix."""
+def _configure_logging(debug: bool, quiet: bool) -> Callable[[], None]:
+    """Show slimtune's log lines (one per finished trial) on stderr; returns a function undoing it."""
     import optuna
 
-    for old in [h for h in logger.handlers if isinstance(h, _TqdmHandler)]:
-        logger.removeHandler(old)  # main() called again in the same process
     handler = _TqdmHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"))
+    saved = (logger.level, logger.propagate, optuna.logging.get_verbosity())
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
     # Optuna announces every study it creates at INFO; slimtune prints its own lines.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        optuna.logging.set_verbosity(saved[2])
+
+    return restore
 
 
 class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]

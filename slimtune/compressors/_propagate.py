@@ -273,7 +273,10 @@ def _conv(p: Propagation, node: fx.Node, m: nn.Module) -> Any:
         chan = Chan(x.labels, 1, ndim)
         p.tap(node, chan, activation=False)
         return chan
-    p.pin(x.labels, f"input of grouped conv {name!r} with in_channels != out_channels")
+    # grouped conv with in != out: inputs and outputs are each pruned by the same number in
+    # every conv group (block constraints), so the groups stay equal
+    p.member(name, "in", x.labels)
+    p.blocks.append(BlockRecord(name, x.labels, g))
     out = p.out_labels.get(name)
     if out is None:
         out = p.out_labels[name] = p.new_source(name, m.out_channels)

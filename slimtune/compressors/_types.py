@@ -12,6 +12,7 @@ member layer; a :class:`Member` lists those positions and, for each, the group c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -106,12 +107,11 @@ class Group:
         return [m for m in self.members if m.role == role]
 
     def n_prune(self, sparsity: float) -> int:
-        """Number of channels removed at ``sparsity``, rounded to the block structure.
-
-        At least one channel per block always stays.
+        """Number of channels removed at ``sparsity``: ``sparsity × size`` rounded half up, the
+        same number in every block; at least one channel per block always stays.
         """
         per_block = self.size // self.blocks
-        n = int(round(sparsity * per_block))
+        n = math.floor(sparsity * per_block + 0.5)  # half rounds up (Python's round() goes to even)
         n = max(0, min(n, per_block - 1))
         return n * self.blocks
 

@@ -10,6 +10,7 @@ so the norm outputs zero) and in the inputs of its consumers.
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -118,8 +119,14 @@ def apply_channel_masks(model: nn.Module, graph: ModelGraph, pruned: dict[str, t
             mask = mask_of(layer, "weight")
             module = model.get_submodule(layer)
             if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-                raise PlanError(f"layer {layer!r}: cannot mask input channels of a grouped conv")
-            mask[:, pos] = False  # type: ignore[index]
+                # weight dim 1 holds the group's own inputs: input p feeds group p // per_in
+                per_in = module.in_channels // module.groups
+                per_out = module.out_channels // module.groups
+                for p in pos.tolist():
+                    b = p // per_in
+                    mask[b * per_out : (b + 1) * per_out, p - b * per_in] = False  # type: ignore[index]
+            else:
+                mask[:, pos] = False  # type: ignore[index]
     for (layer, pname), mask in masks.items():
         torch_prune.custom_from_mask(model.get_submodule(layer), pname, mask)
     return model
@@ -141,7 +148,7 @@ def apply_unstructured_masks(model: nn.Module, plan: CompressionPlan) -> nn.Modu
             )
         module = model.get_submodule(layer)
         weight = module.weight.detach()
-        n = int(round(spec.sparsity * weight.numel()))
+        n = math.floor(spec.sparsity * weight.numel() + 0.5)
         if n == 0:
             continue
         scores = score_fn(weight).flatten()

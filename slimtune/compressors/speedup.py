@@ -175,16 +175,26 @@ def _slim_conv(m: nn.modules.conv._ConvNd, r: dict[str, torch.Tensor | None]) ->
         return
     keep_out = _keep(m.out_channels, r["out"])
     keep_in = _keep(m.in_channels, r["in"])
-    if m.groups > 1 and r["in"] is not None:
-        raise SpeedupError("input channels of a grouped conv cannot be removed")
-    new_w = w[keep_out]
     if m.groups == 1:
-        new_w = new_w[:, keep_in]
-        m.in_channels = len(keep_in)
+        new_w = w[keep_out][:, keep_in]
+    else:  # grouped conv: each group keeps its own outputs and its own (local) inputs
+        g = m.groups
+        outs = _per_group(keep_out, m.out_channels // g, g, "output")
+        ins = _per_group(keep_in, m.in_channels // g, g, "input")
+        new_w = torch.cat([w[b * (m.out_channels // g) + o][:, i] for b, (o, i) in enumerate(zip(outs, ins))])
+    m.in_channels = len(keep_in)
     m.out_channels = len(keep_out)
     _set_param(m, "weight", new_w)
     if m.bias is not None:
         _set_param(m, "bias", m.bias.detach()[keep_out])
+
+
+def _per_group(keep: torch.Tensor, per: int, groups: int, what: str) -> list[torch.Tensor]:
+    """Kept indices of each conv group, local to the group; every group must keep as many."""
+    local = [keep[(keep >= b * per) & (keep < (b + 1) * per)] - b * per for b in range(groups)]
+    if len({len(x) for x in local}) != 1:
+        raise SpeedupError(f"unequal {what} channels kept per group: {[len(x) for x in local]}")
+    return local
 
 
 def _slim_linear(m: nn.Linear, r: dict[str, torch.Tensor | None]) -> None:

@@ -287,8 +287,8 @@ class Spec:
         module_name, _, attr_path = self.task.partition(":")
         _extend_sys_path(self.path)
 
-        def fail(problem: str, fld: str = "task") -> NoReturn:
-            raise SpecError(problem, source=self.source, field=fld)
+        def fail(problem: str, fld: str = "task", cause: BaseException | None = None) -> NoReturn:
+            raise SpecError(problem, source=self.source, field=fld) from cause
 
         try:
             module = importlib.import_module(module_name)
@@ -299,10 +299,11 @@ class Spec:
                     f"cannot import module '{module_name}': no module named '{missing}' "
                     "(looked on sys.path, the current directory and the spec's directory; "
                     "set PYTHONPATH or install the package)",
+                    cause=exc,
                 )
-            fail(f"importing module '{module_name}' failed: {type(exc).__name__}: {exc}")
+            fail(f"importing module '{module_name}' failed: {type(exc).__name__}: {exc}", cause=exc)
         except Exception as exc:  # the user's module raised while being imported
-            fail(f"importing module '{module_name}' failed: {type(exc).__name__}: {exc}")
+            fail(f"importing module '{module_name}' failed: {type(exc).__name__}: {exc}", cause=exc)
 
         obj: Any = module
         parts = attr_path.split(".")
@@ -318,14 +319,14 @@ class Spec:
         try:
             inspect.signature(obj).bind(**self.task_args)
         except TypeError as exc:
-            fail(f"'{self.task}' does not accept these arguments: {exc}", "task_args")
+            fail(f"'{self.task}' does not accept these arguments: {exc}", "task_args", exc)
         except ValueError:  # no signature (some builtins): let the call decide
             pass
 
         try:
             result = obj(**self.task_args)
         except Exception as exc:
-            fail(f"'{self.task}' raised {type(exc).__name__}: {exc}")
+            fail(f"'{self.task}' raised {type(exc).__name__}: {exc}", cause=exc)
         if not isinstance(result, Task):
             fail(
                 f"'{self.task}' returned {_describe(result)}, expected a slimtune Task "
@@ -397,7 +398,9 @@ class _Validator:
         study = self.string(data["study"], "study")
         task = self.string(data["task"], "task")
         if not _TASK_RE.match(task):
-            self.fail("task", f"expected 'module:function' (e.g. slimtune.examples.digits:make_task), got {task!r}")
+            self.fail(
+                "task", f"expected 'module:function' (e.g. slimtune.examples.digits:make_task), got {task!r}"
+            )
         task_args = self.mapping(data.get("task_args"), "task_args")
         storage = self.storage(data.get("storage"))
         strategy_name, strategy_params = self.strategy(data.get("strategy", DEFAULT_STRATEGY))
@@ -480,10 +483,14 @@ class _Validator:
             )
         if name not in STRATEGIES:
             known = sorted(STRATEGIES)
-            self.fail(name_field, f"unknown strategy {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}")
+            self.fail(
+                name_field, f"unknown strategy {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}"
+            )
         for key in params:
             if key in _SEARCH_ARGS:
-                self.fail(f"strategy.{key}", f"'{key}' is not a strategy parameter; set it at the top level of the spec")
+                self.fail(
+                    f"strategy.{key}", f"'{key}' is not a strategy parameter; set it at the top level of the spec"
+                )
         accepted = _strategy_params(STRATEGIES[name])
         if accepted is not None:
             for key in params:
@@ -509,7 +516,9 @@ class _Validator:
             space["min_sparsity"] = self.number(space["min_sparsity"], "space.min_sparsity", 0.0, 1.0, False, True)
             upper = space.get("max_sparsity", 0.9)
             if space["min_sparsity"] >= upper:
-                self.fail("space.min_sparsity", f"must be below max_sparsity ({upper}), got {space['min_sparsity']}")
+                self.fail(
+                    "space.min_sparsity", f"must be below max_sparsity ({upper}), got {space['min_sparsity']}"
+                )
         if "tolerance" in space:
             space["tolerance"] = self.number(space["tolerance"], "space.tolerance", low=0.0)
         if "headroom" in space:
@@ -536,7 +545,9 @@ class _Validator:
         if "groups" in space:
             groups = self.as_list(space["groups"], "space.groups")
             if not groups:
-                self.fail("space.groups", "must name at least one group (leave it out to search every prunable group)")
+                self.fail(
+                    "space.groups", "must name at least one group (leave it out to search every prunable group)"
+                )
             space["groups"] = [self.string(g, f"space.groups[{i}]") for i, g in enumerate(groups)]
         from slimtune.search_spaces import SpaceOptions
 
@@ -599,7 +610,8 @@ class _Validator:
 
     def string(self, value: Any, fld: str) -> str:
         if not isinstance(value, str):
-            hint = f' (quote it: "{value}")' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            hint = f' (quote it: "{value}")' if number else ""
             self.fail(fld, f"expected a string, got {_describe(value)}{hint}")
         if not value.strip():
             self.fail(fld, "must not be empty")
@@ -652,7 +664,8 @@ class _Validator:
     def choice(self, value: Any, fld: str, choices: tuple[str, ...], what: str) -> str:
         text = self.string(value, fld)
         if text not in choices:
-            self.fail(fld, f"unknown {what} {text!r}{_did_you_mean(text, list(choices))}; known: {', '.join(choices)}")
+            suggestion = _did_you_mean(text, list(choices))
+            self.fail(fld, f"unknown {what} {text!r}{suggestion}; known: {', '.join(choices)}")
         return text
 
 

@@ -75,9 +75,11 @@ def test_resnext_grouped_conv_blocks():
     assert inner.blocks == 4 and inner.prunable
     assert ("layer1.0.conv_grouped", "dw") in _roles(inner)
     assert inner.n_prune(0.5) % 4 == 0
-    # a grouped conv with in != out cannot resize its input
-    assert not g.groups["stem.0"].prunable
-    assert "in_channels != out_channels" in g.groups["stem.0"].reason
+    # a grouped conv with in != out (32 -> 64, 2 groups): inputs and outputs both pruned
+    # equally per conv group
+    assert g.groups["stem.0"].prunable and g.groups["stem.0"].blocks == 2
+    assert ("stem.3", "in") in _roles(g.groups["stem.0"])
+    assert g.groups["stem.3"].blocks == 2
 
 
 class _Functional(nn.Module):

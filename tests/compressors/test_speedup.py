@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -45,10 +46,10 @@ def test_speedup_matches_masked_model(name, criterion):
             y_masked, y_small, y_rebuilt = masked(x), small(x), rebuilt(x)
         assert (y_masked - y_small).abs().max().item() <= 1e-4, (name, criterion, s)
         assert (y_masked - y_rebuilt).abs().max().item() <= 1e-4, (name, criterion, s)
-        # every producer of a pruned group lost exactly round(s * size) channels (per block)
+        # every producer of a pruned group lost exactly s * size channels, rounded half up (per block)
         for group in graph.prunable_groups():
             per_block = group.size // group.blocks
-            expected = group.size - group.blocks * min(round(s * per_block), per_block - 1)
+            expected = group.size - group.blocks * min(math.floor(s * per_block + 0.5), per_block - 1)
             for m in group.members_with("out"):
                 if len(m.positions) == group.size:
                     assert _channels(small.get_submodule(m.layer))[1] == expected, (m.layer, s)

@@ -213,8 +213,8 @@ def time_interleaved(
 ) -> list[list[float]]:
     """Time several callables round-robin; returns per-callable lists of seconds per call.
 
-    Each round gives every callable one turn (the starting callable rotates from round to round
-    so that none always runs right after the same neighbour). A turn is ``burst_warmup`` untimed
+    Each round gives every callable one turn; the order rotates every two rounds and every other
+    round runs backwards, so each callable runs right after each other one equally often. A turn is ``burst_warmup`` untimed
     calls, which bring the callable's weights and activations back into the caches, then
     ``burst`` timed calls. Rounds continue until ``repeats`` rounds are done and the timed calls
     took at least ``min_time_s`` seconds in all, or ``max_repeats`` rounds are done.
@@ -248,8 +248,12 @@ def time_interleaved(
     total = 0.0
     r = 0
     while r < repeats or (total < min_time_s and r < max_repeats):
-        for j in range(k):
-            i = (j + r) % k
+        # rotate the start every two rounds and run every other round backwards: over 2k rounds
+        # each callable follows each other one equally often
+        order = [((j + r // 2) % k) for j in range(k)]
+        if r % 2:
+            order.reverse()
+        for i in order:
             fn = fns[i]
             for _ in range(burst_warmup):
                 fn()

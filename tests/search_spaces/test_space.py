@@ -1,0 +1,256 @@
+"""The search space: per-group distributions, bounds from sensitivity, plans, seeds, option errors."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.distributions import FloatDistribution
+
+from slimtune.compressors import trace
+from slimtune.compressors.plan import CompressionPlan, PruneSpec
+from slimtune.errors import PlanError
+from slimtune.examples.models import mlp, resnet20
+from slimtune.search_spaces import SPARSITY_PREFIX, SearchSpace, SpaceOptions, parameter_groups
+
+GROUPS = ["features.0", "features.2", "features.4"]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    """An MLP with three prunable groups (``fc`` reaches the output and is not prunable)."""
+    return trace(mlp(16, (32, 24, 16), 4), torch.randn(1, 16))
+
+
+@pytest.fixture(scope="module")
+def resnet_graph():
+    return trace(resnet20(width=8), torch.randn(1, 3, 16, 16))
+
+
+def sensitivity_frame(drops: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
+    """A hand-made sensitivity table: ``{group: [(level, drop), ...]}``."""
+    rows = [{"group": g, "level": lv, "drop": d} for g, pts in drops.items() for lv, d in pts]
+    return pd.DataFrame(rows)
+
+
+def in_bounds(params: dict[str, float], space: SearchSpace) -> bool:
+    dists = space.distributions()
+    return set(params) == set(dists) and all(dists[k].low <= v <= dists[k].high for k, v in params.items())
+
+
+# ---------------------------------------------------------------------- distributions
+@pytest.mark.parametrize("which", ["graph", "resnet_graph"])
+def test_one_distribution_per_prunable_group(which: str, request: pytest.FixtureRequest) -> None:
+    g = request.getfixturevalue(which)
+    space = SearchSpace(g, SpaceOptions(max_sparsity=0.8, min_sparsity=0.1))
+    names = [grp.name for grp in g.prunable_groups()]
+    dists = space.distributions()
+    assert sorted(dists) == sorted(SPARSITY_PREFIX + n for n in names)
+    assert space.groups == names
+    for d in dists.values():
+        assert isinstance(d, FloatDistribution)
+        assert (d.low, d.high) == (0.1, 0.8)
+    assert sorted(parameter_groups(dists)) == sorted(names)
+
+
+def test_non_prunable_group_gets_no_parameter(graph) -> None:
+    space = SearchSpace(graph)
+    assert "sparsity/fc" not in space.distributions()
+    assert space.groups == GROUPS
+
+
+def test_groups_option_restricts_and_validates(graph) -> None:
+    space = SearchSpace(graph, SpaceOptions(groups=("features.2",)))
+    assert list(space.distributions()) == ["sparsity/features.2"]
+    with pytest.raises(ValueError, match=r"space\.groups: \['nope'\] are not prunable"):
+        SearchSpace(graph, SpaceOptions(groups=("features.0", "nope")))
+    with pytest.raises(ValueError, match=r"space\.groups: \['fc'\]"):
+        SearchSpace(graph, SpaceOptions(groups=("fc",)))
+
+
+def test_model_without_prunable_group_is_an_error() -> None:
+    g = trace(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.randn(1, 4))
+    with pytest.raises(ValueError, match="no prunable channel group"):
+        SearchSpace(g)
+
+
+# ---------------------------------------------------------------------- bounds from sensitivity
+def test_bounds_from_sensitivity_table(graph) -> None:
+    table = sensitivity_frame(
+        {
+            # safe up to 0.3 (drop 0.1 at 0.5 breaks the tolerance); the recovery at 0.7 does not count
+            "features.0": [(0.1, 0.0), (0.3, 0.02), (0.5, 0.1), (0.7, 0.0)],
+            # sensitive from the first level: safe 0.0 → bound = headroom
+            "features.2": [(0.1, 0.2), (0.3, 0.3), (0.5, 0.4), (0.7, 0.5)],
+            # robust everywhere: 0.7 + headroom is capped at max_sparsity
+            "features.4": [(0.7, 0.01), (0.1, 0.0), (0.5, 0.0), (0.3, 0.0)],  # unsorted on purpose
+        }
+    )
+    opts = SpaceOptions(max_sparsity=0.85, tolerance=0.05, headroom=0.2)
+    space = SearchSpace(graph, opts, table)
+    assert space.safe == {"features.0": 0.3, "features.2": 0.0, "features.4": 0.7}
+    assert space.upper["features.0"] == pytest.approx(0.5)
+    assert space.upper["features.2"] == pytest.approx(0.2)
+    assert space.upper["features.4"] == pytest.approx(0.85)
+    dists = space.distributions()
+    assert dists["sparsity/features.0"].high == pytest.approx(0.5)
+    assert dists["sparsity/features.2"].high == pytest.approx(0.2)
+    assert dists["sparsity/features.4"].high == pytest.approx(0.85)
+    assert all(d.low == 0.0 for d in dists.values())
+    desc = space.describe().set_index("group")
+    assert desc.loc["features.0", "channels"] == 32
+    assert desc.loc["features.0", "upper"] == pytest.approx(0.5)
+
+
+def test_tolerance_and_headroom_move_the_bounds(graph) -> None:
+    table = sensitivity_frame({g: [(0.2, 0.01), (0.4, 0.03), (0.6, 0.08)] for g in GROUPS})
+    tight = SearchSpace(graph, SpaceOptions(tolerance=0.02, headroom=0.1), table)
+    loose = SearchSpace(graph, SpaceOptions(tolerance=0.05, headroom=0.3), table)
+    assert all(tight.upper[g] == pytest.approx(0.3) for g in GROUPS)
+    assert all(loose.upper[g] == pytest.approx(0.7) for g in GROUPS)
+
+
+def test_group_missing_from_table_counts_as_sensitive(graph) -> None:
+    table = sensitivity_frame({"features.0": [(0.5, 0.0)]})
+    space = SearchSpace(graph, SpaceOptions(headroom=0.25), table)
+    assert space.safe["features.2"] == 0.0
+    assert space.upper["features.2"] == pytest.approx(0.25)
+    assert space.upper["features.0"] == pytest.approx(0.75)
+
+
+def test_upper_bound_stays_above_min_sparsity(graph) -> None:
+    table = sensitivity_frame({g: [(0.1, 1.0)] for g in GROUPS})  # everything is sensitive
+    space = SearchSpace(graph, SpaceOptions(min_sparsity=0.5, headroom=0.0), table)
+    for d in space.distributions().values():
+        assert d.low == 0.5 and d.high > d.low
+
+
+def test_sensitivity_off_ignores_the_table(graph) -> None:
+    table = sensitivity_frame({g: [(0.1, 1.0)] for g in GROUPS})
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.7, sensitivity=False), table)
+    assert space.safe == {}
+    assert all(space.upper[g] == 0.7 for g in GROUPS)
+
+
+# ---------------------------------------------------------------------- plans
+def test_plan_from_params(graph) -> None:
+    space = SearchSpace(graph, SpaceOptions(criterion="l2"))
+    plan = space.plan({"sparsity/features.0": 0.5, "sparsity/features.4": 0.25, "kd_weight": 0.3})
+    assert isinstance(plan, CompressionPlan)
+    assert plan.prune == {"features.0": PruneSpec(0.5, "l2"), "features.4": PruneSpec(0.25, "l2")}
+    assert plan.granularity == "channel" and plan.quantize == {}
+    plan.validate(graph)  # a valid plan for the model
+    # a trial's params over the whole space give one spec per group
+    full = space.plan(space.uniform(0.3))
+    assert full.sparsities() == {g: 0.3 for g in GROUPS}
+
+
+def test_plan_unknown_group_names_the_parameter(graph) -> None:
+    space = SearchSpace(graph)
+    with pytest.raises(PlanError, match="'sparsity/nope'"):
+        space.plan({"sparsity/nope": 0.5})
+
+
+def test_plan_round_trips_through_suggest(graph) -> None:
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.6))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(5):
+        trial = study.ask()
+        params = space.suggest(trial)
+        assert in_bounds(params, space)
+        assert trial.params == params
+        assert space.plan(params).sparsities() == {k[len(SPARSITY_PREFIX) :]: v for k, v in params.items()}
+        study.tell(trial, 0.0)
+
+
+# ---------------------------------------------------------------------- seeds
+def test_uniform_seed_without_sensitivity(graph) -> None:
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.8, min_sparsity=0.2))
+    seeds = space.seeds()
+    assert len(seeds) == 1
+    assert seeds[0] == {f"sparsity/{g}": pytest.approx(0.5) for g in GROUPS}
+    assert in_bounds(seeds[0], space)
+
+
+def test_seeds_with_sensitivity_are_within_bounds(graph) -> None:
+    table = sensitivity_frame(
+        {
+            "features.0": [(0.2, 0.0), (0.4, 0.0), (0.6, 0.2)],
+            "features.2": [(0.2, 0.3), (0.4, 0.4), (0.6, 0.5)],
+            "features.4": [(0.2, 0.0), (0.4, 0.01), (0.6, 0.02)],
+        }
+    )
+    for opts in (
+        SpaceOptions(max_sparsity=0.9, headroom=0.1),
+        SpaceOptions(max_sparsity=0.5, min_sparsity=0.1, headroom=0.0),
+        SpaceOptions(max_sparsity=0.95, min_sparsity=0.3, headroom=0.05),
+    ):
+        space = SearchSpace(graph, opts, table)
+        seeds = space.seeds()
+        assert len(seeds) == 2
+        for seed in seeds:
+            assert in_bounds(seed, space), (opts, seed, space.upper)
+        uniform, derived = seeds
+        # the uniform seed is one value clipped to each group's bounds
+        mid = 0.5 * (opts.min_sparsity + opts.max_sparsity)
+        for g in GROUPS:
+            assert uniform[f"sparsity/{g}"] == pytest.approx(min(max(mid, opts.min_sparsity), space.upper[g]))
+            # the derived seed puts each group at its one-shot-safe level (clipped)
+            assert derived[f"sparsity/{g}"] == pytest.approx(min(max(space.safe[g], opts.min_sparsity), space.upper[g]))
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.9, headroom=0.1), table)
+    assert space.seeds()[1] == {"sparsity/features.0": 0.4, "sparsity/features.2": 0.0, "sparsity/features.4": 0.6}
+
+
+def test_uniform_params(graph) -> None:
+    table = sensitivity_frame({g: [(0.1, 0.0), (0.2, 1.0)] for g in GROUPS})
+    space = SearchSpace(graph, SpaceOptions(headroom=0.1, min_sparsity=0.05), table)
+    assert space.uniform(0.6) == {f"sparsity/{g}": pytest.approx(0.2) for g in GROUPS}  # clipped
+    assert space.uniform(0.6, clip=False) == {f"sparsity/{g}": 0.6 for g in GROUPS}
+    assert space.uniform(0.0) == {f"sparsity/{g}": 0.05 for g in GROUPS}
+
+
+# ---------------------------------------------------------------------- options
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_sparsity": 1.0}, "space.max_sparsity"),
+        ({"max_sparsity": 0.0}, "space.max_sparsity"),
+        ({"max_sparsity": -0.5}, "space.max_sparsity"),
+        ({"min_sparsity": -0.1}, "space.min_sparsity"),
+        ({"min_sparsity": 0.9, "max_sparsity": 0.9}, "space.min_sparsity"),
+        ({"tolerance": -0.01}, "space.tolerance"),
+        ({"headroom": 1.0}, "space.headroom"),
+        ({"headroom": -0.1}, "space.headroom"),
+        ({"levels": ()}, "space.levels"),
+        ({"levels": (0.5, 1.0)}, "space.levels"),
+        ({"levels": (0.0, 0.5)}, "space.levels"),
+        ({"criterion": "nope"}, "space.criterion"),
+    ],
+)
+def test_option_errors_name_the_option(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError) as info:
+        SpaceOptions(**kwargs)
+    assert str(info.value).startswith(field + ":")
+    with pytest.raises(ValueError) as info:
+        SpaceOptions.from_dict(kwargs)
+    assert str(info.value).startswith(field + ":")
+
+
+def test_unknown_criterion_lists_known() -> None:
+    with pytest.raises(ValueError, match="known: .*l1"):
+        SpaceOptions(criterion="nope")
+
+
+def test_from_dict_unknown_option() -> None:
+    with pytest.raises(ValueError, match=r"space: unknown option\(s\) \['max_sparse'\]"):
+        SpaceOptions.from_dict({"max_sparse": 0.5})
+
+
+def test_from_dict_and_to_dict() -> None:
+    opts = SpaceOptions.from_dict({"levels": [0.25, 0.5], "groups": ["a"], "sensitivity": False})
+    assert opts.levels == (0.25, 0.5) and opts.groups == ("a",)
+    assert SpaceOptions.from_dict(None) == SpaceOptions()
+    d = opts.to_dict()
+    assert d["levels"] == [0.25, 0.5] and d["groups"] == ["a"] and d["sensitivity"] is False
+    assert SpaceOptions.from_dict(d) == opts

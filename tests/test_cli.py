@@ -1,0 +1,187 @@
+"""The ``slimtune`` command, run in subprocesses on a tiny task (a few trials, a few seconds each)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from slimtune import __version__
+from slimtune.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+SPEC = """\
+study: tiny
+task: _tasks:tiny_task
+task_args: {hidden: 16, finetune_steps: 5}
+strategy: random
+space: {levels: [0.25, 0.5], max_sparsity: 0.75}
+objectives: [accuracy, flops]
+n_trials: 3
+"""
+
+
+def slimtune(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m slimtune ARGS`` in ``cwd`` with the repository and ``tests/`` importable."""
+    env = {k: v for k, v in os.environ.items() if k != "SLIMTUNE_ARTIFACTS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run(
+        [sys.executable, "-m", "slimtune", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding ``tiny.yaml`` and, after ``slimtune run``, its study in ``slimtune.db``."""
+    cwd = tmp_path_factory.mktemp("cli")
+    (cwd / "tiny.yaml").write_text(SPEC)
+    result = slimtune(cwd, "run", "tiny.yaml")
+    assert result.returncode == 0, result.stderr
+    (cwd / "run.out").write_text(result.stdout)
+    return cwd
+
+
+def test_run_prints_the_pareto_table(study_dir: Path) -> None:
+    out = (study_dir / "run.out").read_text()
+    assert "study 'tiny' in sqlite:///slimtune.db: 3 complete" in out
+    header = next(line for line in out.splitlines() if line.startswith("trial"))
+    assert header.split()[:5] == ["trial", "accuracy", "flops_rel", "params_rel", "size_bytes"]
+    assert "plan" in header and "latency_ms" not in header  # latency is not an objective: not measured
+    assert "slimtune export tiny.yaml --trial N --out model.pt" in out
+    assert (study_dir / "slimtune.db").exists()
+
+
+def test_run_again_resumes(study_dir: Path) -> None:
+    result = slimtune(study_dir, "--quiet", "run", "tiny.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "3 complete" in result.stdout  # the budget was already reached: no new trial
+
+
+def test_worker_joins_the_study(study_dir: Path) -> None:
+    result = slimtune(study_dir, "worker", "tiny.yaml", "--n-trials", "4", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "worker done" in result.stdout and "4 complete" in result.stdout
+
+
+def test_status_lists_the_study(study_dir: Path) -> None:
+    result = slimtune(study_dir, "status")
+    assert result.returncode == 0, result.stderr
+    assert "studies in sqlite:///slimtune.db" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["tiny"])
+    assert "random" in row
+
+
+def test_pareto_formats(study_dir: Path) -> None:
+    csv = slimtune(study_dir, "pareto", "tiny.yaml", "--format", "csv")
+    assert csv.returncode == 0, csv.stderr
+    front = pd.read_csv(io.StringIO(csv.stdout))
+    assert len(front) >= 1 and {"trial", "accuracy", "flops_rel", "plan", "plan_json"} <= set(front.columns)
+
+    result = slimtune(study_dir, "pareto", "--study", "tiny", "--format", "json", "--out", "front/front.json")
+    assert result.returncode == 0, result.stderr
+    records = json.loads((study_dir / "front" / "front.json").read_text())
+    assert [r["trial"] for r in records] == front["trial"].tolist()
+    assert all(isinstance(r["plan_json"], dict) and "prune" in r["plan_json"] for r in records)
+
+
+def test_export_writes_a_loadable_model(study_dir: Path) -> None:
+    from slimtune.trials.runner import open_study, pareto_front
+
+    trial = int(pareto_front(open_study(f"sqlite:///{study_dir / 'slimtune.db'}", "tiny"))["trial"].iloc[0])
+    result = slimtune(study_dir, "export", "tiny.yaml", "--trial", str(trial), "--out", "model.pt")
+    assert result.returncode == 0, result.stderr
+    assert f"exported trial {trial} of study 'tiny' to model.pt" in result.stdout
+    model = torch.load(study_dir / "model.pt", weights_only=False)
+    assert isinstance(model, torch.nn.Module)
+    assert model(torch.randn(2, 8)).shape == (2, 3)
+
+
+def test_sensitivity_writes_the_csv(study_dir: Path) -> None:
+    result = slimtune(study_dir, "sensitivity", "tiny.yaml", "--out", "sens.csv")
+    assert result.returncode == 0, result.stderr
+    assert "25%" in result.stdout and "50%" in result.stdout and "0" in result.stdout  # group 0 row
+    table = pd.read_csv(study_dir / "sens.csv")
+    assert {"group", "level", "drop"} <= set(table.columns)
+    assert sorted(table["level"].unique()) == [0.25, 0.5]
+
+
+def test_bad_spec_exits_2_with_the_field(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(SPEC.replace("strategy: random", "strategy: {name: foo}"))
+    result = slimtune(tmp_path, "run", "bad.yaml")
+    assert result.returncode == 2
+    assert result.stderr.startswith("slimtune: error: bad.yaml: strategy.name: unknown strategy 'foo'")
+    assert "Traceback" not in result.stderr
+
+
+# in-process: error paths and options
+
+
+def test_debug_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text(SPEC.replace("n_trials: 3", "n_trials: 0"))
+    assert main(["run", "bad.yaml", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.rstrip().endswith("slimtune: error: bad.yaml: n_trials: must be ≥ 1, got 0")
+
+
+def test_study_errors(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(study_dir)
+    monkeypatch.syspath_prepend(str(TESTS))
+    assert main(["-q", "worker", "tiny.yaml", "--study", "nobody"]) == 2
+    assert "slimtune: error:" in capsys.readouterr().err
+    assert main(["export", "tiny.yaml", "--trial", "999", "--out", "x.pt"]) == 2
+    assert "has no trial 999" in capsys.readouterr().err
+    assert main(["pareto", "--study", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert "'nobody' does not exist" in err and "tiny" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"slimtune {__version__}"
+
+
+def test_missing_storage_and_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["status"]) == 2
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "slimtune.db").exists()
+    assert main(["pareto"]) == 2
+    assert "give a SPEC file or --study NAME" in capsys.readouterr().err
+    assert main(["export", "nope.yaml", "--trial", "0", "--out", "m.pt"]) == 2
+    assert "slimtune: error: nope.yaml: spec file not found" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["run"],
+        ["run", "x.yaml", "--n-trials", "0"],
+        ["export", "--study", "s", "--out", "m.pt"],
+        ["frobnicate"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert "error:" in capsys.readouterr().err
