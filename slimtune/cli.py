@@ -216,14 +216,16 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import pareto_front, search
+    from slimtune.trials.runner import pareto_front
 
     spec = _load_run_spec(args)
-    task = spec.make_task()
-    study = search(task, **spec.search_kwargs(), join=False, progress=not args.quiet)
+    study = _search(spec, join=False, progress=not args.quiet)
     print(_study_line(study, spec.storage_url))
     front = pareto_front(study)
-    print(format_front(front) if not front.empty else "no complete trial yet: the Pareto front is empty")
+    print(format_front(front) if not front.empty else "the Pareto front is empty: no complete (feasible) trial")
+    reasons = _failure_reasons(study) if front.empty else ""
+    if reasons:
+        print(reasons)
     if not front.empty and spec.save_models == "all":
         options = [f" --{opt} {_quote(getattr(args, opt))}" for opt in ("storage", "study") if getattr(args, opt)]
         where = "".join(options)
@@ -232,12 +234,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import search
-
     spec = _load_run_spec(args)
     _check_storage_exists(spec.storage_url)
-    task = spec.make_task()
-    study = search(task, **spec.search_kwargs(), join=True, progress=not args.quiet)
+    study = _search(spec, join=True, progress=not args.quiet)
     print(f"worker done; {_study_line(study, spec.storage_url)}")
     return 0
 
@@ -373,6 +372,23 @@ def _study_line(study: optuna.Study, storage: str) -> str:
     )
 
 
+def _failure_reasons(study: optuna.Study, limit: int = 3) -> str:
+    """The most common reasons the study's trials failed, one per line (empty when none failed)."""
+    from collections import Counter
+
+    from optuna.trial import TrialState
+
+    from slimtune.trials.runner import trials_table
+
+    failed = trials_table(study, states=(TrialState.FAIL,))
+    if failed.empty or "fail_reason" not in failed.columns:
+        return ""
+    reasons = Counter(str(r) for r in failed["fail_reason"].fillna("unknown"))
+    lines = [f"{len(failed)} failed trials; reasons:"]
+    lines += [f"  {count} × {reason}" for reason, count in reasons.most_common(limit)]
+    return "\n".join(lines)
+
+
 def _fmt(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "-"
@@ -399,6 +415,23 @@ def _load_run_spec(args: argparse.Namespace) -> Spec:
             "n_trials": args.n_trials, "timeout": args.timeout, "storage": args.storage, "study": args.study
         },
     )
+
+
+def _search(spec: Spec, join: bool, progress: bool) -> optuna.Study:
+    """Build the spec's task and run (or join) its study.
+
+    A ``ValueError`` from the search is a setting the spec's checks cannot see without the model
+    (e.g. ``space.groups`` naming no prunable group); it is reported as an error of the spec file.
+    """
+    from slimtune.trials.runner import search
+
+    task = spec.make_task()
+    try:
+        return search(task, **spec.search_kwargs(), join=join, progress=progress)
+    except ValueError as exc:
+        if isinstance(exc, SlimtuneError):
+            raise
+        raise SlimtuneError(f"{spec.source}: {exc}") from exc
 
 
 def _open_study(args: argparse.Namespace) -> optuna.Study:

@@ -388,8 +388,7 @@ def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, time
                 # Only other workers' trials are in flight: wait for them to finish or, if their
                 # worker died, to go stale (then they are failed and re-queued for us to run).
                 time.sleep(min(HEARTBEAT_INTERVAL, left) if left is not None else HEARTBEAT_INTERVAL)
-                if study._storage.is_heartbeat_enabled():
-                    optuna.storages.fail_stale_trials(study)
+                optuna.storages.fail_stale_trials(study)  # no-op for storages without heartbeats
     finally:
         tracker.close()
 

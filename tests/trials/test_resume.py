@@ -54,7 +54,7 @@ print("DRIVER DONE", flush=True)
 '''
 
 HEARTBEAT = 1
-GRACE = 3
+GRACE = 6
 WAIT = 150.0  # seconds any one driver may take before the test fails
 
 
@@ -88,7 +88,8 @@ class Driver:
         return self.proc.pid
 
     def output(self) -> str:
-        self.fh.flush()
+        if not self.fh.closed:
+            self.fh.flush()
         return self.out.read_text()[-4000:]
 
     def wait(self, timeout: float = WAIT) -> None:
@@ -235,14 +236,16 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
 def test_two_workers_fill_the_budget_exactly(two_workers) -> None:
     trials, pids, _ = two_workers
     numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers)) == len(trials)
+    assert len(numbers) == len(set(numbers)) == len(trials)  # every trial stored once
     assert sorted(numbers) == list(range(len(trials)))
     assert count(trials, TrialState.FAIL) == 0, [t.user_attrs.get("fail_reason") for t in trials]
-    assert count(trials, TrialState.COMPLETE) == 8
-    assert len(trials) == 8
+    assert count(trials, TrialState.RUNNING) == 0 and count(trials, TrialState.WAITING) == 0
+    assert count(trials, TrialState.COMPLETE) == 8, [(t.number, t.state.name) for t in trials]
     for t in trials:
-        assert "measures" in t.user_attrs and "plan" in t.user_attrs
-    # both workers evaluated candidates (the baseline is one extra evaluation by the first)
+        if t.state == TrialState.COMPLETE:
+            assert "measures" in t.user_attrs and "plan" in t.user_attrs
+    # no evaluation beyond the budget; both workers evaluated candidates
+    # (the baseline is one extra evaluation, by the first worker)
     assert len(pids) == 8 + 1
     assert len(set(pids)) == 2
 
@@ -250,6 +253,6 @@ def test_two_workers_fill_the_budget_exactly(two_workers) -> None:
 def test_two_workers_do_not_evaluate_the_same_point_twice(two_workers) -> None:
     """A joining worker must not replay the first worker's sampler sequence (same seed)."""
     trials, _, _ = two_workers
-    points = [tuple(sorted(t.params.items())) for t in trials]
+    points = [tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE]
     duplicates = [p for p in set(points) if points.count(p) > 1]
     assert not duplicates, f"{len(duplicates)} parameter sets evaluated more than once: {duplicates}"
