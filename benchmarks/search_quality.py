@@ -26,11 +26,14 @@ from pathlib import Path
 import pandas as pd
 
 import slimtune
+from optuna.trial import TrialState
+
+from slimtune.trials.cost import parse_constraint
 from slimtune.trials.runner import trials_table
 from slimtune.trials.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("SLIMTUNE_BENCH_RESULTS", Path(__file__).parent / "results"))
 
 
 def front_2d(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,20 +91,35 @@ def main() -> None:
             baseline = searched.user_attrs["baseline"]
             s_all = trials_table(searched)
             u_all = trials_table(uniform)
+            u_measures = [t.user_attrs["measures"] for t in uniform.get_trials(states=(TrialState.COMPLETE,))]
         finally:
             os.chdir(cwd)
 
-    s_front, u_front = front_2d(s_all), front_2d(u_all)
+    # the searched study only keeps trials meeting its constraints: judge the uniform points by them too
+    constraints = [parse_constraint(c) for c in kwargs.get("constraints") or []]
+    u_all["feasible"] = [
+        all(c.value(m) <= 0 for c in constraints) for m in u_measures
+    ]
+    s_ok = s_all[s_all["feasible"].fillna(True).astype(bool)]
+    s_front, u_front = front_2d(s_ok), front_2d(u_all[u_all["feasible"]])
     ref = min(s_all["accuracy"].min(), u_all["accuracy"].min())
     rows = []
     for _, u in u_all.sort_values("flops_rel").iterrows():
-        cand = s_all[s_all["flops_rel"] <= u["flops_rel"] + 1e-9]
+        cand = s_ok[s_ok["flops_rel"] <= u["flops_rel"] + 1e-9]
         best = cand["accuracy"].max() if not cand.empty else float("nan")
-        rows.append({"uniform_flops_rel": u["flops_rel"], "uniform_acc": u["accuracy"], "search_best_acc_at_le_flops": best})
+        rows.append(
+            {
+                "uniform_flops_rel": u["flops_rel"],
+                "uniform_acc": u["accuracy"],
+                "uniform_feasible": u["feasible"],
+                "search_best_acc_at_le_flops": best,
+            }
+        )
     cmp = pd.DataFrame(rows)
     cmp["search_wins_or_ties"] = cmp["search_best_acc_at_le_flops"] >= cmp["uniform_acc"]
+    feasible_cmp = cmp[cmp["uniform_feasible"]]
     base_acc = baseline["accuracy"]
-    goal = s_all[(s_all["flops_rel"] <= 0.5) & (s_all["accuracy"] >= base_acc - 0.01)]
+    goal = s_ok[(s_ok["flops_rel"] <= 0.5) & (s_ok["accuracy"] >= base_acc - 0.01)]
     result = {
         "baseline_accuracy": base_acc,
         "search_trials": len(s_all),
@@ -110,7 +128,8 @@ def main() -> None:
         "uniform_seconds": uniform_s,
         "hypervolume_search": hypervolume(s_front, ref),
         "hypervolume_uniform": hypervolume(u_front, ref),
-        "uniform_points_matched_or_beaten": int(cmp["search_wins_or_ties"].sum()),
+        "feasible_uniform_points_matched_or_beaten": int(feasible_cmp["search_wins_or_ties"].sum()),
+        "feasible_uniform_points": len(feasible_cmp),
         "uniform_points": len(cmp),
         "search_reaches_50pct_flops_within_1pt": not goal.empty,
         "search_front": s_front[["trial", "accuracy", "flops_rel", "params_rel"]].to_dict("records"),
@@ -129,8 +148,10 @@ def main() -> None:
             "",
             f"Hypervolume (accuracy above {ref:.3f} × FLOPs reduction): search **{result['hypervolume_search']:.4f}**, "
             f"uniform {result['hypervolume_uniform']:.4f}.",
-            f"Uniform points matched or beaten by the search at equal or lower FLOPs: "
-            f"**{result['uniform_points_matched_or_beaten']} / {len(cmp)}**.",
+            f"Uniform points meeting the study's constraints ({', '.join(c.text for c in constraints) or 'none'}) "
+            f"matched or beaten by a searched trial with no more FLOPs: "
+            f"**{result['feasible_uniform_points_matched_or_beaten']} / {len(feasible_cmp)}** "
+            f"(uniform points in all: {len(cmp)}; below the search's lowest FLOPs they break the constraint).",
             f"A searched trial with ≥ 50 % FLOPs reduction within 1 accuracy point: "
             f"**{'yes' if not goal.empty else 'no'}**"
             + (f" (trial {int(goal.sort_values('flops_rel').iloc[0]['trial'])}: flops_rel "

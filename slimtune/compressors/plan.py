@@ -199,7 +199,8 @@ class CompressionPlan:
         parts = [self.granularity]
         if self.prune:
             sp = list(self.sparsities().values())
-            parts.append(f"sparsity mean {sum(sp) / len(sp):.2f} [{min(sp):.2f}-{max(sp):.2f}] over {len(sp)}")
+            unit = "groups" if self.granularity == "channel" else "layers"
+            parts.append(f"sparsity mean {sum(sp) / len(sp):.2f} [{min(sp):.2f}-{max(sp):.2f}] over {len(sp)} {unit}")
         if self.quantize:
             bw = sorted({q.bits_w for q in self.quantize.values() if q.bits_w})
             parts.append(f"bits_w {bw}")

@@ -60,7 +60,7 @@ class SpaceOptions:
     max_sparsity: float = 0.9
     min_sparsity: float = 0.0
     tolerance: float = 0.05
-    headroom: float = 0.2
+    headroom: float = 0.3
     levels: tuple[float, ...] = DEFAULT_LEVELS
     criterion: str = "l1"
     sensitivity: bool = True

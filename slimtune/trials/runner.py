@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -136,6 +137,17 @@ def open_study(storage: str | BaseStorage | None, study_name: str) -> optuna.Stu
         ) from None
 
 
+def evaluate_original(task: Task) -> float:
+    """``task.evaluate(task.model)``, with a clear error when it fails or is not a finite number."""
+    try:
+        value = float(task.evaluate(task.model))
+    except Exception as e:
+        raise SlimtuneError(f"task.evaluate fails on the original model: {type(e).__name__}: {e}") from e
+    if not math.isfinite(value):
+        raise SlimtuneError(f"task.evaluate returns {value} on the original model; it must return a finite number")
+    return value
+
+
 # ---------------------------------------------------------------------- sensitivity cache
 def sensitivity_table(
     task: Task,
@@ -161,6 +173,7 @@ def sensitivity_table(
         table.attrs["cached"] = True
         return table
     logger.info("sensitivity analysis: %s levels x prunable groups (computed once, cached in the storage)", len(options.levels))
+    baseline = evaluate_original(task)
     table = analyze_sensitivity(
         task.model,
         task.example_inputs,
@@ -169,6 +182,7 @@ def sensitivity_table(
         criterion=options.criterion,
         data=task.calibration,
         direction=task.direction,
+        baseline=baseline,
         progress=progress,
     )
     cache.set_user_attr("table", json.loads(table.to_json(orient="records")))
@@ -281,7 +295,7 @@ def _init_study(
             baseline["latency"] = measure_model(task.model, task.example_inputs, True)["latency"]
             study.set_user_attr("baseline", baseline)
         return baseline
-    metric = float(task.evaluate(task.model))
+    metric = evaluate_original(task)
     baseline = measure_model(task.model, task.example_inputs, cost.needs_latency)
     baseline["accuracy"] = metric
     for key, value in {
@@ -394,11 +408,12 @@ def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, time
 
 
 class _quiet_optuna:
-    """Optuna logs every trial at INFO; slimtune logs its own line, so keep Optuna at WARNING."""
+    """Optuna logs every trial (and a traceback for each failed one); slimtune logs its own line
+    per trial, failures with their reason, so Optuna is kept at ERROR while trials run."""
 
     def __enter__(self) -> None:
         self.level = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(max(self.level, optuna.logging.WARNING))
+        optuna.logging.set_verbosity(max(self.level, optuna.logging.ERROR))
 
     def __exit__(self, *exc: object) -> None:
         optuna.logging.set_verbosity(self.level)

@@ -66,6 +66,7 @@ class Driver:
         if not script.exists():
             script.write_text(DRIVER)
         self.out = tmp_path / f"{tag}.out"
+        self.url = url
         self.log = tmp_path / "evaluations.log"
         env = dict(os.environ)
         env.update(
@@ -97,9 +98,13 @@ class Driver:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            pytest.fail(f"driver {self.pid} did not finish within {timeout:.0f}s:\n{self.output()}")
+            pytest.fail(f"driver {self.pid} did not finish within {timeout:.0f}s:\n{self.output()}\n{self.study_dump()}")
         assert rc == 0, f"driver {self.pid} exited with {rc}:\n{self.output()}"
         assert "DRIVER DONE" in self.output()
+
+    def study_dump(self) -> str:
+        trials = trials_of(storage(self.url)) or []
+        return "\n".join(f"{t.number} {t.state.name} {t.params} {t.system_attrs.get('failed_trial')}" for t in trials)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -155,7 +160,9 @@ def test_worker_killed_mid_trial_loses_nothing_and_the_study_resumes(tmp_path: P
         drivers.append(first)
 
         def three_done_fourth_running(trials: list[FrozenTrial]) -> bool:
-            return count(trials, TrialState.COMPLETE) >= 3 and count(trials, TrialState.RUNNING) >= 1
+            # the running trial has chosen its plan: it is compressing or evaluating
+            running = [t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs]
+            return count(trials, TrialState.COMPLETE) >= 3 and len(running) >= 1
 
         poll(st, three_done_fourth_running, drivers)
         os.kill(first.pid, signal.SIGKILL)
@@ -167,6 +174,7 @@ def test_worker_killed_mid_trial_loses_nothing_and_the_study_resumes(tmp_path: P
         running = [t for t in trials if t.state == TrialState.RUNNING]
         assert len(running) == 1, [record(t) for t in trials]
         killed = running[0]
+        assert set(killed.params) == {"sparsity/features.0", "sparsity/features.2"}
         done_before = {t.number: record(t) for t in trials if t.state == TrialState.COMPLETE}
         assert len(done_before) >= 3
         assert count(trials, TrialState.FAIL) == 0
