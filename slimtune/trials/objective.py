@@ -94,6 +94,11 @@ class Objective:
         self.artifact_store = artifact_store
         self.latency_batch = latency_batch
         self.single_objective = len(cost.directions) == 1
+        # intermediate reports carry the task's metric: usable by pruners only when the study's
+        # one value includes it (sign-flipped when the study minimises a maximised metric)
+        self.report_sign = 0.0
+        if self.single_objective and "accuracy" in cost.objectives:
+            self.report_sign = 1.0 if cost.directions[0] == task.direction else -1.0
         self.graph = graph if graph is not None else trace(task.model, task.example_inputs)
 
     def __call__(self, trial: optuna.trial.Trial) -> float | list[float]:
@@ -109,7 +114,7 @@ class Objective:
             times["compress"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            self.task.run_finetune(model, self._reporter(trial) if self.single_objective else None)
+            self.task.run_finetune(model, self._reporter(trial, self.report_sign) if self.report_sign else None)
             times["finetune"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -152,9 +157,9 @@ class Objective:
         return values[0] if self.single_objective else values
 
     @staticmethod
-    def _reporter(trial: optuna.trial.Trial) -> Any:
+    def _reporter(trial: optuna.trial.Trial, sign: float) -> Any:
         def report(step: int, value: float) -> None:
-            trial.report(float(value), int(step))
+            trial.report(sign * float(value), int(step))
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
 

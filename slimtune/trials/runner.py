@@ -170,6 +170,8 @@ def sensitivity_table(
     if cached is not None:
         table = pd.DataFrame(cached)
         table.attrs["baseline"] = cache.user_attrs.get("baseline")
+        table.attrs["criterion"] = cache.user_attrs.get("criterion", options.criterion)
+        table.attrs["direction"] = cache.user_attrs.get("direction", task.direction)
         table.attrs["cached"] = True
         return table
     logger.info("sensitivity analysis: %s levels x prunable groups (computed once, cached in the storage)", len(options.levels))
@@ -185,8 +187,10 @@ def sensitivity_table(
         baseline=baseline,
         progress=progress,
     )
-    cache.set_user_attr("table", json.loads(table.to_json(orient="records")))
+    cache.set_user_attr("table", json.loads(table.to_json(orient="records", double_precision=15)))
     cache.set_user_attr("baseline", table.attrs["baseline"])
+    cache.set_user_attr("criterion", options.criterion)
+    cache.set_user_attr("direction", task.direction)
     table.attrs["cached"] = False
     return table
 
@@ -255,7 +259,10 @@ def search(
     if options.sensitivity and strat.uses_sensitivity:
         table = sensitivity_table(task, st, options, progress=progress)
     sspace = SearchSpace(graph, options, table)
-    sampler = strat.sampler(sspace, len(cost.directions), seed, n_trials)
+    # a new study samples from `seed` (reproducible); a resumed run or a joining worker must not
+    # replay the proposals already made, so it draws from a seed of its own
+    sampler_seed = seed if not existing else _fresh_seed(seed)
+    sampler = strat.sampler(sspace, len(cost.directions), sampler_seed, n_trials)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4) if len(cost.directions) == 1 else None
     study = optuna.create_study(
         study_name=study_name, storage=st, directions=cost.directions, sampler=sampler, pruner=pruner, load_if_exists=True
@@ -273,6 +280,10 @@ def search(
     return study
 
 
+def _fresh_seed(seed: int) -> int:
+    return (hash((seed, os.getpid(), time.time_ns())) & 0x7FFFFFFF) or 1
+
+
 def _init_study(
     study: optuna.Study, task: Task, strat: Any, cost: Cost, space: SearchSpace, url: str | None, n_trials: int | None, seed: int
 ) -> dict[str, Any]:
@@ -285,6 +296,10 @@ def _init_study(
             mismatch.append(f"objectives {attrs.get('objectives')} (asked: {cost.objectives})")
         if attrs.get("constraints") != [c.text for c in cost.constraints]:
             mismatch.append(f"constraints {attrs.get('constraints')} (asked: {[c.text for c in cost.constraints]})")
+        if attrs.get("weights") != cost.weights:
+            mismatch.append(f"weights {attrs.get('weights')} (asked: {cost.weights})")
+        if attrs.get("directions") != cost.directions:
+            mismatch.append(f"directions {attrs.get('directions')} (asked: {cost.directions})")
         if mismatch:
             raise SlimtuneError(
                 f"study {study.study_name!r} was created with {', '.join(mismatch)}; "
@@ -299,7 +314,6 @@ def _init_study(
     baseline = measure_model(task.model, task.example_inputs, cost.needs_latency)
     baseline["accuracy"] = metric
     for key, value in {
-        "slimtune": slimtune.__version__,
         "strategy": strat.name,
         "strategy_params": strat.params,
         "objectives": cost.objectives,
@@ -318,6 +332,7 @@ def _init_study(
         study.set_user_attr(key, value)
     for params in strat.seeds(space):
         study.enqueue_trial(params, skip_if_exists=True)
+    study.set_user_attr("slimtune", slimtune.__version__)  # last: marks the study as initialised
     return baseline
 
 
@@ -326,7 +341,7 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     # a retried trial's copy names the original (RetryHeartbeatStaleTrialCallback.retried_trial_number)
     retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    done = sum(1 for t in trials if t.state.is_finished() and t.number not in retried)
+    done = sum(1 for t in trials if t.state.is_finished() and t.number not in retried and ATTR_OVER not in t.user_attrs)
     return {
         "done": done,
         "running": sum(1 for t in trials if t.state == TrialState.RUNNING),
@@ -375,9 +390,67 @@ def _trial_line(t: FrozenTrial) -> str:
     return " ".join(parts)
 
 
+ATTR_OVER = "over_budget"
+
+
+class _Budgeted:
+    """Runs the objective unless the study's budget is already spoken for.
+
+    Two workers can both ask for a trial in the moment between one's last trial ending and the
+    budget check; the later trial finds ``n_trials`` earlier trials (finished, running or queued)
+    and ends at once as PRUNED, marked ``over_budget`` and not counted.
+    """
+
+    def __init__(self, objective: Objective, n_trials: int | None) -> None:
+        self.objective = objective
+        self.n_trials = n_trials
+
+    def __call__(self, trial: optuna.trial.Trial) -> Any:
+        if self.n_trials is not None:
+            trials = trial.study.get_trials(deepcopy=False)
+            me = next((t for t in trials if t.number == trial.number), None)
+            if me is not None and me.system_attrs.get("failed_trial") is not None:
+                return self.objective(trial)  # a retry of a dead worker's trial: always run
+            retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+            ahead = sum(
+                1
+                for t in trials
+                if t.number < trial.number
+                and t.number not in retried
+                and ATTR_OVER not in t.user_attrs
+                and (t.state.is_finished() or t.state == TrialState.RUNNING)
+            )
+            waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+            if ahead + waiting >= self.n_trials:
+                trial.set_user_attr(ATTR_OVER, True)
+                trial.study.stop()
+                raise optuna.TrialPruned("the study's budget was already used by other workers")
+        return self.objective(trial)
+
+
+def _adopt_orphans(study: optuna.Study, adopted: set[int]) -> None:
+    """Give a heartbeat to RUNNING trials that never sent one (their worker died at once).
+
+    Optuna only fails trials whose heartbeat went stale; a trial without any heartbeat would stay
+    RUNNING forever. One heartbeat on its behalf lets it go stale (and be retried) if nobody runs it.
+    """
+    storage = study._storage
+    if not hasattr(storage, "record_heartbeat"):
+        return
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in adopted or t.datetime_start is None:
+            continue
+        if now - t.datetime_start.timestamp() > GRACE_PERIOD:
+            storage.record_heartbeat(t._trial_id)
+            adopted.add(t.number)
+
+
 def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, timeout: float | None, progress: bool) -> None:
     deadline = time.monotonic() + timeout if timeout is not None else None
     tracker = _Progress(study, n_trials, progress)
+    budgeted = _Budgeted(objective, n_trials)
+    adopted: set[int] = set()
     idle_rounds = 0
     try:
         while True:
@@ -390,7 +463,7 @@ def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, time
             if n_trials is None or c["waiting"] or c["done"] + c["running"] < n_trials:
                 before = c["done"] + c["running"]
                 with _quiet_optuna():
-                    study.optimize(objective, timeout=left, catch=(Exception,), callbacks=[tracker])
+                    study.optimize(budgeted, timeout=left, catch=(Exception,), callbacks=[tracker])
                 if n_trials is None:
                     break
                 after = _counts(study)
@@ -402,7 +475,10 @@ def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, time
                 # Only other workers' trials are in flight: wait for them to finish or, if their
                 # worker died, to go stale (then they are failed and re-queued for us to run).
                 time.sleep(min(HEARTBEAT_INTERVAL, left) if left is not None else HEARTBEAT_INTERVAL)
-                optuna.storages.fail_stale_trials(study)  # no-op for storages without heartbeats
+                _adopt_orphans(study, adopted)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)  # no-op for storages without heartbeats
     finally:
         tracker.close()
 

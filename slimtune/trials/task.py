@@ -26,8 +26,9 @@ class Task:
         evaluate: ``evaluate(model) -> float``, the task's metric (e.g. validation accuracy).
         finetune: Optional ``finetune(model)`` or ``finetune(model, report)`` training the
             compressed model in place (masks and the smaller shapes stay fixed). With ``report``,
-            call ``report(step, metric)`` to let Optuna pruners stop bad trials
-            (single-objective studies only).
+            call ``report(step, metric)`` to let Optuna pruners stop bad trials (in studies with
+            one objective or weighted objectives that include the metric; elsewhere ``report``
+            does nothing).
         calibration: Optional batches (``inputs`` or ``(inputs, targets)``) for data-driven
             pruning criteria (``taylor`` needs targets; ``apoz``, ``mean_activation`` inputs).
         direction: ``"maximize"`` when a higher metric is better, else ``"minimize"``.
@@ -69,11 +70,12 @@ class Task:
             self.calibration = list(self.calibration)
 
     def run_finetune(self, model: nn.Module, report: Report | None = None) -> None:
-        """Call the fine-tune function, passing ``report`` when it takes a second argument."""
+        """Call the fine-tune function; one that requires a second argument gets ``report``
+        (a no-op where reports cannot be used, e.g. in multi-objective studies)."""
         if self.finetune is None:
             return
-        if report is not None and _accepts_two(self.finetune):
-            self.finetune(model, report)
+        if _requires_two(self.finetune):
+            self.finetune(model, report if report is not None else _no_report)
         else:
             self.finetune(model)
 
@@ -90,10 +92,15 @@ class Task:
         return h.hexdigest()[:16]
 
 
-def _accepts_two(fn: Callable[..., Any]) -> bool:
+def _no_report(step: int, value: float) -> None:
+    """Reports go nowhere (multi-objective studies cannot prune trials)."""
+
+
+def _requires_two(fn: Callable[..., Any]) -> bool:
+    """True when ``fn`` needs a second positional argument (one without a default)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(required) >= 2

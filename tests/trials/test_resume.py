@@ -216,6 +216,48 @@ def test_worker_killed_mid_trial_loses_nothing_and_the_study_resumes(tmp_path: P
             d.stop()
 
 
+def test_trial_orphaned_before_its_first_heartbeat_does_not_block_resuming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed between creating its trial and the trial's first heartbeat leaves a RUNNING
+    trial that Optuna never sees as stale (it has no heartbeat row). Resuming must still finish
+    the budget, not wait for that trial forever."""
+    import torch
+
+    import slimtune
+    from slimtune.examples.models import mlp
+    from slimtune.trials import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(runner, "GRACE_PERIOD", 2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = mlp(16, (32, 16), 4).eval()
+    x = torch.randn(64, 16, generator=gen)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+
+    def evaluate(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float((m(x).argmax(1) == y).float().mean())
+
+    task = slimtune.Task(model, x[:1], evaluate, name="tiny-orphan")
+    url = f"sqlite:///{tmp_path / 'orphan.db'}"
+    kw: dict[str, Any] = dict(strategy="random", storage=url, study_name="s", space={"sensitivity": False},
+                              progress=False, save_models="none")  # fmt: skip
+    slimtune.search(task, n_trials=2, **kw)
+    orphan = optuna.load_study(study_name="s", storage=storage(url)).ask()  # RUNNING, no heartbeat ever
+    start = time.monotonic()
+    study = slimtune.search(task, n_trials=3, timeout=20, **kw)
+    elapsed = time.monotonic() - start
+    trials = study.get_trials(deepcopy=False)
+    states = [(t.number, t.state.name) for t in trials]
+    assert count(trials, TrialState.RUNNING) == 0, states
+    assert trials[orphan.number].state.is_finished(), states
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    assert sum(1 for t in trials if t.state.is_finished() and t.number not in retried) == 3, states
+    assert elapsed < 19, f"the driver waited {elapsed:.0f}s for a trial that can never report"
+
+
 # ---------------------------------------------------------------------- two workers
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[FrozenTrial], list[int], list[str]]]:
