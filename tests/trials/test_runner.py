@@ -258,6 +258,19 @@ def test_rerun_does_not_add_trials_and_raising_the_budget_adds_the_difference(tm
     assert len(study.trials) == 5
 
 
+def test_budget_smaller_than_the_seed_trials_runs_them_in_order(tmp_path: Path) -> None:
+    # with sensitivity on, two seed trials are queued; a budget of 1 runs the first one (it must
+    # not be mistaken for an over-budget trial) and leaves the second queued for a larger budget
+    url = sqlite(tmp_path)
+    tiny = Tiny()
+    kw = dict(strategy="nsga2", storage=url, study_name="seeds", progress=False, save_models="none")
+    study = search(tiny.task, n_trials=1, **kw)
+    assert [(t.number, t.state) for t in study.trials] == [(0, TrialState.COMPLETE), (1, TrialState.WAITING)]
+    study = search(tiny.task, n_trials=3, **kw)
+    assert states(study) == {TrialState.COMPLETE: 3}
+    assert all("over_budget" not in t.user_attrs for t in study.trials)
+
+
 @pytest.mark.parametrize("strategy", ["random", "tpe", "nsga2"])
 def test_resumed_study_proposes_new_points(tmp_path: Path, strategy: str) -> None:
     """Resuming must continue the search, not replay the sampler's first proposals (same seed)."""
