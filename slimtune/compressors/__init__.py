@@ -16,7 +16,7 @@ from slimtune.compressors._types import Group, LayerInfo, Member, Tap
 from slimtune.compressors.criteria import CRITERIA, CriterionContext, register_criterion, score_group
 from slimtune.compressors.graph import ModelGraph, trace
 from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
-from slimtune.compressors.compress import compress, prune_channels
+from slimtune.compressors.compress import compress
 from slimtune.compressors.speedup import SpeedupError, speedup
 from slimtune.compressors.pruning import apply_channel_masks, apply_unstructured_masks, make_permanent
 from slimtune.compressors.measures import (
@@ -56,7 +56,6 @@ __all__ = [
     "measure",
     "measure_latency",
     "model_size_bytes",
-    "prune_channels",
     "register_criterion",
     "score_group",
     "speedup",

@@ -80,11 +80,3 @@ def compress(
     apply_speedup(compressed, graph, pruned)
     check_forward(compressed, example_inputs)
     return compressed
-
-
-def prune_channels(
-    model: nn.Module, graph: ModelGraph, plan: CompressionPlan, ctx: CriterionContext | None = None
-) -> dict[str, torch.Tensor]:
-    """The channels ``plan`` removes from each group of ``graph`` (``{group: channel ids}``)."""
-    plan.validate(graph)
-    return select_channels(graph, plan, ctx or CriterionContext(model, graph))

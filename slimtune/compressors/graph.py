@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -94,13 +94,6 @@ class ModelGraph:
             return self.prunable_layers()
         return [g.name for g in self.prunable_groups()]
 
-    def group_of(self, layer: str) -> Group | None:
-        """The group whose channels ``layer`` produces (its output channels), if any."""
-        for g in self.groups.values():
-            if any(m.layer == layer and m.role == "out" for m in g.members):
-                return g
-        return None
-
     def summary(self) -> pd.DataFrame:
         """One row per group: name, size, blocks, prunable, reason, member layers."""
         import pandas as pd
@@ -161,48 +154,6 @@ class ModelGraph:
                 cout_new = cout - round(lost.get((layer, "out"), 0.0))
             counts[layer] = (int(cin_new), int(cout_new))
         return counts
-
-    # ------------------------------------------------------------------ activations
-    def record(
-        self,
-        inputs: Iterable[Any],
-        nodes: Sequence[str],
-        reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-    ) -> dict[str, list[torch.Tensor]]:
-        """Run the traced graph on each batch of ``inputs`` and collect the outputs of ``nodes``.
-
-        Args:
-            inputs: Batches: a tensor, a tuple of tensors, or ``(inputs, targets)`` pairs whose
-                first element is used.
-            nodes: fx node names (e.g. from :class:`Tap` ``.node``).
-            reduce: ``reduce(node, output) -> statistic`` applied to every output on the fly so
-                full activations need not be kept; default keeps the detached outputs.
-
-        Returns:
-            ``{node: [statistic per batch]}``.
-        """
-        if self.gm is None:
-            raise TraceError(f"record() needs a traced model; tracing failed: {self.trace_error}")
-        wanted = set(nodes)
-        missing = wanted - {n.name for n in self.gm.graph.nodes}
-        if missing:
-            raise KeyError(f"unknown graph node(s) {sorted(missing)}")
-        out: dict[str, list[torch.Tensor]] = {n: [] for n in nodes}
-
-        class _Recorder(fx.Interpreter):
-            def run_node(self, n: fx.Node) -> Any:
-                result = super().run_node(n)
-                if n.name in wanted:
-                    value = result.detach()
-                    out[n.name].append(reduce(n.name, value) if reduce else value)
-                return result
-
-        recorder = _Recorder(self.gm)
-        with torch.no_grad(), _eval_mode(self.gm):
-            for batch in inputs:
-                args = _batch_inputs(batch)
-                recorder.run(*args)
-        return out
 
 
 def trace(
@@ -281,19 +232,6 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
             f"torch.fx cannot trace module {where!r} ({kind}): {type(e).__name__}: {str(e).splitlines()[0]}"
         ) from e
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
-
-
-def _batch_inputs(batch: Any) -> tuple[Any, ...]:
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (list, tuple)):
-        first = batch[0]
-        if isinstance(first, (list, tuple)):
-            return tuple(first)
-        if len(batch) == 2 and isinstance(batch[1], torch.Tensor) and batch[1].dtype in (torch.long, torch.int):
-            return (first,)
-        return tuple(batch)
-    raise TypeError(f"cannot use a batch of type {type(batch).__name__} as model inputs")
 
 
 class _eval_mode:
