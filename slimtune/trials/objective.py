@@ -41,6 +41,7 @@ ATTR_TIMES = "times"
 ATTR_ARTIFACT = "model_artifact"
 ATTR_NODE = "hostname"
 ATTR_CONSTRAINTS = "constraints"
+ATTR_DUPLICATE = "duplicate_of"
 
 
 def measure_model(
@@ -109,6 +110,10 @@ class Objective:
             params = self.strategy.suggest(trial, self.space)
             plan = self.strategy.plan(params, self.space)
             trial.set_user_attr(ATTR_PLAN, plan.to_dict())
+            twin = _completed_twin(trial, params)
+            if twin is not None:
+                # samplers (NSGA-II especially) re-propose points: reuse that trial's result
+                return self._reuse(trial, twin, times, start)
             t = time.perf_counter()
             model = compress(self.task.model, plan, self.task.example_inputs, data=self.task.calibration, graph=self.graph)
             times["compress"] = time.perf_counter() - t
@@ -156,6 +161,16 @@ class Objective:
                 pass
         return values[0] if self.single_objective else values
 
+    def _reuse(self, trial: optuna.trial.Trial, twin: optuna.trial.FrozenTrial, times: dict[str, float], start: float) -> Any:
+        trial.set_user_attr(ATTR_DUPLICATE, twin.number)
+        for key in (ATTR_MEASURES, ATTR_CONSTRAINTS, ATTR_ARTIFACT):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        for name, value in (twin.user_attrs.get(ATTR_CONSTRAINTS) or {}).items():
+            trial.set_constraint(name, value)
+        values = list(twin.values)
+        return values[0] if self.single_objective else values
+
     @staticmethod
     def _reporter(trial: optuna.trial.Trial, sign: float) -> Any:
         def report(step: int, value: float) -> None:
@@ -164,6 +179,14 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
 
         return report
+
+
+def _completed_twin(trial: optuna.trial.Trial, params: Mapping[str, Any]) -> optuna.trial.FrozenTrial | None:
+    """A completed trial of the same study with exactly these parameters, if any."""
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.number != trial.number and t.params == dict(params) and t.values is not None:
+            return t
+    return None
 
 
 def _save_model(model: nn.Module, trial: optuna.trial.Trial, store: ArtifactStore) -> str:

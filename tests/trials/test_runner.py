@@ -552,3 +552,20 @@ def test_pruning_in_weighted_studies_follows_the_metric_direction(tmp_path: Path
     later_states = [t.state for t in study.get_trials(deepcopy=False)[4:]]
     expected = TrialState.PRUNED if pruned else TrialState.COMPLETE
     assert later_states == [expected] * 2
+
+
+def test_repeated_parameters_reuse_the_completed_result(tmp_path: Path) -> None:
+    # the uniform grid with 2 points and a budget of 4 makes the sampler repeat both points
+    url = sqlite(tmp_path)
+    tiny = Tiny()
+    study = search(tiny.task, strategy="uniform", points=2, n_trials=4, storage=url, study_name="dup",
+                   space=NO_SENS, progress=False)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    firsts = {t.params["sparsity/uniform"]: t for t in done if "duplicate_of" not in t.user_attrs}
+    dups = [t for t in done if "duplicate_of" in t.user_attrs]
+    assert len(firsts) == 2 and len(dups) == 2
+    for t in dups:
+        original = study.trials[t.user_attrs["duplicate_of"]]
+        assert original.params == t.params and original.values == t.values
+        assert t.user_attrs["measures"] == original.user_attrs["measures"]
+    assert tiny.calls == 1 + 2  # the baseline and the two distinct points only
