@@ -1,0 +1,85 @@
+"""Quantization: fake-quantized layers, observers and algorithms (PTQ, STE-QAT, PACT, DoReFa, BNN).
+
+- :mod:`.functional`: per-channel symmetric weight and affine activation (fake) quantization
+  with straight-through gradients;
+- :mod:`.observers`: activation-range observers by name (``minmax``, ``moving_average``,
+  ``percentile``, ``kl``);
+- :mod:`.modules`: :class:`QuantWrapper`, :func:`quantize_model`, :func:`calibrate`, :func:`freeze`;
+- :mod:`.algorithms`: the algorithms by name (``ptq``, ``ste``, ``pact``, ``dorefa``, ``bnn``);
+- :mod:`.export`: :func:`export_int8`, a real int8 model (torch.ao FX, x86 kernels, conv-bn-relu fused).
+
+Example:
+    >>> import torch
+    >>> from slimtune.compressors import QuantSpec
+    >>> from slimtune.compressors.quantization import calibrate, freeze, quantize_model
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> q = quantize_model(model, {"0": QuantSpec(8, 8), "2": QuantSpec(4, 8)}, observer="percentile")
+    >>> q = freeze(calibrate(q, [torch.randn(32, 4)]))
+    >>> sorted(quant_wrappers(q))
+    ['0', '2']
+"""
+
+from __future__ import annotations
+
+from slimtune.compressors.quantization._errors import QuantizationError
+from slimtune.compressors.quantization.functional import (
+    affine_qparams,
+    dequantize_per_channel,
+    fake_quantize_activation,
+    fake_quantize_weight,
+    quantize_weight_per_channel,
+)
+from slimtune.compressors.quantization.observers import OBSERVERS, Observer, make_observer, register_observer
+from slimtune.compressors.quantization.algorithms import (
+    ALGORITHMS,
+    QuantAlgorithm,
+    get_algorithm,
+    post_training_quantize,
+    register_algorithm,
+)
+from slimtune.compressors.quantization.export import (
+    QuantExportError,
+    export_int8,
+    exported_size_bytes,
+    load_int8,
+    pt2e_available,
+    save_int8,
+)
+from slimtune.compressors.quantization.modules import (
+    QuantWrapper,
+    calibrate,
+    freeze,
+    quant_wrappers,
+    quantizable_layers,
+    quantize_model,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "QuantExportError",
+    "export_int8",
+    "exported_size_bytes",
+    "load_int8",
+    "pt2e_available",
+    "save_int8",
+    "OBSERVERS",
+    "Observer",
+    "QuantAlgorithm",
+    "QuantWrapper",
+    "QuantizationError",
+    "affine_qparams",
+    "calibrate",
+    "dequantize_per_channel",
+    "fake_quantize_activation",
+    "fake_quantize_weight",
+    "freeze",
+    "get_algorithm",
+    "make_observer",
+    "post_training_quantize",
+    "quant_wrappers",
+    "quantizable_layers",
+    "quantize_model",
+    "quantize_weight_per_channel",
+    "register_algorithm",
+    "register_observer",
+]

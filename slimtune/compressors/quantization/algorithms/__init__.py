@@ -1,0 +1,50 @@
+"""Quantization algorithms, registered by name in :data:`ALGORITHMS`.
+
+========= ===================================================================== ==================
+name      what                                                                  paper
+========= ===================================================================== ==================
+``ptq``   static post-training quantization: calibrate, freeze, no training     Krishnamoorthi 2018
+``ste``   QAT, straight-through fake quantization of weights and activations    Bengio 2013, Jacob 2018
+``pact``  QAT with a learned activation clip ``α`` per layer                    Choi et al. 2018
+``dorefa`` ``tanh``-normalised k-bit weights in [-1, 1]                         Zhou et al. 2016
+``bnn``   binary weights ``sign(w)·α`` (and ``sign`` activations at 1 bit)      Courbariaux 2016, Rastegari 2016
+========= ===================================================================== ==================
+
+A new algorithm is one module with a :class:`QuantAlgorithm` subclass decorated by
+:func:`register_algorithm`, imported below.
+
+Example:
+    >>> sorted(ALGORITHMS)
+    ['bnn', 'dorefa', 'pact', 'ptq', 'ste']
+"""
+
+from __future__ import annotations
+
+from slimtune.compressors.quantization.algorithms._base import (
+    ALGORITHMS,
+    QuantAlgorithm,
+    get_algorithm,
+    register_algorithm,
+)
+
+# Importing the algorithm modules registers them.
+from slimtune.compressors.quantization.algorithms.ptq import PTQ, post_training_quantize
+from slimtune.compressors.quantization.algorithms.ste import STE
+from slimtune.compressors.quantization.algorithms.pact import PACT
+from slimtune.compressors.quantization.algorithms.dorefa import DoReFa, dorefa_weight
+from slimtune.compressors.quantization.algorithms.bnn import BNN, binarize_activation
+
+__all__ = [
+    "ALGORITHMS",
+    "BNN",
+    "DoReFa",
+    "PACT",
+    "PTQ",
+    "QuantAlgorithm",
+    "STE",
+    "binarize_activation",
+    "dorefa_weight",
+    "get_algorithm",
+    "post_training_quantize",
+    "register_algorithm",
+]
