@@ -30,6 +30,8 @@ def compress(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     max_batches: int | None = None,
     graph: ModelGraph | None = None,
+    observer: str = "minmax",
+    quant_algorithm: str = "ste",
 ) -> nn.Module:
     """Return a compressed copy of ``model``; the model itself is never modified.
 
@@ -46,6 +48,14 @@ def compress(
         max_batches: Use at most this many batches of ``data``.
         graph: ``trace(model, example_inputs)`` when already at hand (a search traces once and
             compresses many times); groups refer to layers by name, so it serves every copy.
+        observer: Activation-range observer for the plan's ``quantize`` layers (``minmax``,
+            ``moving_average``, ``percentile``, ``kl``).
+        quant_algorithm: Quantization algorithm (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``).
+
+    Pruning comes first (and speedup), then quantization: the plan's ``quantize`` layers are
+    wrapped in fake-quantizers (weights per channel at ``bits_w``; inputs at ``bits_a`` with a
+    range calibrated on ``data``, then frozen). The result trains with straight-through gradients
+    and exports to real int8 kernels with :func:`~slimtune.compressors.quantization.export_int8`.
 
     Returns:
         The compressed model, in the training mode of ``model``.
@@ -61,22 +71,45 @@ def compress(
     """
     if not isinstance(plan, CompressionPlan):
         plan = CompressionPlan.from_dict(plan)
-    if plan.quantize:
-        raise PlanError(
-            f"plan.quantize lists {len(plan.quantize)} layer(s), but quantization is not part of this "
-            "version of slimtune's compress(); remove plan.quantize"
-        )
     compressed = clone_model(model)
     if graph is None:
         graph = trace(compressed, example_inputs)
     plan.validate(graph)
     if plan.granularity == "unstructured":
-        return apply_unstructured_masks(compressed, plan)
-    ctx = CriterionContext(compressed, graph, data, loss_fn, max_batches)
-    pruned = select_channels(graph, plan, ctx)
-    if not speedup:
-        return apply_channel_masks(compressed, graph, pruned)
-    make_permanent(compressed)
-    apply_speedup(compressed, graph, pruned)
-    check_forward(compressed, example_inputs)
+        apply_unstructured_masks(compressed, plan)
+    else:
+        ctx = CriterionContext(compressed, graph, data, loss_fn, max_batches)
+        pruned = select_channels(graph, plan, ctx)
+        if not speedup:
+            apply_channel_masks(compressed, graph, pruned)
+        else:
+            make_permanent(compressed)
+            apply_speedup(compressed, graph, pruned)
+            check_forward(compressed, example_inputs)
+    if plan.quantize:
+        _quantize(compressed, plan, data, max_batches, observer, quant_algorithm)
     return compressed
+
+
+def _quantize(
+    model: nn.Module,
+    plan: CompressionPlan,
+    data: Iterable[Any] | None,
+    max_batches: int | None,
+    observer: str,
+    algorithm: str,
+) -> None:
+    from slimtune.compressors.quantization import calibrate, freeze, quantize_model
+
+    needs_range = sorted(n for n, q in plan.quantize.items() if q.bits_a not in (None, 32))
+    if needs_range and data is None:
+        raise PlanError(
+            f"plan.quantize sets activation bits for layer(s) {needs_range}: calibration batches are "
+            "needed to set their ranges (pass data=...)"
+        )
+    was_training = model.training
+    quantize_model(model, plan.quantize, observer=observer, algorithm=algorithm, inplace=True)
+    if needs_range:
+        calibrate(model, data, max_batches=max_batches)
+    freeze(model)
+    model.train(was_training)

@@ -51,10 +51,13 @@ def measure_model(
     latency_batch: int = 32,
     latency_repeats: int = 20,
 ) -> dict[str, Any]:
-    """FLOPs (MACs per sample), parameters, size in bytes and (optionally) latency of ``model``."""
+    """FLOPs (MACs per sample), parameters, size in bytes (quantized weights at their bit-widths)
+    and (optionally) latency of ``model``."""
     flops = float(count_flops(model, example_inputs)["macs"].sum())
     params, _ = count_params(model)
-    size = model_size_bytes(model).total_bytes
+    from slimtune.compressors.quantization import weight_bits
+
+    size = model_size_bytes(model, bits=weight_bits(model) or None).total_bytes
     lat = None
     if latency:
         lat = measure_latency(model, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats).median_ms

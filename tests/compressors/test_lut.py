@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slimtune.compressors import CompressionPlan, compress, trace
-from slimtune.compressors.measures import LatencyTable, measure_latency
+from slimtune.compressors.measures import LatencyTable
 from slimtune.compressors.measures._lut_parts import Entry, LayerSpec, cell, interp1, line_fit
 
 FAST = {"batch_size": 4, "grid": (0.5, 1.0), "warmup": 1, "repeats": 2, "burst": 1}
@@ -100,9 +100,9 @@ def test_build_structure(tiny) -> None:
 def test_predict_unpruned_equals_dense(tiny) -> None:
     model, x, graph, table = tiny
     dense = table.dense_ms
-    assert table.predict() == pytest.approx(dense)
-    assert table.predict(CompressionPlan()) == pytest.approx(dense)
-    assert table.predict(graph.channel_counts(CompressionPlan())) == pytest.approx(dense)
+    assert table.predict() == dense
+    assert table.predict(CompressionPlan()) == dense
+    assert table.predict(graph.channel_counts(CompressionPlan())) == dense
     parts = table.explain()
     assert set(parts) == {"conv1", "conv2", "conv3", "fc", "remainder", "total"}
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
@@ -164,17 +164,6 @@ def test_depthwise_and_grouped() -> None:
     assert 0 < p and math.isfinite(p)
     small = compress(model, plan, x)
     assert small.dw.groups == small.dw.in_channels == graph.channel_counts(plan)["dw"][1]
-
-
-def test_prediction_sanity_against_measurement(tiny) -> None:
-    """Loose bounds only (3x): catch unit, batch-size or clock mistakes, not accuracy."""
-    model, x, graph, table = tiny
-    measured = measure_latency(model, x, batch_size=4, warmup=2, repeats=10, min_time_s=0, clock="cpu").median_ms
-    assert table.dense_ms / 3 < measured < table.dense_ms * 3
-    small = compress(model, CompressionPlan.uniform(graph, 0.5), x)
-    m_small = measure_latency(small, x, batch_size=4, warmup=2, repeats=10, min_time_s=0, clock="cpu").median_ms
-    p_small = table.predict(CompressionPlan.uniform(graph, 0.5))
-    assert p_small / 3 < m_small < p_small * 3
 
 
 # ------------------------------------------------------------------------------------------ arithmetic

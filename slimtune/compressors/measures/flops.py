@@ -205,8 +205,9 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
     rows: dict[str, dict[str, Any]] = {}
     handles = []
 
-    def make_hook(name: str, kind: str):  # noqa: ANN202
+    def make_hook(name: str, kind: str, target: nn.Module | None = None):  # noqa: ANN202
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            module = target if target is not None else module
             x = _first_tensor(inputs)
             y = _first_tensor(output)
             macs, elem = _macs(kind, module, x, y)
@@ -231,9 +232,18 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
 
         return hook
 
+    wrapped = set()
+    for name, m in model.named_modules():
+        inner = getattr(m, "layer", None)
+        if isinstance(inner, nn.Module) and _kind(inner) in ("conv", "linear") and _kind(m) is None:
+            # a wrapper (e.g. a fake-quantizer) that runs its inner layer's kernel itself: the
+            # inner layer's hooks never fire, so count the wrapper's call with the inner layer
+            prefix = f"{name}.layer" if name else "layer"
+            handles.append(m.register_forward_hook(make_hook(prefix, _kind(inner), target=inner)))
+            wrapped.add(id(inner))
     for name, m in model.named_modules():
         kind = _kind(m)
-        if kind is not None:
+        if kind is not None and id(m) not in wrapped:
             handles.append(m.register_forward_hook(make_hook(name or type(m).__name__, kind)))
     flags = [(m, m.training) for m in model.modules()]
     try:

@@ -326,7 +326,10 @@ class LatencyTable:
         Raises:
             ValueError: A layer name is not in the table, or a count is not positive.
         """
-        return self.explain(plan_or_counts, graph, measure_missing)["total"]
+        counts = self._counts(plan_or_counts, graph)
+        if all(counts.get(name, layer.orig) == layer.orig for name, layer in self.layers.items()):
+            return self.dense_ms  # nothing pruned: the measured latency itself
+        return self.explain(counts, graph, measure_missing)["total"]
 
     def explain(
         self,

@@ -52,6 +52,7 @@ from slimtune.compressors.quantization.modules import (
     quant_wrappers,
     quantizable_layers,
     quantize_model,
+    weight_bits,
 )
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "quant_wrappers",
     "quantizable_layers",
     "quantize_model",
+    "weight_bits",
     "quantize_weight_per_channel",
     "register_algorithm",
     "register_observer",

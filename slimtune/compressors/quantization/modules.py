@@ -277,3 +277,16 @@ def freeze(model: nn.Module) -> nn.Module:
     for w in quant_wrappers(model).values():
         w.freeze()
     return model
+
+
+def weight_bits(model: nn.Module) -> dict[str, int]:
+    """``{module name: weight bits}`` of the layers inside the model's wrappers (for size measures).
+
+    Keys name the wrapped Conv/Linear itself (``<wrapper>.layer``), which owns the weight; layers
+    with float weights are left out.
+    """
+    out = {}
+    for name, w in quant_wrappers(model).items():
+        if w.bits_w is not None and w.bits_w < 32:
+            out[f"{name}.layer" if name else "layer"] = int(w.bits_w)
+    return out
