@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from slimtune.compressors.criteria import CRITERIA
-from slimtune.compressors.plan import CompressionPlan, PruneSpec
+from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
 from slimtune.compressors.sensitivity import DEFAULT_LEVELS, max_safe_level
 from slimtune.errors import PlanError
 
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
 
 SPARSITY_PREFIX = "sparsity/"
+BITS_W_PREFIX = "bits_w/"
+BITS_A_PREFIX = "bits_a/"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class SpaceOptions:
         criterion: Pruning criterion of every group (a name in ``CRITERIA``).
         sensitivity: Derive bounds and seeds from a sensitivity analysis.
         groups: Restrict the search to these groups (default: every prunable group).
+        bits_w: Weight bit-widths to choose from per quantizable layer (e.g. ``[4, 8, 32]``;
+            32 = float); None searches no weight bit-widths.
+        bits_a: Activation bit-widths to choose from per layer (needs calibration batches).
+        quantize_layers: Restrict bit-width choices to these layers (default: every Conv/Linear).
     """
 
     max_sparsity: float = 0.9
@@ -65,10 +71,15 @@ class SpaceOptions:
     criterion: str = "l1"
     sensitivity: bool = True
     groups: tuple[str, ...] | None = None
+    bits_w: tuple[int, ...] | None = None
+    bits_a: tuple[int, ...] | None = None
+    quantize_layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"space.{name}: {why}")
+
+        bad_ = bad
 
         if not 0.0 < self.max_sparsity < 1.0:
             raise bad("max_sparsity", f"{self.max_sparsity!r} must be in (0, 1)")
@@ -85,6 +96,17 @@ class SpaceOptions:
         object.__setattr__(self, "levels", tuple(float(v) for v in self.levels))
         if self.groups is not None:
             object.__setattr__(self, "groups", tuple(self.groups))
+        for name in ("bits_w", "bits_a"):
+            choices = getattr(self, name)
+            if choices is None:
+                continue
+            choices = tuple(choices)
+            bad = [b for b in choices if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == 32)]
+            if not choices or bad:
+                raise bad_(name, f"{list(choices)!r} must be a non-empty list of bit-widths in 1-8 or 32")
+            object.__setattr__(self, name, tuple(sorted(set(choices))))
+        if self.quantize_layers is not None:
+            object.__setattr__(self, "quantize_layers", tuple(self.quantize_layers))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SpaceOptions:
@@ -98,7 +120,8 @@ class SpaceOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["levels"] = list(self.levels)
-        d["groups"] = list(self.groups) if self.groups is not None else None
+        for key in ("groups", "bits_w", "bits_a", "quantize_layers"):
+            d[key] = list(getattr(self, key)) if getattr(self, key) is not None else None
         return d
 
 
@@ -126,6 +149,15 @@ class SearchSpace:
             raise ValueError("the model has no prunable channel group to search over (see trace(model, x).summary())")
         self.groups: list[str] = prunable
         self.sizes = {g: graph.groups[g].size for g in prunable}
+        self.quant_layers: list[str] = []
+        if self.options.bits_w or self.options.bits_a:
+            quantizable = graph.quantizable_layers()
+            wanted = self.options.quantize_layers
+            if wanted is not None:
+                unknown = [n for n in wanted if n not in quantizable]
+                if unknown:
+                    raise ValueError(f"space.quantize_layers: {unknown} are not quantizable layers; quantizable: {quantizable}")
+            self.quant_layers = [n for n in quantizable if wanted is None or n in wanted]
         opt = self.options
         self.safe: dict[str, float] = {}
         if sensitivity is not None and opt.sensitivity:
@@ -146,41 +178,81 @@ class SearchSpace:
 
     def distributions(self) -> dict[str, BaseDistribution]:
         lo = self.options.min_sparsity
-        return {self.param_name(g): FloatDistribution(lo, self.upper[g]) for g in self.groups}
+        dists: dict[str, BaseDistribution] = {
+            self.param_name(g): FloatDistribution(lo, self.upper[g]) for g in self.groups
+        }
+        for prefix, choices in ((BITS_W_PREFIX, self.options.bits_w), (BITS_A_PREFIX, self.options.bits_a)):
+            if choices:
+                for layer in self.quant_layers:
+                    dists[prefix + layer] = CategoricalDistribution(list(choices))
+        return dists
 
-    def suggest(self, trial: optuna.trial.Trial) -> dict[str, float]:
-        """Ask ``trial`` for every group's sparsity."""
-        return {name: trial.suggest_float(name, d.low, d.high) for name, d in self.distributions().items()}  # type: ignore[attr-defined]
+    def suggest(self, trial: optuna.trial.Trial) -> dict[str, Any]:
+        """Ask ``trial`` for every group's sparsity (and every layer's bit-widths, if searched)."""
+        params: dict[str, Any] = {}
+        for name, d in self.distributions().items():
+            if isinstance(d, CategoricalDistribution):
+                params[name] = trial.suggest_categorical(name, d.choices)
+            else:
+                params[name] = trial.suggest_float(name, d.low, d.high)  # type: ignore[attr-defined]
+        return params
 
     def plan(self, params: Mapping[str, Any]) -> CompressionPlan:
         """The plan of a trial's parameters (``sparsity/<group>`` keys; others are ignored)."""
         prune = {}
+        bits: dict[str, dict[str, int | None]] = {}
         for key, value in params.items():
-            if not key.startswith(SPARSITY_PREFIX):
-                continue
-            group = key[len(SPARSITY_PREFIX) :]
-            if group not in self.sizes:
-                raise PlanError(f"parameter {key!r} names no group of this search space")
-            prune[group] = PruneSpec(float(value), self.options.criterion)
-        return CompressionPlan(prune)
+            if key.startswith(SPARSITY_PREFIX):
+                group = key[len(SPARSITY_PREFIX) :]
+                if group not in self.sizes:
+                    raise PlanError(f"parameter {key!r} names no group of this search space")
+                prune[group] = PruneSpec(float(value), self.options.criterion)
+            for prefix, attr in ((BITS_W_PREFIX, "bits_w"), (BITS_A_PREFIX, "bits_a")):
+                if key.startswith(prefix):
+                    layer = key[len(prefix) :]
+                    if layer not in self.quant_layers:
+                        raise PlanError(f"parameter {key!r} names no quantizable layer of this search space")
+                    b = int(value)
+                    bits.setdefault(layer, {})[attr] = None if b == 32 else b
+        quantize = {
+            layer: QuantSpec(**q) for layer, q in bits.items() if any(v is not None for v in q.values())
+        }
+        return CompressionPlan(prune, quantize)
 
-    def uniform(self, sparsity: float, clip: bool = True) -> dict[str, float]:
-        """Parameters giving every group ``sparsity`` (clipped to each group's bounds)."""
+    def uniform(self, sparsity: float, clip: bool = True) -> dict[str, Any]:
+        """Parameters giving every group ``sparsity`` (clipped to each group's bounds); searched
+        bit-widths at their highest choice."""
         lo = self.options.min_sparsity
-        return {
+        params: dict[str, Any] = {
             self.param_name(g): (min(max(sparsity, lo), self.upper[g]) if clip else sparsity) for g in self.groups
         }
+        return {**params, **self._widest_bits()}
+
+    def _widest_bits(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for prefix, choices in ((BITS_W_PREFIX, self.options.bits_w), (BITS_A_PREFIX, self.options.bits_a)):
+            if choices:
+                out.update({prefix + layer: max(choices) for layer in self.quant_layers})
+        return out
 
     def seeds(self) -> list[dict[str, float]]:
         """Seed points: a uniform allocation and, with sensitivity, the one-shot-safe allocation."""
         seeds = [self.uniform(0.5 * (self.options.min_sparsity + self.options.max_sparsity))]
         if self.safe:
             lo = self.options.min_sparsity
-            seeds.append({self.param_name(g): min(max(self.safe[g], lo), self.upper[g]) for g in self.groups})
+            seeds.append(
+                {**{self.param_name(g): min(max(self.safe[g], lo), self.upper[g]) for g in self.groups}, **self._widest_bits()}
+            )
         return seeds
 
     def to_dict(self) -> dict[str, Any]:
-        return {"options": self.options.to_dict(), "groups": self.groups, "upper": self.upper, "safe": self.safe}
+        return {
+            "options": self.options.to_dict(),
+            "groups": self.groups,
+            "upper": self.upper,
+            "safe": self.safe,
+            "quantize_layers": self.quant_layers,
+        }
 
     def describe(self) -> pd.DataFrame:
         """One row per group: channels, one-shot-safe level, upper bound."""
@@ -196,4 +268,4 @@ def parameter_groups(params: Mapping[str, Any]) -> Sequence[str]:
     return [k[len(SPARSITY_PREFIX) :] for k in params if k.startswith(SPARSITY_PREFIX)]
 
 
-__all__ = ["SPARSITY_PREFIX", "SearchSpace", "SpaceOptions", "parameter_groups"]
+__all__ = ["BITS_A_PREFIX", "BITS_W_PREFIX", "SPARSITY_PREFIX", "SearchSpace", "SpaceOptions", "parameter_groups"]

@@ -276,6 +276,8 @@ def search(
     if join and not existing:
         raise SlimtuneError(f"study {study_name!r} does not exist yet in {url or 'the storage'}: start it with `slimtune run` first")
 
+    if options.bits_a and task.calibration is None:
+        raise SlimtuneError("space.bits_a searches activation bit-widths: the task needs calibration batches (Task.calibration)")
     graph = trace(task.model, task.example_inputs)
     table = None
     if options.sensitivity and strat.uses_sensitivity:

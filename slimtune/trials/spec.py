@@ -110,11 +110,14 @@ SPACE_FIELDS: dict[str, str] = {
     "max_sparsity": "highest sparsity of a group, in (0, 1) (default 0.9)",
     "min_sparsity": "lowest sparsity of a group, in [0, max_sparsity) (default 0.0)",
     "tolerance": "one-shot metric drop allowed when deriving per-group bounds from sensitivity (default 0.05)",
-    "headroom": "added to the sensitivity-derived bound, in [0, 1) (default 0.2)",
+    "headroom": "added to the sensitivity-derived bound, in [0, 1) (default 0.3)",
     "levels": "sparsity grid of the sensitivity analysis, each in (0, 1)",
     "criterion": "pruning criterion (default l1)",
     "sensitivity": "derive per-group bounds from a sensitivity analysis (default true)",
     "groups": "names of the groups to search (default: every prunable group)",
+    "bits_w": "weight bit-widths to choose from per layer, e.g. [4, 8, 32] (32 = float; default: none)",
+    "bits_a": "activation bit-widths to choose from per layer, e.g. [8, 32] (needs calibration data)",
+    "quantize_layers": "layers whose bit-widths are searched (default: every Conv/Linear)",
 }
 
 _BACKENDS = ("local",)
@@ -507,6 +510,9 @@ class _Validator:
             return None
         space = dict(self.mapping(value, "space"))
         self.unknown_keys(space, SPACE_FIELDS, prefix="space.")
+        for key in ("bits_w", "bits_a", "quantize_layers"):
+            if key in space:
+                space[key] = self.as_list(space[key], f"space.{key}")
         for key in ("max_sparsity", "min_sparsity", "tolerance", "headroom"):
             if key in space and space[key] is None:
                 self.fail(f"space.{key}", f"expected a number, got null ({SPACE_FIELDS[key]})")

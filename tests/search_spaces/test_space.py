@@ -254,3 +254,34 @@ def test_from_dict_and_to_dict() -> None:
     d = opts.to_dict()
     assert d["levels"] == [0.25, 0.5] and d["groups"] == ["a"] and d["sensitivity"] is False
     assert SpaceOptions.from_dict(d) == opts
+
+
+def test_bit_width_choices_become_parameters_and_plans(graph) -> None:
+    from optuna.distributions import CategoricalDistribution
+
+    space = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[8, 4, 32], bits_a=[8]))
+    dists = space.distributions()
+    layers = graph.quantizable_layers()
+    assert {f"bits_w/{n}" for n in layers} <= set(dists) and {f"bits_a/{n}" for n in layers} <= set(dists)
+    assert isinstance(dists[f"bits_w/{layers[0]}"], CategoricalDistribution)
+    assert list(dists[f"bits_w/{layers[0]}"].choices) == [4, 8, 32]
+    params = space.uniform(0.3)
+    assert all(params[f"bits_w/{n}"] == 32 and params[f"bits_a/{n}"] == 8 for n in layers)
+    params[f"bits_w/{layers[0]}"] = 4
+    plan = space.plan(params)
+    assert plan.quantize[layers[0]].bits_w == 4 and plan.quantize[layers[0]].bits_a == 8
+    assert plan.quantize[layers[1]].bits_w is None  # 32 means float
+    plan.validate(graph)
+    for seed in space.seeds():
+        assert all(seed[f"bits_w/{n}"] == 32 for n in layers)
+
+
+def test_bit_width_options_are_checked(graph) -> None:
+    with pytest.raises(ValueError, match=r"space.bits_w"):
+        SpaceOptions(bits_w=[0, 8])
+    with pytest.raises(ValueError, match=r"space.bits_a"):
+        SpaceOptions(bits_a=[])
+    with pytest.raises(ValueError, match=r"space.quantize_layers: \['nope'\]"):
+        SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[8], quantize_layers=["nope"]))
+    only = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[8], quantize_layers=[graph.quantizable_layers()[0]]))
+    assert [k for k in only.distributions() if k.startswith("bits_w/")] == [f"bits_w/{graph.quantizable_layers()[0]}"]

@@ -569,3 +569,26 @@ def test_repeated_parameters_reuse_the_completed_result(tmp_path: Path) -> None:
         assert original.params == t.params and original.values == t.values
         assert t.user_attrs["measures"] == original.user_attrs["measures"]
     assert tiny.calls == 1 + 2  # the baseline and the two distinct points only
+
+
+def test_search_over_bit_widths_on_digits(tmp_path: Path) -> None:
+    from slimtune.compressors.quantization import quant_wrappers
+    from slimtune.examples.digits import make_task
+
+    task = make_task(finetune_epochs=0, cache_dir=tmp_path / "cache")
+    study = search(task, strategy="random", n_trials=3, storage=sqlite(tmp_path), study_name="bits",
+                   space={"sensitivity": False, "bits_w": [4, 8], "bits_a": [8]}, progress=False)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3
+    for t in done:
+        plan = CompressionPlan.from_dict(t.user_attrs["plan"])
+        assert plan.quantize and all(q.bits_w in (4, 8) and q.bits_a == 8 for q in plan.quantize.values())
+        # quantized weights make the stored size far smaller than the pruned float model's
+        assert t.user_attrs["measures"]["size"] < t.user_attrs["measures"]["params"] * 0.5
+    model = load_model(study, done[0].number)
+    assert set(quant_wrappers(model)) == set(CompressionPlan.from_dict(done[0].user_attrs["plan"]).quantize)
+    with pytest.raises(SlimtuneError, match="calibration"):
+        no_data = make_task(finetune_epochs=0, cache_dir=tmp_path / "cache")
+        no_data.calibration = None
+        search(no_data, strategy="random", n_trials=1, storage=sqlite(tmp_path), study_name="nodata",
+               space={"sensitivity": False, "bits_a": [8]}, progress=False)
