@@ -3,6 +3,8 @@
 For each prunable group and each level of a sparsity grid, the group alone is pruned (with
 physical speedup), the model is evaluated and the drop against the unpruned model is recorded.
 The table drives the search spaces: sensitive groups get lower sparsity bounds, robust ones higher.
+:func:`analyze_bit_sensitivity` does the same for quantization: one layer at a time at each weight
+bit-width.
 
 Example:
     >>> import torch
@@ -29,7 +31,7 @@ import torch.nn as nn
 from slimtune.compressors.compress import compress
 from slimtune.compressors.graph import ModelGraph, trace
 from slimtune.compressors.measures import count_flops
-from slimtune.compressors.plan import CompressionPlan, PruneSpec
+from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COLUMNS = ["group", "level", "channels", "removed", "metric", "drop", "flops_rel", "seconds"]
@@ -119,6 +121,79 @@ def analyze_sensitivity(
     return table
 
 
+BIT_COLUMNS = ["layer", "bits_w", "bits_a", "metric", "drop", "seconds"]
+
+
+def analyze_bit_sensitivity(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    evaluate: Callable[[nn.Module], float],
+    bits: Sequence[int] = (2, 4, 8),
+    bits_a: int | None = None,
+    layers: Iterable[str] | None = None,
+    data: Iterable[Any] | None = None,
+    direction: str = "maximize",
+    graph: ModelGraph | None = None,
+    baseline: float | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Quantize one layer at a time at each weight bit-width (static PTQ) and record the metric.
+
+    Args:
+        model: The trained model (not modified).
+        example_inputs: Inputs with a batch dimension.
+        evaluate: ``evaluate(model) -> float``.
+        bits: Weight bit-widths to try, each in 1-8.
+        bits_a: Activation bit-width applied with each weight bit-width (None: float; needs
+            ``data`` for calibration otherwise).
+        layers: Layers to analyse (default: every quantizable layer).
+        data: Calibration batches (needed when ``bits_a`` is set).
+        direction: ``"maximize"`` when a higher metric is better, else ``"minimize"``.
+        graph: A ready :func:`trace` of ``model``.
+        baseline: The unquantized model's metric, if already known.
+        progress: Show a progress bar.
+
+    Returns:
+        One row per (layer, bits): ``layer``, ``bits_w``, ``bits_a``, ``metric``, ``drop``
+        (positive is worse) and ``seconds``; the baseline is in ``table.attrs["baseline"]``.
+    """
+    if direction not in ("maximize", "minimize"):
+        raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+    bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8]
+    if bad or not bits:
+        raise ValueError(f"bit-widths for sensitivity must be integers in 1-8; got {list(bits)}")
+    graph = graph or trace(model, example_inputs)
+    names = list(layers) if layers is not None else graph.quantizable_layers()
+    unknown = [n for n in names if n not in graph.quantizable_layers()]
+    if unknown:
+        raise ValueError(f"not quantizable layer(s) for sensitivity: {unknown}")
+    if baseline is None:
+        baseline = float(evaluate(model))
+    sign = 1.0 if direction == "maximize" else -1.0
+    jobs = [(n, int(b)) for n in names for b in bits]
+    bar = _progress(len(jobs), progress, "bit sensitivity")
+    rows = []
+    for layer, b in jobs:
+        start = time.perf_counter()
+        plan = CompressionPlan(quantize={layer: QuantSpec(b, bits_a)})
+        q = compress(model, plan, example_inputs, data=data, graph=graph, quant_algorithm="ptq")
+        metric = float(evaluate(q))
+        drop = sign * (baseline - metric) if math.isfinite(metric) else math.inf
+        rows.append(
+            {"layer": layer, "bits_w": b, "bits_a": bits_a, "metric": metric, "drop": drop,
+             "seconds": time.perf_counter() - start}
+        )
+        if bar is not None:
+            bar.set_postfix_str(f"{layer} @ {b} bits: drop {drop:+.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    table = pd.DataFrame(rows, columns=BIT_COLUMNS)
+    table.attrs["baseline"] = baseline
+    table.attrs["direction"] = direction
+    return table
+
+
 def max_safe_level(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
     """For each group, the largest level whose drop stays within ``tolerance`` (0.0 if none).
 
@@ -136,9 +211,9 @@ def max_safe_level(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
     return out
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, desc: str = "sensitivity") -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="sensitivity", unit="eval", leave=False)
+    return tqdm(total=total, desc=desc, unit="eval", leave=False)

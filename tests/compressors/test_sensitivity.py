@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from slimtune.compressors import trace
+from slimtune.errors import PlanError
 from slimtune.compressors.sensitivity import analyze_sensitivity, max_safe_level
 from slimtune.examples.models import vgg_small
 
@@ -48,3 +49,26 @@ def test_bad_levels_and_groups():
         analyze_sensitivity(model, x, lambda m: 0.0, levels=(0.5, 1.0), progress=False)
     with pytest.raises(ValueError, match="fc2"):
         analyze_sensitivity(model, x, lambda m: 0.0, groups=["fc2"], progress=False)
+
+
+def test_bit_sensitivity_table():
+    from slimtune.compressors.sensitivity import analyze_bit_sensitivity
+
+    model, x = vgg_small(), torch.randn(16, 3, 32, 32)
+    ref = model(x).detach()
+
+    def evaluate(m):
+        with torch.no_grad():
+            return -float((m(x) - ref).square().mean())
+
+    layers = ["features.0", "features.4", "fc1"]
+    table = analyze_bit_sensitivity(model, x[:1], evaluate, bits=(2, 8), layers=layers, progress=False)
+    assert len(table) == 6 and set(table["layer"]) == set(layers) and table.attrs["baseline"] == 0.0
+    pivot = table.pivot(index="layer", columns="bits_w", values="drop")
+    assert (pivot[2] > pivot[8]).all()  # 2-bit weights move the output more than 8-bit ones
+    assert (pivot[8] >= 0).all()
+    # with activation bits, calibration data is needed
+    with pytest.raises(PlanError, match="calibration"):
+        analyze_bit_sensitivity(model, x[:1], evaluate, bits=(8,), bits_a=8, layers=layers, progress=False)
+    with pytest.raises(ValueError, match="1-8"):
+        analyze_bit_sensitivity(model, x[:1], evaluate, bits=(0, 9), progress=False)
