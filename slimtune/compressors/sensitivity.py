@@ -84,36 +84,25 @@ def analyze_sensitivity(
     if baseline is None:
         baseline = float(evaluate(model))
     base_flops = float(count_flops(model, example_inputs)["macs"].sum())
-    sign = 1.0 if direction == "maximize" else -1.0
-
-    jobs = [(n, float(lv)) for n in names for lv in levels]
-    bar = _progress(len(jobs), progress)
-    rows = []
-    for name, level in jobs:
-        start = time.perf_counter()
-        group = graph.groups[name]
-        plan = CompressionPlan({name: PruneSpec(level, criterion)})
-        small = compress(model, plan, example_inputs, speedup=True, data=data)
-        metric = float(evaluate(small))
-        flops = float(count_flops(small, example_inputs)["macs"].sum())
-        drop = sign * (baseline - metric) if math.isfinite(metric) else math.inf
-        rows.append(
-            {
-                "group": name,
-                "level": level,
-                "channels": group.size,
-                "removed": group.n_prune(level),
-                "metric": metric,
-                "drop": drop,
-                "flops_rel": flops / base_flops if base_flops else 1.0,
-                "seconds": time.perf_counter() - start,
-            }
+    jobs = [
+        (
+            f"{name} @ {level:.2f}",
+            {"group": name, "level": level, "channels": graph.groups[name].size, "removed": graph.groups[name].n_prune(level)},
+            CompressionPlan({name: PruneSpec(level, criterion)}),
         )
-        if bar is not None:
-            bar.set_postfix_str(f"{name} @ {level:.2f}: drop {drop:+.4f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        for name in names
+        for level in (float(lv) for lv in levels)
+    ]
+
+    def flops_rel(small: nn.Module) -> dict[str, float]:
+        flops = float(count_flops(small, example_inputs)["macs"].sum())
+        return {"flops_rel": flops / base_flops if base_flops else 1.0}
+
+    rows = _sweep(
+        jobs,
+        lambda plan: compress(model, plan, example_inputs, speedup=True, data=data, graph=graph),
+        evaluate, baseline, direction, progress, "sensitivity", extra=flops_rel,
+    )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["baseline"] = baseline
     table.attrs["criterion"] = criterion
@@ -169,25 +158,17 @@ def analyze_bit_sensitivity(
         raise ValueError(f"not quantizable layer(s) for sensitivity: {unknown}")
     if baseline is None:
         baseline = float(evaluate(model))
-    sign = 1.0 if direction == "maximize" else -1.0
-    jobs = [(n, int(b)) for n in names for b in bits]
-    bar = _progress(len(jobs), progress, "bit sensitivity")
-    rows = []
-    for layer, b in jobs:
-        start = time.perf_counter()
-        plan = CompressionPlan(quantize={layer: QuantSpec(b, bits_a)})
-        q = compress(model, plan, example_inputs, data=data, graph=graph, quant_algorithm="ptq")
-        metric = float(evaluate(q))
-        drop = sign * (baseline - metric) if math.isfinite(metric) else math.inf
-        rows.append(
-            {"layer": layer, "bits_w": b, "bits_a": bits_a, "metric": metric, "drop": drop,
-             "seconds": time.perf_counter() - start}
-        )
-        if bar is not None:
-            bar.set_postfix_str(f"{layer} @ {b} bits: drop {drop:+.4f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    jobs = [
+        (f"{layer} @ {b} bits", {"layer": layer, "bits_w": int(b), "bits_a": bits_a},
+         CompressionPlan(quantize={layer: QuantSpec(int(b), bits_a)}))
+        for layer in names
+        for b in bits
+    ]
+    rows = _sweep(
+        jobs,
+        lambda plan: compress(model, plan, example_inputs, data=data, graph=graph, quant_algorithm="ptq"),
+        evaluate, baseline, direction, progress, "bit sensitivity",
+    )
     table = pd.DataFrame(rows, columns=BIT_COLUMNS)
     table.attrs["baseline"] = baseline
     table.attrs["direction"] = direction
@@ -209,6 +190,35 @@ def max_safe_level(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
             best = float(level)
         out[str(name)] = best
     return out
+
+
+def _sweep(
+    jobs: list[tuple[str, dict[str, Any], CompressionPlan]],
+    build: Callable[[CompressionPlan], nn.Module],
+    evaluate: Callable[[nn.Module], float],
+    baseline: float,
+    direction: str,
+    progress: bool,
+    desc: str,
+    extra: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> list[dict[str, Any]]:
+    """Build and evaluate one compressed model per job: its row plus metric, drop and seconds."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    bar = _progress(len(jobs), progress, desc)
+    rows = []
+    for label, row, plan in jobs:
+        start = time.perf_counter()
+        compressed = build(plan)
+        metric = float(evaluate(compressed))
+        drop = sign * (baseline - metric) if math.isfinite(metric) else math.inf
+        rows.append({**row, "metric": metric, "drop": drop, **(extra(compressed) if extra else {}),
+                     "seconds": time.perf_counter() - start})
+        if bar is not None:
+            bar.set_postfix_str(f"{label}: drop {drop:+.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return rows
 
 
 def _progress(total: int, enabled: bool, desc: str = "sensitivity") -> Any:
