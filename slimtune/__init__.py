@@ -10,6 +10,7 @@ from slimtune.compressors import CompressionPlan, compress, measure, speedup, tr
 from slimtune.errors import CriterionError, PlanError, SlimtuneError, TraceError
 from slimtune.trials import (
     Task,
+    bit_sensitivity_table,
     export_model,
     load_model,
     open_study,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CompressionPlan",
     "Task",
+    "bit_sensitivity_table",
     "export_model",
     "load_model",
     "open_study",

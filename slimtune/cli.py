@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_sensitivity,
         "per-group pruning sensitivity of the task's model",
         "Prune one group at a time at each level of the space's sensitivity grid and print the metric "
-        "drop (rows: groups, columns: sparsity levels); writes the long-form table as CSV. Computed "
+        "drop (rows: groups, columns: sparsity levels); writes the long-form table as CSV. When the "
+        "space searches weight bit-widths (space.bits_w), also quantizes one layer at a time at each "
+        "of them (rows: layers, columns: bits) and writes that table to <out>-bits.csv. Computed "
         "once per task and storage (cached in the storage), like the searches do.",
     )
     sensitivity.add_argument("spec", metavar="SPEC", help="the spec file (its task, storage and space)")
@@ -291,7 +293,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import sensitivity_table
+    from slimtune.trials.runner import bit_sensitivity_table, sensitivity_table
 
     spec = load_spec(args.spec, overrides={"storage": args.storage})
     task = spec.make_task()
@@ -303,12 +305,23 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         f"original {task.metric_name}: {_fmt(baseline, '{:.4f}')}"
     )
     print(format_sensitivity(table))
-    try:
-        table.to_csv(args.out, index=False)
-    except OSError as exc:
-        raise SlimtuneError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
-    print(f"wrote {args.out} ({len(table)} rows)")
+    _write_csv(table, args.out)
+    if any(b != 32 for b in (spec.space or {}).get("bits_w") or ()):
+        bits = bit_sensitivity_table(task, storage=spec.storage_url, space=spec.space, progress=not args.quiet)
+        cached = " (cached in the storage)" if bits.attrs.get("cached") else ""
+        print(f"\n{task.metric_name} drop when only one layer's weights are quantized{cached}")
+        print(format_bit_sensitivity(bits))
+        out = Path(args.out)
+        _write_csv(bits, str(out.with_name(out.stem + "-bits" + (out.suffix or ".csv"))))
     return 0
+
+
+def _write_csv(table: pd.DataFrame, path: str) -> None:
+    try:
+        table.to_csv(path, index=False)
+    except OSError as exc:
+        raise SlimtuneError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    print(f"wrote {path} ({len(table)} rows)")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -350,6 +363,20 @@ def format_sensitivity(table: pd.DataFrame) -> str:
     pivot.index.name = None
     text = pivot.to_string(float_format=lambda v: f"{v:.4f}")
     return "group".ljust(width) + text[width:]  # the header row's empty index cell
+
+
+def format_bit_sensitivity(table: pd.DataFrame) -> str:
+    """A bit-width sensitivity table pivoted: one row per layer, one column per weight bit-width."""
+    if table.empty:
+        return "(no quantizable layers)"
+    layers = list(dict.fromkeys(table["layer"]))
+    pivot = table.pivot(index="layer", columns="bits_w", values="drop").reindex(layers)
+    pivot.columns = [f"{int(b)} bits" for b in pivot.columns]
+    width = max(len("layer"), *(len(n) for n in layers))
+    pivot.index = [n.ljust(width) for n in layers]
+    pivot.index.name = None
+    text = pivot.to_string(float_format=lambda v: f"{v:.4f}")
+    return "layer".ljust(width) + text[width:]
 
 
 def _front_records(front: pd.DataFrame) -> list[dict[str, Any]]:

@@ -185,3 +185,22 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
             main(argv)
         assert info.value.code == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_sensitivity_with_bit_widths_writes_both_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    spec = SPEC.replace("space: {levels: [0.25, 0.5], max_sparsity: 0.75}", "space: {levels: [0.5], bits_w: [2, 8, 32]}")
+    (tmp_path / "bits.yaml").write_text(spec)
+    assert main(["sensitivity", "bits.yaml", "--out", "sens.csv", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "only one layer's weights are quantized" in out and "2 bits" in out and "8 bits" in out
+    bits = pd.read_csv(tmp_path / "sens-bits.csv", dtype={"layer": str})
+    assert sorted(bits["bits_w"].unique()) == [2, 8]  # 32 (float) is not analysed
+    assert sorted(bits["layer"].unique()) == ["0", "2"]
+    assert len(pd.read_csv(tmp_path / "sens.csv")) == 1  # one prunable group at one level
+    # a second call reads both tables from the storage
+    assert main(["sensitivity", "bits.yaml", "--out", "again.csv", "-q"]) == 0
+    assert capsys.readouterr().out.count("(cached in the storage)") == 2

@@ -192,6 +192,32 @@ def max_safe_level(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
     return out
 
 
+def min_safe_bits(table: pd.DataFrame, tolerance: float) -> dict[str, int]:
+    """For each layer of a bit-sensitivity table, the lowest weight bit-width whose drop stays
+    within ``tolerance`` (32, i.e. float, if even the highest one tried is over it).
+
+    Bit-widths are read from the highest down and the scan stops at the first one over the
+    tolerance, so a noisy recovery at a lower bit-width does not count.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"layer": ["a"] * 3 + ["b"] * 3, "bits_w": [2, 4, 8] * 2,
+        ...                   "drop": [0.3, 0.01, 0.0, 0.001, 0.2, 0.0]})
+        >>> min_safe_bits(t, 0.02)
+        {'a': 4, 'b': 8}
+    """
+    out: dict[str, int] = {}
+    for name, rows in table.groupby("layer", sort=False):
+        rows = rows.sort_values("bits_w", ascending=False)
+        best = 32
+        for bits, drop in zip(rows["bits_w"], rows["drop"]):
+            if drop > tolerance:
+                break
+            best = int(bits)
+        out[str(name)] = best
+    return out
+
+
 def _sweep(
     jobs: list[tuple[str, dict[str, Any], CompressionPlan]],
     build: Callable[[CompressionPlan], nn.Module],

@@ -30,7 +30,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from slimtune.compressors.criteria import CRITERIA
 from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
-from slimtune.compressors.sensitivity import DEFAULT_LEVELS, max_safe_level
+from slimtune.compressors.sensitivity import DEFAULT_LEVELS, max_safe_level, min_safe_bits
 from slimtune.errors import PlanError
 
 if TYPE_CHECKING:
@@ -133,12 +133,23 @@ class SearchSpace:
         options: :class:`SpaceOptions`.
         sensitivity: The table of :func:`~slimtune.compressors.sensitivity.analyze_sensitivity`
             (used for bounds and seeds when ``options.sensitivity``).
+        bit_sensitivity: The table of
+            :func:`~slimtune.compressors.sensitivity.analyze_bit_sensitivity` (with
+            ``options.sensitivity`` and searched weight bits: each layer's lowest bit-width within
+            ``tolerance`` becomes :attr:`safe_bits`, used by the seeds and by strategies as a prior).
     """
 
     def __init__(
-        self, graph: ModelGraph, options: SpaceOptions | None = None, sensitivity: pd.DataFrame | None = None
+        self,
+        graph: ModelGraph,
+        options: SpaceOptions | None = None,
+        sensitivity: pd.DataFrame | None = None,
+        bit_sensitivity: pd.DataFrame | None = None,
     ) -> None:
         self.options = options or SpaceOptions()
+        self.graph = graph  # strategies predict resources of plans from it
+        self.sensitivity = sensitivity
+        self.bit_sensitivity = bit_sensitivity
         prunable = [g.name for g in graph.prunable_groups()]
         if self.options.groups is not None:
             unknown = [g for g in self.options.groups if g not in prunable]
@@ -163,6 +174,14 @@ class SearchSpace:
         if sensitivity is not None and opt.sensitivity:
             safe = max_safe_level(sensitivity, opt.tolerance)
             self.safe = {g: safe.get(g, 0.0) for g in prunable}
+        # lowest safe weight bit-width per searched layer, snapped to the searched choices
+        self.safe_bits: dict[str, int] = {}
+        if bit_sensitivity is not None and opt.sensitivity and opt.bits_w and self.quant_layers:
+            lowest = min_safe_bits(bit_sensitivity, opt.tolerance)
+            for layer in self.quant_layers:
+                if layer in lowest:
+                    fits = [b for b in opt.bits_w if b >= lowest[layer]]
+                    self.safe_bits[layer] = min(fits) if fits else max(opt.bits_w)
         self.upper: dict[str, float] = {}
         for g in prunable:
             if g in self.safe:
@@ -235,14 +254,22 @@ class SearchSpace:
                 out.update({prefix + layer: max(choices) for layer in self.quant_layers})
         return out
 
+    def safe_bits_params(self) -> dict[str, int]:
+        """``bits_w/<layer>`` parameters at each layer's sensitivity-safe bit-width (the widest
+        choice where unknown); activation bits, if searched, at their widest choice."""
+        widest = self._widest_bits()
+        return {**widest, **{BITS_W_PREFIX + layer: b for layer, b in self.safe_bits.items()}}
+
     def seeds(self) -> list[dict[str, float]]:
-        """Seed points: a uniform allocation and, with sensitivity, the one-shot-safe allocation."""
+        """Seed points: a uniform allocation and, with sensitivity, the one-shot-safe allocation
+        (each group at its safe level, each layer at its safe bit-width)."""
         seeds = [self.uniform(0.5 * (self.options.min_sparsity + self.options.max_sparsity))]
-        if self.safe:
+        if self.safe or self.safe_bits:
             lo = self.options.min_sparsity
-            seeds.append(
-                {**{self.param_name(g): min(max(self.safe[g], lo), self.upper[g]) for g in self.groups}, **self._widest_bits()}
-            )
+            safe_sparsity = {
+                self.param_name(g): min(max(self.safe.get(g, lo), lo), self.upper[g]) for g in self.groups
+            }
+            seeds.append({**safe_sparsity, **self.safe_bits_params()})
         return seeds
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +278,7 @@ class SearchSpace:
             "groups": self.groups,
             "upper": self.upper,
             "safe": self.safe,
+            "safe_bits": self.safe_bits,
             "quantize_layers": self.quant_layers,
         }
 

@@ -6,6 +6,7 @@ from slimtune.trials.cost import OBJECTIVES, Constraint, Cost, parse_constraint
 from slimtune.trials.objective import Objective, TrialFailure
 from slimtune.trials.runner import (
     DEFAULT_STORAGE,
+    bit_sensitivity_table,
     export_model,
     load_model,
     make_storage,
@@ -26,6 +27,7 @@ __all__ = [
     "Objective",
     "Task",
     "TrialFailure",
+    "bit_sensitivity_table",
     "export_model",
     "load_model",
     "make_storage",

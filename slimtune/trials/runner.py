@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import optuna
 import pandas as pd
@@ -40,7 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 import slimtune
 from slimtune.compressors import trace
 from slimtune.compressors.plan import CompressionPlan
-from slimtune.compressors.sensitivity import analyze_sensitivity
+from slimtune.compressors.sensitivity import analyze_bit_sensitivity, analyze_sensitivity
 from slimtune.errors import SlimtuneError
 from slimtune.search_spaces import SearchSpace, SpaceOptions
 from slimtune.strategies import get_strategy
@@ -64,6 +65,8 @@ logger = logging.getLogger("slimtune")
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
 SENSITIVITY_PREFIX = "slimtune-sensitivity-"
+#: bit-width tables share the prefix, so listings that skip caches skip both
+BIT_SENSITIVITY_PREFIX = SENSITIVITY_PREFIX + "bits-"
 HEARTBEAT_INTERVAL = int(os.environ.get("SLIMTUNE_HEARTBEAT_INTERVAL", "5"))
 GRACE_PERIOD = int(os.environ.get("SLIMTUNE_GRACE_PERIOD", "20"))
 MAX_RETRY = 1
@@ -184,35 +187,69 @@ def sensitivity_table(
     another one on the same task reuses it.
     """
     options = space if isinstance(space, SpaceOptions) else SpaceOptions.from_dict(space)
-    st = make_storage(storage)
     key = f"{task.fingerprint()}-{options.criterion}-{'_'.join(f'{v:g}' for v in options.levels)}"
-    name = SENSITIVITY_PREFIX + key
-    cache = optuna.create_study(study_name=name, storage=st, load_if_exists=True)
+
+    def compute(baseline: float) -> pd.DataFrame:
+        logger.info("sensitivity analysis: %s levels x prunable groups (computed once, cached in the storage)", len(options.levels))
+        return analyze_sensitivity(
+            task.model, task.example_inputs, task.evaluate, levels=options.levels, criterion=options.criterion,
+            data=task.calibration, direction=task.direction, baseline=baseline, progress=progress,
+        )
+
+    table = _cached_table(task, storage, SENSITIVITY_PREFIX + key, compute)
+    table.attrs.setdefault("criterion", options.criterion)
+    return table
+
+
+def bit_sensitivity_table(
+    task: Task,
+    storage: str | BaseStorage | None = None,
+    space: SpaceOptions | Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The task's per-layer weight bit-width sensitivity table, computed once per task and storage.
+
+    One row per (layer, bit-width) of ``space.bits_w`` (32 excluded) for the space's quantizable
+    layers: static PTQ of that layer alone, weights only. Cached like :func:`sensitivity_table`
+    (study ``slimtune-sensitivity-bits-<key>``).
+    """
+    options = space if isinstance(space, SpaceOptions) else SpaceOptions.from_dict(space)
+    bits = tuple(b for b in (options.bits_w or ()) if b != 32)
+    if not bits:
+        raise SlimtuneError("space.bits_w has no bit-width below 32 to analyse (e.g. bits_w: [4, 8, 32])")
+    layers = options.quantize_layers
+    key = f"{task.fingerprint()}-w{'_'.join(map(str, bits))}" + (f"-{hashlib.sha1(','.join(layers).encode()).hexdigest()[:12]}" if layers else "")
+
+    def compute(baseline: float) -> pd.DataFrame:
+        logger.info("bit-width sensitivity: %s bit-widths x quantizable layers (computed once, cached)", len(bits))
+        return analyze_bit_sensitivity(
+            task.model, task.example_inputs, task.evaluate, bits=bits, layers=layers, data=task.calibration,
+            direction=task.direction, baseline=baseline, progress=progress,
+        )
+
+    return _cached_table(task, storage, BIT_SENSITIVITY_PREFIX + key, compute)
+
+
+def _cached_table(
+    task: Task, storage: str | BaseStorage | None, name: str, compute: Callable[[float], pd.DataFrame]
+) -> pd.DataFrame:
+    """The table cached in study ``name`` of the storage, or ``compute(baseline)`` stored there."""
+    cache = optuna.create_study(study_name=name, storage=make_storage(storage), load_if_exists=True)
     cached = cache.user_attrs.get("table")
     if cached is not None:
         table = pd.DataFrame(cached)
-        table.attrs["baseline"] = cache.user_attrs.get("baseline")
-        table.attrs["criterion"] = cache.user_attrs.get("criterion", options.criterion)
-        table.attrs["direction"] = cache.user_attrs.get("direction", task.direction)
+        for key in ("baseline", "criterion", "direction"):
+            if key in cache.user_attrs:
+                table.attrs[key] = cache.user_attrs[key]
+        table.attrs.setdefault("direction", task.direction)
         table.attrs["cached"] = True
         return table
-    logger.info("sensitivity analysis: %s levels x prunable groups (computed once, cached in the storage)", len(options.levels))
-    baseline = evaluate_original(task)
-    table = analyze_sensitivity(
-        task.model,
-        task.example_inputs,
-        task.evaluate,
-        levels=options.levels,
-        criterion=options.criterion,
-        data=task.calibration,
-        direction=task.direction,
-        baseline=baseline,
-        progress=progress,
-    )
+    table = compute(evaluate_original(task))
     cache.set_user_attr("table", json.loads(table.to_json(orient="records", double_precision=15)))
-    cache.set_user_attr("baseline", table.attrs["baseline"])
-    cache.set_user_attr("criterion", options.criterion)
     cache.set_user_attr("direction", task.direction)
+    for key in ("baseline", "criterion"):
+        if key in table.attrs:
+            cache.set_user_attr(key, table.attrs[key])
     table.attrs["cached"] = False
     return table
 
@@ -279,10 +316,12 @@ def search(
     if options.bits_a and task.calibration is None:
         raise SlimtuneError("space.bits_a searches activation bit-widths: the task needs calibration batches (Task.calibration)")
     graph = trace(task.model, task.example_inputs)
-    table = None
+    table = bit_table = None
     if options.sensitivity and strat.uses_sensitivity:
         table = sensitivity_table(task, st, options, progress=progress)
-    sspace = SearchSpace(graph, options, table)
+        if any(b != 32 for b in options.bits_w or ()):
+            bit_table = bit_sensitivity_table(task, st, options, progress=progress)
+    sspace = SearchSpace(graph, options, table, bit_table)
     # a new study samples from `seed` (reproducible); a resumed run or a joining worker must not
     # replay the proposals already made, so it draws from a seed of its own
     sampler_seed = seed if not existing else _fresh_seed(seed)

@@ -285,3 +285,37 @@ def test_bit_width_options_are_checked(graph) -> None:
         SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[8], quantize_layers=["nope"]))
     only = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[8], quantize_layers=[graph.quantizable_layers()[0]]))
     assert [k for k in only.distributions() if k.startswith("bits_w/")] == [f"bits_w/{graph.quantizable_layers()[0]}"]
+
+
+def bit_frame(drops: dict[str, list[tuple[int, float]]]) -> pd.DataFrame:
+    """A hand-made bit-sensitivity table: ``{layer: [(bits, drop), ...]}``."""
+    return pd.DataFrame([{"layer": n, "bits_w": b, "drop": d} for n, pts in drops.items() for b, d in pts])
+
+
+def test_bit_sensitivity_seeds_each_layer_at_its_lowest_safe_bits(graph) -> None:
+    layers = graph.quantizable_layers()
+    a, b, c = layers[:3]
+    table = bit_frame({
+        a: [(2, 0.001), (4, 0.0), (8, 0.0)],  # robust: 2 bits is safe
+        b: [(2, 0.5), (4, 0.01), (8, 0.0)],  # 4 bits
+        c: [(2, 0.0), (4, 0.3), (8, 0.0)],  # 4 bits is over: the noisy 2-bit row does not count
+    })  # fmt: skip
+    space = SearchSpace(graph, SpaceOptions(tolerance=0.02, bits_w=[2, 4, 8, 32]), bit_sensitivity=table)
+    assert space.safe_bits == {a: 2, b: 4, c: 8}
+    seeds = space.seeds()
+    assert len(seeds) == 2
+    assert all(seeds[0][f"bits_w/{n}"] == 32 for n in layers)  # uniform seed: float
+    assert {n: seeds[1][f"bits_w/{n}"] for n in (a, b, c)} == {a: 2, b: 4, c: 8}
+    assert all(seeds[1][f"bits_w/{n}"] == 32 for n in layers[3:])  # not analysed: widest
+    assert all(set(s) == set(space.distributions()) for s in seeds)
+    plan = space.plan(seeds[1])
+    assert plan.quantize[a].bits_w == 2 and plan.quantize[c].bits_w == 8
+    # snapped to the searched choices: with [4, 8] the 2-bit-safe layer gets 4
+    snapped = SearchSpace(graph, SpaceOptions(tolerance=0.02, bits_w=[4, 8]), bit_sensitivity=table)
+    assert snapped.safe_bits == {a: 4, b: 4, c: 8}
+    # a layer unsafe even at its highest analysed bits stays float when 32 is a choice
+    unsafe = bit_frame({a: [(4, 0.5), (8, 0.4)]})
+    assert SearchSpace(graph, SpaceOptions(tolerance=0.02, bits_w=[4, 8, 32]), bit_sensitivity=unsafe).safe_bits == {a: 32}
+    # sensitivity off: the table is ignored
+    off = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[2, 4, 8]), bit_sensitivity=table)
+    assert off.safe_bits == {} and len(off.seeds()) == 1

@@ -19,11 +19,12 @@ from optuna.trial import TrialState
 import slimtune
 from slimtune.compressors import compress, count_flops, count_params, model_size_bytes, trace
 from slimtune.compressors.plan import CompressionPlan
-from slimtune.compressors.sensitivity import max_safe_level
+from slimtune.compressors.sensitivity import max_safe_level, min_safe_bits
 from slimtune.errors import SlimtuneError
 from slimtune.examples.models import mlp
 from slimtune.trials.runner import (
     SENSITIVITY_PREFIX,
+    bit_sensitivity_table,
     export_model,
     load_model,
     open_study,
@@ -431,6 +432,35 @@ def test_studies_reuse_the_cached_sensitivity(tmp_path: Path) -> None:
             for key, value in t.params.items():
                 assert value <= upper[key[len("sparsity/") :]] + 1e-12
     assert tiny.calls == after_table + 2 * 4
+
+
+def test_bit_sensitivity_is_cached_and_seeds_the_search(tmp_path: Path) -> None:
+    url = sqlite(tmp_path)
+    tiny = Tiny(name="tiny-bits")
+    layers = trace(tiny.model, tiny.x[:1]).quantizable_layers()
+    space = {**LEVELS, "bits_w": [2, 4, 8, 32], "tolerance": 0.02}
+    first = bit_sensitivity_table(tiny.task, url, space, progress=False)
+    assert tiny.calls == 1 + len(layers) * 3  # baseline + one evaluation per layer and bit-width below 32
+    assert first.attrs["cached"] is False
+    assert first.groupby("layer")["bits_w"].apply(sorted).to_dict() == {n: [2, 4, 8] for n in layers}
+    # 8-bit weights barely move this MLP's predictions, 2-bit weights do
+    by = first.set_index(["layer", "bits_w"])["drop"]
+    assert all(by[(n, 8)] <= 0.02 for n in layers)
+    assert max(by[(n, 2)] for n in layers) > by[(layers[0], 8)]
+
+    calls = tiny.calls
+    study = search(tiny.task, strategy="random", n_trials=2, storage=url, study_name="bits", space=space,
+                   progress=False, save_models="none")  # fmt: skip
+    # the pruning table is computed (not cached yet), the bit table is reused
+    groups = [g.name for g in trace(tiny.model, tiny.x[:1]).prunable_groups()]
+    assert tiny.calls == calls + (1 + len(groups) * 3) + 1 + 2
+    safe = min_safe_bits(first, 0.02)
+    assert study.user_attrs["space"]["safe_bits"] == {n: safe[n] for n in layers}
+    seed = study.trials[1].params  # the second enqueued seed: sensitivity-safe sparsity and bits
+    assert {n: seed[f"bits_w/{n}"] for n in layers} == {n: safe[n] for n in layers}
+    assert study.trials[1].user_attrs["plan"]["quantize"]
+    assert bit_sensitivity_table(Tiny(name="tiny-bits").task, url, space, progress=False).attrs["cached"] is True
+    assert studies_summary(url)["study"].tolist() == ["bits"]  # neither cache is listed
 
 
 # ---------------------------------------------------------------------- single objective
