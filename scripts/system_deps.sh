@@ -12,3 +12,4 @@ need() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 # (packages are added below by the features that need them)
+need chromium chromium        # headless browser for the dashboard's browser tests (tests/dashboard)

@@ -6,7 +6,7 @@ task's metric against FLOPs, latency and size, as an Optuna study.
 
 from __future__ import annotations
 
-from slimtune.compressors import CompressionPlan, compress, measure, speedup, trace
+from slimtune.compressors import CompressionPlan, FinetuneConfig, KDConfig, compress, finetune, measure, speedup, trace
 from slimtune.errors import CriterionError, PlanError, SlimtuneError, TraceError
 from slimtune.trials import (
     Task,
@@ -26,6 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressionPlan",
+    "FinetuneConfig",
+    "KDConfig",
     "Task",
     "bit_sensitivity_table",
     "export_model",
@@ -42,6 +44,7 @@ __all__ = [
     "TraceError",
     "__version__",
     "compress",
+    "finetune",
     "measure",
     "speedup",
     "trace",

@@ -3,11 +3,14 @@
 .. code-block:: text
 
     slimtune run SPEC [--n-trials N] [--timeout S] [--storage URL] [--study NAME]
+                      [--backend local|ray] [--ray-address HOST:PORT] [--max-concurrent-trials N]
     slimtune worker SPEC [same options]       join a running study as one more worker process
     slimtune status [SPEC | --storage URL]    the studies of a storage
     slimtune pareto SPEC | --storage URL --study NAME [--format table|csv|json] [--out FILE]
     slimtune export SPEC | --storage URL --study NAME --trial N --out model.pt
     slimtune sensitivity SPEC [--out sensitivity.csv]
+    slimtune dashboard [SPEC | --storage URL] [--host 127.0.0.1] [--port 8080]   the live web dashboard
+    slimtune report [SPEC | --storage URL] --out report.html                    the same plots in one HTML file
 
 Also ``python -m slimtune ...``. Global options (before or after the command): ``--debug`` (tracebacks
 and debug logs), ``-q``/``--quiet`` (no progress bar or per-trial lines), ``--version``.
@@ -57,10 +60,12 @@ _EPILOG = """\
 examples:
   slimtune run examples/digits.yaml              create or resume the study, print its Pareto front
   slimtune worker examples/digits.yaml           one more worker on the same study (another terminal)
+  slimtune run examples/digits.yaml --ray-address 127.0.0.1:6379   trials on a running Ray cluster
   slimtune status                                studies in ./slimtune.db
   slimtune pareto examples/digits.yaml --format csv --out front.csv
   slimtune export examples/digits.yaml --trial 12 --out small.pt
   slimtune sensitivity examples/digits.yaml      per-group metric drop, written to sensitivity.csv
+  slimtune dashboard --storage sqlite:///slimtune.db   Pareto fronts in the browser, live (127.0.0.1:8080)
 
 A relative sqlite:/// storage path is relative to the current directory: run every command of a
 study from the same directory.
@@ -187,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument(
         "--out", default="sensitivity.csv", metavar="FILE", help="the CSV to write (default: sensitivity.csv)"
     )
+    _add_dashboard_commands(command)
     return parser
 
 
@@ -203,6 +209,58 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="override the spec's timeout")
     parser.add_argument("--storage", metavar="URL", help="override the spec's storage (an Optuna storage URL)")
     parser.add_argument("--study", metavar="NAME", help="override the spec's study name")
+    parser.add_argument(
+        "--backend", choices=("local", "ray"), help="override the spec's backend: trials in this process or on Ray workers"
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the trials on this Ray cluster (implies --backend ray; default: the spec's ray.address, "
+        "else $RAY_ADDRESS, else a local Ray)",
+    )
+    parser.add_argument(
+        "--max-concurrent-trials",
+        type=_positive_int,
+        metavar="N",
+        help="Ray backend: trials at once, one Ray worker each (default: as many as the cluster holds)",
+    )
+
+
+def _add_dashboard_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``slimtune dashboard`` and ``slimtune report`` (slimtune.dashboard)."""
+    dashboard = command(
+        "dashboard",
+        _cmd_dashboard,
+        "serve the web dashboard of a storage's studies",
+        "Serve a web page showing the studies of a storage live (it redraws while studies run): studies, "
+        "Pareto fronts of any two measures with several studies overlaid, hypervolume and best values over "
+        "the trials, each trial's plan, measures and model, the sensitivity tables. It only reads the storage. "
+        "Needs the dashboard extra: pip install 'slimtune[dashboard]'.",
+    )
+    dashboard.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file whose storage to show")
+    dashboard.add_argument("--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
+    dashboard.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine only)")
+    dashboard.add_argument("--port", type=_int_at_least(0), default=8080, help="the port (default: 8080; 0: any free port)")
+    dashboard.add_argument(
+        "--poll", type=_positive_float, default=1.5, metavar="SECONDS", help="how often the page checks for changes (default: 1.5)"
+    )
+    report = command(
+        "report",
+        _cmd_report,
+        "write the dashboard's plots into one self-contained HTML file",
+        "Write one HTML file holding the dashboard's views of the storage's studies as they are now (plotly.js "
+        "included: it opens offline, without slimtune). Needs plotly (pip install 'slimtune[dashboard]').",
+    )
+    report.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file whose storage to report")
+    report.add_argument("--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
+    report.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write (e.g. report.html)")
+    report.add_argument(
+        "--study", action="append", metavar="NAME", help="include only this study (repeat for several; default: all)"
+    )
+    report.add_argument(
+        "--trials", choices=("all", "front", "none"), default="all",
+        help="which trials get a trial view in the file (default: all; front keeps the file small)",
+    )
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
@@ -324,6 +382,42 @@ def _write_csv(table: pd.DataFrame, path: str) -> None:
     print(f"wrote {path} ({len(table)} rows)")
 
 
+def _dashboard_storage(args: argparse.Namespace) -> str:
+    storage = args.storage or (load_spec(args.spec).storage_url if args.spec else DEFAULT_STORAGE)
+    _check_storage_exists(storage)
+    return storage
+
+
+def _require(*modules: str) -> None:
+    """Fail clearly when the dashboard extra is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SlimtuneError(
+            f"this command needs {', '.join(missing)}: install the dashboard extra (pip install 'slimtune[dashboard]')"
+        )
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    _require("starlette", "uvicorn", "plotly")
+    from slimtune.dashboard.app import serve
+
+    serve(_dashboard_storage(args), host=args.host, port=args.port, poll_seconds=args.poll)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _require("plotly")
+    from slimtune.dashboard.report import write_report
+
+    storage = _dashboard_storage(args)
+    path = write_report(storage, args.out, studies=args.study, details=args.trials)
+    size = path.stat().st_size / 1e6
+    print(f"wrote the report of {storage} to {path} ({size:.1f} MB; open it in a browser, offline)")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------
 # formatting
 
@@ -436,12 +530,29 @@ def _quote(text: str) -> str:
 
 
 def _load_run_spec(args: argparse.Namespace) -> Spec:
-    return load_spec(
+    spec = load_spec(
         args.spec,
         overrides={
-            "n_trials": args.n_trials, "timeout": args.timeout, "storage": args.storage, "study": args.study
+            "n_trials": args.n_trials, "timeout": args.timeout, "storage": args.storage, "study": args.study,
+            "backend": args.backend,
         },
     )
+    ray = {"address": args.ray_address, "max_concurrent_trials": args.max_concurrent_trials}
+    ray = {key: value for key, value in ray.items() if value is not None}
+    if ray:
+        if args.backend == "local":
+            raise SlimtuneError("--ray-address and --max-concurrent-trials apply to the Ray backend, not --backend local")
+        from dataclasses import replace
+
+        from slimtune.trials.ray_backend import RayOptions
+
+        merged = {**(spec.ray or {}), **ray}
+        try:
+            RayOptions.from_dict(merged)
+        except ValueError as exc:
+            raise SlimtuneError(f"{spec.source}: {exc}") from exc
+        spec = replace(spec, backend="ray", ray=merged, path=spec.path)
+    return spec
 
 
 def _search(spec: Spec, join: bool, progress: bool) -> optuna.Study:

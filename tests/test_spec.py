@@ -130,7 +130,10 @@ ERRORS = [
     (BASE + "task_args: [1, 2]\n", "task_args", "expected a mapping"),
     (BASE + "storage: slimtune.db\n", "storage", "sqlite:///slimtune.db"),
     (BASE + "save_models: some\n", "save_models", "known: all, none"),
-    (BASE + "backend: ray\n", "backend", "Ray backend is not available in this version"),
+    (BASE + "backend: ray\nray: {max_concurrent_trials: 0}\n", "ray.max_concurrent_trials", "must be ≥ 1"),
+    (BASE + "backend: ray\nray: {adress: 127.0.0.1:6379}\n", "ray.adress", "did you mean 'address'"),
+    (BASE + "ray: {resources_per_trial: {cpu: -1}}\n", "ray.resources_per_trial.cpu", "expected a number ≥ 0"),
+    (BASE + "ray: [1]\n", "ray", "expected a mapping"),
     (BASE + "backend: dask\n", "backend", "unknown backend 'dask'"),
     # strategy
     (BASE + "strategy: {name: foo}\n", "strategy.name", "unknown strategy 'foo'; known: "),

@@ -8,6 +8,8 @@ Public entry points:
     - :func:`compress` (a compressed copy: masked or physically smaller), :func:`speedup`
     - :func:`measure` (FLOPs, params, size in bytes, latency) and :class:`LatencyTable`
     - :data:`CRITERIA` (pruning criteria by name)
+    - :data:`COMPRESSORS` (oneshot, agp, admm, lottery, slimming) and :func:`run_compressor`;
+      :func:`finetune` with a :class:`FinetuneConfig` (see :mod:`slimtune.compressors.training`)
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ from slimtune.compressors.measures import (
     measure_latency,
     model_size_bytes,
 )
+from slimtune.compressors.training import COMPRESSORS, FinetuneConfig, KDConfig, finetune, run_compressor
 
 __all__ = [
+    "COMPRESSORS",
     "CRITERIA",
     "CompressionPlan",
     "CriterionContext",
+    "FinetuneConfig",
     "Group",
+    "KDConfig",
     "LatencyResult",
     "LatencyTable",
     "LayerInfo",
@@ -52,11 +58,13 @@ __all__ = [
     "compress",
     "count_flops",
     "count_params",
+    "finetune",
     "make_permanent",
     "measure",
     "measure_latency",
     "model_size_bytes",
     "register_criterion",
+    "run_compressor",
     "score_group",
     "speedup",
     "trace",

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import prune as torch_prune
 
 from slimtune.compressors.criteria import CriterionContext
 from slimtune.compressors.graph import ModelGraph, trace
@@ -57,6 +58,9 @@ def compress(
     range calibrated on ``data``, then frozen). The result trains with straight-through gradients
     and exports to real int8 kernels with :func:`~slimtune.compressors.quantization.export_int8`.
 
+    ``compress`` is the ``oneshot`` compressor: it ignores ``plan.compressor``; to run the compressor a
+    plan names (``agp``, ``admm`` ...) use :func:`slimtune.compressors.training.run_compressor`.
+
     Returns:
         The compressed model, in the training mode of ``model``.
 
@@ -75,20 +79,47 @@ def compress(
     if graph is None:
         graph = trace(compressed, example_inputs)
     plan.validate(graph)
-    if plan.granularity == "unstructured":
-        apply_unstructured_masks(compressed, plan)
-    else:
+    pruned = None
+    if plan.granularity == "channel":
         ctx = CriterionContext(compressed, graph, data, loss_fn, max_batches)
         pruned = select_channels(graph, plan, ctx)
-        if not speedup:
-            apply_channel_masks(compressed, graph, pruned)
+    return finalize(compressed, plan, example_inputs, graph, pruned, speedup, data, max_batches, observer, quant_algorithm)
+
+
+def finalize(
+    model: nn.Module,
+    plan: CompressionPlan,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    graph: ModelGraph,
+    pruned: Mapping[str, torch.Tensor] | None,
+    speedup: bool = True,
+    data: Iterable[Any] | None = None,
+    max_batches: int | None = None,
+    observer: str = "minmax",
+    quant_algorithm: str = "ste",
+) -> nn.Module:
+    """Prune ``model`` in place to a chosen selection, speed it up and quantize it as ``plan`` says.
+
+    The last steps of :func:`compress`, for compressors that choose the channels themselves (training
+    compressors). ``pruned`` is ``{group: channel ids}`` for channel plans; for unstructured plans it is
+    ``{layer: boolean keep-mask of the weight}``, or None to select by the plan's criteria. Existing
+    ``torch.nn.utils.prune`` masks are folded into the weights first.
+    """
+    make_permanent(model)
+    if plan.granularity == "unstructured":
+        if pruned is None:
+            apply_unstructured_masks(model, plan)
         else:
-            make_permanent(compressed)
-            apply_speedup(compressed, graph, pruned)
-            check_forward(compressed, example_inputs)
+            for layer, keep in pruned.items():
+                torch_prune.custom_from_mask(model.get_submodule(layer), "weight", keep)
+    elif not speedup:
+        apply_channel_masks(model, graph, dict(pruned or {}))
+    else:
+        apply_speedup(model, graph, dict(pruned or {}))
+        check_forward(model, example_inputs)
     if plan.quantize:
-        _quantize(compressed, plan, data, max_batches, observer, quant_algorithm)
-    return compressed
+        _quantize(model, plan, data, max_batches, observer, quant_algorithm)
+    return model
 
 
 def _quantize(

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 Granularity = Literal["channel", "unstructured"]
 _GRANULARITIES = ("channel", "unstructured")
 _FLOAT_BITS = 32
+_FIELDS = ("granularity", "prune", "quantize", "compressor", "compressor_params", "finetune")
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,24 @@ class CompressionPlan:
         quantize: Layer name → :class:`QuantSpec`. Layers not listed stay in floating point.
         granularity: ``"channel"`` removes whole channels (and can be sped up physically);
             ``"unstructured"`` zeroes single weights.
+        compressor: How the plan's targets are reached, a name from
+            :data:`slimtune.compressors.training.COMPRESSORS`: ``"oneshot"`` (prune by criterion at
+            once, then speed up and quantize), ``"agp"``, ``"admm"``, ``"lottery"``, ``"slimming"``.
+        compressor_params: Parameters of that compressor (e.g. ADMM's ``{"rho": 0.01}``).
+        finetune: Per-plan overrides of the fine-tune configuration
+            (:class:`~slimtune.compressors.training.FinetuneConfig` fields, e.g. ``{"steps": 50}``
+            or ``{"kd": {"alpha": 0.5, "temperature": 4}}``).
+
+    The last three are written by :meth:`to_dict` only when they differ from their defaults, so
+    plans stored before they existed stay valid.
     """
 
     prune: dict[str, PruneSpec] = field(default_factory=dict)
     quantize: dict[str, QuantSpec] = field(default_factory=dict)
     granularity: Granularity = "channel"
+    compressor: str = "oneshot"
+    compressor_params: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -103,11 +118,18 @@ class CompressionPlan:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "granularity": self.granularity,
             "prune": {k: asdict(v) for k, v in self.prune.items()},
             "quantize": {k: asdict(v) for k, v in self.quantize.items()},
         }
+        if self.compressor != "oneshot":
+            out["compressor"] = self.compressor
+        if self.compressor_params:
+            out["compressor_params"] = copy.deepcopy(dict(self.compressor_params))
+        if self.finetune:
+            out["finetune"] = copy.deepcopy(dict(self.finetune))
+        return out
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -116,9 +138,9 @@ class CompressionPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> CompressionPlan:
         if not isinstance(data, Mapping):
             raise PlanError(f"plan must be a mapping, got {type(data).__name__}")
-        unknown = set(data) - {"granularity", "prune", "quantize"}
+        unknown = set(data) - set(_FIELDS)
         if unknown:
-            raise PlanError(f"plan has unknown field(s) {sorted(unknown)}; expected granularity, prune, quantize")
+            raise PlanError(f"plan has unknown field(s) {sorted(unknown)}; expected {', '.join(_FIELDS)}")
         prune = {}
         for name, spec in dict(data.get("prune") or {}).items():
             if not isinstance(spec, Mapping):
@@ -135,7 +157,16 @@ class CompressionPlan:
                 quant[name] = QuantSpec(**spec)
             except TypeError as e:
                 raise PlanError(f"plan.quantize[{name!r}]: {e}") from None
-        return cls(prune, quant, data.get("granularity", "channel"))
+        compressor = data.get("compressor", "oneshot")
+        if not isinstance(compressor, str):
+            raise PlanError(f"plan.compressor must be a compressor name (a string), got {compressor!r}")
+        extra = {}
+        for key in ("compressor_params", "finetune"):
+            value = data.get(key) or {}
+            if not isinstance(value, Mapping):
+                raise PlanError(f"plan.{key} must be a mapping, got {type(value).__name__}")
+            extra[key] = copy.deepcopy(dict(value))
+        return cls(prune, quant, data.get("granularity", "channel"), compressor, **extra)
 
     @classmethod
     def from_json(cls, text: str) -> CompressionPlan:
@@ -178,6 +209,7 @@ class CompressionPlan:
                     f"unknown {kind} {name!r} in plan.prune{why}; prunable {kind}s are: "
                     f"{_preview(sorted(names))}"
                 )
+        self._validate_training()
         qnames = set(graph.quantizable_layers()) if graph is not None else None
         for name, q in self.quantize.items():
             for attr in ("bits_w", "bits_a"):
@@ -189,6 +221,23 @@ class CompressionPlan:
                     f"unknown layer {name!r} in plan.quantize; quantizable layers are: {_preview(sorted(qnames))}"
                 )
         return self
+
+    def _validate_training(self) -> None:
+        """Check ``compressor``, ``compressor_params`` and ``finetune`` (errors name the field)."""
+        from slimtune.compressors.training import COMPRESSORS, check_compressor_params, check_finetune_overrides
+
+        if not isinstance(self.compressor, str) or self.compressor not in COMPRESSORS:
+            raise PlanError(f"plan.compressor: unknown compressor {self.compressor!r}; known: {sorted(COMPRESSORS)}")
+        for key in ("compressor_params", "finetune"):
+            value = getattr(self, key)
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise PlanError(f"plan.{key} must be a mapping with string keys, got {value!r}")
+            try:
+                json.dumps(dict(value))
+            except (TypeError, ValueError) as e:
+                raise PlanError(f"plan.{key} must be JSON-serialisable: {e}") from None
+        check_compressor_params(self.compressor, self.compressor_params)
+        check_finetune_overrides(self.finetune)
 
     # ------------------------------------------------------------------ summaries
     def sparsities(self) -> dict[str, float]:
@@ -204,6 +253,8 @@ class CompressionPlan:
         if self.quantize:
             bw = sorted({q.bits_w for q in self.quantize.values() if q.bits_w})
             parts.append(f"bits_w {bw}")
+        if self.compressor != "oneshot":
+            parts.append(f"compressor {self.compressor}")
         return ", ".join(parts)
 
 

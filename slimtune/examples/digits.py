@@ -50,6 +50,7 @@ __all__ = [
     "load_digits_data",
     "pretrained",
     "train",
+    "train_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -423,6 +424,12 @@ def make_task(
 ) -> Task:
     """The digits example as a slimtune :class:`~slimtune.Task` (the bundled example's task).
 
+    Compressed models are fine-tuned by slimtune's built-in loop
+    (:func:`slimtune.compressors.training.finetune`) on :func:`train_batches`, with the recipe of
+    :func:`train` (AdamW, weight decay 1e-4, linear warm-up then cosine decay, label smoothing 0.1, one
+    thread); a spec's ``finetune`` section or a plan's ``finetune`` mapping changes it per study or trial
+    (e.g. ``kd: {alpha: 0.5}`` distils from the original model).
+
     Args:
         arch: ``"cnn"`` or ``"resnet"``.
         finetune_epochs: Epochs of fine-tuning of every compressed model (0: none).
@@ -433,26 +440,43 @@ def make_task(
     Returns:
         A Task whose metric is validation accuracy.
     """
+    from slimtune.compressors.training import FinetuneConfig
     from slimtune.trials.task import Task
 
     train_set, val_set = load_digits_data()
     model = pretrained(arch, cache_dir=cache_dir)
     images, labels = train_set.tensors
     calibration = [(images[i : i + 128], labels[i : i + 128]) for i in range(0, 128 * calibration_batches, 128)]
+    batches = train_batches(train_set)
 
     def evaluate(m: nn.Module) -> float:
         return evaluate_accuracy(m, val_set)
 
-    def finetune(m: nn.Module) -> None:
-        if finetune_epochs > 0:
-            train(m, train_set, epochs=finetune_epochs, lr=finetune_lr)
-
+    config = FinetuneConfig(
+        epochs=finetune_epochs,
+        optimizer="adamw",
+        lr=finetune_lr,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_steps=min(len(batches), finetune_epochs * len(batches) // 10),
+        num_threads=1,
+    )
     return Task(
         model=model,
         example_inputs=images[:1],
         evaluate=evaluate,
-        finetune=finetune if finetune_epochs > 0 else None,
         calibration=calibration,
         metric_name="accuracy",
         name=f"digits-{arch}",
+        train_data=batches,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1),
+        finetune_config=config,
     )
+
+
+def train_batches(train_set: TensorDataset, batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``train_set`` as a list of ``(images, labels)`` batches in its order (the fine-tune loop shuffles
+    the batch order with its seed); a last batch of one sample, which batch norm cannot train on, is dropped."""
+    images, labels = train_set.tensors
+    out = [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return [b for b in out if len(b[1]) > 1]

@@ -1,13 +1,23 @@
 """Search strategies: each an Optuna sampler over the shared search space, registered by name.
 
-========== ============================================================
-name       algorithm
-========== ============================================================
-uniform    one sparsity for every group, swept over a grid (baseline)
-random     random search (Optuna RandomSampler)
-tpe        TPE / MOTPE (Optuna TPESampler, constant liar)
-nsga2      NSGA-II (Optuna NSGAIISampler), the default
-========== ============================================================
+=================== ===============================================================
+name                algorithm
+=================== ===============================================================
+uniform             one sparsity for every group, swept over a grid (baseline)
+random              random search (Optuna RandomSampler)
+tpe                 TPE / MOTPE (Optuna TPESampler, constant liar)
+nsga2               NSGA-II (Optuna NSGAIISampler), the default
+simulated_annealing per-group sparsities annealed at a resource target (FLOPs,
+                    params, size or latency); ends when cooled
+netadapt            NetAdapt: iterations lowering the resource, one trial per
+                    candidate group; ends at the target
+bitwidth            HAQ-like per-layer bit-widths under a size budget
+joint               per-group sparsities and per-layer bit-widths together
+=================== ===============================================================
+
+Iterative strategies end on their own (:meth:`Strategy.finished`); the runner then stops the
+study. Strategies that aim at a resource target take it from their ``resource``/``target``
+parameters or from the study's constraints (``flops <= 0.5``).
 
 A new strategy is one module with a :class:`Strategy` subclass decorated with
 :func:`register_strategy`, imported below.
@@ -16,6 +26,15 @@ A new strategy is one module with a :class:`Strategy` subclass decorated with
 from __future__ import annotations
 
 from slimtune.strategies._base import STRATEGIES, Strategy, get_strategy, register_strategy
-from slimtune.strategies import nsga2, random_search, tpe, uniform  # noqa: F401  (registration)
+from slimtune.strategies import (  # noqa: F401  (registration)
+    bitwidth,
+    joint,
+    netadapt,
+    nsga2,
+    random_search,
+    simulated_annealing,
+    tpe,
+    uniform,
+)
 
 __all__ = ["STRATEGIES", "Strategy", "get_strategy", "register_strategy"]

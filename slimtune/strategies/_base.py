@@ -44,6 +44,30 @@ class Strategy:
         """Parameters enqueued as the first trials of a new study."""
         return space.seeds()
 
+    def finished(self, study: optuna.Study) -> str | None:
+        """Why the strategy has nothing more to propose (it reached its end), or None.
+
+        Iterative strategies (simulated annealing cooled down, NetAdapt reached its target) end
+        on their own; the runner checks this before asking for more trials and stops the study,
+        whatever budget is left. Derived from the study's trials, so every worker agrees.
+        """
+        return None
+
+    def _stop_if_finished(self, trial: optuna.trial.Trial) -> None:
+        """In :meth:`suggest`: end a trial that starts after the strategy finished (PRUNED, marked
+        :data:`ATTR_FINISHED`, not run) and stop the study."""
+        import optuna
+
+        reason = self.finished(trial.study)
+        if reason is not None:
+            trial.set_user_attr(ATTR_FINISHED, reason)
+            trial.study.stop()
+            raise optuna.TrialPruned(f"strategy {self.name!r} finished: {reason}")
+
+
+ATTR_FINISHED = "strategy_finished"
+"""User attribute of a trial that started after its strategy finished (it was not run)."""
+
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 

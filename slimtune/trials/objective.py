@@ -7,6 +7,8 @@ phase, and on failure the reason. The compressed model is saved as an Optuna art
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import os
 import tempfile
@@ -17,7 +19,8 @@ import optuna
 import torch
 import torch.nn as nn
 
-from slimtune.compressors import compress, count_flops, count_params, measure_latency, model_size_bytes, trace
+from slimtune.compressors import count_flops, count_params, measure_latency, model_size_bytes, trace
+from slimtune.compressors.training import run_compressor
 from slimtune.errors import SlimtuneError
 from slimtune.trials.cost import Cost, relative_measures
 
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
     from slimtune.compressors.graph import ModelGraph
+    from slimtune.compressors.plan import CompressionPlan
     from slimtune.search_spaces import SearchSpace
     from slimtune.strategies import Strategy
     from slimtune.trials.task import Task
@@ -111,18 +115,23 @@ class Objective:
         trial.set_user_attr(ATTR_NODE, os.uname().nodename)
         try:
             params = self.strategy.suggest(trial, self.space)
-            plan = self.strategy.plan(params, self.space)
+            plan = self.task.default_compressor(with_finetune_params(self.strategy.plan(params, self.space), params))
             trial.set_user_attr(ATTR_PLAN, plan.to_dict())
             twin = _completed_twin(trial, params)
             if twin is not None:
                 # samplers (NSGA-II especially) re-propose points: reuse that trial's result
                 return self._reuse(trial, twin, times, start)
+            # the plan's compressor (oneshot, agp, admm ...), then the fine-tune; reports count steps on
+            # across both, so a training compressor's run is reported too
+            report = self._reporter(trial, self.report_sign) if self.report_sign else None
+            context = self.task.training_context(plan.finetune, report, self.graph)
             t = time.perf_counter()
-            model = compress(self.task.model, plan, self.task.example_inputs, data=self.task.calibration, graph=self.graph)
+            model = run_compressor(self.task.model, plan, self.task.example_inputs, context)
             times["compress"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            self.task.run_finetune(model, self._reporter(trial, self.report_sign) if self.report_sign else None)
+            offset = context.step_offset
+            self.task.run_finetune(model, (lambda s, v: report(offset + s, v)) if report else None, plan.finetune)
             times["finetune"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -182,6 +191,33 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
 
         return report
+
+
+FINETUNE_PREFIX = "finetune/"
+
+
+def with_finetune_params(plan: CompressionPlan, params: Mapping[str, Any]) -> CompressionPlan:
+    """``plan`` with searched fine-tune knobs: a parameter ``finetune/<field>`` (``finetune/kd.alpha``
+    for a KD setting) sets that field of ``plan.finetune`` unless the plan already sets it.
+
+    Example:
+        >>> from slimtune.compressors import CompressionPlan
+        >>> with_finetune_params(CompressionPlan(), {"finetune/kd.alpha": 0.3, "finetune/steps": 20}).finetune
+        {'kd': {'alpha': 0.3}, 'steps': 20}
+    """
+    knobs = {k[len(FINETUNE_PREFIX) :]: v for k, v in params.items() if k.startswith(FINETUNE_PREFIX)}
+    if not knobs:
+        return plan
+    finetune = copy.deepcopy(dict(plan.finetune))
+    for key, value in knobs.items():
+        head, _, sub = key.partition(".")
+        if sub:
+            section = finetune.setdefault(head, {})
+            if isinstance(section, dict):
+                section.setdefault(sub, value)
+        else:
+            finetune.setdefault(head, value)
+    return dataclasses.replace(plan, finetune=finetune)
 
 
 def _completed_twin(trial: optuna.trial.Trial, params: Mapping[str, Any]) -> optuna.trial.FrozenTrial | None:

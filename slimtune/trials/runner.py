@@ -46,6 +46,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.search_spaces import SearchSpace, SpaceOptions
 from slimtune.strategies import get_strategy
 from slimtune.trials.cost import Cost
+from slimtune.trials.ray_backend import ATTR_WORKER, RayOptions, worker_identity
 from slimtune.trials.objective import (
     ATTR_ARTIFACT,
     ATTR_CONSTRAINTS,
@@ -64,12 +65,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("slimtune")
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
+BACKENDS = ("local", "ray")
 SENSITIVITY_PREFIX = "slimtune-sensitivity-"
 #: bit-width tables share the prefix, so listings that skip caches skip both
 BIT_SENSITIVITY_PREFIX = SENSITIVITY_PREFIX + "bits-"
 HEARTBEAT_INTERVAL = int(os.environ.get("SLIMTUNE_HEARTBEAT_INTERVAL", "5"))
 GRACE_PERIOD = int(os.environ.get("SLIMTUNE_GRACE_PERIOD", "20"))
 MAX_RETRY = 1
+WAIT_POLL = 0.5  # seconds between looks at the study while only other workers' trials run
 
 
 # ---------------------------------------------------------------------- storage
@@ -270,6 +273,8 @@ def search(
     join: bool = False,
     progress: bool = True,
     weights: Mapping[str, float] | None = None,
+    backend: str = "local",
+    ray: RayOptions | Mapping[str, Any] | None = None,
     **strategy_params: Any,
 ) -> optuna.Study:
     """Search for compressed versions of ``task.model``; returns the Optuna study.
@@ -291,6 +296,11 @@ def search(
         join: Join an existing study as an extra worker (error if it does not exist).
         progress: Progress bar and per-trial log lines.
         weights: Optional ``{objective: weight}`` for one weighted scalar instead of a Pareto search.
+        backend: ``"local"`` (trials run in this process) or ``"ray"`` (trials run on Ray workers,
+            one per concurrent trial, writing to the same storage; see
+            :mod:`slimtune.trials.ray_backend`).
+        ray: Options of the Ray backend (:class:`~slimtune.trials.ray_backend.RayOptions` or a
+            dict of ``address``, ``max_concurrent_trials``, ``resources_per_trial``, ``max_retries``).
         **strategy_params: Parameters of the strategy (e.g. ``population_size=8``).
 
     Returns:
@@ -302,6 +312,11 @@ def search(
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     if save_models not in ("all", "none"):
         raise ValueError(f"save_models must be 'all' or 'none', got {save_models!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if ray is not None and backend != "ray":
+        raise ValueError("ray options are given but backend is 'local': pass backend='ray'")
+    ray_options = RayOptions.from_value(ray) if backend == "ray" else None
     options = space if isinstance(space, SpaceOptions) else SpaceOptions.from_dict(space)
     strat = get_strategy(strategy, **strategy_params)
     cost = Cost(objectives, task.direction, weights=weights, constraints=constraints)
@@ -339,7 +354,16 @@ def search(
         adir.mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(str(adir))
     objective = Objective(task, sspace, strat, cost, baseline, artifact_store=store, graph=graph)
-    _drive(study, objective, n_trials, timeout, progress)
+    if ray_options is not None:
+        from slimtune.trials.ray_backend import run_on_ray
+
+        # each Ray worker joins the study with these arguments and runs this same loop
+        same = dict(strategy=strategy, objectives=tuple(objectives), constraints=constraints, n_trials=n_trials,
+                    storage=storage if storage is not None else DEFAULT_STORAGE, study_name=study_name, space=options, seed=seed,
+                    save_models=save_models, weights=weights, **strategy_params)  # fmt: skip
+        run_on_ray(task, study, strat, ray_options, same, n_trials, timeout, progress)
+    else:
+        _drive(study, objective, n_trials, timeout, progress)
     return study
 
 
@@ -464,16 +488,22 @@ class _Budgeted:
     and ends at once as PRUNED, marked ``over_budget`` and not counted.
     """
 
-    def __init__(self, objective: Objective, n_trials: int | None) -> None:
+    def __init__(self, objective: Objective, n_trials: int | None, worker: Mapping[str, Any] | None = None) -> None:
         self.objective = objective
         self.n_trials = n_trials
+        self.worker = dict(worker) if worker else None  # where trials run (ray_backend.worker_identity)
+
+    def _run(self, trial: optuna.trial.Trial) -> Any:
+        if self.worker is not None:
+            trial.set_user_attr(ATTR_WORKER, self.worker)
+        return self.objective(trial)
 
     def __call__(self, trial: optuna.trial.Trial) -> Any:
         if self.n_trials is not None:
             trials = trial.study.get_trials(deepcopy=False)
             me = next((t for t in trials if t.number == trial.number), None)
             if me is not None and me.system_attrs.get("failed_trial") is not None:
-                return self.objective(trial)  # a retry of a dead worker's trial: always run
+                return self._run(trial)  # a retry of a dead worker's trial: always run
             retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
             # every trial numbered before this one uses budget (finished, running or queued),
             # unless it was retried (its copy counts) or was itself over budget
@@ -484,7 +514,7 @@ class _Budgeted:
                 trial.set_user_attr(ATTR_OVER, True)
                 trial.study.stop()
                 raise optuna.TrialPruned("the study's budget was already used by other workers")
-        return self.objective(trial)
+        return self._run(trial)
 
 
 def _adopt_orphans(study: optuna.Study, adopted: set[int]) -> None:
@@ -508,11 +538,22 @@ def _adopt_orphans(study: optuna.Study, adopted: set[int]) -> None:
 def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, timeout: float | None, progress: bool) -> None:
     deadline = time.monotonic() + timeout if timeout is not None else None
     tracker = _Progress(study, n_trials, progress)
-    budgeted = _Budgeted(objective, n_trials)
+    budgeted = _Budgeted(objective, n_trials, worker_identity())
     adopted: set[int] = set()
     idle_rounds = 0
+    # an iterative strategy (annealing, NetAdapt) may end before the budget: Strategy.finished
+    finished = objective.strategy.finished
+
+    def stop_when_finished(study: optuna.Study, trial: FrozenTrial) -> None:
+        if finished(study) is not None:
+            study.stop()
+
     try:
         while True:
+            reason = finished(study)
+            if reason is not None:
+                logger.info("study %s: strategy %s finished: %s", study.study_name, objective.strategy.name, reason)
+                break
             c = _counts(study)
             if n_trials is not None and c["done"] >= n_trials:
                 break
@@ -522,7 +563,7 @@ def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, time
             if n_trials is None or c["waiting"] or c["done"] + c["running"] < n_trials:
                 before = c["done"] + c["running"]
                 with _quiet_optuna():
-                    study.optimize(budgeted, timeout=left, catch=(Exception,), callbacks=[tracker])
+                    study.optimize(budgeted, timeout=left, catch=(Exception,), callbacks=[tracker, stop_when_finished])
                 if n_trials is None:
                     break
                 after = _counts(study)
@@ -533,7 +574,8 @@ def _drive(study: optuna.Study, objective: Objective, n_trials: int | None, time
             else:
                 # Only other workers' trials are in flight: wait for them to finish or, if their
                 # worker died, to go stale (then they are failed and re-queued for us to run).
-                time.sleep(min(HEARTBEAT_INTERVAL, left) if left is not None else HEARTBEAT_INTERVAL)
+                # (polled every WAIT_POLL seconds: a worker that waits ends soon after the last trial)
+                time.sleep(min(WAIT_POLL, left) if left is not None else WAIT_POLL)
                 _adopt_orphans(study, adopted)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

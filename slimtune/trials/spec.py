@@ -17,12 +17,15 @@ Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` an
     strategy: {name: nsga2, population_size: 8}   # or just: strategy: nsga2
     space: {max_sparsity: 0.8, criterion: l1}     # search-space options (see SPACE_FIELDS)
     objectives: [accuracy, flops]       # any of accuracy, flops, params, latency, size
+    compressor: {name: admm, rho: 0.01} # how plans are applied (default oneshot): agp, admm, lottery, slimming
+    finetune: {steps: 40, lr: 0.01, kd: {alpha: 0.5}}  # the task's fine-tune config, overridden here
     constraints: ["accuracy_drop <= 0.02", "flops <= 0.5"]
     n_trials: 24                        # finished trials of the study to reach
     timeout: 600                        # seconds (optional, alone or with n_trials)
     seed: 0
     save_models: all                    # "all" (every trial's model is kept) or "none"
-    backend: local                      # "local" (the only backend of this version)
+    backend: local                      # "local" (trials in this process) or "ray"
+    ray: {address: 127.0.0.1:6379, max_concurrent_trials: 4, resources_per_trial: {cpu: 1}}  # backend: ray only
 
 **Storage URLs**: ``sqlite:///file.db``, ``postgresql://user@host/db`` (any SQLAlchemy URL: several
 machines can share a study), ``journal:///path/file.log`` (an Optuna journal file) or ``memory``
@@ -102,7 +105,10 @@ FIELDS: dict[str, str] = {
     "timeout": "seconds to search",
     "seed": "random seed (default 0)",
     "save_models": "'all' (keep every trial's model) or 'none'",
-    "backend": "'local' (the only backend of this version)",
+    "backend": "'local' (trials run in this process) or 'ray' (trials run on Ray workers)",
+    "ray": "Ray options (backend: ray): address, max_concurrent_trials, resources_per_trial, max_retries",
+    "compressor": "a compressor name (oneshot, agp, admm, lottery, slimming) or a mapping with 'name' and its parameters",
+    "finetune": "fine-tune settings over the task's (epochs or steps, optimizer, lr, schedule, seed, kd ...)",
 }
 
 #: Options of the ``space`` mapping and what each holds.
@@ -120,12 +126,12 @@ SPACE_FIELDS: dict[str, str] = {
     "quantize_layers": "layers whose bit-widths are searched (default: every Conv/Linear)",
 }
 
-_BACKENDS = ("local",)
+_BACKENDS = ("local", "ray")
 _SAVE_MODELS = ("all", "none")
 # keyword arguments of ``search`` that a strategy parameter must not shadow
 _SEARCH_ARGS = (
     "task", "strategy", "objectives", "constraints", "n_trials", "timeout", "storage", "study_name",
-    "space", "seed", "save_models", "join", "progress", "weights",
+    "space", "seed", "save_models", "join", "progress", "weights", "backend", "ray",
 )  # fmt: skip
 _TASK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -151,7 +157,8 @@ class Spec:
         timeout: Seconds to search (``None``: until ``n_trials``).
         seed: Random seed.
         save_models: ``"all"`` or ``"none"``.
-        backend: ``"local"``.
+        backend: ``"local"`` or ``"ray"``.
+        ray: Options of the Ray backend (:data:`slimtune.trials.ray_backend.RAY_FIELDS`), or ``None``.
         path: The file the spec was loaded from (``None`` when it came from data).
     """
 
@@ -169,6 +176,9 @@ class Spec:
     seed: int = 0
     save_models: str = "all"
     backend: str = "local"
+    ray: dict[str, Any] | None = None
+    compressor: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
     path: Path | None = field(default=None, compare=False)
 
     # ---------------------------------------------------------------------------------------------
@@ -240,6 +250,12 @@ class Spec:
         out["seed"] = self.seed
         out["save_models"] = self.save_models
         out["backend"] = self.backend
+        if self.ray is not None:
+            out["ray"] = dict(self.ray)
+        if self.compressor is not None:
+            out["compressor"] = dict(self.compressor)
+        if self.finetune is not None:
+            out["finetune"] = dict(self.finetune)
         return out
 
     def to_yaml(self) -> str:
@@ -267,6 +283,8 @@ class Spec:
             "space": dict(self.space) if self.space is not None else None,
             "seed": self.seed,
             "save_models": self.save_models,
+            "backend": self.backend,
+            **({"ray": dict(self.ray or {})} if self.backend == "ray" else {}),
             **self.strategy_params,
         }
 
@@ -335,6 +353,11 @@ class Spec:
                 f"'{self.task}' returned {_describe(result)}, expected a slimtune Task "
                 "(slimtune.trials.task.Task)"
             )
+        if self.finetune:  # the spec's fine-tune settings and compressor reach every trial through the task
+            result.finetune_config = result.effective_finetune_config(self.finetune)
+        if self.compressor:
+            params = {k: v for k, v in self.compressor.items() if k != "name"}
+            result.compressor, result.compressor_params = self.compressor["name"], params
         return result
 
 
@@ -422,14 +445,10 @@ class _Validator:
 
         seed = self.integer(data.get("seed", 0), "seed")
         save_models = self.choice(data.get("save_models", "all"), "save_models", _SAVE_MODELS, "value")
-        backend = self.string(data.get("backend", "local"), "backend")
-        if backend == "ray":
-            self.fail(
-                "backend",
-                "the Ray backend is not available in this version of slimtune; use backend: local "
-                "(start more `slimtune worker SPEC` processes for parallel trials)",
-            )
-        backend = self.choice(backend, "backend", _BACKENDS, "backend")
+        backend = self.choice(data.get("backend", "local"), "backend", _BACKENDS, "backend")
+        ray = self.ray(data.get("ray"))
+        compressor = self.compressor(data.get("compressor"))
+        finetune = self.finetune(data.get("finetune"))
         return Spec(
             study=study,
             task=task,
@@ -445,9 +464,64 @@ class _Validator:
             seed=seed,
             save_models=save_models,
             backend=backend,
+            ray=ray,
+            compressor=compressor,
+            finetune=finetune,
         )
 
     # -- fields ---------------------------------------------------------------------------------
+
+    def compressor(self, value: Any) -> dict[str, Any] | None:
+        from slimtune.compressors.training import COMPRESSORS, check_compressor_params
+
+        if value is None:
+            return None
+        data = {"name": value} if isinstance(value, str) else self.mapping(value, "compressor")
+        if "name" not in data:
+            self.fail("compressor.name", "missing required field (the compressor's name, e.g. name: admm)")
+        name = self.string(data["name"], "compressor.name")
+        known = sorted(COMPRESSORS)
+        if name not in COMPRESSORS:
+            self.fail("compressor.name", f"unknown compressor {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}")
+        params = {k: v for k, v in data.items() if k != "name"}
+        accepted = sorted(COMPRESSORS[name].defaults)
+        for key in params:
+            if key not in accepted:
+                self.fail(
+                    f"compressor.{key}",
+                    f"unknown parameter of compressor {name!r}{_did_you_mean(str(key), accepted)}; "
+                    f"known: {', '.join(accepted) or 'none'}",
+                )
+        check_compressor_params(name, params)
+        return data
+
+    def finetune(self, value: Any) -> dict[str, Any] | None:
+        from slimtune.compressors.training import FinetuneConfig
+        from slimtune.errors import PlanError
+
+        if value is None:
+            return None
+        data = self.mapping(value, "finetune")
+        try:
+            FinetuneConfig().merged(data)
+        except PlanError as exc:
+            fld, sep, problem = str(exc).partition(": ")
+            self.fail(fld if sep and " " not in fld else "finetune", problem if sep else str(exc))
+        return data
+
+    def ray(self, value: Any) -> dict[str, Any] | None:
+        from slimtune.trials.ray_backend import RAY_FIELDS, RayOptions
+
+        if value is None:
+            return None
+        data = self.mapping(value, "ray")
+        self.unknown_keys(data, RAY_FIELDS, prefix="ray.")
+        try:
+            RayOptions.from_dict(data)
+        except ValueError as exc:
+            fld, sep, problem = str(exc).partition(": ")
+            self.fail(fld if sep else "ray", problem if sep else str(exc))
+        return data
 
     def storage(self, value: Any) -> str | None:
         if value is None:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
+
+from slimtune.compressors.training import (
+    FinetuneConfig,
+    FinetuneResult,
+    TrainingContext,
+    check_compressor_params,
+    finetune,
+)
+
+from slimtune.errors import PlanError
+
+if TYPE_CHECKING:
+    from slimtune.compressors.graph import ModelGraph
+    from slimtune.compressors.plan import CompressionPlan
 
 Report = Callable[[int, float], None]
 """``report(step, value)``: passed to a fine-tune function that accepts it; reports an intermediate
@@ -35,6 +50,19 @@ class Task:
         metric_name: Name of the metric in tables and specs (objective ``accuracy`` always means
             this metric).
         name: A name for the task (tables, the sensitivity cache key).
+        extra: Free-form data for the user.
+        train_data: Optional re-iterable training batches ``(inputs, targets)`` (a list or a
+            DataLoader). Without ``finetune``, trials fine-tune with the built-in loop
+            (:func:`slimtune.compressors.training.finetune`) on them; training compressors
+            (``agp``, ``admm``, ``lottery``, ``slimming``) need them.
+        loss_fn: ``loss_fn(outputs, targets)`` of that training (default cross-entropy).
+        finetune_config: A :class:`~slimtune.compressors.training.FinetuneConfig` (or a mapping of
+            its fields): the built-in loop's budget, optimizer, schedule, seed and KD; a plan's
+            ``finetune`` mapping overrides it per trial. A user ``finetune`` function receives the
+            effective config when it has a parameter named ``config``.
+        compressor: The compressor of trials whose plan leaves the default (``"oneshot"``), e.g.
+            ``"admm"`` (see :data:`slimtune.compressors.training.COMPRESSORS`).
+        compressor_params: Its parameters.
 
     Example:
         >>> import torch
@@ -55,6 +83,11 @@ class Task:
     metric_name: str = "accuracy"
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    train_data: Iterable[Any] | None = None
+    loss_fn: Callable[..., torch.Tensor] | None = None
+    finetune_config: FinetuneConfig | Mapping[str, Any] | None = None
+    compressor: str = "oneshot"
+    compressor_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -68,16 +101,69 @@ class Task:
         if self.calibration is not None and not isinstance(self.calibration, (list, tuple)):
             # criteria may pass over the batches more than once
             self.calibration = list(self.calibration)
+        if self.train_data is not None and iter(self.train_data) is self.train_data:
+            self.train_data = list(self.train_data)  # an iterator: keep its batches for every epoch
+        if self.loss_fn is not None and not callable(self.loss_fn):
+            raise TypeError("Task.loss_fn must be callable: loss_fn(outputs, targets) -> scalar tensor")
+        try:
+            self.finetune_config = FinetuneConfig.coerce(self.finetune_config)
+            check_compressor_params(self.compressor, self.compressor_params)
+        except PlanError as e:
+            raise PlanError(f"Task: {e}") from None
 
-    def run_finetune(self, model: nn.Module, report: Report | None = None) -> None:
-        """Call the fine-tune function; one that requires a second argument gets ``report``
-        (a no-op where reports cannot be used, e.g. in multi-objective studies)."""
-        if self.finetune is None:
-            return
-        if _requires_two(self.finetune):
-            self.finetune(model, report if report is not None else _no_report)
-        else:
-            self.finetune(model)
+    def effective_finetune_config(self, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
+        """The task's fine-tune config with a plan's ``finetune`` overrides applied."""
+        return FinetuneConfig.coerce(self.finetune_config).merged(overrides)
+
+    def default_compressor(self, plan: CompressionPlan) -> CompressionPlan:
+        """``plan`` with the task's compressor when the plan leaves the default (``oneshot``)."""
+        if plan.compressor != "oneshot" or plan.compressor_params or self.compressor == "oneshot":
+            return plan
+        return dataclasses.replace(plan, compressor=self.compressor, compressor_params=dict(self.compressor_params))
+
+    def training_context(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        report: Report | None = None,
+        graph: ModelGraph | None = None,
+    ) -> TrainingContext:
+        """What a compressor gets: the training batches, the effective config, the original model as
+        teacher when KD is on, reports of the task's metric (when ``report`` is given)."""
+        config = self.effective_finetune_config(overrides)
+        return TrainingContext(
+            train_data=self.train_data,
+            config=config,
+            loss_fn=self.loss_fn,
+            teacher=self.model if config.kd is not None else None,
+            report=report,
+            evaluate=self.evaluate if report is not None else None,
+            calibration=self.calibration,
+            graph=graph,
+        )
+
+    def run_finetune(
+        self, model: nn.Module, report: Report | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> FinetuneResult | None:
+        """Fine-tune a compressed model: the user's ``finetune`` if given, else the built-in loop on
+        ``train_data`` (with the effective config; KD from the original model), else nothing.
+
+        A user function that requires a second argument gets ``report`` (a no-op where reports cannot
+        be used, e.g. in multi-objective studies); one with a parameter named ``config`` gets the
+        effective :class:`~slimtune.compressors.training.FinetuneConfig` (task config ⊕ ``overrides``).
+        The built-in loop reports the task's metric every ``eval_every`` steps (default each epoch)
+        when ``report`` is given.
+        """
+        if self.finetune is not None:
+            kwargs = {"config": self.effective_finetune_config(overrides)} if _accepts(self.finetune, "config") else {}
+            if _requires_two(self.finetune):
+                self.finetune(model, report if report is not None else _no_report, **kwargs)
+            else:
+                self.finetune(model, **kwargs)
+            return None
+        if self.train_data is None:
+            return None
+        ctx = self.training_context(overrides, report)
+        return finetune(model, self.train_data, ctx.config, self.loss_fn, ctx.teacher, report, ctx.evaluate)
 
     def fingerprint(self) -> str:
         """A hash of the model's structure and weights and the metric name (cache key)."""
@@ -94,6 +180,15 @@ class Task:
 
 def _no_report(step: int, value: float) -> None:
     """Reports go nowhere (multi-objective studies cannot prune trials)."""
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """True when ``fn`` has a parameter called ``name`` (or takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in params)
 
 
 def _requires_two(fn: Callable[..., Any]) -> bool:

@@ -8,6 +8,8 @@
 * :class:`LatencyTable` — NetAdapt-style per-layer lookup table predicting a plan's latency
   (``lut.py``).
 * :func:`measure` — all of the above in one call, as :class:`Measures` (``summary.py``).
+* :class:`ResourcePredictor` — a plan's MACs, parameters and size predicted from channel counts,
+  without building the model (``resources.py``).
 
 Example:
     >>> import torch
@@ -23,6 +25,7 @@ from __future__ import annotations
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.latency import LatencyResult, compare_latency, measure_latency
 from slimtune.compressors.measures.lut import LatencyTable
+from slimtune.compressors.measures.resources import ResourcePredictor, Resources, predict_resources
 from slimtune.compressors.measures.size import SizeReport, count_params, model_size_bytes
 from slimtune.compressors.measures.summary import Measures, measure
 
@@ -37,4 +40,7 @@ __all__ = [
     "compare_latency",
     "LatencyResult",
     "LatencyTable",
+    "ResourcePredictor",
+    "Resources",
+    "predict_resources",
 ]

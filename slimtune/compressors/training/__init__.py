@@ -1,0 +1,64 @@
+"""Training-time compression: the fine-tune loop, knowledge distillation and the training compressors.
+
+- :func:`finetune` with a :class:`FinetuneConfig` (epochs or steps, optimizer, schedule, seed, KD, reports):
+  the loop every trial uses; masks and quantizers stay in force.
+- :class:`KDConfig` / :mod:`~slimtune.compressors.training.distill`: response-, feature- and
+  relation-based distillation from the original model.
+- :data:`COMPRESSORS`: model + plan → compressed model, by the name a plan's ``compressor`` field uses:
+  ``oneshot`` (:func:`~slimtune.compressors.compress`), ``agp`` (gradual, cubic schedule), ``admm``,
+  ``lottery`` (iterative magnitude pruning with rewind), ``slimming`` (L1 on BN scales). A new compressor
+  is one module decorated with :func:`register_compressor` and imported below.
+- :func:`run_compressor` applies the compressor a plan names, given a :class:`TrainingContext`.
+"""
+
+from __future__ import annotations
+
+from slimtune.compressors.training._base import (
+    COMPRESSORS,
+    Compressor,
+    CompressorEntry,
+    CompressorError,
+    TrainingContext,
+    check_compressor_params,
+    get_compressor,
+    register_compressor,
+    run_compressor,
+)
+from slimtune.compressors.training.config import FinetuneConfig, KDConfig, check_finetune_overrides
+from slimtune.compressors.training.finetune import FinetuneResult, TrainHook, early_stopping, finetune
+
+# Importing the algorithm modules registers them.
+from slimtune.compressors.training.oneshot import oneshot
+from slimtune.compressors.training.agp import AGPHook, agp, cubic_sparsity
+from slimtune.compressors.training.admm import ADMMHook, admm
+from slimtune.compressors.training.lottery import RewindPoint, lottery
+from slimtune.compressors.training.slimming import BNPenalty, slimming
+
+__all__ = [
+    "ADMMHook",
+    "AGPHook",
+    "BNPenalty",
+    "COMPRESSORS",
+    "Compressor",
+    "CompressorEntry",
+    "CompressorError",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "KDConfig",
+    "RewindPoint",
+    "TrainHook",
+    "TrainingContext",
+    "admm",
+    "agp",
+    "check_compressor_params",
+    "check_finetune_overrides",
+    "cubic_sparsity",
+    "early_stopping",
+    "finetune",
+    "get_compressor",
+    "lottery",
+    "oneshot",
+    "register_compressor",
+    "run_compressor",
+    "slimming",
+]

@@ -1,0 +1,218 @@
+"""The fine-tune configuration: :class:`FinetuneConfig` and its knowledge-distillation part :class:`KDConfig`.
+
+Both are plain values. A task holds one configuration; a plan's ``finetune`` mapping overrides some of its
+fields for that plan only (:meth:`FinetuneConfig.merged`); unknown fields are errors naming the field.
+
+Example:
+    >>> from slimtune.compressors.training import FinetuneConfig
+    >>> base = FinetuneConfig(epochs=2, lr=0.01)
+    >>> cfg = base.merged({"steps": 50, "kd": {"alpha": 0.7}})
+    >>> cfg.steps, cfg.lr, cfg.kd.alpha, cfg.kd.temperature
+    (50, 0.01, 0.7, 4.0)
+    >>> cfg.total_steps(batches_per_epoch=10)
+    50
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from slimtune.errors import PlanError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "linear")
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Knowledge distillation from a teacher (the original model) to the compressed student.
+
+    The training loss is ``(1 - alpha) · task_loss + alpha · T² · KL(teacher_T ‖ student_T)
+    + feature · hint_loss + relation · relation_loss`` (see :mod:`slimtune.compressors.training.distill`).
+
+    Args:
+        alpha: Weight of the response-based term (softened logits) against the task loss, in [0, 1].
+        temperature: Softening temperature ``T`` (> 0).
+        feature: Weight of the feature-based (hint) term; 0 turns it off.
+        feature_layers: Module names whose outputs are matched (the same name in student and teacher);
+            ``None``: every Conv layer present in both.
+        relation: Weight of the relation-based term (pairwise distances between samples); 0 turns it off.
+        relation_layer: Module whose output gives the sample embeddings for the relation term;
+            ``None``: the model's outputs (logits).
+    """
+
+    alpha: float = 0.5
+    temperature: float = 4.0
+    feature: float = 0.0
+    feature_layers: tuple[str, ...] | None = None
+    relation: float = 0.0
+    relation_layer: str | None = None
+
+    def __post_init__(self) -> None:
+        _number(self.alpha, "kd.alpha", 0.0, 1.0)
+        _number(self.temperature, "kd.temperature", 0.0, math.inf, open_low=True)
+        _number(self.feature, "kd.feature", 0.0, math.inf)
+        _number(self.relation, "kd.relation", 0.0, math.inf)
+        if self.feature_layers is not None:
+            if isinstance(self.feature_layers, str) or not all(isinstance(n, str) for n in self.feature_layers):
+                raise PlanError(f"finetune.kd.feature_layers: must be a list of module names, got {self.feature_layers!r}")
+            object.__setattr__(self, "feature_layers", tuple(self.feature_layers))
+        if self.relation_layer is not None and not isinstance(self.relation_layer, str):
+            raise PlanError(f"finetune.kd.relation_layer: must be a module name, got {self.relation_layer!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KDConfig:
+        return cls(**_known(data, cls, "finetune.kd"))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How a compressed model is trained (the built-in loop :func:`~slimtune.compressors.training.finetune`).
+
+    Args:
+        epochs: Passes over the training batches (used when ``steps`` is None; 0 trains nothing).
+        steps: Optimizer steps (overrides ``epochs``; the batches are cycled).
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        lr: Peak learning rate.
+        momentum: SGD momentum.
+        weight_decay: Weight decay (decoupled for ``adamw``).
+        schedule: Learning-rate schedule over the run: ``constant``, ``cosine`` (to 0), ``linear``
+            (to 0) or ``step`` (×0.1 at 50 % and 75 % of the steps).
+        warmup_steps: Linear warm-up steps before the schedule.
+        seed: Seed of the batch order and of any randomness inside the model.
+        shuffle: Shuffle the order of the batches every epoch (when they are a list or tuple).
+        kd: Knowledge distillation from the original model (None: off).
+        eval_every: Steps between the evaluations passed to the report callback (None: once per epoch,
+            and at the end of a run given in steps).
+        freeze_zeros: Keep weights that are exactly zero at the start (pruned weights without a
+            ``torch.nn.utils.prune`` mask) at zero.
+        num_threads: Intra-op threads while training (None: unchanged).
+    """
+
+    epochs: int = 1
+    steps: int | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    seed: int = 0
+    shuffle: bool = True
+    kd: KDConfig | None = None
+    eval_every: int | None = None
+    freeze_zeros: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _integer(self.epochs, "epochs", 0)
+        if self.steps is not None:
+            _integer(self.steps, "steps", 0)
+        if self.optimizer not in OPTIMIZERS:
+            raise PlanError(f"finetune.optimizer: unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise PlanError(f"finetune.schedule: unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
+        _number(self.lr, "lr", 0.0, math.inf)
+        _number(self.momentum, "momentum", 0.0, 1.0)
+        _number(self.weight_decay, "weight_decay", 0.0, math.inf)
+        _integer(self.warmup_steps, "warmup_steps", 0)
+        _integer(self.seed, "seed", None)
+        if self.eval_every is not None:
+            _integer(self.eval_every, "eval_every", 1)
+        if self.num_threads is not None:
+            _integer(self.num_threads, "num_threads", 1)
+        for name in ("shuffle", "freeze_zeros"):
+            if not isinstance(getattr(self, name), bool):
+                raise PlanError(f"finetune.{name}: must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.kd, Mapping):
+            object.__setattr__(self, "kd", KDConfig.from_dict(self.kd))
+        elif self.kd is not None and not isinstance(self.kd, KDConfig):
+            raise PlanError(f"finetune.kd: must be a mapping of KD settings or null, got {self.kd!r}")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
+        return cls().merged(data)
+
+    @classmethod
+    def coerce(cls, value: FinetuneConfig | Mapping[str, Any] | None) -> FinetuneConfig:
+        """A config from a config, a mapping of fields, or None (the defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, FinetuneConfig):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(value)
+        raise PlanError(f"finetune config must be a FinetuneConfig or a mapping, got {type(value).__name__}")
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> FinetuneConfig:
+        """This config with ``overrides`` applied (a plan's ``finetune`` mapping).
+
+        ``kd`` merges field by field into the current KD settings (or the defaults when KD was off);
+        ``kd: null`` or ``kd: false`` turns KD off. Giving ``epochs`` without ``steps`` clears ``steps``.
+        """
+        if not overrides:
+            return self
+        changes = _known(overrides, FinetuneConfig, "finetune")
+        if "kd" in changes:
+            kd = changes["kd"]
+            if kd is None or kd is False:
+                changes["kd"] = None
+            elif kd is True:
+                changes["kd"] = self.kd or KDConfig()
+            elif isinstance(kd, Mapping):
+                base = asdict(self.kd) if self.kd is not None else {}
+                changes["kd"] = KDConfig.from_dict({**base, **kd})
+        if "epochs" in changes and "steps" not in changes:
+            changes["steps"] = None
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.kd is not None and self.kd.feature_layers is not None:
+            out["kd"]["feature_layers"] = list(self.kd.feature_layers)
+        return out
+
+    # ------------------------------------------------------------------ queries
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps of one run over batches of this length."""
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * batches_per_epoch
+
+
+def check_finetune_overrides(overrides: Mapping[str, Any]) -> None:
+    """Raise :class:`~slimtune.errors.PlanError` naming the field when ``overrides`` is not a valid
+    ``plan.finetune`` mapping."""
+    try:
+        FinetuneConfig().merged(overrides)
+    except PlanError as e:
+        raise PlanError(f"plan.{e}") from None
+
+
+def _known(data: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise PlanError(f"{where}: must be a mapping, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise PlanError(f"{where}: unknown field(s) {unknown}; known: {', '.join(names)}")
+    return dict(data)
+
+
+def _integer(value: Any, name: str, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise PlanError(f"finetune.{name}: must be an integer{bound}, got {value!r}")
+
+
+def _number(value: Any, name: str, low: float, high: float, open_low: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        lo = "(" if open_low else "["
+        hi = "inf)" if math.isinf(high) else f"{high:g}]"
+        raise PlanError(f"finetune.{name}: must be a number in {lo}{low:g}, {hi}, got {value!r}")

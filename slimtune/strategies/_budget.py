@@ -1,0 +1,187 @@
+"""Resource budgets of the automatic strategies: which resource, what target, how a plan scores.
+
+A budget is a resource (``flops``, ``params``, ``size`` or ``latency``) and a target relative to
+the original model (``flops`` 0.25: a quarter of the MACs). A strategy takes it from its own
+``resource``/``target`` parameters or, when they are not given, from the study's constraints
+(``flops <= 0.25``), so a spec states the goal once.
+
+:class:`ResourceModel` predicts a plan's relative resource without building the model:
+MACs, parameters and size from channel counts
+(:class:`~slimtune.compressors.measures.ResourcePredictor`, exact), latency from a NetAdapt-style
+:class:`~slimtune.compressors.measures.LatencyTable` (interpolated), which is measured once per
+study and kept in the study's system attributes so every worker and every resumed run uses the
+same table. :func:`scale_to_target` moves a sparsity vector along one line until it just meets
+the target: a bisection with a fixed number of steps, so it always ends, also for targets that
+cannot be reached (it then returns the most compressed vector and says so).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from slimtune.compressors.plan import CompressionPlan, PruneSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+    from slimtune.search_spaces import SearchSpace
+
+RESOURCES = ("flops", "params", "size", "latency")
+_CONSTRAINT = re.compile(r"^\s*(flops|params|size|latency)\s*<=\s*([-+0-9.eE]+)\s*$")
+_LUT_ATTR = "slimtune:latency_table"
+_BISECTION_STEPS = 40
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resource and its target relative to the original model (``target`` 0.5: half)."""
+
+    resource: str
+    target: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.resource} <= {self.target:g}"
+
+
+def resource_constraints(constraints: Sequence[str]) -> dict[str, float]:
+    """``{resource: bound}`` of the ``"<resource> <= bound"`` constraints (relative measures)."""
+    out: dict[str, float] = {}
+    for text in constraints:
+        m = _CONSTRAINT.match(str(text))
+        if m:
+            out.setdefault(m.group(1), float(m.group(2)))
+    return out
+
+
+def resolve_budget(
+    strategy: str,
+    resource: str | None,
+    target: float | None,
+    constraints: Sequence[str],
+    default_resource: str | None,
+    default_target: float | None,
+    allowed: Sequence[str] = RESOURCES,
+) -> Budget | None:
+    """The budget a strategy aims at: its parameters first, then the study's constraints, then defaults.
+
+    Raises:
+        ValueError: ``resource`` is not one of ``allowed`` or ``target`` is not in (0, 1];
+            the message names ``strategy.resource`` / ``strategy.target``.
+    """
+    if resource is not None and resource not in allowed:
+        raise ValueError(f"strategy {strategy!r}: strategy.resource {resource!r} must be one of {', '.join(allowed)}")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0):
+        raise ValueError(
+            f"strategy {strategy!r}: strategy.target {target!r} must be in (0, 1]: the resource to keep, "
+            "relative to the original model (0.1 removes 90 %)"
+        )
+    found = {k: v for k, v in resource_constraints(constraints).items() if k in allowed}
+    if resource is None:
+        resource = next(iter(found), default_resource)
+    if target is None:
+        target = found.get(resource, default_target) if resource is not None else None
+    if resource is None or target is None:
+        return None
+    return Budget(resource, float(target))
+
+
+def check_budget_params(strategy: str, params: Mapping[str, Any], allowed: Sequence[str] = RESOURCES) -> None:
+    """Validate ``resource``/``target`` parameters early (at construction)."""
+    resolve_budget(strategy, params.get("resource"), params.get("target"), [], None, None, allowed)
+
+
+class ResourceModel:
+    """Relative resource of a plan (1.0 = the original model), predicted without building it.
+
+    Args:
+        space: The search space (its ``graph`` is the traced original model).
+        resource: ``flops``, ``params``, ``size`` or ``latency``.
+        study: For ``latency``: the study whose system attributes cache the lookup table (measured
+            on first use, at batch 32 and one thread, as trials measure latency).
+    """
+
+    def __init__(self, space: SearchSpace, resource: str, study: optuna.Study | None = None) -> None:
+        if resource not in RESOURCES:
+            raise ValueError(f"resource {resource!r} must be one of {', '.join(RESOURCES)}")
+        self.space = space
+        self.resource = resource
+        self._predictor = None
+        self._table = None
+        if resource == "latency":
+            self._table = _latency_table(space, study)
+        else:
+            from slimtune.compressors.measures import ResourcePredictor
+
+            self._predictor = ResourcePredictor(space.graph)
+
+    def relative(self, plan: CompressionPlan | Mapping[str, float]) -> float:
+        """The plan's resource relative to the original model."""
+        if self._table is not None:
+            if isinstance(plan, Mapping):
+                plan = CompressionPlan({g: PruneSpec(float(s)) for g, s in plan.items()})
+            return float(self._table.predict(plan, measure_missing=False) / self._table.dense_ms)
+        assert self._predictor is not None
+        return float(self._predictor.relative(plan)[self.resource])
+
+
+def _latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
+    from slimtune.compressors.measures import LatencyTable
+
+    if study is not None:
+        cached = study._storage.get_study_system_attrs(study._study_id).get(_LUT_ATTR)
+        if cached is not None:
+            return LatencyTable.from_dict(cached, space.graph)
+    table = LatencyTable.build(space.graph, batch_size=32, threads=1)
+    if study is not None:
+        study._storage.set_study_system_attr(study._study_id, _LUT_ATTR, table.to_dict())
+    return table
+
+
+def scale_to_target(
+    sparsities: Mapping[str, float],
+    lower: Mapping[str, float],
+    upper: Mapping[str, float],
+    relative: Callable[[dict[str, float]], float],
+    target: float,
+) -> tuple[dict[str, float], float, bool]:
+    """Move ``sparsities`` along one line until the predicted resource just meets ``target``.
+
+    The line runs from every group at its lower bound (λ = 0) through ``sparsities`` (λ = 1) to
+    every group at its upper bound (λ = 2): each coordinate is non-decreasing in λ, so the
+    resource is non-increasing, and a bisection finds the smallest λ whose resource is within the
+    target. The vector keeps its shape: groups the vector prunes more stay pruned more.
+
+    Returns:
+        ``(vector, relative resource, met)``; when even every group at its upper bound misses the
+        target, that vector and ``met=False``.
+    """
+    keys = list(sparsities)
+
+    def at(lam: float) -> dict[str, float]:
+        out = {}
+        for k in keys:
+            lo, hi, x = lower[k], upper[k], min(max(float(sparsities[k]), lower[k]), upper[k])
+            v = lo + lam * (x - lo) if lam <= 1.0 else x + (lam - 1.0) * (hi - x)
+            out[k] = min(max(v, lo), hi)
+        return out
+
+    top = at(2.0)
+    r_top = relative(top)
+    if r_top > target:
+        return top, r_top, False
+    bottom = at(0.0)
+    r_bottom = relative(bottom)
+    if r_bottom <= target:
+        return bottom, r_bottom, True
+    lo_l, hi_l, r_hi = 0.0, 2.0, r_top
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo_l + hi_l)
+        r = relative(at(mid))
+        if r <= target:
+            hi_l, r_hi = mid, r
+        else:
+            lo_l = mid
+    return at(hi_l), r_hi, True

@@ -1,0 +1,468 @@
+"""``netadapt``: NetAdapt's iterative, resource-driven pruning, one trial per candidate.
+
+NetAdapt (Yang et al., "NetAdapt: Platform-Aware Neural Network Adaptation for Mobile
+Applications", ECCV 2018) shrinks a network in iterations. Iteration ``i`` lowers the resource
+budget by a step, ``B_i = max(target, R_{i-1} - max(step × step_decay^i, min_step))``; for every
+channel group it builds one *candidate*: the current network with that group pruned just enough
+(the fewest channels) to meet ``B_i``; each candidate is fine-tuned briefly and evaluated; the
+best one becomes the network of the next iteration. When the budget reaches the target, the final
+network is fine-tuned long.
+
+Here every candidate is one trial (its parameters the full ``sparsity/<group>`` vector, so the
+dashboard and the other strategies see an ordinary plan) and the resource is predicted from the
+plan without building it: MACs, parameters or size exactly from channel counts, latency from the
+NetAdapt-style lookup table (:class:`~slimtune.compressors.measures.LatencyTable`, measured once
+per study and kept in it). Candidates are the original model pruned by the cumulative plan (no
+weights are carried between trials; the plan says everything). Differences from the paper: the
+channels removed are chosen by the space's criterion (the paper uses the L2 norm of filters,
+``criterion: l2``), and candidates of one iteration run in parallel on several workers.
+
+**Ending.** Every iteration strictly lowers the predicted resource by at least ``min_step``
+(unless no single group can: then the iteration's budget is relaxed to the largest resource the
+groups reach at their upper bounds, so each group that can still shrink competes, and at least
+one channel goes), so the target is reached after finitely many iterations, or the strategy ends
+at the closest network it found when no group can be pruned further (all at ``max_sparsity``). With ``long_term_finetune`` set, one last trial fine-tunes the final network
+with those settings (parameter ``netadapt/phase = long_term``); then the strategy is finished and
+the runner stops the study.
+
+**Records.** Each trial stores ``netadapt.iteration``, ``netadapt.candidate`` (its group, or
+``final``), ``netadapt.budget``, ``netadapt.resource`` (predicted, relative) and
+``netadapt.base`` (the trial chosen in the previous iteration, which it builds on); the chosen
+candidate of every iteration follows from them (:func:`netadapt_history`); the study's user
+attribute ``netadapt.result`` holds the outcome once finished. The state is derived
+from these records, so a resumed run or another worker continues the same iteration; a worker
+with no candidate left waits for the iteration to end.
+
+Parameters (spec ``strategy`` section):
+
+====================== ============ ==================================================
+``resource``           from the     ``flops``, ``params``, ``size`` or ``latency`` (default:
+                       constraints  the first such constraint, else ``flops``)
+``target``             idem         resource to keep, relative (default: that constraint's
+                                    bound, else 0.5)
+``step``               0.1          resource removed in the first iteration (relative to
+                                    the original)
+``step_decay``         0.9          factor on the step after each iteration
+``min_step``           0.02         smallest step (guarantees the end)
+``short_term_finetune`` None        ``plan.finetune`` overrides for candidates (e.g.
+                                    ``{steps: 50}``); None: the task's fine-tuning
+``long_term_finetune`` None         overrides for one final trial (e.g. ``{epochs: 10}``);
+                                    None: no final trial, the last chosen candidate is final
+====================== ============ ==================================================
+
+Example:
+    >>> import slimtune, torch
+    >>> from slimtune.examples.models import mlp
+    >>> model, x = mlp(16, (32, 24), 4).eval(), torch.randn(64, 16)
+    >>> ref = model(x).detach()
+    >>> task = slimtune.Task(model, x[:1], lambda m: -float((m(x).detach() - ref).square().mean()))
+    >>> study = slimtune.search(task, strategy="netadapt", n_trials=50, storage="memory", target=0.6, step=0.2,
+    ...                         space={"sensitivity": False}, progress=False, save_models="none")
+    >>> history = netadapt_history(study)   # one row per candidate trial
+    >>> history[history.chosen]["resource"].is_monotonic_decreasing
+    True
+    >>> study.user_attrs["netadapt.result"]["reason"].startswith("reached flops")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import TrialState
+
+from slimtune.search_spaces.space import SPARSITY_PREFIX
+from slimtune.strategies._base import Strategy, register_strategy
+from slimtune.strategies._budget import Budget, ResourceModel, check_budget_params, resolve_budget
+from slimtune.strategies._cost import trial_cost
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from optuna.trial import FrozenTrial
+
+    from slimtune.compressors.plan import CompressionPlan
+    from slimtune.search_spaces import SearchSpace
+
+ATTR_ITERATION = "netadapt.iteration"
+ATTR_CANDIDATE = "netadapt.candidate"
+ATTR_BUDGET = "netadapt.budget"
+ATTR_RESOURCE = "netadapt.resource"
+ATTR_BASE = "netadapt.base"
+PHASE = "netadapt/phase"
+SHORT, LONG = "short_term", "long_term"
+FINAL = "final"
+RESULT_ATTR = "netadapt.result"
+_POLL_S = 0.5
+_EPS = 1e-9
+
+
+@dataclass
+class Iteration:
+    """One NetAdapt iteration as the study's trials give it.
+
+    Attributes:
+        index: Iteration number (0-based).
+        budget: The relative resource every candidate must meet.
+        base: ``{group: sparsity}`` of the network the iteration starts from.
+        base_trial: The trial chosen in the previous iteration (None for the first).
+        resource: Predicted relative resource of ``base``.
+        candidates: ``{group: (sparsity, predicted relative resource)}``: the group pruned just
+            enough to meet ``budget``.
+        claims: ``{group: [trials]}``: the trials that ran (or run) each candidate.
+        chosen: The best candidate's trial number, once every candidate has finished.
+    """
+
+    index: int
+    budget: float
+    base: dict[str, float]
+    base_trial: int | None
+    resource: float
+    candidates: dict[str, tuple[float, float]]
+    claims: dict[str, list[FrozenTrial]] = field(default_factory=dict)
+    chosen: int | None = None
+
+    def done(self, group: str) -> bool:
+        """A candidate is done when a trial completed it, or all its trials ended otherwise."""
+        trials = self.claims.get(group, [])
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            return True
+        return bool(trials) and all(t.state.is_finished() for t in trials)
+
+
+@dataclass
+class NetAdaptState:
+    """Completed iterations, the current one, and whether the strategy has finished."""
+
+    iterations: list[Iteration]
+    current: Iteration | None
+    phase: str  # "iterate" | "final" | "finished"
+    final: dict[str, float]
+    final_trials: list[FrozenTrial]
+    reason: str = ""
+
+
+class NetAdaptSampler(optuna.samplers.BaseSampler):
+    """The Optuna sampler of ``netadapt``: hands each trial an unclaimed candidate of the
+    current iteration (or the final network), waiting while other workers finish an iteration."""
+
+    def __init__(self, space: SearchSpace, params: Mapping[str, Any], seed: int | None = None) -> None:
+        self.space = space
+        self.params = dict(params)
+        self.long_term = params.get("long_term_finetune") is not None
+        self.lower = {g: space.options.min_sparsity for g in space.groups}
+        self._models: dict[int, tuple[Budget, ResourceModel]] = {}
+        self._candidates: dict[tuple[Any, ...], dict[str, tuple[float, float]]] = {}
+        self._fallback = optuna.samplers.RandomSampler(seed=seed)
+
+    # ------------------------------------------------------------------ budget and candidates
+    def budget(self, study: optuna.Study) -> tuple[Budget, ResourceModel]:
+        key = study._study_id
+        if key not in self._models:
+            budget = resolve_budget(
+                "netadapt", self.params.get("resource"), self.params.get("target"),
+                study.user_attrs.get("constraints") or [], "flops", 0.5,
+            )  # fmt: skip
+            assert budget is not None
+            self._models[key] = (budget, ResourceModel(self.space, budget.resource, study))
+        return self._models[key]
+
+    def _step(self, i: int) -> float:
+        p = self.params
+        return max(float(p["step"]) * float(p["step_decay"]) ** i, float(p["min_step"]))
+
+    def candidates(self, model: ResourceModel, base: dict[str, float], budget: float) -> dict[str, tuple[float, float]]:
+        """``{group: (sparsity, resource)}``: each group pruned by the fewest channels meeting ``budget``."""
+        key = (model.resource, round(budget, 12), tuple(sorted(base.items())))
+        if key in self._candidates:
+            return self._candidates[key]
+        out = {}
+        for g in self.space.groups:
+            group = self.space.graph.groups[g]
+            per_block = group.size // group.blocks
+            k0 = group.n_prune(base[g]) // group.blocks
+            kmax = min(per_block - 1, math.floor(self.space.upper[g] * per_block + _EPS))
+            if kmax <= k0:
+                continue
+
+            def resource(k: int) -> float:
+                return model.relative({**base, g: k / per_block})
+
+            r_max = resource(kmax)
+            if r_max > budget + _EPS:
+                continue
+            lo, hi, r_hi = k0, kmax, r_max  # resource(lo) > budget (the base misses it), resource(hi) <= budget
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                r = resource(mid)
+                if r <= budget + _EPS:
+                    hi, r_hi = mid, r
+                else:
+                    lo = mid
+            out[g] = (hi / per_block, r_hi)
+        self._candidates[key] = out
+        return out
+
+    def reachable(self, model: ResourceModel, base: dict[str, float]) -> dict[str, float]:
+        """``{group: resource}`` with each group that can still shrink pruned to its upper bound."""
+        out = {}
+        for g in self.space.groups:
+            group = self.space.graph.groups[g]
+            per_block = group.size // group.blocks
+            kmax = min(per_block - 1, math.floor(self.space.upper[g] * per_block + _EPS))
+            if kmax > group.n_prune(base[g]) // group.blocks:
+                out[g] = model.relative({**base, g: kmax / per_block})
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state(self, study: optuna.Study, exclude: int | None = None) -> NetAdaptState:
+        """Replay the iterations from the study's trials (deterministic: every worker agrees)."""
+        budget, model = self.budget(study)
+        claims: dict[tuple[int, str], list[FrozenTrial]] = {}
+        for t in study.get_trials(deepcopy=False):
+            if t.number == exclude or ATTR_ITERATION not in t.user_attrs or t.user_attrs.get(ATTR_CANDIDATE) is None:
+                continue
+            claims.setdefault((int(t.user_attrs[ATTR_ITERATION]), str(t.user_attrs[ATTR_CANDIDATE])), []).append(t)
+        base = dict(self.lower)
+        resource = model.relative(base)
+        base_trial: int | None = None
+        done: list[Iteration] = []
+        i = 0
+        while True:
+            if resource <= budget.target + _EPS:
+                reason = f"reached {budget.resource} {resource:.4g} <= target {budget.target:g} in {i} iterations"
+                break
+            b = max(budget.target, resource - self._step(i))
+            cands = self.candidates(model, base, b)
+            if not cands:
+                # no group alone reaches the scheduled budget: relax it to the largest of the
+                # groups' most-pruned resources, so every group that can still shrink competes
+                reachable = self.reachable(model, base)
+                if reachable and max(reachable.values()) < resource - _EPS:
+                    b = max(budget.target, max(reachable.values()))
+                    cands = self.candidates(model, base, b)
+            if not cands:
+                reason = (
+                    f"no group can be pruned further (at {budget.resource} {resource:.4g} after {i} iterations; "
+                    f"target {budget.target:g})"
+                )
+                break
+            it = Iteration(i, b, dict(base), base_trial, resource, cands, {g: claims.get((i, g), []) for g in cands})
+            if not all(it.done(g) for g in cands):
+                return NetAdaptState(done, it, "iterate", base, [])
+            ranked = sorted(
+                (trial_cost(study, t), cands[g][1], t.number, g)
+                for g, trials in it.claims.items()
+                for t in trials
+                if t.state == TrialState.COMPLETE
+            )
+            if not ranked:
+                reason = f"every candidate of iteration {i} failed"
+                return NetAdaptState(done + [it], None, "finished", base, [], reason)
+            _, resource, it.chosen, g = ranked[0]
+            base = {**base, g: cands[g][0]}
+            base_trial = it.chosen
+            done.append(it)
+            i += 1
+        if not self.long_term:
+            return NetAdaptState(done, None, "finished", base, [], reason)
+        final = claims.get((i, FINAL), [])
+        if any(t.state == TrialState.COMPLETE for t in final) or (final and all(t.state.is_finished() for t in final)):
+            return NetAdaptState(done, None, "finished", base, final, reason + "; long-term fine-tune done")
+        return NetAdaptState(done, None, "final", base, final, reason)
+
+    # ------------------------------------------------------------------ BaseSampler
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        dists: dict[str, BaseDistribution] = {
+            k: d for k, d in self.space.distributions().items() if k.startswith(SPARSITY_PREFIX)
+        }
+        dists[PHASE] = CategoricalDistribution([SHORT, LONG])
+        return dists
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        while True:
+            state = self.state(study, exclude=trial.number)
+            if state.phase == "finished":
+                return self._params(state.final, LONG if self.long_term else SHORT, search_space)
+            n = len(state.iterations)
+            if state.phase == "final":
+                running = [t for t in state.final_trials if t.state == TrialState.RUNNING]
+                if not running:
+                    claim = {ATTR_ITERATION: n, ATTR_CANDIDATE: FINAL, ATTR_BUDGET: None,
+                             ATTR_RESOURCE: self.budget(study)[1].relative(state.final),
+                             ATTR_BASE: state.iterations[-1].chosen if state.iterations else None}  # fmt: skip
+                    if self._claim(study, trial, claim, n, FINAL):
+                        return self._params(state.final, LONG, search_space)
+                    continue
+            else:
+                it = state.current
+                assert it is not None
+                for g, (s, r) in it.candidates.items():
+                    if it.done(g) or any(t.state == TrialState.RUNNING for t in it.claims.get(g, [])):
+                        continue
+                    claim = {ATTR_ITERATION: it.index, ATTR_CANDIDATE: g, ATTR_BUDGET: it.budget,
+                             ATTR_RESOURCE: r, ATTR_BASE: it.base_trial}  # fmt: skip
+                    if self._claim(study, trial, claim, it.index, g):
+                        return self._params({**it.base, g: s}, SHORT, search_space)
+                    break  # another worker took it: look again
+                else:
+                    self._wait(study, trial)
+                continue
+            self._wait(study, trial)
+
+    def _claim(self, study: optuna.Study, trial: FrozenTrial, claim: dict[str, Any], iteration: int, candidate: str) -> bool:
+        """Record the claim on the trial, then check no lower-numbered running trial holds it too."""
+        storage = study._storage
+        for key, value in claim.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
+            if (
+                t.number < trial.number
+                and t.user_attrs.get(ATTR_ITERATION) == iteration
+                and t.user_attrs.get(ATTR_CANDIDATE) == candidate
+            ):
+                storage.set_trial_user_attr(trial._trial_id, ATTR_CANDIDATE, None)
+                return False
+        return True
+
+    def _wait(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Other workers run the remaining candidates: wait, failing trials whose worker died
+        (storages with heartbeats retry them; their candidate is then free again)."""
+        study._storage.set_trial_user_attr(trial._trial_id, ATTR_CANDIDATE, None)
+        time.sleep(_POLL_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+    def _params(self, sparsities: Mapping[str, float], phase: str, search_space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for g, s in sparsities.items():
+            name = self.space.param_name(g)
+            if name in search_space:
+                d = search_space[name]
+                out[name] = min(max(float(s), d.low), d.high)  # type: ignore[attr-defined]
+        if PHASE in search_space:
+            out[PHASE] = phase
+        return out
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+
+@register_strategy
+class NetAdapt(Strategy):
+    """NetAdapt (Yang et al. 2018): iterative pruning to a resource target (module docstring)."""
+
+    name = "netadapt"
+    defaults = {
+        "resource": None,
+        "target": None,
+        "step": 0.1,
+        "step_decay": 0.9,
+        "min_step": 0.02,
+        "short_term_finetune": None,
+        "long_term_finetune": None,
+    }
+    uses_sensitivity = False  # NetAdapt measures every candidate itself
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.params
+        check_budget_params(self.name, p)
+        for key, lo, hi in (("step", 0.0, 1.0), ("step_decay", 0.0, 1.0), ("min_step", 0.0, 1.0)):
+            v = p[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
+                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be in ({lo:g}, {hi:g}]")
+        for key in ("short_term_finetune", "long_term_finetune"):
+            v = p[key]
+            if v is not None:
+                if not isinstance(v, Mapping):
+                    raise ValueError(f"strategy {self.name!r}: strategy.{key} must be a mapping of fine-tune settings, got {v!r}")
+                from slimtune.compressors.training import check_finetune_overrides
+
+                try:
+                    check_finetune_overrides(v)
+                except Exception as e:
+                    raise ValueError(f"strategy {self.name!r}: strategy.{key}: {e}") from None
+        self._sampler: NetAdaptSampler | None = None
+
+    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> NetAdaptSampler:
+        self._sampler = NetAdaptSampler(space, self.params, seed)
+        return self._sampler
+
+    def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, Any]:
+        self._stop_if_finished(trial)
+        params: dict[str, Any] = {
+            k: trial.suggest_float(k, d.low, d.high)  # type: ignore[attr-defined]
+            for k, d in space.distributions().items()
+            if k.startswith(SPARSITY_PREFIX)
+        }
+        params[PHASE] = trial.suggest_categorical(PHASE, [SHORT, LONG])
+        return params
+
+    def plan(self, params: Mapping[str, Any], space: SearchSpace) -> CompressionPlan:
+        plan = space.plan(params)
+        overrides = self.params["long_term_finetune" if params.get(PHASE) == LONG else "short_term_finetune"]
+        if overrides:
+            plan.finetune = dict(overrides)
+        return plan
+
+    def seeds(self, space: SearchSpace) -> list[dict[str, float]]:
+        return []  # NetAdapt starts from the original network
+
+    def finished(self, study: optuna.Study) -> str | None:
+        if self._sampler is None:
+            return None
+        state = self._sampler.state(study)
+        if state.phase != "finished":
+            return None
+        if RESULT_ATTR not in study.user_attrs:
+            last = state.iterations[-1].chosen if state.iterations else None
+            final = next((t.number for t in state.final_trials if t.state == TrialState.COMPLETE), None)
+            study.set_user_attr(RESULT_ATTR, {
+                "trial": last, "final_trial": final, "iterations": len(state.iterations), "reason": state.reason,
+                "sparsities": state.final,
+            })  # fmt: skip
+        return state.reason
+
+
+def netadapt_history(study: optuna.Study) -> pd.DataFrame:
+    """The NetAdapt iterations of a study, from its trials' records alone.
+
+    One row per candidate trial: ``iteration``, ``budget``, ``candidate`` (its group, or
+    ``final``), ``trial``, ``state``, ``cost`` (lower is better, see
+    :mod:`slimtune.strategies._cost`), ``resource`` (predicted, relative) and ``chosen``: whether
+    the next iteration (or the final trial, or the study's ``netadapt.result``) built on it.
+    """
+    import pandas as pd
+
+    tagged = [
+        t for t in study.get_trials(deepcopy=False)
+        if ATTR_ITERATION in t.user_attrs and t.user_attrs.get(ATTR_CANDIDATE) is not None
+    ]  # fmt: skip
+    chosen = {t.user_attrs.get(ATTR_BASE) for t in tagged} - {None}
+    result = study.user_attrs.get(RESULT_ATTR) or {}
+    if result.get("trial") is not None:
+        chosen.add(result["trial"])
+    rows = [
+        {
+            "iteration": int(t.user_attrs[ATTR_ITERATION]), "budget": t.user_attrs.get(ATTR_BUDGET),
+            "candidate": t.user_attrs[ATTR_CANDIDATE], "trial": t.number, "state": t.state.name,
+            "cost": trial_cost(study, t), "resource": t.user_attrs.get(ATTR_RESOURCE),
+            "chosen": t.user_attrs[ATTR_CANDIDATE] != FINAL and t.number in chosen,
+        }
+        for t in tagged
+    ]  # fmt: skip
+    columns = ["iteration", "budget", "candidate", "trial", "state", "cost", "resource", "chosen"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["iteration", "trial"]).reset_index(drop=True)

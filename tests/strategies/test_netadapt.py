@@ -1,0 +1,156 @@
+"""netadapt: budgets step down monotonically to the target, each candidate prunes its group just
+enough, each iteration keeps its best candidate, the final trial gets the long-term fine-tune,
+the study ends on its own, resumes, and candidates run on parallel workers."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import slimtune
+from slimtune.compressors import trace
+from slimtune.compressors.measures import ResourcePredictor
+from slimtune.search_spaces import SearchSpace, SpaceOptions
+from slimtune.strategies import get_strategy
+from slimtune.strategies.netadapt import FINAL, PHASE, netadapt_history
+
+from _strategy_tasks import make_mlp_task
+
+PARAMS = {"target": 0.35, "step": 0.2, "step_decay": 0.8, "min_step": 0.05}
+
+
+def run(task: slimtune.Task, url: str, n_trials: int, study: str = "na", **params) -> optuna.Study:
+    return slimtune.search(
+        task, strategy="netadapt", n_trials=n_trials, storage=url, study_name=study, space={"sensitivity": False},
+        progress=False, save_models="none", **{**PARAMS, **params},
+    )  # fmt: skip
+
+
+def test_end_to_end_on_a_tiny_model(tmp_path) -> None:
+    task = make_mlp_task(hidden=(32, 24, 16))
+    study = run(task, f"sqlite:///{tmp_path / 'na.db'}", n_trials=60, long_term_finetune={"epochs": 2})
+    history = netadapt_history(study)
+    trials = {t.number: t for t in study.trials}
+    assert len(study.trials) < 60  # ended at the target, not at the budget
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    graph = trace(task.model, task.example_inputs)
+    predictor = ResourcePredictor(graph)
+    groups = [g.name for g in graph.prunable_groups()]
+    iterations = history[history.candidate != FINAL].groupby("iteration")
+    previous, resource = None, 1.0
+    for i, rows in iterations:
+        # one candidate per group that can still meet the budget, each with the iteration's budget
+        assert rows["candidate"].is_unique and set(rows["candidate"]) <= set(groups)
+        budget = rows["budget"].iloc[0]
+        step = max(0.2 * 0.8**i, 0.05)
+        assert budget == pytest.approx(max(0.35, resource - step))
+        for _, row in rows.iterrows():
+            t = trials[row.trial]
+            assert t.user_attrs["netadapt.base"] == previous and t.params[PHASE] == "short_term"
+            # measured on the compressed model: within the budget, as predicted
+            assert t.user_attrs["measures"]["flops"] == pytest.approx(row.resource) and row.resource <= budget + 1e-9
+            # just enough: one channel fewer removed from the candidate's group misses the budget
+            sparsities = {g: t.params[f"sparsity/{g}"] for g in groups}
+            g, size = row.candidate, graph.groups[row.candidate].size
+            removed = graph.groups[g].n_prune(sparsities[g])
+            assert predictor.relative({**sparsities, g: (removed - 1) / size})["flops"] > budget
+            if previous is not None:  # the candidate builds on the previous choice, its group pruned further
+                base = {h: trials[previous].params[f"sparsity/{h}"] for h in groups}
+                assert {h: v for h, v in sparsities.items() if h != g} == {h: v for h, v in base.items() if h != g}
+                assert sparsities[g] > base[g]
+        # the chosen candidate is the best (highest metric) of its iteration
+        chosen = rows[rows.chosen]
+        assert len(chosen) == 1
+        best = max(rows.trial, key=lambda n: (trials[n].values[0], -trials[n].user_attrs["measures"]["flops"], -n))
+        assert int(chosen.trial.iloc[0]) == best
+        new_resource = float(chosen.resource.iloc[0])
+        assert new_resource < resource  # the resource decreases monotonically
+        previous, resource = best, new_resource
+    assert resource <= 0.35 and len(iterations) >= 3
+    # the final trial: the last chosen network, fine-tuned with the long-term settings
+    final = history[history.candidate == FINAL]
+    assert len(final) == 1
+    f = trials[int(final.trial.iloc[0])]
+    assert f.params[PHASE] == "long_term" and f.user_attrs["plan"]["finetune"] == {"epochs": 2}
+    assert {k: v for k, v in f.params.items() if k != PHASE} == {k: v for k, v in trials[previous].params.items() if k != PHASE}
+    result = study.user_attrs["netadapt.result"]
+    assert result["trial"] == previous and result["final_trial"] == f.number and "reached flops" in result["reason"]
+    assert get_strategy("netadapt").plan(f.params, SearchSpace(graph, SpaceOptions(sensitivity=False))).finetune == {}
+
+
+def test_resumes_and_matches_an_uninterrupted_run(tmp_path) -> None:
+    task = make_mlp_task()
+    whole = run(task, f"sqlite:///{tmp_path / 'whole.db'}", n_trials=40)
+    url = f"sqlite:///{tmp_path / 'parts.db'}"
+    run(task, url, n_trials=3)
+    resumed = run(task, url, n_trials=40)
+    columns = ["iteration", "candidate", "chosen", "resource"]
+    assert netadapt_history(resumed)[columns].equals(netadapt_history(whole)[columns])
+    assert len(resumed.trials) == len(whole.trials) < 40
+
+
+def test_an_unreachable_target_ends_at_the_bounds() -> None:
+    task = make_mlp_task()
+    study = slimtune.search(
+        task, strategy="netadapt", n_trials=60, storage="memory", space={"sensitivity": False, "max_sparsity": 0.5},
+        progress=False, save_models="none", target=0.05, step=0.3,
+    )  # fmt: skip
+    result = study.user_attrs["netadapt.result"]
+    assert "no group can be pruned further" in result["reason"] and len(study.trials) < 60
+    assert result["sparsities"] == {"features.0": 0.5, "features.2": 0.5}  # every group at its bound
+    history = netadapt_history(study)
+    assert history[history.chosen]["resource"].is_monotonic_decreasing
+
+
+def test_candidates_of_one_iteration_run_on_parallel_workers() -> None:
+    """Two threads share an in-memory study: candidates are split between them, a worker with no
+    candidate left waits for the iteration, and the choices equal a sequential run's."""
+    task = make_mlp_task()
+    graph = trace(task.model, task.example_inputs)
+    space = SearchSpace(graph, SpaceOptions(sensitivity=False))
+    predictor = ResourcePredictor(graph)
+
+    def study_with(n_jobs: int) -> optuna.Study:
+        strategy = get_strategy("netadapt", **PARAMS)
+        study = optuna.create_study(sampler=strategy.sampler(space, 1, 0, None))
+        study.set_user_attr("objectives", ["accuracy"])
+
+        def objective(trial: optuna.trial.Trial) -> float:
+            params = strategy.suggest(trial, space)
+            time.sleep(0.05)
+            plan = strategy.plan(params, space)
+            # a deterministic metric: groups differ in how much their pruning costs
+            return -sum(w * s for w, s in zip((1.0, 3.0), plan.sparsities().values())) - predictor.relative(plan)["flops"]
+
+        def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if strategy.finished(study):
+                study.stop()
+
+        study.optimize(objective, n_trials=40, n_jobs=n_jobs, callbacks=[stop], catch=(optuna.TrialPruned,))
+        return study
+
+    sequential, parallel = study_with(1), study_with(2)
+    seq, par = netadapt_history(sequential), netadapt_history(parallel)
+    path = lambda h: [(r.iteration, r.candidate) for r in h[h.chosen].itertuples()]  # noqa: E731
+    assert path(par) == path(seq) and len(path(seq)) >= 2
+    # the parallel run evaluated every candidate (duplicates at an iteration boundary are allowed)
+    assert set(zip(par.iteration, par.candidate)) == set(zip(seq.iteration, seq.candidate))
+    assert sum(t.state == TrialState.COMPLETE for t in parallel.trials) <= len(seq) + 2
+    assert not math.isinf(par.cost.min())
+
+
+def test_parameter_errors_name_the_field() -> None:
+    for params, field in (
+        ({"step": 0}, "strategy.step"),
+        ({"step_decay": 1.5}, "strategy.step_decay"),
+        ({"min_step": -0.1}, "strategy.min_step"),
+        ({"long_term_finetune": {"epoch": 3}}, "strategy.long_term_finetune"),
+        ({"short_term_finetune": 5}, "strategy.short_term_finetune"),
+        ({"target": 0}, "strategy.target"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            get_strategy("netadapt", **params)
