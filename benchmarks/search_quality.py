@@ -10,8 +10,17 @@ grid) with the same fine-tuning, then compares:
 * the search's wall time against the 3-minute target, and whether any searched trial reaches
   ≥ 50 % FLOPs reduction within 1 accuracy point.
 
-Usage: ``python benchmarks/search_quality.py [--uniform-points 12]``. Results are printed and
-written to ``benchmarks/results/search_quality.md`` / ``.json``.
+Then every automatic strategy runs on the same task with the same trial budget (``--strategies``,
+default ``simulated_annealing,netadapt,joint,bitwidth``; the spec's own strategy is the row of the
+main job): hypervolume of its (accuracy, FLOPs) front against one common reference, the best
+accuracy at ≤ 50 % and ≤ 25 % FLOPs (and ≤ 25 % size, where bit-widths count), trials used and wall
+time. Simulated annealing and NetAdapt aim at 25 % FLOPs (``--target``); annealing's cooling is
+set to last the whole budget; ``joint`` adds ``bits_w: [4, 8, 32]`` to the space, ``bitwidth``
+searches ``bits_w: [2, 4, 8, 32]`` with objectives (accuracy, size).
+
+Usage: ``python benchmarks/search_quality.py [--uniform-points 12] [--n-trials N] [--strategies a,b]
+[--target 0.25]``; a reduced check: ``--n-trials 8 --uniform-points 4``. Results are printed and
+written to ``benchmarks/results/search_quality.md`` / ``.json`` (``--out NAME`` for another name).
 """
 
 from __future__ import annotations
@@ -60,10 +69,70 @@ def hypervolume(front: pd.DataFrame, ref_acc: float) -> float:
     return area
 
 
+AUTOMATIC = ("simulated_annealing", "netadapt", "joint", "bitwidth")
+
+
+def strategy_run(name: str, kwargs: dict, n_trials: int, target: float) -> dict:
+    """``search`` keyword arguments of one automatic strategy in the comparison."""
+    run = {**kwargs, "strategy": name, "n_trials": n_trials, "study_name": f"bench-{name}", "progress": False}
+    for key in list(run):
+        if key not in ("task", "strategy", "objectives", "constraints", "n_trials", "timeout", "storage",
+                       "study_name", "space", "seed", "save_models", "progress", "weights"):
+            del run[key]  # the spec's strategy parameters belong to its own strategy
+    space = dict(kwargs.get("space") or {})
+    if name == "simulated_annealing":
+        start, stop = 0.05, 0.002
+        run.update(target=target, start_temperature=start, stop_temperature=stop,
+                   cool_down_rate=(stop / start) ** (1.0 / max(n_trials - 0.5, 0.5)))
+    elif name == "netadapt":
+        run.update(target=target)
+    elif name == "joint":
+        space["bits_w"] = [4, 8, 32]
+    elif name == "bitwidth":
+        space["bits_w"] = [2, 4, 8, 32]
+        run["objectives"] = ("accuracy", "size")
+    run["space"] = space
+    return run
+
+
+def strategy_row(name: str, study, seconds: float, ref: float, constraints: list) -> dict:
+    """Hypervolume of the feasible (accuracy, FLOPs) front (the spec's constraints judge every study
+    alike), best accuracy at FLOPs / size bounds, trials used, wall time and why the study ended."""
+    measures = [t.user_attrs["measures"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    table = pd.DataFrame(
+        [{"accuracy": m["accuracy"], "flops_rel": m["flops"], "size_rel": m["size"],
+          "feasible": all(c.value(m) <= 0 for c in constraints)} for m in measures],
+        columns=["accuracy", "flops_rel", "size_rel", "feasible"],
+    )  # fmt: skip
+    ok = table[table["feasible"]]
+
+    def best(column: str, bound: float) -> float:
+        rows = table[table[column] <= bound + 1e-9]
+        return float(rows["accuracy"].max()) if not rows.empty else float("nan")
+
+    n_trials = study.user_attrs.get("n_trials") or 0
+    reason = (study.user_attrs.get("netadapt.result") or {}).get("reason")
+    return {
+        "strategy": name,
+        "trials": len(table),
+        "seconds": seconds,
+        "hypervolume": hypervolume(front_2d(ok), ref) if not ok.empty else 0.0,
+        "best_acc_flops_le_50": best("flops_rel", 0.5),
+        "best_acc_flops_le_25": best("flops_rel", 0.25),
+        "best_acc_size_le_25": best("size_rel", 0.25),
+        "best_acc": float(table["accuracy"].max()) if not table.empty else float("nan"),
+        "ended": "budget" if len(study.trials) >= n_trials else (reason or "strategy finished"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(ROOT / "examples" / "digits.yaml"))
     parser.add_argument("--uniform-points", type=int, default=12)
+    parser.add_argument("--n-trials", type=int, default=None, help="trial budget of every study (default: the spec's)")
+    parser.add_argument("--strategies", default=",".join(AUTOMATIC), help="automatic strategies to compare ('' for none)")
+    parser.add_argument("--target", type=float, default=0.25, help="FLOPs target of simulated_annealing and netadapt")
+    parser.add_argument("--out", default="search_quality", help="results file name (without extension)")
     args = parser.parse_args()
 
     spec = load_spec(args.spec)
@@ -73,6 +142,8 @@ def main() -> None:
         try:
             task = spec.make_task()
             kwargs = spec.search_kwargs()
+            if args.n_trials is not None:
+                kwargs["n_trials"] = args.n_trials
             t0 = time.perf_counter()
             searched = slimtune.search(task, **{**kwargs, "progress": False})
             search_s = time.perf_counter() - t0
@@ -92,11 +163,18 @@ def main() -> None:
             s_all = trials_table(searched)
             u_all = trials_table(uniform)
             u_measures = [t.user_attrs["measures"] for t in uniform.get_trials(states=(TrialState.COMPLETE,))]
+            runs = {spec.strategy_name: (searched, search_s), "uniform": (uniform, uniform_s)}
+            for name in [n for n in args.strategies.split(",") if n and n not in runs]:
+                t0 = time.perf_counter()
+                study = slimtune.search(task, **strategy_run(name, kwargs, kwargs["n_trials"], args.target))
+                runs[name] = (study, time.perf_counter() - t0)
+            constraints = [parse_constraint(c) for c in kwargs.get("constraints") or []]
+            common_ref = float(min(trials_table(st)["accuracy"].min() for st, _ in runs.values() if len(st.trials)))
+            strategy_rows = [strategy_row(name, st, sec, common_ref, constraints) for name, (st, sec) in runs.items()]
         finally:
             os.chdir(cwd)
 
     # the searched study only keeps trials meeting its constraints: judge the uniform points by them too
-    constraints = [parse_constraint(c) for c in kwargs.get("constraints") or []]
     u_all["feasible"] = [
         all(c.value(m) <= 0 for c in constraints) for m in u_measures
     ]
@@ -134,9 +212,12 @@ def main() -> None:
         "search_reaches_50pct_flops_within_1pt": not goal.empty,
         "search_front": s_front[["trial", "accuracy", "flops_rel", "params_rel"]].to_dict("records"),
         "uniform_front": u_front[["trial", "accuracy", "flops_rel", "params_rel"]].to_dict("records"),
+        "strategies_reference_accuracy": common_ref,
+        "strategies": strategy_rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "search_quality.json").write_text(json.dumps(result, indent=2, default=float))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2, default=float))
+    strategies_table = pd.DataFrame(strategy_rows)
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     text = "\n".join(
         [
@@ -169,9 +250,14 @@ def main() -> None:
             "",
             u_front[["trial", "accuracy", "flops_rel", "params_rel", "plan"]].to_string(index=False, float_format=fmt),
             "",
+            f"## Strategies ({kwargs['n_trials']} trials each; hypervolume above accuracy {common_ref:.3f}, "
+            f"simulated_annealing and netadapt aim at {args.target:g} of the FLOPs)",
+            "",
+            strategies_table.to_string(index=False, float_format=fmt),
+            "",
         ]
     )
-    (RESULTS / "search_quality.md").write_text(text)
+    (RESULTS / f"{args.out}.md").write_text(text)
     print(text)
 
 

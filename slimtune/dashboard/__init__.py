@@ -14,10 +14,8 @@ study changes. The server (:mod:`slimtune.dashboard.app`, Starlette on uvicorn) 
 ``dashboard`` extra (``pip install 'slimtune[dashboard]'``); it only reads the storage.
 plotly.js comes from the installed ``plotly`` package, so everything works offline.
 
-Python:
-    >>> from slimtune.dashboard import StorageReader, write_report   # doctest: +SKIP
-    >>> reader = StorageReader.open("sqlite:///slimtune.db")           # doctest: +SKIP
-    >>> write_report("sqlite:///slimtune.db", "report.html")            # doctest: +SKIP
+Python: :class:`StorageReader` (``StorageReader.open(url).studies()`` …), :func:`write_report`,
+:func:`slimtune.dashboard.app.serve`.
 """
 
 from __future__ import annotations

@@ -87,3 +87,10 @@ def get_strategy(name: str, **params: Any) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name](**params)
+
+
+def record(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str, value: Any) -> None:
+    """Store a sampler's bookkeeping on the trial being sampled (a user attribute), also on the
+    trial object the running :class:`optuna.trial.Trial` holds, so the strategy's ``suggest`` sees it."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+    trial.user_attrs[key] = value

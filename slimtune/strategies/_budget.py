@@ -18,6 +18,7 @@ cannot be reached (it then returns the most compressed vector and says so).
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -32,6 +33,7 @@ RESOURCES = ("flops", "params", "size", "latency")
 _CONSTRAINT = re.compile(r"^\s*(flops|params|size|latency)\s*<=\s*([-+0-9.eE]+)\s*$")
 _LUT_ATTR = "slimtune:latency_table"
 _BISECTION_STEPS = 40
+_BUILD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,13 @@ class ResourceModel:
         self.resource = resource
         self._predictor = None
         self._table = None
-        if resource == "latency":
-            self._table = _latency_table(space, study)
-        else:
-            from slimtune.compressors.measures import ResourcePredictor
+        with _BUILD_LOCK:  # measuring runs the shared model with hooks: one thread at a time
+            if resource == "latency":
+                self._table = _latency_table(space, study)
+            else:
+                from slimtune.compressors.measures import ResourcePredictor
 
-            self._predictor = ResourcePredictor(space.graph)
+                self._predictor = ResourcePredictor(space.graph)
 
     def relative(self, plan: CompressionPlan | Mapping[str, float]) -> float:
         """The plan's resource relative to the original model."""

@@ -24,6 +24,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from slimtune.search_spaces.space import BITS_W_PREFIX, SPARSITY_PREFIX
+from slimtune.strategies._base import record
 from slimtune.strategies._budget import Budget, ResourceModel, resolve_budget, scale_to_target
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         prior = self._next_prior(study, trial)
         if prior is not None:
             x = {k: v for k, v in self.priors[prior].items() if k in search_space}
-            study._storage.set_trial_user_attr(trial._trial_id, self.attr("prior"), prior)
+            record(study, trial, self.attr("prior"), prior)
         for name, dist in search_space.items():
             if name not in x:
                 x[name] = self.inner.sample_independent(study, trial, name, dist)
@@ -103,7 +104,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         if budget is not None and model is not None:
             x, resource, repaired, met = self.repair(x, model, budget.target)
             for key, value in (("resource", resource), ("repaired", repaired), ("budget_met", met)):
-                study._storage.set_trial_user_attr(trial._trial_id, self.attr(key), value)
+                record(study, trial, self.attr(key), value)
         return {k: _inside(v, search_space[k]) for k, v in x.items() if k in search_space}
 
     def sample_independent(

@@ -78,7 +78,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
 from slimtune.search_spaces.space import SPARSITY_PREFIX
-from slimtune.strategies._base import Strategy, register_strategy
+from slimtune.strategies._base import Strategy, record, register_strategy
 from slimtune.strategies._budget import Budget, ResourceModel, check_budget_params, resolve_budget
 from slimtune.strategies._cost import trial_cost
 
@@ -98,6 +98,7 @@ PHASE = "netadapt/phase"
 SHORT, LONG = "short_term", "long_term"
 FINAL = "final"
 RESULT_ATTR = "netadapt.result"
+ATTR_SPARE = "netadapt.spare"
 _POLL_S = 0.5
 _EPS = 1e-9
 
@@ -151,8 +152,11 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
     """The Optuna sampler of ``netadapt``: hands each trial an unclaimed candidate of the
     current iteration (or the final network), waiting while other workers finish an iteration."""
 
-    def __init__(self, space: SearchSpace, params: Mapping[str, Any], seed: int | None = None) -> None:
+    def __init__(self, space: SearchSpace, params: Mapping[str, Any], seed: int | None = None, wait: bool = True) -> None:
         self.space = space
+        # wait=False: a trial finding no free candidate is marked ``netadapt.spare`` at once instead
+        # of waiting (for drivers that ask for trials in the process that must also tell results)
+        self.wait = wait
         self.params = dict(params)
         self.long_term = params.get("long_term_finetune") is not None
         self.lower = {g: space.options.min_sparsity for g in space.groups}
@@ -315,29 +319,36 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
                         return self._params({**it.base, g: s}, SHORT, search_space)
                     break  # another worker took it: look again
                 else:
+                    if not self.wait:
+                        return self._spare(study, trial, it.base, search_space)
                     self._wait(study, trial)
                 continue
+            if not self.wait:
+                return self._spare(study, trial, state.final, search_space)
             self._wait(study, trial)
+
+    def _spare(self, study: optuna.Study, trial: FrozenTrial, base: dict[str, float], search_space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+        record(study, trial, ATTR_SPARE, True)
+        return self._params(base, SHORT, search_space)
 
     def _claim(self, study: optuna.Study, trial: FrozenTrial, claim: dict[str, Any], iteration: int, candidate: str) -> bool:
         """Record the claim on the trial, then check no lower-numbered running trial holds it too."""
-        storage = study._storage
         for key, value in claim.items():
-            storage.set_trial_user_attr(trial._trial_id, key, value)
+            record(study, trial, key, value)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
             if (
                 t.number < trial.number
                 and t.user_attrs.get(ATTR_ITERATION) == iteration
                 and t.user_attrs.get(ATTR_CANDIDATE) == candidate
             ):
-                storage.set_trial_user_attr(trial._trial_id, ATTR_CANDIDATE, None)
+                record(study, trial, ATTR_CANDIDATE, None)
                 return False
         return True
 
     def _wait(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Other workers run the remaining candidates: wait, failing trials whose worker died
         (storages with heartbeats retry them; their candidate is then free again)."""
-        study._storage.set_trial_user_attr(trial._trial_id, ATTR_CANDIDATE, None)
+        record(study, trial, ATTR_CANDIDATE, None)
         time.sleep(_POLL_S)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -409,6 +420,8 @@ class NetAdapt(Strategy):
             if k.startswith(SPARSITY_PREFIX)
         }
         params[PHASE] = trial.suggest_categorical(PHASE, [SHORT, LONG])
+        if trial.user_attrs.get(ATTR_SPARE):
+            raise optuna.TrialPruned("netadapt: no candidate left for this trial (the iteration runs on other workers)")
         return params
 
     def plan(self, params: Mapping[str, Any], space: SearchSpace) -> CompressionPlan:

@@ -66,7 +66,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import optuna
@@ -74,7 +74,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from slimtune.search_spaces.space import SPARSITY_PREFIX
-from slimtune.strategies._base import Strategy, register_strategy
+from slimtune.strategies._base import Strategy, record, register_strategy
 from slimtune.strategies._budget import Budget, ResourceModel, check_budget_params, resolve_budget, scale_to_target
 from slimtune.strategies._cost import scalar_cost
 
@@ -91,6 +91,7 @@ ATTR_TARGET_MET = "sa.target_met"
 ATTR_ACCEPTED = "sa.accepted"
 ATTR_COST = "sa.cost"
 ATTR_DECIDED = "sa.decided_at"
+ATTR_CHAIN = "sa.chain"
 _SEED_ATTR = "slimtune:sa.seed"
 
 
@@ -149,12 +150,18 @@ class AnnealingState:
     accepted: list[int] = field(default_factory=list)
 
 
-def annealing_state(study: optuna.Study, schedule: Schedule, exclude: int | None = None) -> AnnealingState:
-    """Fold the study's decided trials (in decision order) into the chain's state."""
+def annealing_state(
+    study: optuna.Study, schedule: Schedule, exclude: int | None = None, chain: str | None = None
+) -> AnnealingState:
+    """Fold the study's decided trials (in decision order) into the chain's state.
+
+    ``chain`` selects the trials of one named chain (``sa.chain``), for drivers that run several
+    annealing chains in one study (e.g. one per AutoCompress round); None folds the unnamed chain.
+    """
     decided = [
         t
         for t in study.get_trials(deepcopy=False)
-        if ATTR_ACCEPTED in t.user_attrs and t.number != exclude
+        if ATTR_ACCEPTED in t.user_attrs and t.number != exclude and t.user_attrs.get(ATTR_CHAIN) == chain
     ]
     decided.sort(key=lambda t: (float(t.user_attrs.get(ATTR_DECIDED, 0.0)), t.number))
     state = AnnealingState()
@@ -178,8 +185,9 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         schedule: The cooling :class:`Schedule`.
         perturbation_magnitude: Largest move of one group's sparsity at the start temperature.
         resource, target: The budget (None: from the study's constraints, else flops 0.5).
-        initial: ``"sensitivity"`` or ``"uniform"`` starting point.
+        initial: ``"sensitivity"`` or ``"uniform"`` starting point, or ``{group: sparsity}``.
         seed: Seed used when the study has none yet (the first sampler stores its seed in the study).
+        chain: Name of this chain (``sa.chain``), when a driver runs several in one study.
     """
 
     def __init__(
@@ -189,10 +197,12 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         perturbation_magnitude: float = 0.35,
         resource: str | None = None,
         target: float | None = None,
-        initial: str = "sensitivity",
+        initial: str | Mapping[str, float] = "sensitivity",
         seed: int | None = None,
+        chain: str | None = None,
     ) -> None:
         self.space = space
+        self.chain = chain
         self.schedule = schedule
         self.magnitude = float(perturbation_magnitude)
         self.resource = resource
@@ -225,9 +235,11 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         return int(attrs[_SEED_ATTR])
 
     def state(self, study: optuna.Study, exclude: int | None = None) -> AnnealingState:
-        return annealing_state(study, self.schedule, exclude)
+        return annealing_state(study, self.schedule, exclude, self.chain)
 
     def initial_point(self) -> dict[str, float]:
+        if isinstance(self.initial, Mapping):
+            return {g: min(max(float(self.initial.get(g, self.lower[g])), self.lower[g]), self.upper[g]) for g in self.space.groups}
         if self.initial == "sensitivity" and self.space.safe:
             return {g: min(max(self.space.safe[g], self.lower[g]), self.upper[g]) for g in self.space.groups}
         mid = 0.5 * (self.space.options.min_sparsity + self.space.options.max_sparsity)
@@ -257,7 +269,6 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
                 v = state.current_params.get(self.space.param_name(g), self.lower[g]) + rng.uniform(-m, m)
                 x[g] = min(max(v, self.lower[g]), self.upper[g])
         x, resource, met = scale_to_target(x, self.lower, self.upper, model.relative, budget.target)
-        storage = study._storage
         for key, value in (
             (ATTR_STEP, state.steps),
             (ATTR_TEMPERATURE, state.temperature),
@@ -265,7 +276,9 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
             (ATTR_RESOURCE, resource),
             (ATTR_TARGET_MET, met),
         ):
-            storage.set_trial_user_attr(trial._trial_id, key, value)
+            record(study, trial, key, value)
+        if self.chain is not None:
+            record(study, trial, ATTR_CHAIN, self.chain)
         params = {self.space.param_name(g): v for g, v in x.items()}
         return {k: _inside(v, search_space[k]) for k, v in params.items() if k in search_space}
 
@@ -280,6 +293,8 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         """Decide the step by the Metropolis rule and record it on the trial."""
         if ATTR_TEMPERATURE not in trial.user_attrs or ATTR_ACCEPTED in trial.user_attrs:
             return
+        if trial.user_attrs.get(ATTR_CHAIN) != self.chain:
+            return  # another chain's trial
         chain = self.state(study, exclude=trial.number)
         cost = scalar_cost(study, values, trial.constraints) if state == TrialState.COMPLETE else math.inf
         if chain.current is None:
@@ -287,10 +302,9 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         else:
             u = float(np.random.default_rng([self.study_seed(study), trial.number, 1]).random())
             accepted = metropolis(cost - chain.current_cost, float(trial.user_attrs[ATTR_TEMPERATURE]), u)
-        storage = study._storage
-        storage.set_trial_user_attr(trial._trial_id, ATTR_COST, cost if math.isfinite(cost) else None)
-        storage.set_trial_user_attr(trial._trial_id, ATTR_DECIDED, time.time())
-        storage.set_trial_user_attr(trial._trial_id, ATTR_ACCEPTED, bool(accepted))
+        record(study, trial, ATTR_COST, cost if math.isfinite(cost) else None)
+        record(study, trial, ATTR_DECIDED, time.time())
+        record(study, trial, ATTR_ACCEPTED, bool(accepted))
 
     def reseed_rng(self) -> None:
         self._fallback.reseed_rng()

@@ -252,12 +252,12 @@ def requeue(study: optuna.Study, owned: Any, why: str) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not owned(t.user_attrs.get(ATTR_WORKER) or {}):
             continue
-        try:
+        try:  # (a finished trial's attributes are read-only: the reason first)
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"WorkerDied: {why}")
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # finished (or failed as stale) meanwhile
             continue
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", f"WorkerDied: {why}")
         failed.append(t.number)
         if callback is not None:
             callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))

@@ -192,10 +192,10 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
 
 
 def _requires_two(fn: Callable[..., Any]) -> bool:
-    """True when ``fn`` needs a second positional argument (one without a default)."""
+    """True when ``fn`` needs a second positional argument (one without a default, not ``config``)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
     required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-    return len(required) >= 2
+    return len([p for p in required[1:] if p.name != "config"]) >= 1

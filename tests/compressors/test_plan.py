@@ -67,3 +67,31 @@ def test_unstructured_plan_names_layers(graph):
     assert set(plan.prune) == set(graph.prunable_layers())
     with pytest.raises(PlanError, match=r"unknown layer 'layer1'"):
         CompressionPlan.from_sparsities({"layer1": 0.5}, granularity="unstructured").validate(graph)
+
+
+def test_training_fields_round_trip_and_stay_out_of_default_plans(graph):
+    plan = CompressionPlan.uniform(graph, 0.5)
+    assert set(plan.to_dict()) == {"granularity", "prune", "quantize"}  # plans stored before still match
+    plan.compressor = "admm"
+    plan.compressor_params = {"rho": 0.05, "iterations": 3}
+    plan.finetune = {"steps": 40, "kd": {"alpha": 0.5, "temperature": 4}}
+    again = CompressionPlan.from_json(plan.to_json())
+    assert again == plan and again.validate(graph) is again
+    assert again.to_dict()["compressor"] == "admm"
+    assert CompressionPlan.from_dict({"prune": {}}).compressor == "oneshot"
+    assert "compressor admm" in plan.summary()
+
+
+def test_training_field_errors_name_the_field(graph):
+    with pytest.raises(PlanError, match=r"plan.compressor: unknown compressor 'adm'; known: \['admm', 'agp'"):
+        CompressionPlan(compressor="adm").validate()
+    with pytest.raises(PlanError, match=r"plan.compressor_params: unknown parameter\(s\) \['roh'\] of compressor 'admm'"):
+        CompressionPlan(compressor="admm", compressor_params={"roh": 1}).validate(graph)
+    with pytest.raises(PlanError, match=r"plan.finetune.kd.alpha: must be a number in \[0, 1\]"):
+        CompressionPlan(finetune={"kd": {"alpha": 1.5}}).validate()
+    with pytest.raises(PlanError, match=r"plan.finetune: unknown field\(s\) \['epoch'\]"):
+        CompressionPlan(finetune={"epoch": 1}).validate()
+    with pytest.raises(PlanError, match=r"plan.compressor must be a compressor name"):
+        CompressionPlan.from_dict({"compressor": 3})
+    with pytest.raises(PlanError, match=r"plan.finetune must be a mapping"):
+        CompressionPlan.from_dict({"finetune": [1]})

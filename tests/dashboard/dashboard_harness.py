@@ -56,12 +56,16 @@ class Server:
             return e.code, e.read(), dict(e.headers)
 
 
-def start_dashboard(storage: str, cwd: Path, *extra: str, timeout: float = 90) -> Server:
-    """Start ``slimtune dashboard`` on a free port and wait for the URL it prints."""
-    proc = subprocess.Popen(
+def launch_dashboard(storage: str, cwd: Path, *extra: str) -> subprocess.Popen[str]:
+    """Start ``slimtune dashboard`` on a free port (:func:`wait_for_url` gives its URL)."""
+    return subprocess.Popen(
         [sys.executable, "-m", "slimtune", "dashboard", "--storage", storage, "--port", "0", *extra],
         cwd=cwd, env=slimtune_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def wait_for_url(proc: subprocess.Popen[str], timeout: float = 90) -> Server:
+    """Wait for the URL a launched dashboard prints once it listens."""
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -75,6 +79,11 @@ def start_dashboard(storage: str, cwd: Path, *extra: str, timeout: float = 90) -
             raise AssertionError(f"slimtune dashboard exited with {proc.returncode}: {proc.stderr.read()}")  # type: ignore[union-attr]
     proc.kill()
     raise AssertionError("slimtune dashboard printed no URL in time")
+
+
+def start_dashboard(storage: str, cwd: Path, *extra: str, timeout: float = 90) -> Server:
+    """Start ``slimtune dashboard`` on a free port and wait until it listens."""
+    return wait_for_url(launch_dashboard(storage, cwd, *extra), timeout)
 
 
 def stop(server: Server) -> None:

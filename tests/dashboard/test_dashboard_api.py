@@ -235,3 +235,22 @@ def test_port_in_use_is_a_clear_error(server: Server, tmp_path: Path, capsys: py
     port = server.url.rstrip("/").rsplit(":", 1)[1]
     assert main(["dashboard", "--storage", storage_url, "--port", port]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_journal_storage_and_studies_slimtune_did_not_create(tmp_path: Path) -> None:
+    from fake_studies import add_study
+
+    url = f"journal:///{tmp_path / 'studies.log'}"
+    add_study(url, "journal-study", 5)
+    foreign = optuna.create_study(study_name="plain-optuna", storage=make_storage(url), directions=["minimize", "minimize"])
+    for values in ([1.0, 4.0], [2.0, 2.0], [3.0, 3.0]):
+        foreign.add_trial(optuna.trial.create_trial(values=values))
+    reader = StorageReader.open(url)
+    studies = {s["name"]: s for s in reader.studies()["studies"]}
+    assert studies["journal-study"]["counts"]["COMPLETE"] == 5
+    plain = studies["plain-optuna"]
+    assert plain["slimtune"] is False and plain["objectives"] == ["value_0", "value_1"]
+    assert sorted(plain["front"]) == [0, 1] and plain["reference"] == [3.0, 4.0]  # the worst values seen
+    assert plain["hypervolume"] == pytest.approx(2.0)  # boxes up to (3, 4): (1, 4) adds 0, (2, 2) adds 1 x 2
+    cols = reader.trials("plain-optuna")["trials"]
+    assert cols["measures"]["value_1"] == [4.0, 2.0, 3.0] and cols["front"] == [True, True, False]

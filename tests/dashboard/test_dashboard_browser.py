@@ -6,8 +6,6 @@ What is drawn is read back from the page: plotly's traces and the SVG points it 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +13,18 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dashboard_harness import ARTIFACT_TRIALS, Server, slimtune_env
+from dashboard_harness import ARTIFACT_TRIALS, Server
 from fake_studies import add_study, fake_measures
-from slimtune.trials.runner import open_study, pareto_front
+from slimtune.trials.runner import open_study, pareto_front, search
 
 PLOTTED = """() => {
   const gd = document.getElementById('pareto-plot');
-  const groups = Array.from(gd.querySelectorAll('.scatterlayer .trace'));
-  return gd.data.map((t, i) => ({
-    kind: t.meta && t.meta.kind, study: t.meta && t.meta.study,
-    drawn: groups[i] ? groups[i].querySelectorAll('path.point').length : 0,
+  const drawn = (uid) => {  // plotly's SVG group of a trace carries the class "trace<uid>"
+    const g = gd.querySelector(`.scatterlayer .trace${uid}`);
+    return g ? g.querySelectorAll('path.point').length : 0;
+  };
+  return gd.data.map((t) => ({
+    kind: t.meta && t.meta.kind, study: t.meta && t.meta.study, uid: t.uid, drawn: drawn(t.uid),
     x: Array.from(t.x), y: Array.from(t.y), ids: t.customdata ? t.customdata.map((c) => c[1]) : [],
     symbols: t.marker && Array.isArray(t.marker.symbol) ? Array.from(t.marker.symbol) : [],
   }));
@@ -49,7 +49,7 @@ def wait_points(page: Any, study: str, n: int, timeout: float = 20_000) -> None:
     page.wait_for_function(
         f"([study, n]) => ({PLOTTED})().filter((t) => t.study === study)"
         ".every((t, _, all) => all.reduce((k, u) => k + u.x.length, 0) === n && all.reduce((k, u) => k + u.drawn, 0) === n)"
-        " && ({PLOTTED})().some((t) => t.study === study)",
+        f" && ({PLOTTED})().some((t) => t.study === study)",
         arg=[study, n],
         timeout=timeout,
     )
@@ -117,11 +117,7 @@ def test_pareto_plot_shows_every_completed_trial_and_the_front(page: Any, server
 def test_clicking_a_point_opens_its_trial(page: Any, server: Server, storage_url: str, tmp_path: Path) -> None:
     open_pareto(page, server)
     trace = next(t for t in page.evaluate(PLOTTED) if t["kind"] == "front" and t["study"] == "nsga2-a")
-    index = page.evaluate(
-        "() => document.getElementById('pareto-plot').data"
-        ".findIndex((t) => t.meta && t.meta.kind === 'front' && t.meta.study === 'nsga2-a')"
-    )
-    box = page.locator("#pareto-plot .scatterlayer .trace").nth(index).locator("path.point").first.bounding_box()
+    box = page.locator(f"#pareto-plot .scatterlayer .trace{trace['uid']} path.point").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     number = trace["ids"][0]
     page.wait_for_selector(f'#trial-body[data-ready="nsga2-a/{number}"]')
@@ -210,23 +206,19 @@ def test_a_new_trial_appears_without_reload(page: Any, server: Server, storage_u
     assert page.evaluate("window.__notReloaded") is True
 
 
-def test_a_running_study_shows_up_live(page: Any, server: Server, storage_url: str, tmp_path: Path) -> None:
+def test_a_running_study_shows_up_live(page: Any, server: Server, storage_url: str) -> None:
     """A real search (the tiny task of tests/_tasks.py) writes into the storage while the page is open."""
+    from _tasks import tiny_task
+
     open_pareto(page, server)
     page.evaluate("window.__notReloaded = true")
-    (tmp_path / "tiny.yaml").write_text(
-        "study: tiny-live\ntask: _tasks:tiny_task\ntask_args: {hidden: 16, finetune_steps: 5}\n"
-        "strategy: random\nspace: {levels: [0.25, 0.5], max_sparsity: 0.75}\nobjectives: [accuracy, flops]\n"
-        f"n_trials: 4\nstorage: {storage_url}\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-m", "slimtune", "-q", "run", "tiny.yaml"],
-        cwd=tmp_path, env=slimtune_env(), capture_output=True, text=True, timeout=120,
+    search(
+        tiny_task(hidden=16, finetune_steps=5), strategy="random", n_trials=3, storage=storage_url,
+        study_name="tiny-live", space={"sensitivity": False, "max_sparsity": 0.75}, save_models="none", progress=False,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr
     n = len(completed(storage_url, "tiny-live"))
     wait_points(page, "tiny-live", n)
     d = plotted(page)["tiny-live"]
-    assert d["trials"]["drawn"] + d["front"]["drawn"] == n == 4
+    assert d["trials"]["drawn"] + d["front"]["drawn"] == n == 3
     assert sorted(d["front"]["ids"]) == sorted(pareto_front(open_study(storage_url, "tiny-live"))["trial"])
     assert page.evaluate("window.__notReloaded") is True

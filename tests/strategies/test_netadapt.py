@@ -106,9 +106,11 @@ def test_an_unreachable_target_ends_at_the_bounds() -> None:
     assert history[history.chosen]["resource"].is_monotonic_decreasing
 
 
-def test_candidates_of_one_iteration_run_on_parallel_workers() -> None:
+@pytest.mark.parametrize("wait", [True, False])
+def test_candidates_of_one_iteration_run_on_parallel_workers(wait: bool) -> None:
     """Two threads share an in-memory study: candidates are split between them, a worker with no
-    candidate left waits for the iteration, and the choices equal a sequential run's."""
+    candidate left waits for the iteration (or, with ``wait=False``, ends its trial as a spare),
+    and the choices equal a sequential run's."""
     task = make_mlp_task()
     graph = trace(task.model, task.example_inputs)
     space = SearchSpace(graph, SpaceOptions(sensitivity=False))
@@ -116,12 +118,16 @@ def test_candidates_of_one_iteration_run_on_parallel_workers() -> None:
 
     def study_with(n_jobs: int) -> optuna.Study:
         strategy = get_strategy("netadapt", **PARAMS)
-        study = optuna.create_study(sampler=strategy.sampler(space, 1, 0, None))
+        sampler = strategy.sampler(space, 1, 0, None)
+        sampler.wait = wait
+        study = optuna.create_study(sampler=sampler)
         study.set_user_attr("objectives", ["accuracy"])
 
         def objective(trial: optuna.trial.Trial) -> float:
-            params = strategy.suggest(trial, space)
-            time.sleep(0.05)
+            try:
+                params = strategy.suggest(trial, space)
+            finally:
+                time.sleep(0.05)  # a trial takes time, a spare one too
             plan = strategy.plan(params, space)
             # a deterministic metric: groups differ in how much their pruning costs
             return -sum(w * s for w, s in zip((1.0, 3.0), plan.sparsities().values())) - predictor.relative(plan)["flops"]
@@ -130,7 +136,7 @@ def test_candidates_of_one_iteration_run_on_parallel_workers() -> None:
             if strategy.finished(study):
                 study.stop()
 
-        study.optimize(objective, n_trials=40, n_jobs=n_jobs, callbacks=[stop], catch=(optuna.TrialPruned,))
+        study.optimize(objective, n_trials=60, n_jobs=n_jobs, callbacks=[stop])
         return study
 
     sequential, parallel = study_with(1), study_with(2)
@@ -141,6 +147,10 @@ def test_candidates_of_one_iteration_run_on_parallel_workers() -> None:
     assert set(zip(par.iteration, par.candidate)) == set(zip(seq.iteration, seq.candidate))
     assert sum(t.state == TrialState.COMPLETE for t in parallel.trials) <= len(seq) + 2
     assert not math.isinf(par.cost.min())
+    spares = [t for t in parallel.trials if t.user_attrs.get("netadapt.spare")]
+    assert all(t.state == TrialState.PRUNED for t in spares)
+    if wait:
+        assert not spares
 
 
 def test_parameter_errors_name_the_field() -> None:

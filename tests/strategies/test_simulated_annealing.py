@@ -3,6 +3,7 @@ reduction), ending on its own, and resuming from storage with the same state."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -155,3 +156,24 @@ def test_target_from_the_constraints_and_other_resources(mlp_task: slimtune.Task
     for t in study.trials:
         assert t.user_attrs["measures"]["params"] <= 0.3 and t.user_attrs["sa.resource"] <= 0.3
         assert t.user_attrs["measures"]["params"] == pytest.approx(t.user_attrs["sa.resource"])
+
+
+def test_latency_target_uses_a_lookup_table_kept_in_the_study(tmp_path) -> None:
+    task = make_mlp_task(hidden=(64, 48))
+    url = f"sqlite:///{tmp_path / 'lat.db'}"
+    study = slimtune.search(
+        task, strategy="simulated_annealing", n_trials=2, storage=url, study_name="lat", objectives=["accuracy", "latency"],
+        space={"sensitivity": False}, progress=False, save_models="none", resource="latency", target=0.97, **FAST,
+    )  # fmt: skip
+    for t in study.trials:  # predicted by the table (measured latency of so small a model is mostly noise)
+        assert t.user_attrs["sa.target_met"] and t.user_attrs["sa.resource"] <= 0.97
+        assert t.user_attrs["measures"]["latency"] is not None
+    stored = study._storage.get_study_system_attrs(study._study_id)["slimtune:latency_table"]
+    # another process reads the same table from the study instead of measuring again
+    from slimtune.strategies._budget import ResourceModel
+
+    space = SearchSpace(trace(task.model, task.example_inputs), SpaceOptions(sensitivity=False))
+    reloaded = ResourceModel(space, "latency", optuna.load_study(study_name="lat", storage=url))
+    assert json.loads(json.dumps(reloaded._table.to_dict())) == stored
+    sparsities = {name[len("sparsity/") :]: v for name, v in study.trials[1].params.items()}
+    assert reloaded.relative(sparsities) == pytest.approx(study.trials[1].user_attrs["sa.resource"])

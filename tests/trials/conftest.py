@@ -11,9 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,22 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ray_env(single_node: bool) -> dict[str, str]:
-    """Environment for a test's Ray: token authentication with a fresh token kept in the
-    environment (Ray 2.59+ turns token auth on; the token never touches ``~/.ray``), and for a
-    single-node session Ray's loopback-only mode (its node IP and every server on 127.0.0.1)."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
-    if single_node:
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's switch for "this node only": binds 127.0.0.1
-    return env
+from _scale import free_port, ray_env
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ slimtune.search(task, strategy="random", n_trials=n_trials, storage=url, study_n
 print("WORKER DONE", flush=True)
 '''
 
-N_TRIALS = 16
+N_TRIALS = 12
 WAIT = 120.0
 
 
@@ -78,7 +78,7 @@ def test_four_workers_share_one_study_on_postgresql(postgres_url: str, tmp_path:
     def start(mode: str, tag: str) -> None:
         out = tmp_path / f"{tag}.out"
         with open(out, "w") as fh:
-            cmd = [sys.executable, str(script), postgres_url, str(N_TRIALS), mode, "0.6", str(log), str(barrier)]
+            cmd = [sys.executable, str(script), postgres_url, str(N_TRIALS), mode, "0.5", str(log), str(barrier)]
             procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path), out))
 
     storage = optuna.storages.RDBStorage(postgres_url)

@@ -24,18 +24,19 @@ Example:
     >>> from slimtune.compressors import CompressionPlan, compress, count_flops, trace
     >>> from slimtune.compressors.measures import ResourcePredictor
     >>> from slimtune.examples.models import resnet20
-    >>> model, x = resnet20(), torch.randn(1, 3, 32, 32)
+    >>> model, x = resnet20(width=8), torch.randn(1, 3, 16, 16)
     >>> graph = trace(model, x)
     >>> predictor = ResourcePredictor(graph, x)
     >>> plan = CompressionPlan.uniform(graph, 0.5)
     >>> int(predictor.predict(plan).flops) == int(count_flops(compress(model, plan, x), x)["macs"].sum())
     True
     >>> round(predictor.relative(plan)["flops"], 2)
-    0.27
+    0.26
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -112,11 +113,13 @@ class ResourcePredictor:
             from slimtune.compressors.measures._lut_parts import inputs_from_graph
 
             example_inputs = inputs_from_graph(graph)
-        table = count_flops(model, example_inputs)
+        # measured on a copy: counting hooks on the user's model would also fire in other threads' passes
+        counted = copy.deepcopy(model)
+        table = count_flops(counted, example_inputs)
         macs = dict(zip(table["layer"], table["macs"]))
         self.graph = graph
         self.dense = Resources(
-            float(table["macs"].sum()), int(count_params(model)[0]), int(model_size_bytes(model).total_bytes)
+            float(table["macs"].sum()), int(count_params(counted)[0]), int(model_size_bytes(counted).total_bytes)
         )
         self._layers: dict[str, _Layer] = {}
         for name in graph.layers:

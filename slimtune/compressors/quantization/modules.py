@@ -1,8 +1,14 @@
 """Fake-quantized layers: :class:`QuantWrapper`, and wrapping, calibrating and freezing a model.
 
-A :class:`QuantWrapper` holds a Conv/Linear layer. In the forward pass its weight is
-fake-quantized at ``bits_w`` and its *input* at ``bits_a`` by the wrapper's algorithm (see
-:mod:`slimtune.compressors.quantization.algorithms`). The wrapper has two modes:
+A :class:`QuantWrapper` holds a Conv/Linear layer (or an ``nn.LSTM`` / ``nn.GRU``). In the forward
+pass its weight is fake-quantized at ``bits_w`` and its *input* at ``bits_a`` by the wrapper's
+algorithm (see :mod:`slimtune.compressors.quantization.algorithms`). A recurrent layer has several
+weight matrices (``weight_ih_l0``, ``weight_hh_l0``, ... per layer and direction): each is quantized
+per output row (gate unit); biases, the input and the hidden state stay float (weight-only, the
+``dynamic`` quantization of recurrent layers), so ``bits_a`` must be ``None`` for them.
+:func:`unwrap` turns a wrapped model back into a plain float model computing with the quantized
+weights (what :func:`~slimtune.compressors.quantization.export_int8` starts from). The wrapper has
+two modes:
 
 - ``"calibrating"``: the input is passed to the observer and not quantized;
 - ``"frozen"``: the input is quantized with the range fixed by :meth:`QuantWrapper.freeze`.
@@ -36,7 +42,10 @@ from slimtune.compressors.quantization.observers import Observer, make_observer
 Mode = Literal["calibrating", "frozen"]
 _MODES = ("calibrating", "frozen")
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-"""Layer types :class:`QuantWrapper` accepts."""
+"""Single-weight layer types :class:`QuantWrapper` accepts (weights and inputs quantized)."""
+RECURRENT_TYPES: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU)
+"""Recurrent layer types :class:`QuantWrapper` accepts (weights only: every ``weight_*`` matrix)."""
+_KINDS = "Conv1d/2d/3d, Linear, LSTM and GRU"
 
 
 def _layer_bits(value: object, name: str, attr: str) -> int | None:
@@ -49,21 +58,23 @@ def _layer_bits(value: object, name: str, attr: str) -> int | None:
 
 
 class QuantWrapper(nn.Module):
-    """A Conv/Linear layer with fake-quantized weight and input.
+    """A Conv/Linear layer with fake-quantized weight and input (or an LSTM/GRU with fake-quantized weights).
 
     Args:
         layer: An ``nn.Conv1d/2d/3d`` or ``nn.Linear`` (kept as ``self.layer``; its parameters
-            are trained through the straight-through estimator).
+            are trained through the straight-through estimator), or an ``nn.LSTM`` / ``nn.GRU``
+            (every ``weight_*`` matrix quantized per row; weight-only).
         bits_w: Weight bits, 1-8 (per-output-channel symmetric), or ``None``/32 for float.
-        bits_a: Input activation bits, 1-8 (1 only with ``bnn``), or ``None``/32 for float.
+        bits_a: Input activation bits, 1-8 (1 only with ``bnn``), or ``None``/32 for float; must be
+            ``None``/32 for recurrent layers.
         observer: Observer name or instance tracking the input range while calibrating.
         mode: ``"calibrating"`` (default) or ``"frozen"`` (use :meth:`freeze` to enter it with a range).
         algorithm: Algorithm name or instance (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``).
         name: The layer's name in the model, used in error messages.
 
     Raises:
-        QuantizationError: Not a Conv/Linear layer, bits out of range, unknown observer or
-            algorithm; the message names the layer.
+        QuantizationError: Not a Conv/Linear/LSTM/GRU layer, bits out of range, activation bits on
+            a recurrent layer, unknown observer or algorithm; the message names the layer.
 
     Example:
         >>> import torch
@@ -89,16 +100,19 @@ class QuantWrapper(nn.Module):
         name: str = "",
     ) -> None:
         super().__init__()
-        if not isinstance(layer, QUANTIZABLE_TYPES):
-            raise QuantizationError(
-                f"layer {name!r} is a {type(layer).__name__}; only Conv1d/2d/3d and Linear layers can be quantized"
-            )
+        if not isinstance(layer, QUANTIZABLE_TYPES + RECURRENT_TYPES):
+            raise QuantizationError(f"layer {name!r} is a {type(layer).__name__}; only {_KINDS} layers can be quantized")
         if mode not in _MODES:
             raise QuantizationError(f"layer {name!r}: mode {mode!r} must be one of {_MODES}")
         self.layer = layer
         self.name = name
         self.bits_w = _layer_bits(bits_w, name, "bits_w")
         self.bits_a = _layer_bits(bits_a, name, "bits_a")
+        if self.recurrent and self.bits_a is not None:
+            raise QuantizationError(
+                f"layer {name!r} is a {type(layer).__name__}: recurrent layers are quantized weights-only "
+                f"(the hidden state stays float); set bits_a=None instead of {self.bits_a}"
+            )
         self.algorithm = get_algorithm(algorithm)
         self.observer = make_observer(observer)
         self.register_buffer("act_lo", torch.tensor(0.0))
@@ -107,6 +121,11 @@ class QuantWrapper(nn.Module):
         self.mode: Mode = "calibrating"
         if mode == "frozen":
             self.freeze()
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the wrapped layer is an LSTM/GRU (several weight matrices, weight-only quantization)."""
+        return isinstance(self.layer, RECURRENT_TYPES)
 
     # ------------------------------------------------------------------ state
     def calibrate_mode(self) -> QuantWrapper:
@@ -127,10 +146,34 @@ class QuantWrapper(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def quantized_weight(self) -> torch.Tensor:
-        """The weight as the forward pass uses it (fake-quantized, with STE gradient)."""
+        """The weight as the forward pass uses it (fake-quantized, with STE gradient).
+
+        Raises:
+            QuantizationError: The layer is recurrent (several weights): use :meth:`quantized_weights`.
+        """
+        if self.recurrent:
+            raise QuantizationError(
+                f"layer {self.name!r} is a {type(self.layer).__name__} with several weight matrices; "
+                "use quantized_weights()"
+            )
         return self.algorithm.weight(self, self.layer.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_weights(self) -> dict[str, torch.Tensor]:
+        """``{parameter name: tensor}`` of every weight the forward pass uses, fake-quantized.
+
+        ``{"weight": ...}`` for Conv/Linear; ``weight_ih_l0``, ``weight_hh_l0``, ... for LSTM/GRU.
+        """
+        if not self.recurrent:
+            return {"weight": self.quantized_weight()}
+        return {n: self.algorithm.weight(self, p) for n, p in self.layer.named_parameters() if n.startswith("weight")}
+
+    def forward(self, x: torch.Tensor, *rest: Any) -> Any:
+        if self.recurrent:
+            params = dict(self.layer.named_parameters())
+            params.update(self.quantized_weights())
+            return torch.func.functional_call(self.layer, params, (x, *rest))
+        if rest:
+            raise TypeError(f"layer {self.name!r} ({type(self.layer).__name__}) takes one input, got {1 + len(rest)}")
         if self.mode == "calibrating" and self.algorithm.needs_range(self):
             self.observer.observe(x)
         else:
@@ -164,8 +207,8 @@ def _spec_bits(name: str, spec: Any) -> tuple[int | None, int | None]:
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
-    """Names of the Conv/Linear layers of ``model`` that :func:`quantize_model` can wrap."""
-    return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES)]
+    """Names of the Conv/Linear/LSTM/GRU layers of ``model`` that :func:`quantize_model` can wrap."""
+    return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES + RECURRENT_TYPES)]
 
 
 def quantize_model(
@@ -181,10 +224,12 @@ def quantize_model(
         model: The float model (copied unless ``inplace``).
         layers: Layer name → :class:`~slimtune.compressors.QuantSpec`, ``{"bits_w": .., "bits_a": ..}``
             or ``(bits_w, bits_a)``. Layers whose bits are both float stay unwrapped. ``""``
-            names the model itself (when it is a single Conv/Linear).
+            names the model itself (when it is a single Conv/Linear). LSTM/GRU layers take
+            weight bits only (``bits_a=None``).
         observer: Observer name (``minmax``, ``moving_average``, ``percentile``, ``kl``); each
             layer gets its own instance (an instance given here is deep-copied per layer).
-        algorithm: Algorithm name or instance (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``).
+        algorithm: Algorithm name or instance (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``,
+            ``dynamic``, ``slb``; see :data:`~slimtune.compressors.quantization.ALGORITHMS`).
         inplace: Modify ``model`` itself instead of a copy.
 
     Returns:
@@ -192,7 +237,7 @@ def quantize_model(
         :func:`freeze` next.
 
     Raises:
-        QuantizationError: Unknown layer name, a layer that is not Conv/Linear, bad bits,
+        QuantizationError: Unknown layer name, a layer that is not Conv/Linear/LSTM/GRU, bad bits,
             unknown observer or algorithm; the message names the layer.
     """
     algo = get_algorithm(algorithm)
@@ -211,9 +256,9 @@ def quantize_model(
         if isinstance(layer, QuantWrapper):
             raise QuantizationError(f"layer {name!r} is already quantized")
         if is_float(bits_w) and is_float(bits_a):
-            if not isinstance(layer, QUANTIZABLE_TYPES):
+            if not isinstance(layer, QUANTIZABLE_TYPES + RECURRENT_TYPES):
                 raise QuantizationError(
-                    f"layer {name!r} is a {type(layer).__name__}; only Conv1d/2d/3d and Linear layers can be quantized"
+                    f"layer {name!r} is a {type(layer).__name__}; only {_KINDS} layers can be quantized"
                 )
             continue
         obs = copy.deepcopy(observer) if isinstance(observer, Observer) else observer
@@ -283,10 +328,49 @@ def weight_bits(model: nn.Module) -> dict[str, int]:
     """``{module name: weight bits}`` of the layers inside the model's wrappers (for size measures).
 
     Keys name the wrapped Conv/Linear itself (``<wrapper>.layer``), which owns the weight; layers
-    with float weights are left out.
+    with float weights are left out, and so are recurrent layers, whose ``weight_*`` matrices
+    :func:`~slimtune.compressors.measures.model_size_bytes` does not take bit-widths for (it counts
+    them at 32 bits; measure an exported model with ``exported_size_bytes`` instead).
     """
     out = {}
     for name, w in quant_wrappers(model).items():
+        if w.recurrent:
+            continue
         if w.bits_w is not None and w.bits_w < 32:
             out[f"{name}.layer" if name else "layer"] = int(w.bits_w)
     return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """A float copy of ``model`` that computes with the quantized weights, without wrappers.
+
+    Every :class:`QuantWrapper` is replaced by (a copy of) its layer whose weights are set to the
+    wrapper's :meth:`~QuantWrapper.quantized_weights` in eval mode (for ``slb``: the most probable
+    candidate of each weight). Activation quantization is dropped: the result is the float model an
+    int8 exporter starts from (see :func:`~slimtune.compressors.quantization.export_int8`).
+    The model itself is not modified.
+
+    Example:
+        >>> import torch
+        >>> q = quantize_model(torch.nn.Sequential(torch.nn.Linear(4, 3)), {"0": (4, None)})
+        >>> f = unwrap(q)
+        >>> type(f[0]).__name__, bool(torch.equal(f[0].weight, q[0].quantized_weight()))
+        ('Linear', True)
+    """
+    target = copy.deepcopy(model)
+    wrappers = [(n, m) for n, m in target.named_modules() if isinstance(m, QuantWrapper)]
+    if isinstance(target, QuantWrapper):
+        wrappers = [("", target)]
+    for name, wrapper in wrappers:
+        was_training = wrapper.training
+        wrapper.eval()
+        with torch.no_grad():
+            for pname, value in wrapper.quantized_weights().items():
+                getattr(wrapper.layer, pname).copy_(value)
+        wrapper.train(was_training)
+        layer = wrapper.layer
+        if name == "":
+            return layer
+        parent_name, _, child = name.rpartition(".")
+        setattr(target.get_submodule(parent_name), child, layer)
+    return target

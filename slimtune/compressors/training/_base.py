@@ -144,12 +144,17 @@ class TrainingContext:
         return self.train_data
 
     def budget(self, params: Mapping[str, Any]) -> FinetuneConfig:
-        """The config of a training phase: ``params``' ``epochs``/``steps`` when given, else this config's."""
-        if params.get("steps") is not None:
-            return dataclasses.replace(self.config, steps=int(params["steps"]))
-        if params.get("epochs") is not None:
-            return dataclasses.replace(self.config, epochs=int(params["epochs"]), steps=None)
-        return self.config
+        """The config of a training phase: this config with the ``epochs`` / ``steps``, ``lr`` and
+        ``optimizer`` that ``params`` (a compressor's parameters) set to something other than None."""
+        changes = {k: params[k] for k in ("steps", "lr", "optimizer") if params.get(k) is not None}
+        if params.get("epochs") is not None and "steps" not in changes:
+            changes.update(epochs=params["epochs"], steps=None)
+        if not changes:
+            return self.config
+        try:
+            return dataclasses.replace(self.config, **changes)
+        except PlanError as e:
+            raise PlanError(f"plan.compressor_params: {str(e).removeprefix('finetune.')}") from None
 
     def train(
         self,

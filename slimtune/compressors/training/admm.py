@@ -15,7 +15,8 @@ input slices) is in the penalty. At the end ``W`` is hard-pruned to the targets 
 then sped up and quantized as the plan says; the trial's fine-tune is the masked retrain.
 
 Parameters: ``rho`` (initial ρ), ``rho_growth``, ``iterations`` (Z/U updates, evenly spaced over the run),
-``epochs`` / ``steps`` (the ADMM run; default: the fine-tune config's budget).
+``epochs`` / ``steps``, ``lr``, ``optimizer`` (the ADMM run; None: the fine-tune config's). W must be
+able to follow Z within the run: with Adam at a small learning rate, give the ADMM run a larger ``lr``.
 
 Example:
     >>> import torch
@@ -112,7 +113,9 @@ class ADMMHook(TrainHook):
             for k, p in self.params.items():
                 self.u[k] = self.u[k] + p.detach() - self.z[k]
         self.history.append((step, self.rho, self.residual()))
+        # U is the dual scaled by 1/ρ: it shrinks as ρ grows, so the penalty's pull ρ·U stays the same
         self.rho *= self.rho_growth
+        self.u = {k: u / self.rho_growth for k, u in self.u.items()}
 
     def residual(self) -> float:
         """``‖W − Z‖ / ‖W‖`` over the penalised parameters: how far W is from the sparse set."""
@@ -138,7 +141,9 @@ class ADMMHook(TrainHook):
 
 @register_compressor(
     "admm",
-    defaults={"rho": 0.01, "rho_growth": 1.5, "iterations": 4, "epochs": None, "steps": None},
+    defaults={
+        "rho": 0.2, "rho_growth": 2.0, "iterations": 4, "epochs": None, "steps": None, "lr": None, "optimizer": None,
+    },  # fmt: skip
     trains=True,
 )
 def admm(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:

@@ -11,8 +11,8 @@ the plan; at each update the lowest-scoring channels by the plan's criteria are 
 pruned) and training goes on under the masks. The last update, at ``end`` of the run, reaches the targets
 exactly; the rest of the run trains the final masks.
 
-Parameters (a plan's ``compressor_params``): ``epochs`` / ``steps`` (the run; default: the fine-tune
-config's budget), ``start`` and ``end`` (fractions of the run where pruning starts and reaches the targets),
+Parameters (a plan's ``compressor_params``): ``epochs`` / ``steps``, ``lr``, ``optimizer`` (the run; None: the
+fine-tune config's), ``start`` and ``end`` (fractions of the run where pruning starts and reaches the targets),
 ``frequency`` (steps Δt between updates; default: 10 updates), ``initial`` (``s_i`` as a fraction of each
 target).
 
@@ -123,7 +123,10 @@ class AGPHook(TrainHook):
 
 @register_compressor(
     "agp",
-    defaults={"epochs": None, "steps": None, "start": 0.0, "end": 0.75, "frequency": None, "initial": 0.0},
+    defaults={
+        "epochs": None, "steps": None, "lr": None, "optimizer": None,
+        "start": 0.0, "end": 0.75, "frequency": None, "initial": 0.0,
+    },  # fmt: skip
     trains=True,
 )
 def agp(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:

@@ -139,10 +139,15 @@ def finetune(
         optimizer = _optimizer(config, params) if total > 0 else None
         schedule = _schedule(config, total)
         keeper = _ZeroKeeper(model) if config.freeze_zeros else None
+        masked = _mask_hooks(model)
         model.train()
         for step, batch in enumerate(_batches(data, config, total)):
             for group in optimizer.param_groups:  # type: ignore[union-attr]
                 group["lr"] = config.lr * schedule(step)
+            # recompute masked weights: a fake-quantizer reads its layer's weight without calling the
+            # layer, so the layer's own pre-hook would not
+            for module, hook in masked:
+                hook(module, None)
             inputs, targets = _split(batch)
             outputs = model(*inputs)
             loss = loss_fn(outputs, targets)
@@ -294,12 +299,19 @@ def _has_prune_mask(module: nn.Module, name: str) -> bool:
     return hasattr(module, name + "_mask") and hasattr(module, name + "_orig")
 
 
+def _mask_hooks(model: nn.Module) -> list[tuple[nn.Module, torch_prune.BasePruningMethod]]:
+    return [
+        (module, hook)
+        for module in model.modules()
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, torch_prune.BasePruningMethod) and _has_prune_mask(module, hook._tensor_name)
+    ]
+
+
 def _refresh_masks(model: nn.Module) -> None:
     """Recompute masked weights (``weight_orig × mask``) so they reflect the last optimizer step."""
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, torch_prune.BasePruningMethod) and _has_prune_mask(module, hook._tensor_name):
-                hook(module, None)
+    for module, hook in _mask_hooks(model):
+        hook(module, None)
 
 
 @contextlib.contextmanager

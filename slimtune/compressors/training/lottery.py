@@ -10,8 +10,8 @@ a further part of what remains by the plan's criteria — after round ``r`` each
 after ``rewind`` steps of the first round's training. The returned model is the rewound ticket at the
 plan's targets; the trial's fine-tune then trains it.
 
-Parameters: ``rounds``, ``rewind`` (steps), ``epochs`` / ``steps`` (each round's training; default: the
-fine-tune config's budget).
+Parameters: ``rounds``, ``rewind`` (steps), ``epochs`` / ``steps``, ``lr``, ``optimizer`` (each round's
+training; None: the fine-tune config's).
 
 Example:
     >>> from slimtune.compressors.training.lottery import round_sparsity
@@ -81,7 +81,11 @@ def _dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return clone
 
 
-@register_compressor("lottery", defaults={"rounds": 3, "rewind": 0, "epochs": None, "steps": None}, trains=True)
+@register_compressor(
+    "lottery",
+    defaults={"rounds": 3, "rewind": 0, "epochs": None, "steps": None, "lr": None, "optimizer": None},
+    trains=True,
+)
 def lottery(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:
     """Train, prune and rewind a copy of ``model`` ``rounds`` times; returns the rewound ticket."""
     rounds, step = params["rounds"], params["rewind"]

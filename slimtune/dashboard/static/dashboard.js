@@ -33,7 +33,9 @@
     if (!res.ok) throw new Error((body && body.error) || `${res.status} ${res.statusText}`);
     return body;
   }
-  const studyPath = (name) => "api/studies/" + encodeURIComponent(name);
+  // percent-encodes like Python's urllib.parse.quote(name, safe=""), which keys the report's snapshot
+  const encode = (name) => encodeURIComponent(name).replace(/[!'()*]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
+  const studyPath = (name) => "api/studies/" + encode(name);
 
   async function loadStudies() {
     const data = await api("api/studies");
@@ -106,11 +108,11 @@
     return keys;
   }
   function axisTitle(key, meta) {
-    const metric = (meta && meta.metric_name) || "accuracy";
+    const metric = escapeHtml((meta && meta.metric_name) || "accuracy");
     if (key === "accuracy") return S.scale === "rel" ? `${metric} (× original)` : metric;
     if (key === "accuracy_drop") return `${metric} drop (original − trial)`;
     if (RESOURCES[key]) return S.scale === "rel" ? `${RESOURCES[key]} (× original)` : `${RESOURCES[key]} (${ABS_UNIT[key]})`;
-    return key;
+    return escapeHtml(key);
   }
   function value(p, key, i) {
     const m = p.trials.measures, base = p.meta.baseline || {};
@@ -169,7 +171,7 @@
         h("td", { class: "num" }, s.n_trials ?? "–"), h("td", { class: "num" }, s.front_size),
         objectives.map((o) => {
           const b = s.best[o];
-          return h("td", { class: "num" }, b && b.value !== null ? [fmt(b.value), " ", h("a", { href: `#trial/${encodeURIComponent(s.name)}/${b.trial}`, class: "note" }, `#${b.trial}`)] : "–");
+          return h("td", { class: "num" }, b && b.value !== null ? [fmt(b.value), " ", h("a", { href: `#trial/${encode(s.name)}/${b.trial}`, class: "note" }, `#${b.trial}`)] : "–");
         }),
         h("td", { class: "num", title: `reference point ${JSON.stringify(s.reference)}` }, fmt(s.hypervolume)),
         h("td", {}, h("span", { class: `badge ${s.status}` }, s.status)), h("td", {}, s.last_complete || "–"));
@@ -245,13 +247,13 @@
       const scale = byMeasure ? { colorscale: "Viridis", cmin, cmax, showscale: !colorbarShown, colorbar } : {};
       colorbarShown = colorbarShown || byMeasure;
       traces.push({
-        type: "scatter", mode: "markers", name: `${name}: trials`, legendgroup: name,
+        type: "scatter", mode: "markers", name: `${name}: trials`, legendgroup: name, uid: `trials-${S.studies.findIndex((x) => x.name === name)}`,
         x: rest.x, y: rest.y, hovertext: rest.text, hoverinfo: "text", customdata: rest.ids,
         marker: { size: 7, color: rest.color, opacity: rest.opacity, symbol: rest.symbol, line: { width: 1, color: byMeasure ? "#555" : colorOf(name) }, ...scale },
         meta: { kind: "trials", study: name },
       });
       traces.push({
-        type: "scatter", mode: "lines+markers", name: `${name}: Pareto front (${front.length})`, legendgroup: name,
+        type: "scatter", mode: "lines+markers", name: `${name}: Pareto front (${front.length})`, legendgroup: name, uid: `front-${S.studies.findIndex((x) => x.name === name)}`,
         x: front.map((f) => f.x), y: front.map((f) => f.y), hovertext: front.map((f) => f.text), hoverinfo: "text",
         customdata: front.map((f) => f.id),
         line: { color: colorOf(name), width: 2 },
@@ -265,9 +267,9 @@
         originals.get(k).studies.push(name);
       }
     });
-    for (const o of originals.values()) {
+    for (const [k, o] of [...originals.values()].entries()) {
       traces.push({
-        type: "scatter", mode: "markers", name: originals.size > 1 ? `original (${o.studies.join(", ")})` : "original model",
+        type: "scatter", mode: "markers", uid: `original-${k}`, name: originals.size > 1 ? `original (${o.studies.join(", ")})` : "original model",
         x: [o.x], y: [o.y], hoverinfo: "text", hovertext: [`original model<br>${o.studies.map(escapeHtml).join(", ")}`],
         marker: { symbol: "star", size: 18, color: "#111", line: { width: 1, color: "#fff" } }, meta: { kind: "original" },
       });
@@ -283,7 +285,7 @@
     if (!div.dataset.clickable) {
       div.on("plotly_click", (ev) => {
         const id = ev.points && ev.points[0] && ev.points[0].customdata;
-        if (Array.isArray(id)) location.hash = `#trial/${encodeURIComponent(id[0])}/${id[1]}`;
+        if (Array.isArray(id)) location.hash = `#trial/${encode(id[0])}/${id[1]}`;
       });
       div.dataset.clickable = "1";
     }
@@ -333,7 +335,7 @@
     if (!S.trial) {
       const s = S.byName[sel.value];
       body.replaceChildren(h("p", {}, "Choose a trial: click a point of the Pareto view, or give a number above."),
-        s && s.front.length ? h("p", {}, "Pareto front of ", s.name, ": ", s.front.map((n) => [h("a", { href: `#trial/${encodeURIComponent(s.name)}/${n}` }, `#${n}`), " "])) : null);
+        s && s.front.length ? h("p", {}, "Pareto front of ", s.name, ": ", s.front.map((n) => [h("a", { href: `#trial/${encode(s.name)}/${n}` }, `#${n}`), " "])) : null);
       return;
     }
     el("trial-number").value = S.trial.number;
@@ -473,7 +475,7 @@
     for (const r of document.querySelectorAll("input[name=scale]")) r.addEventListener("change", (e) => { S.scale = e.target.value; render(); });
     for (const r of document.querySelectorAll("input[name=progress-x]")) r.addEventListener("change", (e) => { S.progressX = e.target.value; render(); });
     el("sens-table").addEventListener("change", () => render());
-    const goTrial = (study, n) => { if (study && n >= 0) location.hash = `#trial/${encodeURIComponent(study)}/${n}`; };
+    const goTrial = (study, n) => { if (study && n >= 0) location.hash = `#trial/${encode(study)}/${n}`; };
     el("trial-study").addEventListener("change", (e) => { S.trial = null; location.hash = "#trial"; render(); });
     el("trial-number").addEventListener("change", (e) => goTrial(el("trial-study").value, +e.target.value));
     el("trial-prev").addEventListener("click", () => goTrial(el("trial-study").value, (S.trial ? S.trial.number : 1) - 1));

@@ -8,6 +8,10 @@ name      what                                                                  
 ``pact``  QAT with a learned activation clip ``α`` per layer                    Choi et al. 2018
 ``dorefa`` ``tanh``-normalised k-bit weights in [-1, 1]                         Zhou et al. 2016
 ``bnn``   binary weights ``sign(w)·α`` (and ``sign`` activations at 1 bit)      Courbariaux 2016, Rastegari 2016
+``dynamic`` dynamic PTQ: per-channel weights only (Linear, Conv, LSTM, GRU),   Krishnamoorthi 2018
+          float activations; exported with ``mode="dynamic"``
+``slb``   learned softmax over the ``2^b`` candidate values of each weight,     Yang et al. 2020
+          temperature annealed, argmax at eval
 ========= ===================================================================== ==================
 
 A new algorithm is one module with a :class:`QuantAlgorithm` subclass decorated by
@@ -15,7 +19,7 @@ A new algorithm is one module with a :class:`QuantAlgorithm` subclass decorated 
 
 Example:
     >>> sorted(ALGORITHMS)
-    ['bnn', 'dorefa', 'pact', 'ptq', 'ste']
+    ['bnn', 'dorefa', 'dynamic', 'pact', 'ptq', 'slb', 'ste']
 """
 
 from __future__ import annotations
@@ -33,18 +37,32 @@ from slimtune.compressors.quantization.algorithms.ste import STE
 from slimtune.compressors.quantization.algorithms.pact import PACT
 from slimtune.compressors.quantization.algorithms.dorefa import DoReFa, dorefa_weight
 from slimtune.compressors.quantization.algorithms.bnn import BNN, binarize_activation
+from slimtune.compressors.quantization.algorithms.dynamic import DynamicPTQ
+from slimtune.compressors.quantization.algorithms.slb import (
+    SLB,
+    anneal,
+    set_temperature,
+    slb_candidates,
+    slb_probabilities,
+)
 
 __all__ = [
     "ALGORITHMS",
     "BNN",
     "DoReFa",
+    "DynamicPTQ",
     "PACT",
     "PTQ",
     "QuantAlgorithm",
+    "SLB",
     "STE",
+    "anneal",
     "binarize_activation",
     "dorefa_weight",
     "get_algorithm",
     "post_training_quantize",
     "register_algorithm",
+    "set_temperature",
+    "slb_candidates",
+    "slb_probabilities",
 ]

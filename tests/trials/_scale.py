@@ -1,0 +1,57 @@
+"""Helpers of the scale-out tests (importable as ``_scale`` with ``tests/trials`` on the path).
+
+:func:`slow_task` (``task: _scale:slow_task`` in a spec) is a tiny MLP labelled by its own
+predictions whose ``evaluate`` sleeps, so a test can find a trial running and kill its worker;
+every evaluation appends the evaluating process's pid to ``log``. :func:`ray_env` is the
+environment of a test's Ray, :func:`free_port` a free port on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+
+import torch
+
+from slimtune.examples.models import mlp
+from slimtune.trials.task import Task
+
+
+def slow_task(sleep: float = 0.5, log: str | None = None, name: str = "tiny-slow") -> Task:
+    """An MLP(16 → 32 → 16 → 4) on fixed random data; ``evaluate`` takes about ``sleep`` seconds."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = mlp(16, (32, 16), 4).eval()
+    x = torch.randn(256, 16, generator=gen)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+
+    def evaluate(m: torch.nn.Module) -> float:
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+        time.sleep(sleep)
+        with torch.no_grad():
+            return float((m(x).argmax(1) == y).float().mean())
+
+    return Task(model, x[:1], evaluate, name=name)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_env(single_node: bool) -> dict[str, str]:
+    """Environment for a test's Ray: token authentication with a fresh token kept in the
+    environment (Ray 2.59+ turns token auth on; the token never touches ``~/.ray``), and for a
+    single-node session Ray's loopback-only mode (node IP and every server on 127.0.0.1)."""
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    if single_node:
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's switch for "this node only": binds 127.0.0.1
+    return env
