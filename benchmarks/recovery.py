@@ -8,7 +8,7 @@ group is pruned to 50 % and 75 % of its channels (``CompressionPlan.uniform(grap
   the whole training budget;
 - ``one-shot + FT + KD``: the same with response-based KD from the original model (alpha 0.5, T 4);
 - ``AGP``: gradual pruning over the whole budget (cubic schedule, targets reached at 75 % of the run);
-- ``ADMM + FT``: ADMM for two thirds of the budget (SGD-free: AdamW at lr 1e-2, rho 0.2 doubling at each of 4
+- ``ADMM + FT``: ADMM for two thirds of the budget (the task's AdamW at lr 1e-2, rho 0.2 doubling at each of 4
   updates), hard prune, masked retrain (the task's fine-tune) for the last third;
 - ``lottery + FT``: two rounds of train / prune / rewind to the pretrained weights (one third of the budget
   each), then the ticket is retrained for the last third;
@@ -18,7 +18,7 @@ Every method gets the same number of training steps in all (``--epochs`` passes 
 batches of 64), one thread, and is run with ``--seeds`` seeds (the fine-tune seed: batch order); the table
 gives the mean validation accuracy (360 held-out digits), the range over seeds, and the median wall time of
 compression + training. ``python benchmarks/recovery.py [--epochs 3] [--seeds 3] [--models cnn resnet]
-[--sparsities 0.5 0.75] [--no-write]``; results go to ``benchmarks/results/recovery.md`` and ``.json``.
+[--sparsities 0.5 0.75] [--no-write] [--render]``; results go to ``benchmarks/results/recovery.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training budget of every method, in epochs")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only rewrite recovery.md from recovery.json")
     args = parser.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / "recovery.json").read_text())
+        args.epochs, args.seeds = data["meta"]["epochs"], data["meta"]["seeds"]
+        args.models = list(dict.fromkeys(r["model"] for r in data["rows"]))
+        args.sparsities = list(dict.fromkeys(r["sparsity"] for r in data["rows"]))
+        (RESULTS / "recovery.md").write_text(text := table(data["rows"], args))
+        print(text)
+        return
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # bn_scale falls back to l1 on the Linear group, torch deprecations
     rows = []
@@ -133,8 +142,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"Validation accuracy, mean over {args.seeds} seeds [min-max], and median wall time of compression + "
         f"training (1 thread, torch {torch.__version__}, 2-core CPU). Original accuracy: "
         + ", ".join(f"{m} {by[(m, args.sparsities[0], names[0])]['original']:.4f}" for m in args.models)
-        + f"; every method trains {rows[0]['steps'] if rows else 0} steps in all on the CNN "
-        "(23 batches of 64 per epoch).",
+        + f"; every method trains {rows[0]['steps'] if rows else 0} steps in all ({args.epochs} epochs of 23 "
+        "batches of 64). Wall times vary by ±50 % on these shared machines (other jobs): compare them within a "
+        "column only roughly.",
         "",
         head,
         "| --- |" + " --- |" * len(cols),

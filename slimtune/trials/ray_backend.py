@@ -43,6 +43,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ RAY_FIELDS: dict[str, str] = {
 
 #: The user attribute holding where a trial ran.
 ATTR_WORKER = "worker"
+#: Seconds an idle Ray worker is kept for this process's next run (``SLIMTUNE_RAY_IDLE``).
+IDLE_TIMEOUT_S = float(os.environ.get("SLIMTUNE_RAY_IDLE", "60"))
 _POLL_S = 1.0
 
 
@@ -184,35 +187,18 @@ def worker_identity() -> dict[str, Any]:
 class _Worker:
     """One Ray actor: a ``slimtune worker`` process living on a Ray node.
 
-    Created once per concurrent trial; :meth:`run` joins the study and runs trials until the
-    study's budget is spent. Ray restarts the actor after its process died and calls :meth:`run`
-    again, which first re-queues the trial the dead process left running.
+    Created once per concurrent trial and reused by the later runs of the same driver process
+    on the same Ray session; :meth:`run` joins a study and runs trials until the study's budget
+    is spent. Ray restarts the actor after its process died and calls :meth:`run` again, which
+    first re-queues the trial the dead process left running.
     """
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        from slimtune.trials import runner
-
-        # heartbeat settings of the driver (SLIMTUNE_HEARTBEAT_INTERVAL / _GRACE_PERIOD there)
-        runner.HEARTBEAT_INTERVAL = int(settings["heartbeat_interval"])
-        runner.GRACE_PERIOD = int(settings["grace_period"])
-        os.environ.update(settings["env"])
-        for path in settings["sys_path"]:  # where the driver imports the task's modules from
-            if os.path.isdir(path) and path not in sys.path:
-                sys.path.append(path)
-        if os.path.isdir(settings["cwd"]):  # relative paths in the task mean what they mean on the driver
-            os.chdir(settings["cwd"])
-        import optuna
-        import torch
-
-        torch.set_num_threads(int(settings["threads"]))
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver logs one line per trial
-
-    def run(self, task_blob: bytes, kwargs: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-        import ray
+    def run(self, task_blob: bytes, kwargs: dict[str, Any], deadline: float | None, settings: Mapping[str, Any]) -> dict[str, Any]:
         from ray import cloudpickle
 
         from slimtune.trials import runner
 
+        _apply(settings)
         me = worker_identity()
         try:
             task = cloudpickle.loads(task_blob)
@@ -221,17 +207,101 @@ class _Worker:
                 f"the Ray worker on {me['node_ip']} cannot load the task: {type(e).__name__}: {e} "
                 "(the task's modules must be importable on every Ray node: install them there or put them on PYTHONPATH)"
             ) from e
-        with warnings.catch_warnings():  # Ray's own use of a deprecated accessor warns here
-            warnings.simplefilter("ignore")
-            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
-        if reconstructed:
-            study = runner.open_study(kwargs["storage"], kwargs["study_name"])
-            requeue(study, lambda info: info.get("actor") == me["actor"], "its Ray worker died")
+        # this actor runs one trial at a time and none now: a RUNNING trial of its own is one its
+        # previous process was running when it died (Ray restarted the actor)
+        study = runner.open_study(kwargs["storage"], kwargs["study_name"])
+        requeue(study, lambda info: info.get("actor") == me["actor"], "its Ray worker died")
         timeout = None if deadline is None else deadline - time.time()
         if timeout is not None and timeout <= 0:
             return me
         runner.search(task, **kwargs, timeout=timeout, join=True, backend="local", progress=False)
         return me
+
+
+def _apply(settings: Mapping[str, Any]) -> None:
+    """The driver's settings in a worker: heartbeats, SLIMTUNE_* variables, import path, working
+    directory, threads."""
+    import optuna
+    import torch
+
+    from slimtune.trials import runner
+
+    # heartbeat settings of the driver (SLIMTUNE_HEARTBEAT_INTERVAL / _GRACE_PERIOD there)
+    runner.HEARTBEAT_INTERVAL = int(settings["heartbeat_interval"])
+    runner.GRACE_PERIOD = int(settings["grace_period"])
+    os.environ.update(settings["env"])
+    for path in settings["sys_path"]:  # where the driver imports the task's modules from
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.append(path)
+    if os.path.isdir(settings["cwd"]):  # relative paths in the task mean what they mean on the driver
+        os.chdir(settings["cwd"])
+    torch.set_num_threads(int(settings["threads"]))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver logs one line per trial
+
+
+class _Pool:
+    """Idle workers of this process's Ray session, by placement options, for the next run.
+
+    A worker costs a process start and the imports (seconds); a driver that runs several studies
+    in a row reuses its workers. An idle worker still holds its Ray resources, so it is ended
+    after :data:`IDLE_TIMEOUT_S` seconds unused (or at ``ray.shutdown()``); workers of another
+    placement are ended when a run needs different ones.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: dict[tuple[str, str], list[Any]] = {}
+
+    def take(self, ray: Any, options: RayOptions, count: int) -> list[Any]:
+        key = self._key(ray, options)
+        with self.lock:
+            others = [a for k, v in self.idle.items() if k != key for a in v]  # (dead handles of an ended session too)
+            ready = self.idle.pop(key, [])
+            taken = ready[:count]
+            self.idle = {key: ready[count:]} if ready[count:] else {}
+        for actor in others:  # a session that ended, or resources another placement may need
+            _kill(ray, actor)
+        if len(taken) < count:
+            worker_cls = ray.remote(_Worker).options(
+                **options.actor_options(),
+                max_restarts=options.max_retries,
+                max_task_retries=options.max_retries,
+                scheduling_strategy="SPREAD",
+            )
+            taken += [worker_cls.remote() for _ in range(count - len(taken))]
+        return taken
+
+    def give_back(self, ray: Any, options: RayOptions, actors: list[Any]) -> None:
+        key = self._key(ray, options)
+        with self.lock:
+            self.idle.setdefault(key, []).extend(actors)
+        timer = threading.Timer(IDLE_TIMEOUT_S, self._expire, args=(ray, key, list(actors)))
+        timer.daemon = True
+        timer.start()
+
+    def _expire(self, ray: Any, key: tuple[str, str], actors: list[Any]) -> None:
+        with self.lock:
+            idle = self.idle.get(key, [])
+            expired = [a for a in actors if any(a is b for b in idle)]
+            self.idle[key] = [b for b in idle if not any(a is b for a in expired)]
+        for actor in expired:
+            _kill(ray, actor)
+
+    @staticmethod
+    def _key(ray: Any, options: RayOptions) -> tuple[str, str]:
+        ctx = ray.get_runtime_context()  # this session: job and node ids are new for every Ray started
+        return f"{ctx.get_job_id()}@{ctx.get_node_id()}", repr((sorted(options.actor_options().items()), options.max_retries))
+
+
+def _kill(ray: Any, actor: Any) -> None:
+    try:
+        if ray.is_initialized():
+            ray.kill(actor, no_restart=True)
+    except Exception:  # already gone with its session
+        pass
+
+
+_POOL = _Pool()
 
 
 def requeue(study: optuna.Study, owned: Any, why: str) -> list[int]:
@@ -317,15 +387,9 @@ def run_on_ray(
             "cwd": os.getcwd(),
             "threads": max(1, int(options.resources_per_trial.get("cpu", 1.0))),
         }
-        worker_cls = ray.remote(_Worker).options(
-            **options.actor_options(),
-            max_restarts=options.max_retries,
-            max_task_retries=options.max_retries,
-            scheduling_strategy="SPREAD",
-        )
         blob_ref = ray.put(blob)
-        actors = [worker_cls.remote(settings) for _ in range(count)]
-        pending = {a.run.remote(blob_ref, kwargs, deadline): a for a in actors}
+        actors = _POOL.take(ray, options, count)
+        pending = {a.run.remote(blob_ref, kwargs, deadline, settings): a for a in actors}
         logger.info("study %s: %d Ray workers (%s each)", study.study_name, count, _format_resources(options))
         lost = 0
         while pending:
@@ -354,6 +418,8 @@ def run_on_ray(
                 f"study {study.study_name!r}: {why} with {c['done']} of {n_trials} trials finished "
                 "(they are kept in the storage: run the same command again to resume)"
             )
+        if not started and not lost:
+            _POOL.give_back(ray, options, actors)  # for this process's next run on this Ray
     except BaseException:
         # stop the workers; their running trials go back to the queue for the next run
         for a in actors:

@@ -109,7 +109,8 @@ FIELDS: dict[str, str] = {
     "save_models": "'all' (keep every trial's model) or 'none'",
     "backend": "'local' (trials run in this process) or 'ray' (trials run on Ray workers)",
     "ray": "Ray options (backend: ray): address, max_concurrent_trials, resources_per_trial, max_retries",
-    "compressor": "a compressor name (oneshot, agp, admm, lottery, slimming) or a mapping with 'name' and its parameters",
+    "compressor": "a compressor name (oneshot, agp, admm, lottery, slimming) or a mapping with 'name' and "
+    "its parameters",
     "finetune": "fine-tune settings over the task's (epochs or steps, optimizer, lr, schedule, seed, kd ...)",
 }
 
@@ -484,7 +485,9 @@ class _Validator:
         name = self.string(data["name"], "compressor.name")
         known = sorted(COMPRESSORS)
         if name not in COMPRESSORS:
-            self.fail("compressor.name", f"unknown compressor {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}")
+            self.fail(
+                "compressor.name", f"unknown compressor {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}"
+            )
         params = {k: v for k, v in data.items() if k != "name"}
         accepted = sorted(COMPRESSORS[name].defaults)
         for key in params:

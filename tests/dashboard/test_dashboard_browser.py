@@ -26,7 +26,6 @@ PLOTTED = """() => {
   return gd.data.map((t) => ({
     kind: t.meta && t.meta.kind, study: t.meta && t.meta.study, uid: t.uid, drawn: drawn(t.uid),
     x: Array.from(t.x), y: Array.from(t.y), ids: t.customdata ? t.customdata.map((c) => c[1]) : [],
-    symbols: t.marker && Array.isArray(t.marker.symbol) ? Array.from(t.marker.symbol) : [],
   }));
 }"""
 
@@ -36,12 +35,26 @@ def open_pareto(page: Any, server: Server) -> None:
     page.wait_for_selector("#pareto-plot[data-ready]")
 
 
+KINDS = ("dominated", "infeasible", "front")
+
+
 def plotted(page: Any) -> dict[str, dict[str, Any]]:
-    """Per study: its 'trials' and 'front' traces as drawn; the 'original' markers under None."""
+    """Per study: its traces by kind (dominated, infeasible, front) as drawn; the original model's
+    markers under None."""
     out: dict[Any, dict[str, Any]] = {}
     for t in page.evaluate(PLOTTED):
         out.setdefault(t["study"], {})[t["kind"]] = t
     return out
+
+
+def drawn(traces: dict[str, Any]) -> int:
+    """The points plotly drew for one study."""
+    return sum(traces[k]["drawn"] for k in KINDS)
+
+
+def numbers(traces: dict[str, Any]) -> list[int]:
+    """The trial numbers of one study's points."""
+    return sorted(n for k in KINDS for n in traces[k]["ids"])
 
 
 def wait_points(page: Any, study: str, n: int, timeout: float = 20_000) -> None:
@@ -74,23 +87,22 @@ def save_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
 
 def test_pareto_plot_shows_every_completed_trial_and_the_front(page: Any, server: Server, storage_url: str, tmp_path: Path) -> None:
     open_pareto(page, server)
-    drawn = plotted(page)
+    shown = plotted(page)
     names = [s["name"] for s in server.get("api/studies")[1]["studies"]]
-    assert set(drawn) - {None} == set(names)  # every study overlaid (none de-selected yet)
+    assert set(shown) - {None} == set(names)  # every study overlaid (none de-selected yet)
     total = 0
     for name in names:
         trials = completed(storage_url, name)
         front = pareto_front(open_study(storage_url, name))["trial"].tolist()
-        d = drawn[name]
-        assert d["trials"]["drawn"] + d["front"]["drawn"] == len(trials), name  # one point per completed trial
+        d = shown[name]
+        assert drawn(d) == len(trials), name  # one point per completed trial
+        assert numbers(d) == sorted(t.number for t in trials)
         assert d["front"]["drawn"] == len(front) and sorted(d["front"]["ids"]) == sorted(front), name
-        assert sorted(d["trials"]["ids"] + d["front"]["ids"]) == sorted(t.number for t in trials)
         infeasible = [t.number for t in trials if any(v > 0 for v in t.user_attrs["constraints"].values())]
-        faded_x = [n for n, s in zip(d["trials"]["ids"], d["trials"]["symbols"]) if s == "x-thin-open"]
-        assert sorted(faded_x) == sorted(infeasible)
+        assert sorted(d["infeasible"]["ids"]) == sorted(infeasible) and infeasible
         total += len(trials)
     assert int(page.get_attribute("#pareto-plot", "data-points")) == total
-    assert drawn[None]["original"]["x"] == [1] and drawn[None]["original"]["y"] == [1]  # relative axes
+    assert shown[None]["original"]["x"] == [1] and shown[None]["original"]["y"] == [1]  # relative axes
     save_screenshot(page, tmp_path, "pareto.png")
 
     # any measure on the axes, relative or absolute
@@ -98,13 +110,13 @@ def test_pareto_plot_shows_every_completed_trial_and_the_front(page: Any, server
     page.wait_for_selector('#pareto-plot[data-axes="params,accuracy,rel"]')
     d = plotted(page)["nsga2-a"]
     trials = {t.number: t.user_attrs["measures"] for t in completed(storage_url, "nsga2-a")}
-    for kind in ("trials", "front"):
+    for kind in KINDS:
         assert d[kind]["x"] == pytest.approx([trials[n]["params"] for n in d[kind]["ids"]])
         assert d[kind]["y"] == pytest.approx([trials[n]["accuracy"] / 0.97 for n in d[kind]["ids"]])
     page.check("input[name=scale][value=abs]")
     page.wait_for_selector('#pareto-plot[data-axes="params,accuracy,abs"]')
     d = plotted(page)
-    for kind in ("trials", "front"):
+    for kind in KINDS:
         ids = d["nsga2-a"][kind]["ids"]
         assert d["nsga2-a"][kind]["x"] == [trials[n]["params_abs"] for n in ids]
         assert d["nsga2-a"][kind]["y"] == [trials[n]["accuracy"] for n in ids]
@@ -185,7 +197,7 @@ def test_a_new_trial_appears_without_reload(page: Any, server: Server, storage_u
     open_pareto(page, server)
     wait_points(page, "live", 6)
     before = plotted(page)["live"]
-    assert before["trials"]["drawn"] + before["front"]["drawn"] == 6
+    assert drawn(before) == 6
     page.evaluate("window.__notReloaded = true")
     # a trial that dominates every other: the front becomes that one trial
     import random
@@ -202,7 +214,7 @@ def test_a_new_trial_appears_without_reload(page: Any, server: Server, storage_u
     wait_points(page, "live", 7)
     after = plotted(page)["live"]
     assert after["front"]["ids"] == [6] == pareto_front(open_study(storage_url, "live"))["trial"].tolist()
-    assert after["trials"]["drawn"] + after["front"]["drawn"] == 7
+    assert drawn(after) == 7
     assert page.evaluate("window.__notReloaded") is True
 
 
@@ -219,6 +231,6 @@ def test_a_running_study_shows_up_live(page: Any, server: Server, storage_url: s
     n = len(completed(storage_url, "tiny-live"))
     wait_points(page, "tiny-live", n)
     d = plotted(page)["tiny-live"]
-    assert d["trials"]["drawn"] + d["front"]["drawn"] == n == 3
+    assert drawn(d) == n == 3
     assert sorted(d["front"]["ids"]) == sorted(pareto_front(open_study(storage_url, "tiny-live"))["trial"])
     assert page.evaluate("window.__notReloaded") is True

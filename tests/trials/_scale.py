@@ -19,8 +19,13 @@ from slimtune.examples.models import mlp
 from slimtune.trials.task import Task
 
 
-def slow_task(sleep: float = 0.5, log: str | None = None, name: str = "tiny-slow") -> Task:
-    """An MLP(16 → 32 → 16 → 4) on fixed random data; ``evaluate`` takes about ``sleep`` seconds."""
+def slow_task(sleep: float = 0.5, log: str | None = None, barrier: int = 0, name: str = "tiny-slow") -> Task:
+    """An MLP(16 → 32 → 16 → 4) on fixed random data; ``evaluate`` takes about ``sleep`` seconds.
+
+    With ``barrier`` (and ``log``), an evaluation first waits (at most 60 s) until ``barrier``
+    different processes have evaluated or are evaluating: every worker gets a trial, however
+    slowly some of them start.
+    """
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -33,6 +38,12 @@ def slow_task(sleep: float = 0.5, log: str | None = None, name: str = "tiny-slow
         if log is not None:
             with open(log, "a") as f:
                 f.write(f"{os.getpid()}\n")
+            deadline = time.monotonic() + 60
+            while barrier and time.monotonic() < deadline:
+                with open(log) as f:
+                    if len(set(f.read().split())) >= barrier:
+                        break
+                time.sleep(0.05)
         time.sleep(sleep)
         with torch.no_grad():
             return float((m(x).argmax(1) == y).float().mean())

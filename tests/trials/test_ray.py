@@ -23,7 +23,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.trials import runner
 from slimtune.trials.runner import load_model, pareto_front, studies_summary, trials_table
 
-from _scale import ray_env, slow_task
+from _scale import slow_task
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -207,13 +207,14 @@ def cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_driver_killed_then_the_same_command_resumes_the_study(tmp_path: Path) -> None:
+def test_driver_killed_then_the_same_command_resumes_the_study(local_ray: Any, tmp_path: Path) -> None:
+    """``slimtune run`` on a running Ray (``$RAY_ADDRESS``: this module's) killed with SIGKILL: its
+    Ray workers die with it (Ray ends the actors of a dead driver); the same command resumes."""
     log = tmp_path / "evaluations.log"
     (tmp_path / "spec.yaml").write_text(SPEC.format(log=log))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLIMTUNE_ARTIFACTS"))}
-    env.update(ray_env(single_node=True))  # the CLI starts its own local Ray
-    env.update(PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]), OMP_NUM_THREADS="1",
-               SLIMTUNE_HEARTBEAT_INTERVAL="1", SLIMTUNE_GRACE_PERIOD="3")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "SLIMTUNE_ARTIFACTS"}  # with the module Ray's token
+    env.update(RAY_ADDRESS=local_ray.get_runtime_context().gcs_address, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]),
+               OMP_NUM_THREADS="1", SLIMTUNE_HEARTBEAT_INTERVAL="1", SLIMTUNE_GRACE_PERIOD="3")  # fmt: skip
     url = f"sqlite:///{tmp_path / 'ray.db'}"
     runner.make_storage(url)  # the schema exists before the test starts looking at it
     first = cli(tmp_path, env, "-q", "run", "spec.yaml")
@@ -275,13 +276,16 @@ while True:  # join once the study is initialised
     except KeyError:
         pass
     time.sleep(0.1)
-slimtune.search(slow_task(sleep=1.0, log=log), strategy="random", n_trials=10, storage=url, study_name="mixed",
+slimtune.search(slow_task(sleep=0.5, log=log, barrier=4), strategy="random", n_trials=10, storage=url, study_name="mixed",
                 space={"sensitivity": False}, progress=False, save_models="none", join=True)
 print("JOINER DONE", flush=True)
 """
 
 
 def test_ray_workers_and_a_local_worker_share_a_postgresql_study(local_ray: Any, postgres_url: str, tmp_path: Path) -> None:
+    """Two Ray workers and one ``slimtune worker``-like process on one PostgreSQL study. The
+    task's evaluations wait until four processes have evaluated (the driver's baseline, the two
+    Ray workers, the local worker), so all three workers run trials at once."""
     log = tmp_path / "evaluations.log"
     script = tmp_path / "joiner.py"
     script.write_text(JOINER)
@@ -290,7 +294,7 @@ def test_ray_workers_and_a_local_worker_share_a_postgresql_study(local_ray: Any,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         study = slimtune.search(
-            slow_task(sleep=1.0, log=str(log)), strategy="random", n_trials=10, storage=postgres_url, study_name="mixed",
+            slow_task(sleep=0.5, log=str(log), barrier=4), strategy="random", n_trials=10, storage=postgres_url, study_name="mixed",
             space={"sensitivity": False}, progress=False, save_models="none", backend="ray",
         )  # fmt: skip
         out, _ = joiner.communicate(timeout=WAIT)

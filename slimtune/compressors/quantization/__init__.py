@@ -1,12 +1,15 @@
-"""Quantization: fake-quantized layers, observers and algorithms (PTQ, STE-QAT, PACT, DoReFa, BNN).
+"""Quantization: fake-quantized layers, observers, algorithms (PTQ, dynamic, STE-QAT, PACT, DoReFa, BNN, SLB), int8 export.
 
 - :mod:`.functional`: per-channel symmetric weight and affine activation (fake) quantization
   with straight-through gradients;
 - :mod:`.observers`: activation-range observers by name (``minmax``, ``moving_average``,
   ``percentile``, ``kl``);
-- :mod:`.modules`: :class:`QuantWrapper`, :func:`quantize_model`, :func:`calibrate`, :func:`freeze`;
-- :mod:`.algorithms`: the algorithms by name (``ptq``, ``ste``, ``pact``, ``dorefa``, ``bnn``);
-- :mod:`.export`: :func:`export_int8`, a real int8 model (torch.ao FX, x86 kernels, conv-bn-relu fused).
+- :mod:`.modules`: :class:`QuantWrapper` (Conv/Linear, and LSTM/GRU weight-only), :func:`quantize_model`,
+  :func:`calibrate`, :func:`freeze`, :func:`unwrap`;
+- :mod:`.algorithms`: the algorithms by name (``ptq``, ``dynamic``, ``ste``, ``pact``, ``dorefa``, ``bnn``,
+  ``slb`` with its temperature helpers :func:`anneal` / :func:`set_temperature`);
+- :mod:`.export`: :func:`export_int8`, a real int8 model: static (torch.ao FX by default, or torchao PT2E
+  compiled — :mod:`.pt2e`; conv-bn-relu fused) or dynamic (Linear/LSTM/GRU).
 
 Example:
     >>> import torch
@@ -21,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from slimtune.compressors.quantization._errors import QuantizationError
+from slimtune.compressors.quantization._errors import QuantExportError, QuantizationError
 from slimtune.compressors.quantization.functional import (
     affine_qparams,
     dequantize_per_channel,
@@ -33,12 +36,16 @@ from slimtune.compressors.quantization.observers import OBSERVERS, Observer, mak
 from slimtune.compressors.quantization.algorithms import (
     ALGORITHMS,
     QuantAlgorithm,
+    anneal,
     get_algorithm,
     post_training_quantize,
     register_algorithm,
+    set_temperature,
+    slb_candidates,
+    slb_probabilities,
 )
 from slimtune.compressors.quantization.export import (
-    QuantExportError,
+    PT2EInt8Model,
     export_int8,
     exported_size_bytes,
     load_int8,
@@ -52,11 +59,13 @@ from slimtune.compressors.quantization.modules import (
     quant_wrappers,
     quantizable_layers,
     quantize_model,
+    unwrap,
     weight_bits,
 )
 
 __all__ = [
     "ALGORITHMS",
+    "PT2EInt8Model",
     "QuantExportError",
     "export_int8",
     "exported_size_bytes",
@@ -69,6 +78,7 @@ __all__ = [
     "QuantWrapper",
     "QuantizationError",
     "affine_qparams",
+    "anneal",
     "calibrate",
     "dequantize_per_channel",
     "fake_quantize_activation",
@@ -84,4 +94,8 @@ __all__ = [
     "quantize_weight_per_channel",
     "register_algorithm",
     "register_observer",
+    "set_temperature",
+    "slb_candidates",
+    "slb_probabilities",
+    "unwrap",
 ]

@@ -1,24 +1,52 @@
-"""Export of a float model to a real int8 model (quantized kernels), for measured latency and size.
+"""Export of a model to a real int8 model (quantized kernels), for measured latency and size.
 
-:func:`export_int8` runs static post-training quantization with PyTorch's own ``torch.ao`` FX graph
-mode pipeline (``prepare_fx`` with ``get_default_qconfig_mapping(backend)`` → calibration →
-``convert_fx``): conv-BN(-ReLU) and linear-ReLU are fused, weights are int8 per-channel symmetric,
-activations uint8 affine (histogram observer), and the result is a ``torch.fx.GraphModule`` whose
-layers run the ``quantized::conv2d`` / ``quantized::linear`` kernels of the chosen backend (``x86``:
-fbgemm/oneDNN). It works on physically smaller (channel-pruned) models like on any other float model.
+One entry point, :func:`export_int8`, three paths:
 
-Serialization: through TorchScript — :func:`save_int8` (``torch.jit.trace`` → ``torch.jit.save``) and
-:func:`load_int8` (``torch.jit.load``), which round-trips exactly; ``torch.jit.script`` works too. The
-weights alone round-trip with ``torch.save(model.state_dict(), f)`` → ``load_state_dict`` into a fresh
-export of the same float model. Pickling the whole ``GraphModule`` with ``torch.save(model)`` does *not*
-work in torch 2.13 (saving or unpickling the quantized fused modules fails), so don't.
-:func:`exported_size_bytes` counts the bytes of the serialized ``state_dict`` (packed int8
-weights, scales, zero points), the same measure for a float and an int8 model.
+- **static, torch.ao FX** (``mode="static"``, ``method="fx"`` — the default): PyTorch's FX graph mode
+  pipeline (``prepare_fx`` with ``get_default_qconfig_mapping(backend)`` → calibration → ``convert_fx``):
+  conv-BN(-ReLU) and linear-ReLU are fused, weights are int8 per-channel symmetric, activations uint8
+  affine (histogram observer), and the result is a ``torch.fx.GraphModule`` whose layers run the
+  ``quantized::conv2d`` / ``quantized::linear`` kernels of the chosen backend (``x86``: fbgemm/oneDNN).
+- **static, PT2E** (``method="pt2e"``, needs ``torchao``): ``torch.export`` with a dynamic batch dim →
+  ``prepare_pt2e``/``convert_pt2e`` with ``X86InductorQuantizer`` (conv-BN folded, conv-BN-ReLU fused) →
+  ``torch.compile`` with inductor freezing (oneDNN int8 kernels); a
+  :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model`. See :mod:`.pt2e`.
+- **dynamic** (``mode="dynamic"``): ``torch.ao.quantization.quantize_dynamic`` of the Linear, LSTM and GRU
+  layers: int8 weights per output channel (range ±127, so 8-bit fake-quantized weights carry over exactly),
+  activations quantized per batch at run time; no calibration. Conv layers stay float.
 
-PT2E (``torch.export`` → ``prepare_pt2e``/``convert_pt2e`` with ``X86InductorQuantizer``) is not part
-of torch 2.13 itself (it moved to the separate ``torchao`` package, which is not a dependency);
-``method="pt2e"`` is accepted only when ``torchao`` is importable and raises a clear error otherwise,
-and ``method="auto"`` uses FX.
+Why FX is the default of ``method="auto"`` (measured by ``benchmarks/quantization.py`` on the 2-core AMD EPYC
+with AVX-512 VNNI, 1 thread, interleaved, CPU time; latency relative to fp32 eager):
+
+======================= ================ ================= ==================
+model, batch            torch.ao FX      PT2E compiled     PT2E lowered
+======================= ================ ================= ==================
+digits CNN, 1           ×1.03            ×1.60             fails (``view``)
+digits CNN, 32          ×0.55            ×0.61             fails
+ResNet-20, 1            ×0.57            ×0.71             ×0.84
+ResNet-20, 32           ×0.31            ×0.27             ×0.29
+======================= ================ ================= ==================
+
+FX is the fastest in three of the four cases, exports in about a second, and needs no compilation;
+PT2E wins only on ResNet-20 at batch 32 (by ~12 %), costs 5-40 s of inductor compilation per new batch
+size and compiles the digits CNN only with static shapes. So ``auto`` runs FX and falls back to PT2E (when
+``torchao`` is installed) if FX cannot export the model — e.g. one ``torch.fx`` cannot trace but
+``torch.export`` can. ``benchmarks/results/quantization.md`` has the latest full numbers.
+
+A model with :class:`~slimtune.compressors.quantization.QuantWrapper` layers (from ``compress`` with a plan's
+``quantize`` entries, or :func:`~slimtune.compressors.quantization.quantize_model`) is exported from its
+*quantized* weights (:func:`~slimtune.compressors.quantization.unwrap`, e.g. after QAT or SLB): only the wrapped
+layers become int8 (with ``mode="static"``, the wrapped Conv/Linear layers; with ``mode="dynamic"``, the
+wrapped Linear/LSTM/GRU layers), and ``mode="auto"`` is ``"dynamic"`` when every wrapper uses the ``dynamic``
+algorithm, else ``"static"``. Weights fake-quantized below 8 bits are stored in int8 (x86 has no int4 kernels).
+A float model is exported whole (or the ``layers`` given), ``mode="auto"`` meaning ``"static"``.
+
+Serialization: :func:`save_int8` / :func:`load_int8`. FX and dynamic models go through TorchScript
+(``torch.jit.trace`` → ``torch.jit.save``; round-trips exactly); a PT2E model through ``torch.export.save``
+(loaded back as a ``PT2EInt8Model`` that compiles on first use). Pickling a whole FX ``GraphModule`` with
+``torch.save(model)`` does *not* work in torch 2.13, so don't. :func:`exported_size_bytes` counts the bytes of
+the serialized ``state_dict`` (packed int8 weights, scales, zero points), the same measure for every path and
+for a float model.
 
 The ``torch.ao.quantization`` deprecation warnings are silenced inside these functions.
 """
@@ -27,8 +55,8 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -36,15 +64,29 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from slimtune.compressors.quantization._errors import QuantizationError
+from slimtune.compressors.quantization._errors import QuantExportError
+from slimtune.compressors.quantization.pt2e import PT2EInt8Model, export_pt2e, pt2e_available
 
-__all__ = ["QuantExportError", "export_int8", "exported_size_bytes", "load_int8", "pt2e_available", "save_int8"]
+__all__ = [
+    "AUTO_METHOD",
+    "PT2EInt8Model",
+    "QuantExportError",
+    "export_int8",
+    "exported_size_bytes",
+    "load_int8",
+    "pt2e_available",
+    "save_int8",
+]
 
 Method = Literal["auto", "fx", "pt2e"]
+Mode = Literal["auto", "static", "dynamic"]
 
+AUTO_METHOD = "fx"
+"""The static path ``method="auto"`` tries first (the measured fastest here, see the module docstring); the
+other one (``"pt2e"``, when torchao is installed) is its fallback."""
 
-class QuantExportError(QuantizationError, RuntimeError):
-    """A model could not be exported to int8 (names the layer or the reason); a :class:`QuantizationError`."""
+_STATIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -153,31 +195,19 @@ class _NodeFailure(Exception):
         self.where, self.exc = where, exc
 
 
-def _check_layers(model: nn.Module, layers: Iterable[str]) -> list[str]:
+def _check_layers(model: nn.Module, layers: Iterable[str], mode: str) -> list[str]:
     modules = dict(model.named_modules())
+    kinds, what = (_DYNAMIC_TYPES, "Linear, LSTM and GRU") if mode == "dynamic" else (_STATIC_TYPES, "Conv1d/2d/3d and Linear")
     names = sorted(set(layers))
     for name in names:
         if name not in modules or name == "":
             raise QuantExportError(f"export_int8: layer {name!r} is not a submodule of the model")
-        if not isinstance(modules[name], (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if not isinstance(modules[name], kinds):
             raise QuantExportError(
-                f"export_int8: layer {name!r} is a {type(modules[name]).__name__}; only Conv1d/2d/3d and "
-                "Linear layers can be selected for int8"
+                f"export_int8: layer {name!r} is a {type(modules[name]).__name__}; only {what} layers can be "
+                f"selected for {mode} int8"
             )
     return names
-
-
-def pt2e_available() -> bool:
-    """Whether a PT2E quantization path (``prepare_pt2e`` + ``X86InductorQuantizer``) can be imported.
-
-    Not in torch 2.13 itself (``torch.ao.quantization.quantize_pt2e`` is gone); only with ``torchao``.
-    """
-    try:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: F401
-        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -244,76 +274,101 @@ def _export_fx(
     return quantized
 
 
-def _export_pt2e(model: nn.Module, args: tuple[Any, ...], calibration: Any) -> nn.Module:
-    if not pt2e_available():
+def _export_dynamic(model: nn.Module, args: tuple[Any, ...], layers: Sequence[str] | None) -> nn.Module:
+    from torch.ao.quantization import QConfig, quantize_dynamic
+    from torch.ao.quantization.observer import default_dynamic_quant_observer, per_channel_weight_observer_range_neg_127_to_127
+
+    # Per-output-channel int8 weights over ±127 — slimtune's 8-bit grid, so fake-quantized weights carry over exactly.
+    qconfig = QConfig(activation=default_dynamic_quant_observer, weight=per_channel_weight_observer_range_neg_127_to_127)
+    names = list(layers) if layers is not None else [n for n, m in model.named_modules() if isinstance(m, _DYNAMIC_TYPES)]
+    if not names:
         raise QuantExportError(
-            "export_int8: method='pt2e' needs prepare_pt2e/convert_pt2e and X86InductorQuantizer, which are not in "
-            f"torch {torch.__version__} itself (they live in the `torchao` package, not installed); use method='fx'"
+            "export_int8: mode='dynamic' quantizes Linear, LSTM and GRU layers, and the model has none "
+            "(use mode='static' for convolutions)"
         )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = tuple({0: batch} if isinstance(a, torch.Tensor) else None for a in args)
     try:
-        exported = torch.export.export(model, args, dynamic_shapes=dynamic).module()
+        quantized = quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8, inplace=True)
     except Exception as exc:  # noqa: BLE001
-        raise QuantExportError(f"export_int8: torch.export failed: {type(exc).__name__}: {exc}") from exc
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)
-    with torch.no_grad():
-        for cargs in _calibration_args(calibration):
-            prepared(*cargs)
-    return convert_pt2e(prepared)
+        raise QuantExportError(f"export_int8: quantize_dynamic failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        with torch.no_grad():
+            quantized(*args)
+    except Exception as exc:  # noqa: BLE001
+        raise QuantExportError(
+            f"export_int8: the dynamic int8 model fails on example_inputs: {type(exc).__name__}: {exc}"
+        ) from exc
+    return quantized
 
 
-def _quick_latency(model: nn.Module, args: tuple[Any, ...], repeats: int = 20) -> float:
-    with torch.no_grad():
-        for _ in range(3):
-            model(*args)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(*args)
-            times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
+def _from_wrappers(model: nn.Module, mode: str) -> tuple[nn.Module, str, list[str] | None]:
+    """``(float model, mode, layers)`` for a model with QuantWrappers: unwrapped, auto mode resolved, wrapped layers."""
+    from slimtune.compressors.quantization.modules import QuantWrapper, unwrap
+
+    wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
+    if not wrappers:
+        return model, "static" if mode == "auto" else mode, None
+    if mode == "auto":
+        mode = "dynamic" if all(w.algorithm.name == "dynamic" for w in wrappers.values()) else "static"
+    float_model = unwrap(model)
+    kinds = _DYNAMIC_TYPES if mode == "dynamic" else _STATIC_TYPES
+    layers = sorted(n for n, w in wrappers.items() if isinstance(w.layer, kinds))
+    if not layers:
+        raise QuantExportError(
+            f"export_int8: mode={mode!r} and none of the quantized layers ({', '.join(sorted(wrappers))}) has "
+            f"{'Linear/LSTM/GRU' if mode == 'dynamic' else 'Conv/Linear'} int8 kernels"
+        )
+    every = sorted(n for n, m in float_model.named_modules() if isinstance(m, kinds))
+    return float_model, mode, (None if layers == every else layers)
 
 
 def export_int8(
     model: nn.Module,
     example_inputs: Any,
-    calibration: Any,
+    calibration: Any = None,
     backend: str = "x86",
     method: Method = "auto",
     layers: Iterable[str] | None = None,
+    mode: Mode = "auto",
 ) -> nn.Module:
-    """A real int8 copy of a float model (static post-training quantization, quantized kernels).
+    """A real int8 copy of a model (post-training quantization to int8 kernels), static or dynamic.
 
-    The model is deep-copied and put in eval mode (the original is untouched); conv-BN(-ReLU) and
-    linear(-ReLU) are fused; observers are calibrated on ``calibration``; the result runs int8 kernels
-    (``quantized::conv2d``, ``quantized::linear``) of ``backend``. Inputs and outputs stay float.
+    The model is deep-copied and put in eval mode (the original is untouched). Static mode fuses
+    conv-BN(-ReLU) and linear(-ReLU), calibrates activation ranges on ``calibration`` and runs int8
+    kernels (``quantized::conv2d``/``quantized::linear`` for FX, oneDNN ``qconv``/``qlinear`` for PT2E);
+    dynamic mode quantizes the weights of Linear/LSTM/GRU layers and each batch's activations at run
+    time. Inputs and outputs stay float. See the module docstring for the paths and the measured choice.
 
     Args:
-        model: A float model, torch.fx-traceable (channel-pruned, physically smaller models are fine).
+        model: A float model, or a fake-quantized one (with ``QuantWrapper`` layers: exported from its
+            quantized weights, only its wrapped layers become int8). Static FX needs a ``torch.fx``-traceable
+            model (PT2E: ``torch.export``-able); channel-pruned, physically smaller models are fine.
         example_inputs: One input tensor, or a tuple of inputs, of any batch size.
-        calibration: One input tensor, or an iterable of batches (tensors or ``(inputs, targets)``
-            pairs, e.g. a DataLoader); a few hundred samples are usually enough.
-        backend: Quantized engine (``"x86"`` default; ``"fbgemm"``, ``"onednn"``, ``"qnnpack"``). The engine
-            is set while exporting; run the model under the same ``torch.backends.quantized.engine``
-            (``x86`` is the default on x86 builds).
-        method: ``"fx"`` (torch.ao FX graph mode), ``"pt2e"`` (only with ``torchao`` installed — not in
-            torch 2.13 itself) or ``"auto"`` (FX; or, when PT2E is available, whichever of the two is faster
-            on a quick timing at ``example_inputs``).
-        layers: Names of the Conv/Linear layers to quantize (others stay float); ``None`` = every layer.
+        calibration: For static mode: one input tensor, or an iterable of batches (tensors or
+            ``(inputs, targets)`` pairs, e.g. a DataLoader); a few hundred samples are usually enough.
+            Not needed (ignored) for dynamic mode.
+        backend: Quantized engine for FX and dynamic (``"x86"`` default; ``"fbgemm"``, ``"onednn"``,
+            ``"qnnpack"``). The engine is set while exporting; run the model under the same
+            ``torch.backends.quantized.engine`` (``x86`` is the default on x86 builds).
+        method: Static path: ``"fx"`` (torch.ao FX), ``"pt2e"`` (torchao PT2E + ``torch.compile``; needs
+            ``torchao``) or ``"auto"`` (:data:`AUTO_METHOD` = FX, falling back to PT2E when FX fails and
+            torchao is installed; always FX when ``layers`` selects a subset).
+        layers: Names of the layers to quantize (others stay float); ``None`` = every eligible layer (or,
+            for a fake-quantized model, its wrapped layers). Static: Conv/Linear, FX only; dynamic:
+            Linear/LSTM/GRU.
+        mode: ``"static"``, ``"dynamic"`` or ``"auto"`` (``"dynamic"`` for a model whose quantized layers
+            all use the ``dynamic`` algorithm, else ``"static"``).
 
     Returns:
-        The int8 model (a ``torch.fx.GraphModule`` for FX), in eval mode. Save it with :func:`save_int8`
-        (TorchScript) and load it with :func:`load_int8`; ``torch.save(model)`` does not work for it.
+        The int8 model in eval mode: a ``torch.fx.GraphModule`` (FX), a
+        :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model` (PT2E) or the model with
+        ``torch.ao.nn.quantized.dynamic`` layers (dynamic). Save it with :func:`save_int8`, load it with
+        :func:`load_int8`; ``torch.save(model)`` does not work for FX models.
 
     Raises:
-        QuantExportError: naming the layer or the reason (unknown / non-quantizable layer name, a module
-            torch.fx cannot trace, an empty or failing calibration, an op the backend cannot run in int8).
+        QuantExportError: naming the layer or the reason (unknown / ineligible layer name, a module
+            torch.fx cannot trace, missing, empty or failing calibration, an op the backend cannot run in
+            int8, PT2E without torchao, dynamic mode without Linear/LSTM/GRU layers).
+        ValueError: ``method`` or ``mode`` not one of the names above.
 
     Example:
         >>> import torch
@@ -323,36 +378,75 @@ def export_int8(
         >>> q = export_int8(m, x, [x])
         >>> exported_size_bytes(q) < exported_size_bytes(m)
         True
+        >>> rnn = nn.LSTM(16, 32, batch_first=True)
+        >>> exported_size_bytes(export_int8(rnn, torch.randn(2, 5, 16), mode="dynamic")) < exported_size_bytes(rnn)
+        True
     """
     if method not in ("auto", "fx", "pt2e"):
         raise ValueError(f"export_int8: method must be 'auto', 'fx' or 'pt2e', got {method!r}")
+    if mode not in ("auto", "static", "dynamic"):
+        raise ValueError(f"export_int8: mode must be 'auto', 'static' or 'dynamic', got {mode!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_int8: model must be a torch.nn.Module, got {type(model).__name__}")
     args = _as_args(example_inputs)
-    chosen = None if layers is None else _check_layers(model, layers)
-    if chosen is not None and method == "pt2e":
-        raise QuantExportError("export_int8: `layers` (partial quantization) is only supported with method='fx'")
+    float_model, mode, wrapped = _from_wrappers(model, mode)
+    if isinstance(calibration, (list, tuple)) and not calibration and mode == "static":
+        raise QuantExportError("export_int8: calibration is empty; static quantization needs at least one batch")
+    chosen = None if layers is None else _check_layers(float_model, layers, mode)
+    if chosen is None:
+        chosen = wrapped
     if chosen is not None and not chosen:
         raise QuantExportError("export_int8: `layers` is empty; nothing to quantize")
+    float_model = copy.deepcopy(float_model).eval()
 
-    float_model = copy.deepcopy(model).eval()
-    if isinstance(calibration, Iterator) and method == "auto" and pt2e_available():
-        calibration = list(calibration)  # consumed twice when both paths are tried
     with _quiet(), _engine(backend):
-        if method == "fx" or (method == "auto" and (chosen is not None or not pt2e_available())):
-            result: nn.Module = _export_fx(float_model, args, calibration, backend, chosen)
-        elif method == "pt2e":
-            result = _export_pt2e(float_model, args, calibration)
-        else:
-            fx_model = _export_fx(float_model, args, calibration, backend, chosen)
+        if mode == "dynamic":
+            if method == "pt2e":
+                raise QuantExportError(
+                    "export_int8: mode='dynamic' uses torch.ao.quantization.quantize_dynamic; method='pt2e' is "
+                    "for static quantization (use method='auto' or 'fx')"
+                )
+            return _export_dynamic(float_model, args, chosen).eval()
+        if calibration is None:
+            raise QuantExportError(
+                "export_int8: static quantization needs calibration batches (calibration=...); "
+                "or use mode='dynamic' for weight-only int8 of Linear/LSTM/GRU layers"
+            )
+        if chosen is not None and method == "pt2e":
+            raise QuantExportError(
+                f"export_int8: quantizing only some layers ({', '.join(chosen[:6])}"
+                f"{', ...' if len(chosen) > 6 else ''}) is only supported with method='fx'"
+            )
+        if method != "auto" or chosen is not None:
+            return _export_static(method if method != "auto" else "fx", float_model, args, calibration, backend, chosen)
+        # auto: AUTO_METHOD first, the other path as the fallback (PT2E only when torchao is installed).
+        fallback = "pt2e" if AUTO_METHOD == "fx" else "fx"
+        if isinstance(calibration, Iterator):
+            calibration = list(calibration)  # may be consumed twice
+        try:
+            return _export_static(AUTO_METHOD, copy.deepcopy(float_model), args, calibration, backend, None)
+        except QuantExportError as first_error:
+            if fallback == "pt2e" and not pt2e_available():
+                raise
             try:
-                pt2e_model = _export_pt2e(copy.deepcopy(model).eval(), args, calibration)
-            except QuantExportError:
-                result = fx_model
-            else:
-                faster_pt2e = _quick_latency(pt2e_model, args) < _quick_latency(fx_model, args)
-                result = pt2e_model if faster_pt2e else fx_model
-    return result.eval()
+                result = _export_static(fallback, float_model, args, calibration, backend, None)
+            except QuantExportError as second_error:
+                raise QuantExportError(
+                    f"{first_error}; the {fallback} fallback failed too: {second_error}"
+                ) from first_error
+            warnings.warn(
+                f"export_int8: the {AUTO_METHOD} path failed ({first_error}); exported with {fallback} instead",
+                stacklevel=2,
+            )
+            return result
+
+
+def _export_static(
+    method: str, model: nn.Module, args: tuple[Any, ...], calibration: Any, backend: str, layers: Sequence[str] | None
+) -> nn.Module:
+    if method == "pt2e":
+        return export_pt2e(model, args, _calibration_args(calibration)).eval()
+    return _export_fx(model, args, calibration, backend, layers).eval()
 
 
 def exported_size_bytes(model: nn.Module) -> int:
@@ -364,16 +458,43 @@ def exported_size_bytes(model: nn.Module) -> int:
 
 
 def save_int8(model: nn.Module, f: Any, example_inputs: Any) -> None:
-    """Save an exported int8 model as TorchScript (``torch.jit.trace`` at ``example_inputs`` → ``torch.jit.save``).
+    """Save an exported int8 model; :func:`load_int8` reads it back.
 
-    ``f`` is a path or a binary file object. Traced models keep working at other batch sizes.
+    FX and dynamic models (and float ones): TorchScript (``torch.jit.trace`` at ``example_inputs`` →
+    ``torch.jit.save``); traced models keep working at other batch sizes. A
+    :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model`: ``torch.export.save`` of its int8
+    program with a dynamic batch dimension (``example_inputs`` unused). ``f`` is a path or a binary file object.
     """
     with _quiet(), torch.no_grad():
+        if isinstance(model, PT2EInt8Model):
+            model.save(f)
+            return
+        # The tracer warns about the shape checks of LSTM/GRU (constant for a given model): expected, harmless.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         scripted = torch.jit.trace(model.eval(), _as_args(example_inputs), check_trace=False)
         torch.jit.save(scripted, f)
 
 
-def load_int8(f: Any) -> torch.jit.ScriptModule:
-    """Load a model written by :func:`save_int8` (``torch.jit.load``, CPU)."""
+def _is_exported_program(f: Any) -> bool:
+    """Whether ``f`` holds a ``torch.export.save`` archive (rather than TorchScript); rewinds a file object."""
+    start = f.tell() if hasattr(f, "tell") else None
+    try:
+        with zipfile.ZipFile(f) as archive:
+            return any(name.endswith("models/model.json") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+    finally:
+        if start is not None:
+            f.seek(start)
+
+
+def load_int8(f: Any) -> nn.Module:
+    """Load a model written by :func:`save_int8` (CPU).
+
+    Returns a ``torch.jit.ScriptModule`` for TorchScript files (FX, dynamic), a
+    :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model` for PT2E files (compiled on first use).
+    """
     with _quiet():
+        if _is_exported_program(f):
+            return PT2EInt8Model.load(f).eval()
         return torch.jit.load(f, map_location="cpu").eval()

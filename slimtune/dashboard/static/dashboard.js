@@ -192,7 +192,7 @@
       h("span", { class: "swatch", style: `background:${colorOf(s.name)}` }), s.name)));
   }
   function fillSelect(select, options, current) {
-    const keys = options.map((o) => o[0]).join("|");
+    const keys = options.map((o) => o.join("=")).join("|");
     if (select.dataset.keys !== keys) {
       select.replaceChildren(...options.map(([v, label]) => h("option", { value: v }, label)));
       select.dataset.keys = keys;
@@ -215,6 +215,7 @@
     fillSelect(el("y-axis"), keys.map((k) => [k, axisTitle(k, meta)]), S.y);
     fillSelect(el("color-axis"), [["study", "study"], ...keys.map((k) => [k, axisTitle(k, meta)])], S.color);
 
+    const t0 = performance.now();
     const byMeasure = S.color !== "study";
     let cmin = Infinity, cmax = -Infinity;
     if (byMeasure) payloads.forEach((p) => p.trials.state.forEach((st, i) => {
@@ -224,41 +225,41 @@
     const traces = [];
     let points = 0, frontPoints = 0, colorbarShown = false;
     const originals = new Map();
-    names.forEach((name, si) => {
-      const p = S.trials[name].data, t = p.trials;
-      const rest = { x: [], y: [], text: [], ids: [], opacity: [], symbol: [], color: [] };
-      const front = [];
+    names.forEach((name) => {
+      const p = S.trials[name].data, t = p.trials, k = S.studies.findIndex((x) => x.name === name);
+      // three traces per study, each styled as a whole: dominated (faded), infeasible (crosses), front
+      const groups = { dominated: [], infeasible: [], front: [] };
       for (let i = 0; i < t.number.length; i++) {
         if (t.state[i] !== "COMPLETE") continue;
         const x = value(p, S.x, i), y = value(p, S.y, i);
         if (x === null || y === null || x === undefined || y === undefined) continue;
-        const c = byMeasure ? value(p, S.color, i) : null;
-        if (t.front[i]) { front.push({ x, y, text: hoverText(p, name, i), id: [name, t.number[i]], c }); continue; }
-        const infeasible = t.feasible[i] === false;
-        rest.x.push(x); rest.y.push(y); rest.text.push(hoverText(p, name, i)); rest.ids.push([name, t.number[i]]);
-        rest.opacity.push(infeasible ? 0.25 : 0.45);
-        rest.symbol.push(infeasible ? "x-thin-open" : (byMeasure ? symbolOf(name) : "circle"));
-        rest.color.push(byMeasure ? c : colorOf(name));
+        const kind = t.front[i] ? "front" : (t.feasible[i] === false ? "infeasible" : "dominated");
+        groups[kind].push({ x, y, i, c: byMeasure ? value(p, S.color, i) : null });
       }
-      front.sort((a, b) => a.x - b.x || a.y - b.y);
-      points += rest.x.length + front.length;
-      frontPoints += front.length;
+      groups.front.sort((a, b) => a.x - b.x || a.y - b.y);
+      points += groups.dominated.length + groups.infeasible.length + groups.front.length;
+      frontPoints += groups.front.length;
       const colorbar = byMeasure && !colorbarShown ? { title: { text: axisTitle(S.color, p.meta) } } : undefined;
-      const scale = byMeasure ? { colorscale: "Viridis", cmin, cmax, showscale: !colorbarShown, colorbar } : {};
-      colorbarShown = colorbarShown || byMeasure;
-      traces.push({
-        type: "scatter", mode: "markers", name: `${name}: trials`, legendgroup: name, uid: `trials-${S.studies.findIndex((x) => x.name === name)}`,
-        x: rest.x, y: rest.y, hovertext: rest.text, hoverinfo: "text", customdata: rest.ids,
-        marker: { size: 7, color: rest.color, opacity: rest.opacity, symbol: rest.symbol, line: { width: 1, color: byMeasure ? "#555" : colorOf(name) }, ...scale },
-        meta: { kind: "trials", study: name },
+      const colors = (g) => (byMeasure ? { color: g.map((f) => f.c), colorscale: "Viridis", cmin, cmax } : { color: colorOf(name) });
+      const base = (kind, label, g) => ({
+        type: "scatter", mode: "markers", name: `${name}: ${label}`, legendgroup: name, uid: `${kind}-${k}`,
+        x: g.map((f) => f.x), y: g.map((f) => f.y), hovertext: g.map((f) => hoverText(p, name, f.i)), hoverinfo: "text",
+        customdata: g.map((f) => [name, t.number[f.i]]), meta: { kind, study: name },
       });
       traces.push({
-        type: "scatter", mode: "lines+markers", name: `${name}: Pareto front (${front.length})`, legendgroup: name, uid: `front-${S.studies.findIndex((x) => x.name === name)}`,
-        x: front.map((f) => f.x), y: front.map((f) => f.y), hovertext: front.map((f) => f.text), hoverinfo: "text",
-        customdata: front.map((f) => f.id),
+        ...base("dominated", "dominated", groups.dominated),
+        marker: { size: 7, opacity: 0.45, symbol: byMeasure ? symbolOf(name) : "circle", ...colors(groups.dominated),
+          ...(byMeasure ? { showscale: !colorbarShown, colorbar } : {}) },
+      });
+      colorbarShown = colorbarShown || byMeasure;
+      traces.push({
+        ...base("infeasible", "infeasible", groups.infeasible),
+        marker: { size: 7, opacity: 0.35, symbol: "x-thin-open", line: { width: 1.5 }, ...colors(groups.infeasible) },
+      });
+      traces.push({
+        ...base("front", `Pareto front (${groups.front.length})`, groups.front), mode: "lines+markers",
         line: { color: colorOf(name), width: 2 },
-        marker: { size: 11, symbol: byMeasure ? symbolOf(name) : "circle", color: byMeasure ? front.map((f) => f.c) : colorOf(name), line: { width: 1.5, color: "#111" }, ...(byMeasure ? { colorscale: "Viridis", cmin, cmax, showscale: false } : {}) },
-        meta: { kind: "front", study: name },
+        marker: { size: 11, symbol: byMeasure ? symbolOf(name) : "circle", line: { width: 1.5, color: "#111" }, ...colors(groups.front) },
       });
       const ox = original(p.meta, S.x), oy = original(p.meta, S.y);
       if (ox !== null && oy !== null) {
@@ -281,6 +282,7 @@
     };
     const div = el("pareto-plot");
     if (!names.length) layout.annotations = [{ text: "no study selected", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }];
+    const t1 = performance.now();
     await Plotly.react(div, traces, layout, PLOT_CONFIG);
     if (!div.dataset.clickable) {
       div.on("plotly_click", (ev) => {
@@ -293,7 +295,10 @@
     div.dataset.front = frontPoints;
     div.dataset.axes = `${S.x},${S.y},${S.scale}`;
     div.dataset.ready = (+div.dataset.ready || 0) + 1;
-    if (window.slimtuneReadyAt === undefined) window.slimtuneReadyAt = performance.now();
+    if (window.slimtuneReadyAt === undefined) {  // the first plot: timings for benchmarks/dashboard.py
+      window.slimtuneReadyAt = performance.now();
+      window.slimtuneFirstDraw = { traces_ms: t1 - t0, plotly_ms: window.slimtuneReadyAt - t1 };
+    }
   }
 
   // ------------------------------------------------------------------ progress view

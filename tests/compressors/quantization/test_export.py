@@ -164,6 +164,14 @@ def test_errors_name_the_problem(digits) -> None:
         export_int8(Untraceable().eval(), torch.randn(2, 3, 8, 8), [torch.randn(4, 3, 8, 8)])
     with pytest.raises(ValueError, match="method"):
         export_int8(model, x, calib, method="magic")  # type: ignore[arg-type]
-    if not pt2e_available():
-        with pytest.raises(QuantExportError, match="torchao"):
-            export_int8(model, x, calib, method="pt2e")
+    with pytest.raises(ValueError, match="mode"):
+        export_int8(model, x, calib, mode="magic")  # type: ignore[arg-type]
+    with pytest.raises(QuantExportError, match="needs calibration batches"):
+        export_int8(model, x)
+    with pytest.raises(QuantExportError, match=r"only some layers \(fc2\).*method='fx'"):
+        export_int8(model, x, calib, layers={"fc2"}, method="pt2e")
+    with pytest.raises(QuantExportError, match=r"'features\.0' is a Conv2d; only Linear, LSTM and GRU"):
+        export_int8(model, x, layers={"features.0"}, mode="dynamic")
+    with pytest.raises(QuantExportError, match="method='pt2e' is for static"):
+        export_int8(model, x, mode="dynamic", method="pt2e")
+    assert pt2e_available()  # torchao is part of the dev extra

@@ -137,8 +137,9 @@ def test_calibrate_accepts_input_target_pairs_and_max_batches() -> None:
 
 # ---------------------------------------------------------------------- algorithms
 def test_registry_has_the_algorithms() -> None:
-    assert set(ALGORITHMS) == {"ptq", "ste", "pact", "dorefa", "bnn"}
+    assert set(ALGORITHMS) == {"ptq", "ste", "pact", "dorefa", "bnn", "dynamic", "slb"}
     assert not get_algorithm("ptq").requires_training and get_algorithm("ste").requires_training
+    assert not get_algorithm("dynamic").requires_training and get_algorithm("slb").requires_training
     for cls in ALGORITHMS.values():
         assert cls.__module__ and len((__import__(cls.__module__, fromlist=["x"]).__doc__ or "")) > 100
 

@@ -12,6 +12,8 @@ from slimtune.compressors.training import ADMMHook, FinetuneConfig, TrainingCont
 from slimtune.compressors.training._masks import prepare
 from slimtune.errors import PlanError
 
+from _training_fixtures import digits, one_thread  # noqa: F401  (fixtures)
+
 
 def test_penalty_is_half_rho_times_squared_distance_to_the_projection(digits):
     task, graph = digits

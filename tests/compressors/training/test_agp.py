@@ -18,6 +18,8 @@ from slimtune.compressors.training import (
 from slimtune.compressors.training._masks import prepare
 from slimtune.errors import PlanError
 
+from _training_fixtures import digits, one_thread  # noqa: F401  (fixtures)
+
 
 def test_cubic_curve():
     # s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_end - t0))^3

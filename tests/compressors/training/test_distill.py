@@ -15,6 +15,8 @@ from slimtune.compressors.training import FinetuneConfig, KDConfig, finetune
 from slimtune.compressors.training.distill import Distiller, relation_loss, response_loss
 from slimtune.errors import PlanError
 
+from _training_fixtures import digits, one_thread  # noqa: F401  (fixtures)
+
 
 def test_response_loss_by_hand():
     # teacher logits [0, 2 ln 3] at T = 2 soften to [1/4, 3/4]; the student's [0, 0] to [1/2, 1/2]

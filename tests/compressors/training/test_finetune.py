@@ -13,6 +13,8 @@ from slimtune.compressors.quantization import QuantWrapper
 from slimtune.compressors.training import FinetuneConfig, early_stopping, finetune
 from slimtune.errors import PlanError
 
+from _training_fixtures import digits, one_thread  # noqa: F401  (fixtures)
+
 
 def test_finetune_recovers_accuracy_after_50_percent_channel_pruning(digits):
     task, graph = digits

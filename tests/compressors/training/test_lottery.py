@@ -12,6 +12,8 @@ from slimtune.compressors.pruning import clone_model
 from slimtune.compressors.training import FinetuneConfig, TrainingContext, finetune, run_compressor
 from slimtune.compressors.training.lottery import round_sparsity
 
+from _training_fixtures import digits, one_thread  # noqa: F401  (fixtures)
+
 
 def _effective(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State with masked weights as used (``weight_orig × mask``) and the masks."""

@@ -9,6 +9,8 @@ from slimtune.compressors import CompressionPlan
 from slimtune.compressors.pruning import clone_model
 from slimtune.compressors.training import BNPenalty, FinetuneConfig, TrainingContext, finetune, run_compressor
 
+from _training_fixtures import digits, one_thread  # noqa: F401  (fixtures)
+
 
 def _scales(model: nn.Module) -> torch.Tensor:
     return torch.cat([m.weight.detach().abs() for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
