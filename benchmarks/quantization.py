@@ -100,12 +100,11 @@ def machine_info() -> dict[str, Any]:
         flags = sorted(x for x in all_flags if x == "avx2" or x.startswith(("avx512", "amx")) or "vnni" in x)
     except OSError:
         pass
-    try:
+    torchao_version = None
+    if pt2e_available():  # imports torchao with its CUDA-extension warnings silenced
         import torchao
 
         torchao_version = torchao.__version__
-    except Exception:  # noqa: BLE001
-        torchao_version = None
     return {
         "cpu": name,
         "cores": os.cpu_count(),

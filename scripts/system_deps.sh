@@ -13,3 +13,11 @@ need() {
 }
 # (packages are added below by the features that need them)
 need chromium chromium        # headless browser for the dashboard's browser tests (tests/dashboard)
+# PostgreSQL server for tests/trials/test_postgres.py (the test starts its own on 127.0.0.1); Debian puts
+# initdb/pg_ctl in /usr/lib/postgresql/<ver>/bin, off PATH; no cluster is created or started at install
+if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  _sudo=""; [ "$(id -u)" != 0 ] && _sudo="sudo"
+  $_sudo mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" | $_sudo tee /etc/postgresql-common/createcluster.d/slimtune.conf >/dev/null
+  need pg_ctl postgresql
+fi

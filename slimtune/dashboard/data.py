@@ -47,6 +47,7 @@ from slimtune.trials.objective import (
 from slimtune.trials.runner import SENSITIVITY_PREFIX, make_storage, pareto_front
 
 from slimtune.dashboard.progress import History, objective_directions, reference_point
+from slimtune.dashboard.sensitivity import sensitivity_matrix, uses_table
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -204,9 +205,9 @@ class StorageReader:
         studies = [(s.study_name, dict(s.user_attrs)) for s in self._listing()]
         for frozen in self.storage.get_all_studies():
             if frozen.study_name.startswith(SENSITIVITY_PREFIX):
-                table = _sensitivity_matrix(frozen.study_name, frozen.user_attrs)
+                table = sensitivity_matrix(frozen.study_name, frozen.user_attrs)
                 if table is not None:
-                    table["studies"] = [n for n, attrs in studies if _uses_table(attrs, table)]
+                    table["studies"] = [n for n, attrs in studies if uses_table(attrs, table)]
                     tables.append(table)
         return {"tables": tables}
 
@@ -519,53 +520,6 @@ def _front_records(front: Any) -> list[dict[str, Any]]:
         if isinstance(r.get("plan_json"), str):
             r["plan_json"] = json.loads(r["plan_json"])
     return records
-
-
-def _sensitivity_matrix(name: str, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
-    rows = attrs.get("table")
-    if not isinstance(rows, list) or not rows:
-        return None
-    first = rows[0]
-    if "group" in first and "level" in first:
-        kind, row_key, col_key = "pruning", "group", "level"
-    elif "layer" in first and "bits_w" in first:
-        kind, row_key, col_key = "bits", "layer", "bits_w"
-    else:
-        return None
-    row_names = list(dict.fromkeys(r[row_key] for r in rows))
-    columns = sorted({r[col_key] for r in rows})
-    drop = [[None] * len(columns) for _ in row_names]
-    metric = [[None] * len(columns) for _ in row_names]
-    ri, ci = {n: i for i, n in enumerate(row_names)}, {c: i for i, c in enumerate(columns)}
-    for r in rows:
-        drop[ri[r[row_key]]][ci[r[col_key]]] = _number(r.get("drop"))
-        metric[ri[r[row_key]]][ci[r[col_key]]] = _number(r.get("metric"))
-    return {
-        "name": name,
-        "kind": kind,
-        "rows": [str(n) for n in row_names],
-        "row_label": row_key,
-        "columns": columns,
-        "column_label": "sparsity" if kind == "pruning" else "weight bits",
-        "drop": drop,
-        "metric": metric,
-        "baseline": attrs.get("baseline"),
-        "criterion": attrs.get("criterion"),
-        "direction": attrs.get("direction"),
-    }
-
-
-def _uses_table(study_attrs: Mapping[str, Any], table: Mapping[str, Any]) -> bool:
-    """Whether a study's task and space match a cached sensitivity table (same original metric)."""
-    baseline = (study_attrs.get("baseline") or {}).get("accuracy")
-    if baseline is None or table.get("baseline") is None or abs(float(baseline) - float(table["baseline"])) > 1e-9:
-        return False
-    space = study_attrs.get("space") or {}
-    if table["kind"] == "pruning":
-        levels = [float(v) for v in space.get("levels") or []]
-        return space.get("criterion") == table.get("criterion") and sorted(levels) == [float(c) for c in table["columns"]]
-    bits = [b for b in space.get("bits_w") or [] if b != 32]
-    return sorted(bits) == [int(c) for c in table["columns"]]
 
 
 def _measure_row(name: str, value: Any, original: Any, ratio: Any, key: str) -> dict[str, Any]:

@@ -254,3 +254,20 @@ def test_journal_storage_and_studies_slimtune_did_not_create(tmp_path: Path) -> 
     assert plain["hypervolume"] == pytest.approx(2.0)  # boxes up to (3, 4): (1, 4) adds 0, (2, 2) adds 1 x 2
     cols = reader.trials("plain-optuna")["trials"]
     assert cols["measures"]["value_1"] == [4.0, 2.0, 3.0] and cols["front"] == [True, True, False]
+
+
+def test_bit_width_sensitivity_tables() -> None:
+    from slimtune.dashboard.sensitivity import sensitivity_matrix, uses_table
+
+    rows = [
+        {"layer": name, "bits_w": bits, "drop": drop, "metric": 0.9 - drop}
+        for name, bits, drop in [("fc", 4, 0.1), ("conv", 8, 0.0), ("conv", 4, 0.2), ("fc", 8, 0.01)]
+    ]
+    table = sensitivity_matrix(SENSITIVITY_PREFIX + "bits-x", {"table": rows, "baseline": 0.9})
+    assert table is not None and table["kind"] == "bits"
+    assert table["rows"] == ["fc", "conv"] and table["columns"] == [4, 8]
+    assert table["drop"] == [[0.1, 0.01], [0.2, 0.0]]
+    assert uses_table({"baseline": {"accuracy": 0.9}, "space": {"bits_w": [4, 8, 32]}}, table)
+    assert not uses_table({"baseline": {"accuracy": 0.9}, "space": {"bits_w": [2, 8]}}, table)
+    assert not uses_table({"baseline": {"accuracy": 0.8}, "space": {"bits_w": [4, 8]}}, table)
+    assert sensitivity_matrix(SENSITIVITY_PREFIX + "y", {}) is None  # a cache whose table is still computed

@@ -26,6 +26,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from slimtune.trials.runner import export_model, pareto_front, studies_summary
+
 from _scale import free_port, ray_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,11 +132,11 @@ def test_study_runs_on_a_two_node_cluster_through_ray_address(cluster: Cluster, 
     assert all(w["pid"] not in (os.getpid(),) for w in workers)
     assert all("plan" in t.user_attrs and "measures" in t.user_attrs and "model_artifact" in t.user_attrs for t in trials)
 
-    # the CLI sees the cluster's trials as it sees local ones
-    status = slimtune(tmp_path, env, "status", "spec.yaml")
-    assert status.returncode == 0 and "cluster" in status.stdout, status.stderr
-    front = slimtune(tmp_path, env, "pareto", "spec.yaml", "--format", "csv")
-    assert front.returncode == 0 and front.stdout.startswith("trial,"), front.stderr
-    first = front.stdout.splitlines()[1].split(",")[0]
-    exported = slimtune(tmp_path, env, "export", "spec.yaml", "--trial", first, "--out", "model.pt")
-    assert exported.returncode == 0 and (tmp_path / "model.pt").exists(), exported.stderr
+    # what `slimtune status`, `pareto` and `export` read: the cluster's trials like local ones
+    url = f"sqlite:///{tmp_path / 'cluster.db'}"
+    row = studies_summary(url).set_index("study").loc["cluster"]
+    assert (row["complete"], row["running"], row["fail"]) == (6, 0, 0)
+    study = optuna.load_study(study_name="cluster", storage=url)
+    front = pareto_front(study)
+    assert not front.empty
+    assert export_model(study, int(front.trial[0]), tmp_path / "model.pt").exists()

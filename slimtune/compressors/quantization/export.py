@@ -286,8 +286,12 @@ def _export_dynamic(model: nn.Module, args: tuple[Any, ...], layers: Sequence[st
             "export_int8: mode='dynamic' quantizes Linear, LSTM and GRU layers, and the model has none "
             "(use mode='static' for convolutions)"
         )
+    # quantize_dynamic swaps children only: hold the model in a parent so that the model itself can be a layer.
+    holder = nn.Module()
+    holder.add_module("model", model)
     try:
-        quantized = quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8, inplace=True)
+        spec = {f"model.{name}" if name else "model": qconfig for name in names}
+        quantized = quantize_dynamic(holder, spec, dtype=torch.qint8, inplace=True).model
     except Exception as exc:  # noqa: BLE001
         raise QuantExportError(f"export_int8: quantize_dynamic failed: {type(exc).__name__}: {exc}") from exc
     try:
