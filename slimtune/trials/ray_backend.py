@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from slimtune.strategies import Strategy
     from slimtune.trials.task import Task
 
-__all__ = ["RAY_FIELDS", "RayOptions", "worker_identity"]
+__all__ = ["RAY_FIELDS", "RayOptions", "release_workers", "worker_identity"]
 
 logger = logging.getLogger("slimtune")
 
@@ -302,6 +302,21 @@ def _kill(ray: Any, actor: Any) -> None:
 
 
 _POOL = _Pool()
+
+
+def release_workers() -> int:
+    """End the idle Ray workers this process keeps for its next run (frees their resources now).
+
+    Returns how many were ended.
+    """
+    with _POOL.lock:
+        idle = [a for actors in _POOL.idle.values() for a in actors]
+        _POOL.idle = {}
+    ray = sys.modules.get("ray")
+    for actor in idle:
+        if ray is not None:
+            _kill(ray, actor)
+    return len(idle)
 
 
 def requeue(study: optuna.Study, owned: Any, why: str) -> list[int]:

@@ -31,11 +31,13 @@ def local_ray() -> Iterator[Any]:
     os.environ.update(env)  # before Ray reads its settings
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    tmp = tempfile.mkdtemp(prefix="slimray-")  # the session's files (short: Ray's socket paths have a length limit)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=tmp)
     try:
         yield ray
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
