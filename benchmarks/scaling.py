@@ -134,7 +134,7 @@ def _ray(url: str, workers: int, args: argparse.Namespace, tmp: Path) -> dict[st
     init_s = 0.0
     if not ray.is_initialized():
         t = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=str(tmp / "ray"))
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=str(tmp / "ray"))
         init_s = time.perf_counter() - t
     release_workers()  # fresh workers: their start-up is measured
     setup = _init_study(url, args)

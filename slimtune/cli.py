@@ -216,7 +216,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--ray-address",
         metavar="HOST:PORT",
         help="run the trials on this Ray cluster (implies --backend ray; default: the spec's ray.address, "
-        "else $RAY_ADDRESS, else a local Ray)",
+        "else $RAY_ADDRESS, else a cluster started with `ray start` here, else a local Ray)",
     )
     parser.add_argument(
         "--max-concurrent-trials",

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 Granularity = Literal["channel", "unstructured"]
 _GRANULARITIES = ("channel", "unstructured")
 _FLOAT_BITS = 32
-_FIELDS = ("granularity", "prune", "quantize", "compressor", "compressor_params", "finetune")
+_FIELDS = ("granularity", "prune", "quantize", "compressor", "compressor_params", "finetune", "init_from_trial")
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,12 @@ class CompressionPlan:
         finetune: Per-plan overrides of the fine-tune configuration
             (:class:`~slimtune.compressors.training.FinetuneConfig` fields, e.g. ``{"steps": 50}``
             or ``{"kd": {"alpha": 0.5, "temperature": 4}}``).
+        init_from_trial: Start from the compressed model of this trial of the same study instead of
+            the original model (iterative strategies such as ``autocompress``). The sparsities stay
+            relative to the *original* model's groups; a study's objective converts them for the
+            smaller model (:func:`slimtune.trials.objective.rebase_plan`) and loads that trial's saved model.
 
-    The last three are written by :meth:`to_dict` only when they differ from their defaults, so
+    The last four are written by :meth:`to_dict` only when they differ from their defaults, so
     plans stored before they existed stay valid.
     """
 
@@ -84,6 +88,7 @@ class CompressionPlan:
     compressor: str = "oneshot"
     compressor_params: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
+    init_from_trial: int | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -129,6 +134,8 @@ class CompressionPlan:
             out["compressor_params"] = copy.deepcopy(dict(self.compressor_params))
         if self.finetune:
             out["finetune"] = copy.deepcopy(dict(self.finetune))
+        if self.init_from_trial is not None:
+            out["init_from_trial"] = self.init_from_trial
         return out
 
     def to_json(self, **kwargs: Any) -> str:
@@ -166,7 +173,8 @@ class CompressionPlan:
             if not isinstance(value, Mapping):
                 raise PlanError(f"plan.{key} must be a mapping, got {type(value).__name__}")
             extra[key] = copy.deepcopy(dict(value))
-        return cls(prune, quant, data.get("granularity", "channel"), compressor, **extra)
+        init = data.get("init_from_trial")
+        return cls(prune, quant, data.get("granularity", "channel"), compressor, **extra, init_from_trial=init)
 
     @classmethod
     def from_json(cls, text: str) -> CompressionPlan:
@@ -238,6 +246,9 @@ class CompressionPlan:
                 raise PlanError(f"plan.{key} must be JSON-serialisable: {e}") from None
         check_compressor_params(self.compressor, self.compressor_params)
         check_finetune_overrides(self.finetune)
+        n = self.init_from_trial
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise PlanError(f"plan.init_from_trial must be a trial number (an integer >= 0) or null, got {n!r}")
 
     # ------------------------------------------------------------------ summaries
     def sparsities(self) -> dict[str, float]:
@@ -255,6 +266,8 @@ class CompressionPlan:
             parts.append(f"bits_w {bw}")
         if self.compressor != "oneshot":
             parts.append(f"compressor {self.compressor}")
+        if self.init_from_trial is not None:
+            parts.append(f"from trial {self.init_from_trial}")
         return ", ".join(parts)
 
 

@@ -13,6 +13,10 @@ netadapt            NetAdapt: iterations lowering the resource, one trial per
                     candidate group; ends at the target
 bitwidth            HAQ-like per-layer bit-widths under a size budget
 joint               per-group sparsities and per-layer bit-widths together
+admm                ADMM pruning (compressor ``admm``) toward searched or fixed
+                    per-group targets; tunes rho / iterations on request
+autocompress        AutoCompress: rounds of simulated annealing at falling targets,
+                    ADMM per proposal, each round from the previous best model
 =================== ===============================================================
 
 Iterative strategies end on their own (:meth:`Strategy.finished`); the runner then stops the
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 from slimtune.strategies._base import STRATEGIES, Strategy, get_strategy, register_strategy
 from slimtune.strategies import (  # noqa: F401  (registration)
+    admm,
+    autocompress,
     bitwidth,
     joint,
     netadapt,

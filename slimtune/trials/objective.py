@@ -3,12 +3,18 @@
 Everything a trial learns is stored on it (Optuna user attributes): the plan (so the model can be
 rebuilt), every measure absolute and relative to the original model, the time spent in each
 phase, and on failure the reason. The compressed model is saved as an Optuna artifact.
+
+A plan with ``init_from_trial`` (iterative strategies: ``autocompress``) compresses that trial's
+saved model instead of the original: its sparsities, relative to the original model's groups, are
+converted for the smaller model (:func:`rebase_plan`), and the measures stay relative to the
+original model, so every trial of a study is compared on one scale.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import os
 import tempfile
@@ -46,6 +52,7 @@ ATTR_ARTIFACT = "model_artifact"
 ATTR_NODE = "hostname"
 ATTR_CONSTRAINTS = "constraints"
 ATTR_DUPLICATE = "duplicate_of"
+ATTR_INIT = "init_from"
 
 
 def measure_model(
@@ -108,6 +115,7 @@ class Objective:
         if self.single_objective and "accuracy" in cost.objectives:
             self.report_sign = 1.0 if cost.directions[0] == task.direction else -1.0
         self.graph = graph if graph is not None else trace(task.model, task.example_inputs)
+        self._base: tuple[Any, nn.Module, ModelGraph, str] | None = None  # the last init_from_trial model
 
     def __call__(self, trial: optuna.trial.Trial) -> float | list[float]:
         times: dict[str, float] = {}
@@ -116,6 +124,9 @@ class Objective:
         try:
             params = self.strategy.suggest(trial, self.space)
             plan = self.task.default_compressor(with_finetune_params(self.strategy.plan(params, self.space), params))
+            if plan.compressor == self.task.compressor and self.task.compressor_params:
+                # a strategy naming the task's compressor (admm, autocompress) keeps the task's settings of it
+                plan = dataclasses.replace(plan, compressor_params={**self.task.compressor_params, **plan.compressor_params})
             trial.set_user_attr(ATTR_PLAN, plan.to_dict())
             twin = _completed_twin(trial, params)
             if twin is not None:
@@ -124,9 +135,10 @@ class Objective:
             # the plan's compressor (oneshot, agp, admm ...), then the fine-tune; reports count steps on
             # across both, so a training compressor's run is reported too
             report = self._reporter(trial, self.report_sign) if self.report_sign else None
-            context = self.task.training_context(plan.finetune, report, self.graph)
             t = time.perf_counter()
-            model = run_compressor(self.task.model, plan, self.task.example_inputs, context)
+            start_model, start_plan, start_graph = self._start(trial, plan)
+            context = self.task.training_context(plan.finetune, report, start_graph)
+            model = run_compressor(start_model, start_plan, self.task.example_inputs, context)
             times["compress"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -173,6 +185,32 @@ class Objective:
                 pass
         return values[0] if self.single_objective else values
 
+    def _start(self, trial: optuna.trial.Trial, plan: CompressionPlan) -> tuple[nn.Module, CompressionPlan, ModelGraph]:
+        """The model a trial compresses, the plan for it and its graph: the original model, or the saved
+        model of trial ``plan.init_from_trial`` (recorded as ``init_from``) with the plan rebased onto it."""
+        number = plan.init_from_trial
+        if number is None:
+            return self.task.model, plan, self.graph
+        study = trial.study
+        base_trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+        artifact = base_trial.user_attrs.get(ATTR_ARTIFACT) if base_trial is not None else None
+        key = (study._study_id, number, artifact)
+        if self._base is None or self._base[0] != key:
+            from slimtune.trials.runner import load_model
+
+            try:
+                base = load_model(study, number).eval()
+            except SlimtuneError as e:
+                raise TrialFailure(
+                    f"plan.init_from_trial: {e}; a plan that starts from another trial's model needs it saved "
+                    "(save_models='all')"
+                ) from None
+            self._base = (key, base, trace(base, self.task.example_inputs), model_digest(base))
+        _, base, graph, digest = self._base
+        rebased = rebase_plan(plan, self.graph, graph, f"the model of trial {number}")
+        trial.set_user_attr(ATTR_INIT, {"trial": number, "artifact": artifact, "digest": digest, "sparsities": rebased.sparsities()})
+        return base, rebased, graph
+
     def _reuse(self, trial: optuna.trial.Trial, twin: optuna.trial.FrozenTrial, times: dict[str, float], start: float) -> Any:
         trial.set_user_attr(ATTR_DUPLICATE, twin.number)
         for key in (ATTR_MEASURES, ATTR_CONSTRAINTS, ATTR_ARTIFACT):
@@ -218,6 +256,62 @@ def with_finetune_params(plan: CompressionPlan, params: Mapping[str, Any]) -> Co
         else:
             finetune.setdefault(head, value)
     return dataclasses.replace(plan, finetune=finetune)
+
+
+def rebase_plan(plan: CompressionPlan, graph: ModelGraph, base_graph: ModelGraph, base: str = "the base model") -> CompressionPlan:
+    """``plan``, whose sparsities are relative to the original model (``graph``), as a plan for a
+    channel-pruned version of it (``base_graph``): every group keeps the channels the plan keeps of the
+    original, so compressing the smaller model with the result gives the shapes the plan gives the
+    original. Groups keep their names through speedup (a group is named after its first producing
+    layer). Unstructured plans keep their sparsities (pruned weights are zeros, ranked lowest).
+
+    Raises:
+        PlanError: A group of the plan is not a prunable group of the smaller model, or the plan keeps
+            more of a group's channels than the smaller model has (pruned channels cannot come back).
+
+    Example:
+        >>> import torch
+        >>> from slimtune.compressors import CompressionPlan, compress, trace
+        >>> from slimtune.examples.models import mlp
+        >>> model, x = mlp(16, (32, 24), 4).eval(), torch.randn(1, 16)
+        >>> small = compress(model, CompressionPlan.from_sparsities({"features.0": 0.25}), x)   # 24 of 32 left
+        >>> plan = CompressionPlan.from_sparsities({"features.0": 0.5, "features.2": 0.5})    # keep 16 and 12
+        >>> rebase_plan(plan, trace(model, x), trace(small, x)).sparsities()                 # 8 of 24, 12 of 24
+        {'features.0': 0.3333333333333333, 'features.2': 0.5}
+    """
+    from slimtune.compressors.plan import PruneSpec
+    from slimtune.errors import PlanError
+
+    if plan.granularity != "channel":
+        return dataclasses.replace(plan, init_from_trial=None)
+    prune = {}
+    for name, spec in plan.prune.items():
+        group, now = graph.groups.get(name), base_graph.groups.get(name)
+        if group is None:
+            raise PlanError(f"group {name!r} in plan.prune is not a group of the original model")
+        if now is None or not now.prunable:
+            raise PlanError(f"group {name!r} in plan.prune is not a prunable group of {base}; start from another model")
+        keep = group.size - group.n_prune(spec.sparsity)
+        if keep > now.size or keep % now.blocks:
+            raise PlanError(
+                f"group {name!r}: the plan keeps {keep} of its {group.size} channels but {base} has {now.size} "
+                "left (pruned channels cannot come back): give it a sparsity that keeps at most that many"
+            )
+        per_block = now.size // now.blocks
+        remove = per_block - keep // now.blocks
+        prune[name] = PruneSpec(remove / per_block, spec.criterion)
+    return dataclasses.replace(plan, prune=prune, init_from_trial=None)
+
+
+def model_digest(model: nn.Module) -> str:
+    """A hash of a model's parameters and buffers (names, shapes and values)."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(str(tuple(value.shape)).encode())
+            h.update(value.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _completed_twin(trial: optuna.trial.Trial, params: Mapping[str, Any]) -> optuna.trial.FrozenTrial | None:

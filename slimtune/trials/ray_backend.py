@@ -63,7 +63,7 @@ logger = logging.getLogger("slimtune")
 
 #: Fields of the ``ray`` options (spec section ``ray:``, API argument ``ray=``) and what each holds.
 RAY_FIELDS: dict[str, str] = {
-    "address": "a running Ray cluster to use, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, else a local Ray started for the run)",
+    "address": "a running Ray cluster, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, else one started with `ray start` on this machine, else a local Ray for the run)",
     "max_concurrent_trials": "trials running at once, one Ray worker each (default: as many as the cluster's resources hold)",
     "resources_per_trial": "Ray resources of one trial: cpu, gpu, memory (bytes) or custom resources (default {cpu: 1})",
     "max_retries": "times Ray restarts a worker whose process died (default 3)",
@@ -81,8 +81,9 @@ class RayOptions:
     """How a study runs on Ray (see :data:`RAY_FIELDS`).
 
     Args:
-        address: A running cluster (``host:port``, ``ray://host:port`` or ``auto``); ``None`` uses
-            ``$RAY_ADDRESS`` when set, else starts a local Ray for the run (stopped after it).
+        address: A running cluster (``host:port``, ``ray://host:port``, ``auto`` or ``local`` for a
+            new local Ray); ``None`` uses ``$RAY_ADDRESS`` when set, else a cluster started with
+            ``ray start`` on this machine, else a local Ray for the run (stopped after it).
         max_concurrent_trials: Trials at once (one worker each); ``None``: as many as fit the
             cluster's resources.
         resources_per_trial: ``cpu``, ``gpu``, ``memory`` (bytes) and custom resources of one trial.
@@ -406,7 +407,7 @@ def run_on_ray(
         actors = _POOL.take(ray, options, count)
         pending = {a.run.remote(blob_ref, kwargs, deadline, settings): a for a in actors}
         logger.info("study %s: %d Ray workers (%s each)", study.study_name, count, _format_resources(options))
-        lost = 0
+        lost, death = 0, ""
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=_POLL_S)
             for ref in ready:
@@ -415,7 +416,8 @@ def run_on_ray(
                     ray.get(ref)
                 except ray.exceptions.RayActorError as e:
                     lost += 1
-                    logger.warning("a Ray worker died %d times and was not restarted again: %s", options.max_retries + 1, _first_line(e))
+                    death = _last_line(e)
+                    logger.warning("a Ray worker died %d times and was not restarted again: %s", options.max_retries + 1, death)
                 except ray.exceptions.RayTaskError as e:
                     cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
                     if isinstance(cause, SlimtuneError):
@@ -428,7 +430,7 @@ def run_on_ray(
         finished = getattr(strategy, "finished", None)  # an iterative strategy may end before the budget
         ended = finished is not None and finished(study) is not None
         if n_trials is not None and c["done"] < n_trials and not timed_out and not ended:
-            why = f"{lost} of {count} Ray workers died beyond their restarts" if lost else "the Ray workers stopped"
+            why = f"{lost} of {count} Ray workers died beyond their restarts (last: {death})" if lost else "the Ray workers stopped"
             raise SlimtuneError(
                 f"study {study.study_name!r}: {why} with {c['done']} of {n_trials} trials finished "
                 "(they are kept in the storage: run the same command again to resume)"
@@ -551,6 +553,12 @@ def _user_path(entry: str) -> bool:
 
 def _format_resources(options: RayOptions) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in options.resources_per_trial.items())
+
+
+def _last_line(e: BaseException) -> str:
+    """The last line of a Ray error: the original exception of a worker's traceback, where there is one."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:

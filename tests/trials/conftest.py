@@ -32,7 +32,7 @@ def local_ray() -> Iterator[Any]:
     import ray
 
     tmp = tempfile.mkdtemp(prefix="slimray-")  # the session's files (short: Ray's socket paths have a length limit)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=tmp)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=tmp)
     try:
         yield ray
     finally:

@@ -1,0 +1,456 @@
+"""``autocompress``: rounds of simulated annealing over per-group targets, each proposal compressed by ADMM.
+
+AutoCompress (Liu, Zhang, Wang, Yang, Xu, Lin and Ye, "AutoCompress: An Automatic DNN Structured
+Pruning Framework for Ultra-High Compression Rates", AAAI 2020) reaches high compression in
+*rounds*. Round ``k`` aims at a resource target between the original model and the final target,
+``target ** ((k + 1) / rounds)`` (geometric: 0.5 in three rounds is 0.79, 0.63, 0.5); simulated
+annealing searches the per-group sparsities at that target, every proposal is compressed by ADMM
+and fine-tuned, and the round's best model is where the next round starts: its trials compress
+*that* model further, not the original.
+
+Here each round is one annealing chain (:class:`~slimtune.strategies.simulated_annealing.SimulatedAnnealingSampler`,
+chain ``round-<k>``) of ``trials_per_round`` steps (the temperature falls geometrically from
+``start_temperature`` to ``stop_temperature`` within the round). Its starting point is the
+previous round's best allocation, which is also every group's lower bound (pruned channels do not
+come back); round 0 starts from the sensitivity-derived allocation (``initial``). Every trial's
+plan is an ADMM plan (``compressor: admm`` with ``compressor_params``) whose
+``init_from_trial`` names the previous round's best trial (also the trial parameter
+``autocompress/init_from_trial``, -1 in round 0): the objective loads that trial's saved model,
+converts the plan's sparsities — always relative to the *original* model's groups — for it
+(:func:`slimtune.trials.objective.rebase_plan`) and measures the result against the original
+model, so all rounds lie on one front. Carrying the weights needs the models saved
+(``save_models: all``); without them the strategy ends after the first round and says why
+(``carry_weights: false`` starts every round from the original model instead).
+
+A round's best trial is, among its first ``trials_per_round`` decided trials, the one with the
+lowest cost (the study's, :mod:`slimtune.strategies._cost`) among those meeting the round's target.
+When the last round ends the strategy is finished (the runner stops the study) and the study's
+user attribute ``autocompress.result`` names the best trial of the last round.
+
+**Records and state.** Each trial stores ``autocompress.round``, ``autocompress.target`` and
+``autocompress.base`` (the trial it starts from) when proposed, the annealing records of its
+chain (``sa.step``, ``sa.temperature``, ``sa.resource``, ``sa.accepted``, ``sa.cost`` ...), the
+objective's ``init_from`` (the model it loaded: trial, artifact, digest, rebased sparsities) and,
+when it ends, ``autocompress.admm``: what ADMM and the fine-tune reached (the measured resource
+against the round's target, the metric). Rounds are folded from these records
+(:func:`autocompress_state`), so a resumed run or another worker continues the same round;
+:func:`autocompress_history` lists them.
+
+Parameters (spec ``strategy`` section):
+
+========================= =========== ==================================================
+``resource``              from the    ``flops``, ``params``, ``size`` or ``latency``
+                          constraints (default: the first such constraint, else ``flops``)
+``target``                idem        final resource to keep, relative (default: that
+                                      constraint's bound, else 0.5)
+``rounds``                3           rounds (targets geometric from 1.0 to ``target``)
+``trials_per_round``      6           annealing steps (trials) per round
+``start_temperature``     0.05        temperature of a round's first step
+``stop_temperature``      0.002       temperature after its last step
+``perturbation_magnitude`` 0.2        largest move of a group's sparsity at the start
+``initial``               sensitivity round 0's start: ``sensitivity`` or ``uniform``
+``compressor_params``     ``{}``      parameters of the ``admm`` compressor (``rho``,
+                                      ``rho_growth``, ``iterations``, ``epochs``/``steps``,
+                                      ``lr``, ``optimizer``)
+``carry_weights``         true        rounds start from the previous round's best model
+========================= =========== ==================================================
+
+Example:
+    >>> import os, tempfile, slimtune, torch
+    >>> from slimtune.examples.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model, x = mlp(16, (32, 24), 4).eval(), torch.randn(64, 16)
+    >>> y = model(x).argmax(1)
+    >>> task = slimtune.Task(model, x[:1], lambda m: float((m(x).argmax(1) == y).float().mean()),
+    ...                      train_data=[(x, y)], finetune_config={"steps": 2})
+    >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "ac.db")
+    >>> study = slimtune.search(task, strategy="autocompress", n_trials=20, storage=url, study_name="ac", target=0.3,
+    ...                         rounds=2, trials_per_round=2, compressor_params={"steps": 4},
+    ...                         space={"sensitivity": False}, progress=False)
+    >>> history = autocompress_history(study)
+    >>> [(int(r), int(s), b) for r, s, b in zip(history["round"], history["step"], history["base"])]
+    [(0, 0, None), (0, 1, None), (1, 0, 0), (1, 1, 0)]
+    >>> bool((history["measured"] <= history["target"] + 1e-9).all())
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from slimtune.search_spaces.space import SPARSITY_PREFIX
+from slimtune.strategies._base import Strategy, record, register_strategy
+from slimtune.strategies._budget import Budget, check_budget_params, resolve_budget
+from slimtune.strategies.admm import admm_plan, check_admm_params
+from slimtune.strategies.simulated_annealing import (
+    ATTR_ACCEPTED,
+    ATTR_CHAIN,
+    ATTR_COST,
+    ATTR_DECIDED,
+    ATTR_TARGET_MET,
+    Schedule,
+    SimulatedAnnealingSampler,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from optuna.trial import FrozenTrial
+
+    from slimtune.compressors.plan import CompressionPlan
+    from slimtune.search_spaces import SearchSpace
+
+ATTR_ROUND = "autocompress.round"
+ATTR_TARGET = "autocompress.target"
+ATTR_BASE = "autocompress.base"
+ATTR_OUTCOME = "autocompress.admm"
+RESULT_ATTR = "autocompress.result"
+INIT_PARAM = "autocompress/init_from_trial"
+_ARTIFACT = "model_artifact"  # slimtune.trials.objective.ATTR_ARTIFACT (trials sit above strategies)
+_INITIAL = ("sensitivity", "uniform")
+
+
+def chain_name(k: int) -> str:
+    """The annealing chain of round ``k`` (``sa.chain``)."""
+    return f"round-{k}"
+
+
+def round_targets(target: float, rounds: int) -> list[float]:
+    """Resource targets of the rounds, geometric from 1.0 to ``target``.
+
+    Example:
+        >>> [round(t, 3) for t in round_targets(0.125, 3)]
+        [0.5, 0.25, 0.125]
+    """
+    return [float(target) ** ((k + 1) / rounds) for k in range(rounds)]
+
+
+def round_schedule(start: float, stop: float, steps: int) -> Schedule:
+    """Geometric cooling from ``start`` that falls below ``stop`` after exactly ``steps`` steps.
+
+    Example:
+        >>> round_schedule(0.05, 0.002, 6).steps
+        6
+    """
+    return Schedule(float(start), float(stop), (float(stop) / float(start)) ** (1.0 / (steps - 0.5)))
+
+
+@dataclass
+class Round:
+    """A finished round: its decided trials (the first ``trials_per_round``), its best trial and
+    that trial's ``sparsity/<group>`` parameters, and the trial the round started from."""
+
+    index: int
+    trials: list[int]
+    best: int
+    best_params: dict[str, float]
+    base: int | None
+
+
+@dataclass
+class AutoCompressState:
+    """The rounds as the study's trials give them.
+
+    Attributes:
+        done: Finished rounds, in order.
+        current: The round being searched (None once finished).
+        steps: Decided steps of the current round.
+        reason: Why the strategy finished (None while rounds remain).
+    """
+
+    done: list[Round] = field(default_factory=list)
+    current: int | None = 0
+    steps: int = 0
+    reason: str | None = None
+
+    @property
+    def base(self) -> Round | None:
+        """The round the current one starts from (None in round 0)."""
+        return self.done[-1] if self.done else None
+
+
+def autocompress_state(
+    study: optuna.Study, rounds: int, steps: int, carry_weights: bool = True, exclude: int | None = None
+) -> AutoCompressState:
+    """Fold the study's decided trials into rounds (deterministic: every worker agrees).
+
+    Round ``k`` ends when its chain has ``steps`` decided trials; its best trial is chosen among
+    those (later stragglers of other workers are not counted), by recorded cost, target-meeting
+    trials first.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number != exclude and ATTR_ACCEPTED in t.user_attrs]
+    state = AutoCompressState()
+    for k in range(rounds):
+        decided = [t for t in trials if t.user_attrs.get(ATTR_CHAIN) == chain_name(k)]
+        decided.sort(key=lambda t: (float(t.user_attrs.get(ATTR_DECIDED, 0.0)), t.number))
+        if len(decided) < steps:
+            state.current, state.steps = k, len(decided)
+            return state
+        counted = decided[:steps]
+        scored = [t for t in counted if t.user_attrs.get(ATTR_COST) is not None]
+        if not scored:
+            state.current, state.reason = None, f"every trial of round {k} failed"
+            return state
+        best = min(scored, key=lambda t: (not t.user_attrs.get(ATTR_TARGET_MET, False), float(t.user_attrs[ATTR_COST]), t.number))
+        params = {n: float(v) for n, v in best.params.items() if n.startswith(SPARSITY_PREFIX)}
+        base = state.base.best if state.base is not None else None
+        state.done.append(Round(k, [t.number for t in counted], best.number, params, base))
+        if carry_weights and k + 1 < rounds and _ARTIFACT not in best.user_attrs:
+            state.current = None
+            state.reason = (
+                f"round {k}'s best trial {best.number} has no saved model, and the next round starts from it: "
+                "run with save_models='all' (or strategy.carry_weights: false)"
+            )
+            return state
+    state.current = None
+    state.reason = f"{rounds} rounds done; best trial of the last round: {state.done[-1].best}"
+    return state
+
+
+class AutoCompressSampler(optuna.samplers.BaseSampler):
+    """The Optuna sampler of ``autocompress``: hands each trial to the annealing chain of the
+    current round (see the module docstring).
+
+    Args:
+        space: The search space.
+        rounds: Number of rounds.
+        schedule: The cooling of every round (its ``steps`` are the round's trials).
+        perturbation_magnitude: Largest move of a group's sparsity at the start temperature.
+        resource, target: The final budget (None: from the study's constraints, else flops 0.5).
+        initial: Round 0's starting point, ``"sensitivity"`` or ``"uniform"``.
+        carry_weights: Rounds start from the previous round's best model.
+        seed: Seed used when the study has none yet (kept in the study).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        rounds: int,
+        schedule: Schedule,
+        perturbation_magnitude: float = 0.2,
+        resource: str | None = None,
+        target: float | None = None,
+        initial: str = "sensitivity",
+        carry_weights: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        self.space = space
+        self.rounds = int(rounds)
+        self.schedule = schedule
+        self.magnitude = float(perturbation_magnitude)
+        self.resource = resource
+        self.target = target
+        self.initial = initial
+        self.carry_weights = carry_weights
+        self._seed = seed
+        self._budgets: dict[int, Budget] = {}
+        self._chains: dict[tuple[int, int, int | None], SimulatedAnnealingSampler] = {}
+        self._fallback = optuna.samplers.RandomSampler(seed=seed)
+
+    # ------------------------------------------------------------------ study-derived state
+    def budget(self, study: optuna.Study) -> Budget:
+        """The final budget: parameters, else the study's constraints, else flops 0.5."""
+        key = study._study_id
+        if key not in self._budgets:
+            budget = resolve_budget(
+                "autocompress", self.resource, self.target, study.user_attrs.get("constraints") or [], "flops", 0.5
+            )
+            assert budget is not None
+            self._budgets[key] = budget
+        return self._budgets[key]
+
+    def targets(self, study: optuna.Study) -> list[float]:
+        return round_targets(self.budget(study).target, self.rounds)
+
+    def state(self, study: optuna.Study, exclude: int | None = None) -> AutoCompressState:
+        return autocompress_state(study, self.rounds, self.schedule.steps, self.carry_weights, exclude)
+
+    def chain(self, study: optuna.Study, k: int, base: Round | None) -> SimulatedAnnealingSampler:
+        """Round ``k``'s annealing sampler: at the round's target, starting from (and bounded
+        below by) the previous round's best allocation."""
+        key = (study._study_id, k, base.best if base is not None else None)
+        if key not in self._chains:
+            start: str | dict[str, float] = self.initial
+            if base is not None:
+                start = {g: base.best_params.get(self.space.param_name(g), 0.0) for g in self.space.groups}
+            sa = SimulatedAnnealingSampler(
+                self.space, self.schedule, self.magnitude, self.budget(study).resource, self.targets(study)[k],
+                initial=start, seed=self._seed, chain=chain_name(k),
+            )  # fmt: skip
+            if isinstance(start, dict):  # pruned channels do not come back: no group below its last sparsity
+                sa.lower = {g: max(sa.lower[g], start[g]) for g in self.space.groups}
+                sa.upper = {g: max(sa.upper[g], sa.lower[g]) for g in self.space.groups}
+            self._chains[key] = sa
+        return self._chains[key]
+
+    # ------------------------------------------------------------------ BaseSampler
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {k: d for k, d in self.space.distributions().items() if k.startswith(SPARSITY_PREFIX)}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        state = self.state(study, exclude=trial.number)
+        if state.current is None:  # finished: the trial is not run (Strategy.suggest stops it)
+            last = state.done[-1].best_params if state.done else {}
+            return {k: v for k, v in last.items() if k in search_space}
+        k, base = state.current, state.base
+        params = self.chain(study, k, base).sample_relative(study, trial, search_space)
+        for key, value in (
+            (ATTR_ROUND, k),
+            (ATTR_TARGET, self.targets(study)[k]),
+            (ATTR_BASE, base.best if base is not None else None),
+        ):
+            record(study, trial, key, value)
+        return params
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: list[float] | None
+    ) -> None:
+        """The annealing decision of the trial's round, then what ADMM reached (``autocompress.admm``)."""
+        k = trial.user_attrs.get(ATTR_ROUND)
+        if k is None or ATTR_OUTCOME in trial.user_attrs:
+            return
+        decider = next((c for (s, r, _), c in self._chains.items() if s == study._study_id and r == k), None)
+        if decider is None:  # another process proposed it: any sampler of the chain decides alike
+            decider = SimulatedAnnealingSampler(self.space, self.schedule, seed=self._seed, chain=chain_name(int(k)))
+        decider.after_trial(study, trial, state, values)
+        outcome: dict[str, Any] = {"state": state.name, "target": trial.user_attrs.get(ATTR_TARGET)}
+        measures = trial.user_attrs.get("measures")
+        if state == TrialState.COMPLETE and measures:
+            resource = self.budget(study).resource
+            measured = measures.get(resource)
+            outcome.update(resource=resource, measured=measured, accuracy=measures.get("accuracy"))
+            outcome["met"] = measured is not None and outcome["target"] is not None and measured <= outcome["target"] + 1e-9
+        elif trial.user_attrs.get("fail_reason"):
+            outcome["reason"] = trial.user_attrs["fail_reason"]
+        record(study, trial, ATTR_OUTCOME, outcome)
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
+
+
+@register_strategy
+class AutoCompress(Strategy):
+    """AutoCompress (Liu et al. 2020): annealing rounds at falling targets, ADMM per proposal (module docstring)."""
+
+    name = "autocompress"
+    defaults = {
+        "resource": None,
+        "target": None,
+        "rounds": 3,
+        "trials_per_round": 6,
+        "start_temperature": 0.05,
+        "stop_temperature": 0.002,
+        "perturbation_magnitude": 0.2,
+        "initial": "sensitivity",
+        "compressor_params": {},
+        "carry_weights": True,
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.params
+        check_budget_params(self.name, p)
+        for key in ("rounds", "trials_per_round"):
+            v = p[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be an integer >= 1")
+        for key in ("start_temperature", "stop_temperature", "perturbation_magnitude"):
+            v = p[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be a number > 0")
+        if p["stop_temperature"] >= p["start_temperature"]:
+            raise ValueError(
+                f"strategy {self.name!r}: strategy.stop_temperature {p['stop_temperature']!r} must be below "
+                f"start_temperature {p['start_temperature']!r}"
+            )
+        if p["initial"] not in _INITIAL:
+            raise ValueError(f"strategy {self.name!r}: strategy.initial {p['initial']!r} must be one of {', '.join(_INITIAL)}")
+        if not isinstance(p["carry_weights"], bool):
+            raise ValueError(f"strategy {self.name!r}: strategy.carry_weights {p['carry_weights']!r} must be true or false")
+        self.compressor_params = check_admm_params(self.name, p["compressor_params"])
+        self.schedule = round_schedule(p["start_temperature"], p["stop_temperature"], p["trials_per_round"])
+
+    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> AutoCompressSampler:
+        p = self.params
+        return AutoCompressSampler(
+            space, p["rounds"], self.schedule, p["perturbation_magnitude"], p["resource"], p["target"], p["initial"],
+            p["carry_weights"], seed,
+        )  # fmt: skip
+
+    def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, Any]:
+        self._stop_if_finished(trial)
+        params: dict[str, Any] = {
+            k: trial.suggest_float(k, d.low, d.high)  # type: ignore[attr-defined]
+            for k, d in space.distributions().items()
+            if k.startswith(SPARSITY_PREFIX)
+        }
+        if self.params["carry_weights"]:
+            base = trial.user_attrs.get(ATTR_BASE)
+            start = -1 if base is None else int(base)
+            params[INIT_PARAM] = trial.suggest_int(INIT_PARAM, start, start)  # a record: one value
+        return params
+
+    def plan(self, params: Mapping[str, Any], space: SearchSpace) -> CompressionPlan:
+        plan = admm_plan(space.plan({k: v for k, v in params.items() if k.startswith(SPARSITY_PREFIX)}), {}, self.compressor_params)
+        start = int(params.get(INIT_PARAM, -1))
+        if start >= 0:
+            plan.init_from_trial = start
+        return plan
+
+    def seeds(self, space: SearchSpace) -> list[dict[str, float]]:
+        return []  # round 0's first proposal is the starting point, rescaled to its target
+
+    def finished(self, study: optuna.Study) -> str | None:
+        p = self.params
+        state = autocompress_state(study, p["rounds"], self.schedule.steps, p["carry_weights"])
+        if state.reason is None:
+            return None
+        if RESULT_ATTR not in study.user_attrs:
+            study.set_user_attr(RESULT_ATTR, {
+                "trial": state.done[-1].best if state.done else None, "rounds": len(state.done), "reason": state.reason,
+                "bests": [r.best for r in state.done],
+            })  # fmt: skip
+        return state.reason
+
+
+def autocompress_history(study: optuna.Study) -> pd.DataFrame:
+    """The rounds of an ``autocompress`` study, from its trials' records alone.
+
+    One row per proposed trial: ``round``, ``step`` (annealing step in the round), ``trial``,
+    ``state``, ``target`` (the round's), ``base`` (the trial whose model it started from),
+    ``predicted`` and ``measured`` (relative resource), ``cost``, ``accepted`` and ``best``
+    (whether it is its round's best, the start of the next round).
+    """
+    import pandas as pd
+
+    rows = []
+    tagged = [t for t in study.get_trials(deepcopy=False) if ATTR_ROUND in t.user_attrs]
+    for t in tagged:
+        outcome = t.user_attrs.get(ATTR_OUTCOME) or {}
+        rows.append({
+            "round": int(t.user_attrs[ATTR_ROUND]), "step": t.user_attrs.get("sa.step"), "trial": t.number,
+            "state": t.state.name, "target": t.user_attrs.get(ATTR_TARGET), "base": t.user_attrs.get(ATTR_BASE),
+            "predicted": t.user_attrs.get("sa.resource"), "measured": outcome.get("measured"),
+            "cost": t.user_attrs.get(ATTR_COST), "accepted": t.user_attrs.get(ATTR_ACCEPTED),
+        })  # fmt: skip
+    rows.sort(key=lambda r: (r["round"], r["trial"]))
+    columns = ["round", "step", "trial", "state", "target", "base", "predicted", "measured", "cost", "accepted"]
+    df = pd.DataFrame(rows, columns=columns)
+    df["base"] = pd.Series([r["base"] for r in rows], dtype=object)  # None in round 0, not NaN
+    bests = {t.user_attrs.get(ATTR_BASE) for t in tagged} | {(study.user_attrs.get(RESULT_ATTR) or {}).get("trial")}
+    df["best"] = df["trial"].isin(bests - {None})
+    return df
