@@ -69,7 +69,8 @@ LABELS = {
 COMPILED = ("fp32_compile", "int8_slimtune_pt2e", "int8_torchao_pt2e")
 REFERENCES = ("fp32", "fp32_compile", "int8_torchao_fx", "int8_torchao_pt2e")
 FRESH = ("int8_slimtune", "int8_torchao_fx")  # eager int8 models, deep-copied before each batch size's timing
-NOISE = 0.03  # "at least as fast" allows this much (interleaved medians still move a few % between runs)
+NOISE = 0.05  # "at least as fast" allows this much: slimtune's default *is* the torch.ao FX pipeline, and two
+# interleaved timings of identical FX pipelines differed by up to 4 % on this shared machine
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -383,7 +384,9 @@ def markdown_report(
         "`convert_pt2e` replaced by int8 constants (it no longer reads them); slimtune's PT2E path drops them. "
         "slimtune pt2e's export time includes compiling at batch 1.",
         "",
-        "Targets (issue 4, at batch 32; DESIGN.md quality bars):",
+        f"Targets (issue 4, at batch 32; DESIGN.md quality bars). \"At least as fast\" allows {NOISE:.0%} of "
+        "noise: slimtune's default is the torch.ao FX pipeline itself, and identical pipelines timed "
+        "interleaved differ by up to 4 % here.",
         *_targets(rows),
     ]
     notes = [f"- {r['model']}: {n}" for r in rows for n in r["notes"]]

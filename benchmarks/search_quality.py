@@ -11,11 +11,12 @@ grid) with the same fine-tuning, then compares:
   ≥ 50 % FLOPs reduction within 1 accuracy point.
 
 Then every automatic strategy runs on the same task with the same trial budget (``--strategies``,
-default ``simulated_annealing,netadapt,joint,bitwidth``; the spec's own strategy is the row of the
-main job): hypervolume of its (accuracy, FLOPs) front against one common reference, the best
+default ``simulated_annealing,netadapt,joint,bitwidth,admm,autocompress``; the spec's own strategy is
+the row of the main job): hypervolume of its (accuracy, FLOPs) front against one common reference, the best
 accuracy at ≤ 50 % and ≤ 25 % FLOPs (and ≤ 25 % size, where bit-widths count), trials used and wall
-time. Simulated annealing and NetAdapt aim at 25 % FLOPs (``--target``); annealing's cooling is
-set to last the whole budget; ``joint`` adds ``bits_w: [4, 8, 32]`` to the space, ``bitwidth``
+time. Simulated annealing, NetAdapt, ``admm`` and ``autocompress`` aim at 25 % FLOPs (``--target``);
+annealing's cooling is set to last the whole budget, ``autocompress`` splits it into 3 rounds, and both
+ADMM strategies run ADMM for one epoch at lr 0.01 before the task's fine-tune; ``joint`` adds ``bits_w: [4, 8, 32]`` to the space, ``bitwidth``
 searches ``bits_w: [2, 4, 8, 32]`` with objectives (accuracy, size).
 
 Usage: ``python benchmarks/search_quality.py [--uniform-points 12] [--n-trials N] [--strategies a,b]
@@ -69,7 +70,8 @@ def hypervolume(front: pd.DataFrame, ref_acc: float) -> float:
     return area
 
 
-AUTOMATIC = ("simulated_annealing", "netadapt", "joint", "bitwidth")
+AUTOMATIC = ("simulated_annealing", "netadapt", "joint", "bitwidth", "admm", "autocompress")
+ADMM_RUN = {"epochs": 1, "lr": 0.01}  # the ADMM phase of admm / autocompress trials
 
 
 def strategy_run(name: str, kwargs: dict, n_trials: int, target: float) -> dict:
@@ -86,6 +88,10 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float) -> dict:
                    cool_down_rate=(stop / start) ** (1.0 / max(n_trials - 0.5, 0.5)))
     elif name == "netadapt":
         run.update(target=target)
+    elif name == "admm":
+        run.update(target=target, compressor_params=ADMM_RUN)
+    elif name == "autocompress":
+        run.update(target=target, rounds=3, trials_per_round=max(1, n_trials // 3), compressor_params=ADMM_RUN)
     elif name == "joint":
         space["bits_w"] = [4, 8, 32]
     elif name == "bitwidth":
@@ -111,7 +117,7 @@ def strategy_row(name: str, study, seconds: float, ref: float, constraints: list
         return float(rows["accuracy"].max()) if not rows.empty else float("nan")
 
     n_trials = study.user_attrs.get("n_trials") or 0
-    reason = (study.user_attrs.get("netadapt.result") or {}).get("reason")
+    reason = (study.user_attrs.get("netadapt.result") or study.user_attrs.get("autocompress.result") or {}).get("reason")
     return {
         "strategy": name,
         "trials": len(table),
@@ -251,7 +257,7 @@ def main() -> None:
             u_front[["trial", "accuracy", "flops_rel", "params_rel", "plan"]].to_string(index=False, float_format=fmt),
             "",
             f"## Strategies ({kwargs['n_trials']} trials each; hypervolume above accuracy {common_ref:.3f}, "
-            f"simulated_annealing and netadapt aim at {args.target:g} of the FLOPs)",
+            f"simulated_annealing, netadapt, admm and autocompress aim at {args.target:g} of the FLOPs)",
             "",
             strategies_table.to_string(index=False, float_format=fmt),
             "",

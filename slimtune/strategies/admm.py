@@ -65,7 +65,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
@@ -211,7 +210,6 @@ class ADMM(Strategy):
         self.rho_range = _range(self.name, "rho_range", p["rho_range"], integer=False)
         self.iterations_range = _range(self.name, "iterations_range", p["iterations_range"], integer=True)
         self._fixed: dict[int, tuple[dict[str, float], float, bool]] = {}
-        self._lock = threading.Lock()
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
         inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(space, n_objectives, seed, n_trials)
@@ -224,17 +222,16 @@ class ADMM(Strategy):
     def allocation(self, study: optuna.Study, space: SearchSpace) -> tuple[dict[str, float], float, bool]:
         """The fixed allocation of this study (``allocation`` uniform or sensitivity): ``({group:
         sparsity}, relative resource, met)`` at the budget (parameters, else constraints, else flops 0.5)."""
-        with self._lock:
-            key = study._study_id
-            if key not in self._fixed:
-                budget = resolve_budget(
-                    self.name, self.params["resource"], self.params["target"], study.user_attrs.get("constraints") or [],
-                    "flops", 0.5,
-                )  # fmt: skip
-                assert budget is not None
-                model = ResourceModel(space, budget.resource, study)
-                self._fixed[key] = fixed_allocation(space, model, budget.target, self.params["allocation"])
-            return self._fixed[key]
+        key = study._study_id
+        if key not in self._fixed:
+            budget = resolve_budget(
+                self.name, self.params["resource"], self.params["target"], study.user_attrs.get("constraints") or [],
+                "flops", 0.5,
+            )  # fmt: skip
+            assert budget is not None
+            model = ResourceModel(space, budget.resource, study)
+            self._fixed[key] = fixed_allocation(space, model, budget.target, self.params["allocation"])
+        return self._fixed[key]
 
     def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, Any]:
         params: dict[str, Any] = {}

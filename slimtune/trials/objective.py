@@ -292,11 +292,13 @@ def rebase_plan(plan: CompressionPlan, graph: ModelGraph, base_graph: ModelGraph
         if now is None or not now.prunable:
             raise PlanError(f"group {name!r} in plan.prune is not a prunable group of {base}; start from another model")
         keep = group.size - group.n_prune(spec.sparsity)
-        if keep > now.size or keep % now.blocks:
+        if keep > now.size:
             raise PlanError(
                 f"group {name!r}: the plan keeps {keep} of its {group.size} channels but {base} has {now.size} "
                 "left (pruned channels cannot come back): give it a sparsity that keeps at most that many"
             )
+        if keep % now.blocks:
+            raise PlanError(f"group {name!r}: {keep} channels cannot be split evenly over its {now.blocks} blocks in {base}")
         per_block = now.size // now.blocks
         remove = per_block - keep // now.blocks
         prune[name] = PruneSpec(remove / per_block, spec.criterion)

@@ -72,7 +72,7 @@ RAY_FIELDS: dict[str, str] = {
 #: The user attribute holding where a trial ran.
 ATTR_WORKER = "worker"
 #: Seconds an idle Ray worker is kept for this process's next run (``SLIMTUNE_RAY_IDLE``).
-IDLE_TIMEOUT_S = float(os.environ.get("SLIMTUNE_RAY_IDLE", "60"))
+IDLE_TIMEOUT_S = float(os.environ.get("SLIMTUNE_RAY_IDLE", "10"))
 _POLL_S = 1.0
 
 

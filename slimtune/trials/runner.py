@@ -5,7 +5,8 @@ directory). Running the same call or command again resumes it: the trial budget 
 study's finished trials. Several processes can work on one study (``slimtune worker``); with an
 RDB storage (SQLite, PostgreSQL) each running trial writes heartbeats, a trial whose worker died
 is marked failed after ``grace_period`` seconds and retried once, and the driver waits for such
-trials so that a study always ends with its full budget.
+trials so that a study always ends with its full budget. ``backend="ray"`` runs the same loop in
+Ray workers (:mod:`slimtune.trials.ray_backend`); every trial records where it ran (``worker``).
 
 Example:
     >>> import slimtune, tempfile, os
@@ -46,7 +47,6 @@ from slimtune.errors import SlimtuneError
 from slimtune.search_spaces import SearchSpace, SpaceOptions
 from slimtune.strategies import get_strategy
 from slimtune.trials.cost import Cost
-from slimtune.trials.ray_backend import ATTR_WORKER, RayOptions, worker_identity
 from slimtune.trials.objective import (
     ATTR_ARTIFACT,
     ATTR_CONSTRAINTS,
@@ -56,6 +56,7 @@ from slimtune.trials.objective import (
     Objective,
     measure_model,
 )
+from slimtune.trials.ray_backend import ATTR_WORKER, RayOptions, run_on_ray, worker_identity
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -355,13 +356,13 @@ def search(
         store = FileSystemArtifactStore(str(adir))
     objective = Objective(task, sspace, strat, cost, baseline, artifact_store=store, graph=graph)
     if ray_options is not None:
-        from slimtune.trials.ray_backend import run_on_ray
-
-        # each Ray worker joins the study with these arguments and runs this same loop
-        same = dict(strategy=strategy, objectives=tuple(objectives), constraints=constraints, n_trials=n_trials,
-                    storage=storage if storage is not None else DEFAULT_STORAGE, study_name=study_name, space=options, seed=seed,
-                    save_models=save_models, weights=weights, **strategy_params)  # fmt: skip
-        run_on_ray(task, study, strat, ray_options, same, n_trials, timeout, progress)
+        # each Ray worker joins the study with these arguments and runs the local loop (_drive)
+        worker_args = {
+            "strategy": strategy, "objectives": tuple(objectives), "constraints": constraints, "n_trials": n_trials,
+            "storage": storage if storage is not None else DEFAULT_STORAGE, "study_name": study_name, "space": options,
+            "seed": seed, "save_models": save_models, "weights": weights, **strategy_params,
+        }  # fmt: skip
+        run_on_ray(task, study, strat, ray_options, worker_args, n_trials, timeout, progress)
     else:
         _drive(study, objective, n_trials, timeout, progress)
     return study

@@ -4,7 +4,7 @@ A spec is what ``slimtune run SPEC`` reads; :func:`load_spec` loads and validate
 :meth:`Spec.make_task` builds the :class:`~slimtune.trials.task.Task` it names. Every error is a
 :class:`~slimtune.errors.SpecError` whose message names the file and the field as a dotted path::
 
-    examples/digits.yaml: strategy.name: unknown strategy 'foo'; known: bitwidth, joint, netadapt, nsga2, random, simulated_annealing, tpe, uniform
+    examples/digits.yaml: strategy.name: unknown strategy 'foo'; known: admm, autocompress, bitwidth, joint, netadapt, nsga2, random, simulated_annealing, tpe, uniform
 
 Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` and/or ``timeout``):
 
@@ -15,7 +15,7 @@ Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` an
     task: slimtune.examples.digits:make_task   # "module:function" returning a slimtune Task
     task_args: {arch: cnn}              # keyword arguments for that function
     strategy: {name: nsga2, population_size: 8}   # or just: strategy: nsga2
-    # strategies: uniform, random, tpe, nsga2, simulated_annealing, netadapt, bitwidth, joint
+    # strategies: uniform, random, tpe, nsga2, simulated_annealing, netadapt, bitwidth, joint, admm, autocompress
     # (parameters: slimtune.strategies and the README's "Strategies" section)
     space: {max_sparsity: 0.8, criterion: l1}     # search-space options (see SPACE_FIELDS)
     objectives: [accuracy, flops]       # any of accuracy, flops, params, latency, size

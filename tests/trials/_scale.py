@@ -24,7 +24,8 @@ def slow_task(sleep: float = 0.5, log: str | None = None, barrier: int = 0, name
 
     With ``barrier`` (and ``log``), an evaluation first waits (at most 60 s) until ``barrier``
     different processes have evaluated or are evaluating: every worker gets a trial, however
-    slowly some of them start.
+    slowly some of them start. The first evaluation (the study's baseline, by the process that
+    creates the study) does not wait.
     """
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
@@ -38,8 +39,10 @@ def slow_task(sleep: float = 0.5, log: str | None = None, barrier: int = 0, name
         if log is not None:
             with open(log, "a") as f:
                 f.write(f"{os.getpid()}\n")
+            with open(log) as f:
+                first = len(f.read().split()) == 1
             deadline = time.monotonic() + 60
-            while barrier and time.monotonic() < deadline:
+            while barrier and not first and time.monotonic() < deadline:
                 with open(log) as f:
                     if len(set(f.read().split())) >= barrier:
                         break

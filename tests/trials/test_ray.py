@@ -210,6 +210,9 @@ def cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 def test_driver_killed_then_the_same_command_resumes_the_study(local_ray: Any, tmp_path: Path) -> None:
     """``slimtune run`` on a running Ray (``$RAY_ADDRESS``: this module's) killed with SIGKILL: its
     Ray workers die with it (Ray ends the actors of a dead driver); the same command resumes."""
+    from slimtune.trials.ray_backend import release_workers
+
+    release_workers()  # this module's idle workers hold the 2 CPUs the CLI's workers need
     log = tmp_path / "evaluations.log"
     (tmp_path / "spec.yaml").write_text(SPEC.format(log=log))
     env = {k: v for k, v in os.environ.items() if k != "SLIMTUNE_ARTIFACTS"}  # with the module Ray's token
@@ -330,3 +333,18 @@ def test_errors_name_what_is_wrong(local_ray: Any, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'e.db'}"
     with pytest.raises(SlimtuneError, match=r"ray.resources_per_trial: a trial needs 1 GPU but the Ray cluster has 0"):
         slimtune.search(task, storage=url, study_name="gpu", backend="ray", ray={"resources_per_trial": {"cpu": 1, "gpu": 1}}, **kw)
+
+
+def test_cli_ray_options_override_the_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from slimtune.cli import _load_run_spec, build_parser, main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("study: s\ntask: m:f\nn_trials: 2\nray: {max_retries: 1}\n")
+    args = build_parser().parse_args(["run", str(spec), "--ray-address", "127.0.0.1:6379", "--max-concurrent-trials", "3"])
+    loaded = _load_run_spec(args)
+    assert loaded.backend == "ray" and loaded.path == spec
+    assert loaded.search_kwargs()["ray"] == {"max_retries": 1, "address": "127.0.0.1:6379", "max_concurrent_trials": 3}
+    assert _load_run_spec(build_parser().parse_args(["run", str(spec), "--backend", "ray"])).search_kwargs()["ray"] == {"max_retries": 1}
+    assert "ray" not in _load_run_spec(build_parser().parse_args(["run", str(spec)])).search_kwargs()  # backend local
+    assert main(["run", str(spec), "--backend", "local", "--ray-address", "127.0.0.1:6379"]) == 2
+    assert "--ray-address and --max-concurrent-trials apply to the Ray backend" in capsys.readouterr().err

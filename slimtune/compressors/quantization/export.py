@@ -15,23 +15,29 @@ One entry point, :func:`export_int8`, three paths:
   layers: int8 weights per output channel (range ±127, so 8-bit fake-quantized weights carry over exactly),
   activations quantized per batch at run time; no calibration. Conv layers stay float.
 
-Why FX is the default of ``method="auto"`` (measured by ``benchmarks/quantization.py`` on the 2-core AMD EPYC
-with AVX-512 VNNI, 1 thread, interleaved, CPU time; latency relative to fp32 eager):
+Why FX is the default of ``method="auto"`` — ``benchmarks/quantization.py`` on the 2-core AMD EPYC (AVX-512
+VNNI), 1 thread, CPU time, all variants interleaved, latency relative to fp32 eager (lower is faster):
 
-======================= ================ ================= ==================
-model, batch            torch.ao FX      PT2E compiled     PT2E lowered
-======================= ================ ================= ==================
-digits CNN, 1           ×1.03            ×1.60             fails (``view``)
-digits CNN, 32          ×0.55            ×0.61             fails
-ResNet-20, 1            ×0.57            ×0.71             ×0.84
-ResNet-20, 32           ×0.31            ×0.27             ×0.29
-======================= ================ ================= ==================
+================ ============= =============================== =================================
+model, batch     torch.ao FX   PT2E + ``torch.compile``        PT2E lowered, not compiled
+================ ============= =============================== =================================
+digits CNN, 1    ×0.84         ×1.28 (plain torchao: ×1.20)    fails (``view`` of channels-last)
+digits CNN, 32   ×0.39         ×0.53 (plain torchao: ×0.52)    fails
+ResNet-20, 1     ×0.52         ×0.59 (plain torchao: ×0.65)    ×0.84 (ad-hoc run)
+ResNet-20, 32    ×0.30         ×0.29 (plain torchao: ×0.29)    ×0.29 (ad-hoc run)
+================ ============= =============================== =================================
 
-FX is the fastest in three of the four cases, exports in about a second, and needs no compilation;
-PT2E wins only on ResNet-20 at batch 32 (by ~12 %), costs 5-40 s of inductor compilation per new batch
-size and compiles the digits CNN only with static shapes. So ``auto`` runs FX and falls back to PT2E (when
-``torchao`` is installed) if FX cannot export the model — e.g. one ``torch.fx`` cannot trace but
-``torch.export`` can. ``benchmarks/results/quantization.md`` has the latest full numbers.
+FX is the fastest or within noise of the fastest everywhere (2 threads: the same picture), exports in
+about a second and compiles nothing, while PT2E costs 2-12 s of inductor compilation per batch size and
+thread count. So ``auto`` runs FX (:data:`AUTO_METHOD`) and falls back to PT2E (when ``torchao`` is
+installed) if FX cannot export the model — e.g. one ``torch.fx`` cannot trace but ``torch.export`` can.
+PT2E stays available as ``method="pt2e"`` (its serialized int8 program is ~5 % smaller here; latest
+numbers in ``benchmarks/results/quantization.md``).
+
+The x86 int8 kernels of the FX path adapt a layer's packed weights to the first input shape they run on
+(a digits CNN first run at batch 1 ran ~25 % slower at batch 32 than one first run at batch 32), so
+``export_int8`` checks the model on a copy and returns one that has never run: run it first at the batch
+size that matters (``copy.deepcopy`` gives a fresh one).
 
 A model with :class:`~slimtune.compressors.quantization.QuantWrapper` layers (from ``compress`` with a plan's
 ``quantize`` entries, or :func:`~slimtune.compressors.quantization.quantize_model`) is exported from its

@@ -29,7 +29,9 @@ from slimtune.compressors.quantization import (
     save_int8,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore:To copy construct from a tensor:UserWarning"
+)
 
 
 class ShapeBranchNet(nn.Module):
