@@ -10,6 +10,11 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# --doctest-modules would import every conftest.py as a module named "conftest": two of them in
+# sibling folders then clash ("import file mismatch") when those folders are collected together.
+# They hold fixtures, not doctests; pytest still loads them as conftests.
+collect_ignore_glob = ["*/conftest.py"]
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
