@@ -373,13 +373,7 @@ def run_on_ray(
 
     from slimtune.trials import runner
 
-    url = kwargs["storage"]
-    url = url if isinstance(url, str) else getattr(url, "url", url)  # an RDBStorage knows its URL
-    if not isinstance(url, str) or url == "memory" or ":memory:" in url:
-        raise SlimtuneError(
-            "backend 'ray' needs a storage every Ray worker can open (sqlite:///file.db on one machine, "
-            f"postgresql://... on a cluster), got {url if isinstance(url, str) else type(url).__name__!r}"
-        )
+    url = check_storage(kwargs["storage"])
     kwargs = {**kwargs, "storage": _absolute_url(url)}
     try:
         blob = cloudpickle.dumps(task)
@@ -440,7 +434,7 @@ def run_on_ray(
     except BaseException:
         # stop the workers; their running trials go back to the queue for the next run
         for a in actors:
-            ray.kill(a, no_restart=True)
+            _kill(ray, a)
         ids = set()
         for a in actors:
             try:
@@ -456,6 +450,19 @@ def run_on_ray(
         monitor.close()
         if started:
             ray.shutdown()
+
+
+def check_storage(storage: Any) -> str:
+    """The storage's URL, which every Ray worker opens; an error for storages they cannot share
+    (``memory``, a storage object without a URL). Also checks that Ray is installed."""
+    _import_ray()
+    url = storage if isinstance(storage, str) else getattr(storage, "url", storage)  # an RDBStorage knows its URL
+    if not isinstance(url, str) or url == "memory" or ":memory:" in url:
+        raise SlimtuneError(
+            "backend 'ray' needs a storage every Ray worker can open (sqlite:///file.db on one machine, "
+            f"postgresql://... on a cluster), got {url if isinstance(url, str) else type(url).__name__!r}"
+        )
+    return url
 
 
 def _import_ray() -> Any:

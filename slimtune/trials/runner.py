@@ -56,7 +56,7 @@ from slimtune.trials.objective import (
     Objective,
     measure_model,
 )
-from slimtune.trials.ray_backend import ATTR_WORKER, RayOptions, run_on_ray, worker_identity
+from slimtune.trials.ray_backend import ATTR_WORKER, RayOptions, check_storage, run_on_ray, worker_identity
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -318,6 +318,8 @@ def search(
     if ray is not None and backend != "ray":
         raise ValueError("ray options are given but backend is 'local': pass backend='ray'")
     ray_options = RayOptions.from_value(ray) if backend == "ray" else None
+    if ray_options is not None:
+        check_storage(storage if storage is not None else DEFAULT_STORAGE)  # before any work
     options = space if isinstance(space, SpaceOptions) else SpaceOptions.from_dict(space)
     strat = get_strategy(strategy, **strategy_params)
     cost = Cost(objectives, task.direction, weights=weights, constraints=constraints)

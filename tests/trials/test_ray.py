@@ -120,10 +120,6 @@ def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, An
     return thread, box
 
 
-def _raise(error: BaseException) -> bool:
-    raise error
-
-
 def wait_for(study_fn: Callable[[], list[FrozenTrial] | None], until: Callable[[list[FrozenTrial]], bool], alive: Callable[[], bool]) -> list[FrozenTrial]:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
@@ -159,7 +155,12 @@ def test_ray_worker_killed_mid_trial_is_retried_and_the_study_completes(
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         return done >= 1 and any(t.state == TrialState.RUNNING and "plan" in t.user_attrs and "worker" in t.user_attrs for t in trials)
 
-    trials = wait_for(lambda: load_trials(url, "fault"), running_on_ray, lambda: thread.is_alive() or bool(box.get("error") and _raise(box["error"])))
+    def still_running() -> bool:
+        if "error" in box:
+            raise box["error"]
+        return thread.is_alive()
+
+    trials = wait_for(lambda: load_trials(url, "fault"), running_on_ray, still_running)
     victim = next(t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs and "worker" in t.user_attrs)
     pid = victim.user_attrs["worker"]["pid"]
     assert victim.user_attrs["worker"]["backend"] == "ray" and pid != os.getpid()
