@@ -21,15 +21,15 @@ VNNI), 1 thread, CPU time, all variants interleaved, latency relative to fp32 ea
 ================ ============= =============================== =================================
 model, batch     torch.ao FX   PT2E + ``torch.compile``        PT2E lowered, not compiled
 ================ ============= =============================== =================================
-digits CNN, 1    ×0.84         ×1.28 (plain torchao: ×1.20)    fails (``view`` of channels-last)
-digits CNN, 32   ×0.39         ×0.53 (plain torchao: ×0.52)    fails
-ResNet-20, 1     ×0.52         ×0.59 (plain torchao: ×0.65)    ×0.84 (ad-hoc run)
+digits CNN, 1    ×0.90         ×1.44 (plain torchao: ×1.34)    fails (``view`` of channels-last)
+digits CNN, 32   ×0.42         ×0.60 (plain torchao: ×0.58)    fails
+ResNet-20, 1     ×0.60         ×0.68 (plain torchao: ×0.70)    ×0.84 (ad-hoc run)
 ResNet-20, 32    ×0.30         ×0.29 (plain torchao: ×0.29)    ×0.29 (ad-hoc run)
 ================ ============= =============================== =================================
 
-FX is the fastest or within noise of the fastest everywhere (2 threads: the same picture), exports in
-about a second and compiles nothing, while PT2E costs 2-12 s of inductor compilation per batch size and
-thread count. So ``auto`` runs FX (:data:`AUTO_METHOD`) and falls back to PT2E (when ``torchao`` is
+FX is the fastest or within noise of the fastest everywhere (2 threads: the same picture when the machine
+is not overloaded), exports in about a second and compiles nothing, while PT2E costs 3-10 s of inductor
+compilation per batch size and thread count. So ``auto`` runs FX (:data:`AUTO_METHOD`) and falls back to PT2E (when ``torchao`` is
 installed) if FX cannot export the model — e.g. one ``torch.fx`` cannot trace but ``torch.export`` can.
 PT2E stays available as ``method="pt2e"`` (its serialized int8 program is ~5 % smaller here; latest
 numbers in ``benchmarks/results/quantization.md``).

@@ -22,9 +22,9 @@ symbolic batch size was tried and rejected: inductor's int8 conv lowering fails 
 symbolic batch (a stride assertion), and it specialises batch 1, 2-15 and ≥ 16 into separate compiles anyway.
 Inductor also specialises kernels on ``torch.get_num_threads()`` at compile time: set the thread count
 before the first call (or call ``torch._dynamo.reset()`` after changing it). Lowering without compiling
-(inductor's freezing passes on the exported graph) was measured too: slower than compiling (ResNet-20,
-1 thread: ×0.84 vs ×0.71 of fp32 at batch 1, ×0.29 vs ×0.27 at batch 32) and it fails on the digits CNN
-(``view`` of a channels-last tensor), so the compiled program is the runtime.
+(inductor's freezing passes on the exported graph) was measured too, in an ad-hoc interleaved run: slower
+than compiling (ResNet-20, 1 thread: ×0.84 vs ×0.71 of fp32 at batch 1, ×0.29 vs ×0.27 at batch 32) and it
+fails on the digits CNN (``view`` of a channels-last tensor), so the compiled program is the runtime.
 
 Serialization: :func:`save_int8` writes the program with ``torch.export.save`` (int8 weights, dynamic batch);
 :func:`load_int8` reads it back into a :class:`PT2EInt8Model`, which compiles again on first use.
