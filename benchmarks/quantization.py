@@ -32,7 +32,7 @@ input shape they see (a digits CNN first run at batch 1 ran ~25 % slower at batc
 timed on a model that has only seen that batch size.
 
 Outputs ``benchmarks/results/quantization.md`` and ``benchmarks/results/quantization.json``.
-``python benchmarks/quantization.py [--no-compile] [--repeats N] [--no-write]`` (~5 min on 2 cores).
+``python benchmarks/quantization.py [--no-compile] [--repeats N] [--no-write]`` (14 min in the last run, 2 cores at load ≈ 4).
 """
 
 from __future__ import annotations

@@ -37,9 +37,21 @@ x = torch.randn(256, 16, generator=gen)
 with torch.no_grad():
     y = model(x).argmax(1)
 jitter = random.Random(os.getpid())
+# with a barrier file, the starting worker evaluates nothing after the baseline until the joining
+# worker has started (a loaded machine can take longer to start a process than to run all trials)
+barrier = os.environ.get("SLIMTUNE_TEST_BARRIER")
+if barrier and mode == "join":
+    open(barrier, "w").close()
+calls = 0
 
 
 def evaluate(m):
+    global calls
+    calls += 1
+    if barrier and mode == "run" and calls > 1:
+        deadline = time.time() + 120
+        while not os.path.exists(barrier) and time.time() < deadline:
+            time.sleep(0.05)
     with open(log, "a") as f:
         f.write(f"{os.getpid()}\n")
     time.sleep(sleep * (0.75 + 0.5 * jitter.random()))
@@ -61,7 +73,9 @@ WAIT = 150.0  # seconds any one driver may take before the test fails
 class Driver:
     """One driver subprocess, its output in files."""
 
-    def __init__(self, tmp_path: Path, url: str, n_trials: int, mode: str, sleep: float, tag: str) -> None:
+    def __init__(
+        self, tmp_path: Path, url: str, n_trials: int, mode: str, sleep: float, tag: str, barrier: Path | None = None
+    ) -> None:
         script = tmp_path / "driver.py"
         if not script.exists():
             script.write_text(DRIVER)
@@ -75,6 +89,8 @@ class Driver:
             PYTHONUNBUFFERED="1",
             OMP_NUM_THREADS="1",
         )
+        if barrier is not None:
+            env["SLIMTUNE_TEST_BARRIER"] = str(barrier)
         self.fh = open(self.out, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(script), url, str(n_trials), mode, str(sleep), str(self.log)],
@@ -266,11 +282,13 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
     st = storage(url)
     drivers: list[Driver] = []
     try:
-        a = Driver(tmp_path, url, 8, "run", 0.5, "a")
+        barrier = tmp_path / "joined"
+        a = Driver(tmp_path, url, 8, "run", 0.5, "a", barrier)
         drivers.append(a)
-        # the second worker joins once the first has created and initialised the study
+        # the second worker joins once the first has created and initialised the study; the first
+        # waits for it after the baseline, so both take part however slowly the second starts
         poll(st, lambda trials: len(trials) >= 1, drivers)
-        b = Driver(tmp_path, url, 8, "join", 0.5, "b")
+        b = Driver(tmp_path, url, 8, "join", 0.5, "b", barrier)
         drivers.append(b)
         a.wait()
         b.wait()
