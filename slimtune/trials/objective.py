@@ -63,12 +63,23 @@ def measure_model(
     latency_repeats: int = 20,
 ) -> dict[str, Any]:
     """FLOPs (MACs per sample), parameters, size in bytes (quantized weights at their bit-widths)
-    and (optionally) latency of ``model``."""
-    flops = float(count_flops(model, example_inputs)["macs"].sum())
-    params, _ = count_params(model)
-    from slimtune.compressors.quantization import weight_bits
+    and (optionally) latency of ``model``.
 
-    size = model_size_bytes(model, bits=weight_bits(model) or None).total_bytes
+    Parameters and size are those of the deployable model: a fake-quantized model is measured
+    without its wrappers (:func:`~slimtune.compressors.quantization.unwrap`), so training-only
+    tensors (SLB's logits, observer statistics) are not counted, while each quantized weight counts
+    at its bit-width plus its per-channel scales.
+    """
+    flops = float(count_flops(model, example_inputs)["macs"].sum())
+    from slimtune.compressors.quantization import quant_wrappers, unwrap, weight_bits
+
+    deployable, bits = model, None
+    if quant_wrappers(model):
+        # weight_bits names the wrapped layer "<wrapper>.layer"; unwrapped, it is "<wrapper>"
+        bits = {k[: -len(".layer")] if k.endswith(".layer") else "": b for k, b in weight_bits(model).items()}
+        deployable = unwrap(model)
+    params, _ = count_params(deployable)
+    size = model_size_bytes(deployable, bits=bits or None).total_bytes
     lat = None
     if latency:
         lat = measure_latency(model, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats).median_ms
