@@ -65,18 +65,18 @@ def measure_model(
     """FLOPs (MACs per sample), parameters, size in bytes (quantized weights at their bit-widths)
     and (optionally) latency of ``model``.
 
-    Parameters and size are those of the deployable model: a fake-quantized model is measured
-    without its wrappers (:func:`~slimtune.compressors.quantization.unwrap`), so training-only
-    tensors (SLB's logits, observer statistics) are not counted, while each quantized weight counts
-    at its bit-width plus its per-channel scales.
+    A fake-quantized layer counts its weight at its bit-width plus per-channel scales and its
+    range buffers (what :class:`~slimtune.compressors.measures.ResourcePredictor` predicts). An
+    SLB model is measured as deployed (:func:`~slimtune.compressors.quantization.unwrap`: the
+    most probable candidate of each weight), so its per-weight logits are not counted.
     """
     flops = float(count_flops(model, example_inputs)["macs"].sum())
     from slimtune.compressors.quantization import quant_wrappers, unwrap, weight_bits
 
-    deployable, bits = model, None
-    if quant_wrappers(model):
+    deployable, bits = model, weight_bits(model)
+    if any(hasattr(w, "slb_logits") for w in quant_wrappers(model).values()):
         # weight_bits names the wrapped layer "<wrapper>.layer"; unwrapped, it is "<wrapper>"
-        bits = {k[: -len(".layer")] if k.endswith(".layer") else "": b for k, b in weight_bits(model).items()}
+        bits = {k[: -len(".layer")] if k.endswith(".layer") else "": b for k, b in bits.items()}
         deployable = unwrap(model)
     params, _ = count_params(deployable)
     size = model_size_bytes(deployable, bits=bits or None).total_bytes
