@@ -42,7 +42,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from slimtune.dashboard._page import STATIC, page_html, plotly_js_path, script_json, to_json
+from slimtune.dashboard._page import STATIC, page_html, plotly_js_source, script_json, to_json
 from slimtune.dashboard.data import NotFound, StorageReader
 from slimtune.errors import SlimtuneError
 
@@ -77,13 +77,14 @@ def create_app(reader: StorageReader, poll_seconds: float = 1.5, warm: bool = Tr
         '<script src="static/plotly.min.js"></script>'
     )
     page = page_html(head)
-    plotly_path = plotly_js_path()
 
     def index(request: Request) -> Response:
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
+    plotly_source = plotly_js_source().encode("utf-8")  # read once; 4.8 MB
+
     def plotly_js(request: Request) -> Response:
-        return FileResponse(plotly_path, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+        return Response(plotly_source, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
     def version(request: Request) -> Response:
         return _json(reader.version())

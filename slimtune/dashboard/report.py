@@ -23,7 +23,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Sequence
 
-from slimtune.dashboard._page import STATIC, page_html, plotly_js_path, script_json
+from slimtune.dashboard._page import STATIC, page_html, plotly_js_source, script_json
 from slimtune.dashboard.data import StorageReader
 from slimtune.errors import SlimtuneError
 
@@ -51,7 +51,7 @@ def build_report(
         "details": details,
         "snapshot": snapshot,
     }
-    plotly_js = plotly_js_path().read_text(encoding="utf-8")
+    plotly_js = plotly_js_source()
     if "</script" in plotly_js.lower():  # would end the inline element early
         plotly_js = plotly_js.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
     head = "\n".join(
