@@ -9,14 +9,19 @@ fine-tuning per trial, strategy ``random`` by default, SQLite storage, every wor
   a local Ray (``ray.init(num_cpus=2)``, started once); the Ray workers start fresh for each
   configuration (their start-up is part of the wall time).
 
-Throughput is trials per minute from the first trial's start to the last trial's end (the
-workers' steady state; start-up excluded), and the speedup of 2 workers over 1 is the ratio of
-throughputs (target ≥ 1.7× on 2 cores). The Ray path's cost against the local path is reported
+Throughput is trials per minute in the workers' steady state: each worker's trials over its own
+span (its first trial's start to its last trial's end), summed over the workers; start-up is
+excluded and reported apart. The whole-span rate (all trials over the first start to the last
+end) is reported too: it also counts the seconds where only one worker runs trials (Ray starts its
+workers one after the other; a short run ends unevenly). The speedup of 2 workers over 1 is the
+ratio of steady throughputs (target ≥ 1.7× on 2 cores). Every configuration runs ``--repeats``
+times in ABBA order (a drift in the load of a shared machine falls on all alike) and the means are
+reported. The Ray path's cost against the local path is reported
 per trial in the steady state (difference of seconds per trial at 1 worker) and once per run
 (worker start-up: from launching the workers to the first trial's start, against a local worker
 process's: interpreter, imports, task), then amortised over the run's trials (target: Ray adds ≤ 0.5 s per trial).
 
-Usage: ``python benchmarks/scaling.py [--trials 16] [--finetune-epochs 2] [--strategy random]``;
+Usage: ``python benchmarks/scaling.py [--trials 24] [--repeats 2] [--finetune-epochs 2] [--strategy random]``;
 writes ``benchmarks/results/scaling.md`` and ``.json``. The header records the machine's load
 (``uptime``) before and after: other jobs on a shared machine lower the 2-worker speedup.
 """
@@ -57,9 +62,10 @@ slimtune.search(task, strategy=strategy, n_trials=int(n_trials), storage=url, st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=16, help="trials per configuration (default 16)")
+    parser.add_argument("--trials", type=int, default=24, help="trials per configuration (default 24)")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning of each trial (default 2)")
     parser.add_argument("--strategy", default="random")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration, in ABBA order (default 2)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
@@ -68,17 +74,20 @@ def main() -> None:
 
     torch.set_num_threads(1)
     load_before = _uptime()
+    configs = [(backend, workers) for backend in ("local", "ray") for workers in (1, 2)]
+    order = [c for k in range(args.repeats) for c in (configs if k % 2 == 0 else configs[::-1])]  # ABBA: drifts in
+    # the machine's load (other jobs) fall on every configuration alike
     with tempfile.TemporaryDirectory(prefix="slimtune-scaling-") as tmp:
-        runs = []
-        for backend in ("local", "ray"):
-            for workers in (1, 2):
-                name = f"{backend}-{workers}"
-                url = f"sqlite:///{tmp}/{name}.db"
-                print(f"{name}: {args.trials} trials ...", flush=True)
-                run = (_local if backend == "local" else _ray)(url, workers, args, Path(tmp))
-                runs.append({"config": name, "backend": backend, "workers": workers, **run})
-                print(f"  {run['trials_per_min']:.1f} trials/min, wall {run['wall_s']:.1f} s", flush=True)
+        done: dict[str, list[dict[str, Any]]] = {}
+        for k, (backend, workers) in enumerate(order):
+            name = f"{backend}-{workers}"
+            url = f"sqlite:///{tmp}/{name}-{k}.db"
+            print(f"{name}: {args.trials} trials ...", flush=True)
+            run = (_local if backend == "local" else _ray)(url, workers, args, Path(tmp))
+            done.setdefault(name, []).append(run)
+            print(f"  {run['trials_per_min']:.1f} trials/min ({run['steady_trials_per_min']:.1f} steady), wall {run['wall_s']:.1f} s", flush=True)
         _stop_ray()
+        runs = [{"config": f"{b}-{w}", "backend": b, "workers": w, **_mean(done[f"{b}-{w}"])} for b, w in configs]
     load_after = _uptime()
     result = _summarise(runs, args, load_before, load_after)
     text = _markdown(result)
@@ -148,6 +157,13 @@ def _ray(url: str, workers: int, args: argparse.Namespace, tmp: Path) -> dict[st
     return {"setup_s": setup, "ray_init_s": init_s, "wall_s": wall, "worker_startup_s": out.pop("first_start") - t_wall, **out}
 
 
+def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs of one configuration: each number averaged, the runs themselves kept."""
+    out: dict[str, Any] = {k: statistics.fmean(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, (int, float))}
+    out["repeats"] = runs
+    return out
+
+
 def _stop_ray() -> None:
     import ray
 
@@ -171,6 +187,11 @@ def _throughput(url: str) -> dict[str, Any]:
         spans.sort()
         gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
     inside = [t.user_attrs["times"] for t in trials]
+    firsts = sorted(min(a for a, _ in spans) for spans in by_pid.values())
+    lasts = sorted(max(b for _, b in spans) for spans in by_pid.values())
+    # each worker's own rate between its first trial's start and its last trial's end, summed: the
+    # steady state, without the minutes' tails where one worker starts (or finishes) before the other
+    per_worker = sum(60 * len(spans) / (max(b for _, b in spans) - min(a for a, _ in spans)) for spans in by_pid.values())
     return {
         "trials": len(trials),
         "span_s": span,
@@ -180,6 +201,9 @@ def _throughput(url: str) -> dict[str, Any]:
         "parallelism": sum(durations) / span,  # trials running at once on average: ~workers when none waits
         "median_finetune_evaluate_s": statistics.median(x.get("finetune", 0.0) + x.get("evaluate", 0.0) for x in inside),
         "workers_seen": len(by_pid),
+        "steady_trials_per_min": per_worker,
+        "start_stagger_s": firsts[-1] - firsts[0],
+        "end_stagger_s": lasts[-1] - lasts[0],
         "first_start": min(starts),
     }
 
@@ -193,8 +217,10 @@ def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace, before: str
     by = {r["config"]: r for r in runs}
     for r in runs:
         r.pop("first_start", None)
-    local_speedup = by["local-2"]["trials_per_min"] / by["local-1"]["trials_per_min"]
-    ray_speedup = by["ray-2"]["trials_per_min"] / by["ray-1"]["trials_per_min"]
+    local_speedup = by["local-2"]["steady_trials_per_min"] / by["local-1"]["steady_trials_per_min"]
+    ray_speedup = by["ray-2"]["steady_trials_per_min"] / by["ray-1"]["steady_trials_per_min"]
+    local_span = by["local-2"]["trials_per_min"] / by["local-1"]["trials_per_min"]
+    ray_span = by["ray-2"]["trials_per_min"] / by["ray-1"]["trials_per_min"]
     steady = 60 / by["ray-1"]["trials_per_min"] - 60 / by["local-1"]["trials_per_min"]
     startup_extra = by["ray-1"]["worker_startup_s"] - by["local-1"]["worker_startup_s"]
     amortised = steady + max(0.0, by["ray-1"]["worker_startup_s"]) / args.trials
@@ -203,10 +229,12 @@ def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace, before: str
         "load_before": before,
         "load_after": after,
         "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "ray": ray.__version__, "python": platform.python_version()},
-        "settings": {"trials": args.trials, "finetune_epochs": args.finetune_epochs, "strategy": args.strategy, "storage": "sqlite", "threads_per_worker": 1},
+        "settings": {"trials": args.trials, "repeats": args.repeats, "finetune_epochs": args.finetune_epochs, "strategy": args.strategy, "storage": "sqlite", "threads_per_worker": 1},
         "runs": runs,
         "speedup_local": local_speedup,
         "speedup_ray": ray_speedup,
+        "speedup_local_span": local_span,
+        "speedup_ray_span": ray_span,
         "ray_steady_overhead_s_per_trial": steady,
         "ray_worker_startup_s": by["ray-1"]["worker_startup_s"],
         "ray_startup_vs_local_process_s": startup_extra,
@@ -226,19 +254,27 @@ def _markdown(r: dict[str, Any]) -> str:
         f"SQLite storage, 1 thread per worker.",
         f"Load (`uptime`) before: `{r['load_before']}`; after: `{r['load_after']}` (other jobs on the machine lower the speedups).",
         "",
-        "| configuration | trials/min | trials at once (mean) | median trial (s) | median gap between a worker's trials (s) | worker start-up (s) | wall (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | trials/min, steady | trials/min, whole span | trials at once (mean) | median trial (s) "
+        "| median gap between a worker's trials (s) | workers' first trials apart (s) | worker start-up (s) | wall (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in r["runs"]:
         lines.append(
-            f"| {run['backend']} ×{run['workers']} | {run['trials_per_min']:.1f} | {run['parallelism']:.2f} | {run['median_trial_s']:.2f} | "
-            f"{run['median_gap_s']:.3f} | {run['worker_startup_s']:.1f} | {run['wall_s']:.1f} |"
+            f"| {run['backend']} ×{run['workers']} | {run['steady_trials_per_min']:.1f} | {run['trials_per_min']:.1f} | "
+            f"{run['parallelism']:.2f} | {run['median_trial_s']:.2f} | {run['median_gap_s']:.3f} | {run['start_stagger_s']:.2f} | "
+            f"{run['worker_startup_s']:.1f} | {run['wall_s']:.1f} |"
         )
     ok = lambda v, target: "pass" if v >= target else "FAIL"  # noqa: E731
     lines += [
         "",
-        f"- Speedup with 2 workers: local **{r['speedup_local']:.2f}×**, Ray **{r['speedup_ray']:.2f}×** "
-        f"(target ≥ 1.7×: local {ok(r['speedup_local'], 1.7)}, Ray {ok(r['speedup_ray'], 1.7)}).",
+        f"- Speedup with 2 workers, steady state: local **{r['speedup_local']:.2f}×**, Ray **{r['speedup_ray']:.2f}×** "
+        f"(target ≥ 1.7×: local {ok(r['speedup_local'], 1.7)}, Ray {ok(r['speedup_ray'], 1.7)}). Over the whole span, "
+        f"tails included: local {r['speedup_local_span']:.2f}×, Ray {r['speedup_ray_span']:.2f}×.",
+        "- *Steady*: each worker's trials over its own span (its first trial's start to its last trial's end), summed over "
+        "the workers. *Whole span*: all trials over the first start to the last end, which also counts the seconds where "
+        "one worker already (or still) runs trials and the other does not: Ray starts its workers one after the other "
+        "(*first trials apart*), and a short run ends unevenly; both weigh less the longer a study runs. "
+        f"Each configuration ran {s['repeats']}× in ABBA order; the table gives the means.",
         f"- Ray path against the local path, 1 worker: {r['ray_steady_overhead_s_per_trial']:+.3f} s per trial in the steady "
         f"state; worker start-up {r['ray_worker_startup_s']:.1f} s once per run ({r['ray_startup_vs_local_process_s']:+.1f} s "
         f"against a local worker process's own start-up), i.e. {r['ray_overhead_s_per_trial_amortised']:.2f} s per trial "

@@ -98,10 +98,11 @@ def make_storage(url: str | BaseStorage | None = None) -> BaseStorage:
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    sqlite = url.startswith("sqlite") and ":memory:" not in url
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
+            storage = (_SQLiteStorage if sqlite else optuna.storages.RDBStorage)(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL,
@@ -110,9 +111,37 @@ def make_storage(url: str | BaseStorage | None = None) -> BaseStorage:
             )
     except Exception as e:
         raise SlimtuneError(f"storage {url!r} cannot be opened: {type(e).__name__}: {e}") from e
-    if url.startswith("sqlite") and ":memory:" not in url:
+    if sqlite:
         _sqlite_wal(storage)
     return storage
+
+
+class _SQLiteStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage on a SQLite file, with an atomic pop of a queued trial.
+
+    Optuna moves a WAITING trial (a seed, a retry, an enqueued point) to RUNNING by reading its
+    state with ``SELECT ... FOR UPDATE`` and then writing it. SQLite has no row locks and its
+    Python driver opens the transaction only at the write, so two workers asking at the same
+    moment could both read WAITING and both run the trial (the second then crashes with "Cannot
+    tell a COMPLETE trial"). Here the move is one conditional ``UPDATE``: exactly one worker gets
+    the trial, the others go on to the next. (PostgreSQL's row locks already make Optuna's read
+    and write atomic.)
+    """
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        from datetime import datetime, timezone
+
+        from optuna.storages._rdb.models import TrialModel
+
+        table = TrialModel.__table__
+        now = datetime.now(timezone.utc).replace(tzinfo=None)  # Optuna stores naive UTC
+        query = table.update().where(table.c.trial_id == trial_id, table.c.state == TrialState.WAITING)
+        with self.engine.begin() as connection:
+            won = connection.execute(query.values(state=TrialState.RUNNING, datetime_start=now)).rowcount == 1
+        # lost: running elsewhere (False), finished (UpdateFinishedTrialError) or unknown (KeyError)
+        return won or super().set_trial_state_values(trial_id, state)
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
