@@ -11,16 +11,17 @@ grid) with the same fine-tuning, then compares:
   ≥ 50 % FLOPs reduction within 1 accuracy point.
 
 Then every automatic strategy runs on the same task with the same trial budget (``--strategies``,
-default ``simulated_annealing,netadapt,joint,bitwidth,admm,autocompress``; the spec's own strategy is
+default ``random,tpe,simulated_annealing,netadapt,joint,bitwidth,admm,autocompress``; the spec's own strategy is
 the row of the main job): hypervolume of its (accuracy, FLOPs) front against one common reference, the best
 accuracy at ≤ 50 % and ≤ 25 % FLOPs (and ≤ 25 % size, where bit-widths count), trials used and wall
-time. Simulated annealing, NetAdapt, ``admm`` and ``autocompress`` aim at 25 % FLOPs (``--target``);
+time. Simulated annealing, NetAdapt, ``admm`` and ``autocompress`` aim at one FLOPs target each run:
+they run once per target of ``--targets`` (default 50 % and 25 %);
 annealing's cooling is set to last the whole budget, ``autocompress`` splits it into 3 rounds, and both
-ADMM strategies run ADMM for one epoch at lr 0.01 before the task's fine-tune; ``joint`` adds ``bits_w: [4, 8, 32]`` to the space, ``bitwidth``
+ADMM strategies run ADMM for one epoch at lr 0.01 before the task's fine-tune; ``joint`` adds ``bits_w: [4, 8, 32]`` to the space and size to the objectives, ``bitwidth``
 searches ``bits_w: [2, 4, 8, 32]`` with objectives (accuracy, size).
 
 Usage: ``python benchmarks/search_quality.py [--uniform-points 12] [--n-trials N] [--strategies a,b]
-[--target 0.25]``; a reduced check: ``--n-trials 8 --uniform-points 4``. Results are printed and
+[--targets 0.5,0.25]``; a reduced check: ``--n-trials 8 --uniform-points 4``. Results are printed and
 written to ``benchmarks/results/search_quality.md`` / ``.json`` (``--out NAME`` for another name).
 """
 
@@ -70,13 +71,16 @@ def hypervolume(front: pd.DataFrame, ref_acc: float) -> float:
     return area
 
 
-AUTOMATIC = ("simulated_annealing", "netadapt", "joint", "bitwidth", "admm", "autocompress")
+AUTOMATIC = ("random", "tpe", "simulated_annealing", "netadapt", "joint", "bitwidth", "admm", "autocompress")
+TARGETED = ("simulated_annealing", "netadapt", "admm", "autocompress")  # aim at one FLOPs target: a run per target
+PRUNE_FREE = ("bitwidth",)  # quantizes only: judged on size, not on FLOPs
 ADMM_RUN = {"epochs": 1, "lr": 0.01}  # the ADMM phase of admm / autocompress trials
 
 
-def strategy_run(name: str, kwargs: dict, n_trials: int, target: float) -> dict:
+def strategy_run(name: str, kwargs: dict, n_trials: int, target: float | None) -> dict:
     """``search`` keyword arguments of one automatic strategy in the comparison."""
-    run = {**kwargs, "strategy": name, "n_trials": n_trials, "study_name": f"bench-{name}", "progress": False}
+    study = f"bench-{name}" + (f"-{target:g}" if target is not None else "")
+    run = {**kwargs, "strategy": name, "n_trials": n_trials, "study_name": study, "progress": False}
     for key in list(run):
         if key not in ("task", "strategy", "objectives", "constraints", "n_trials", "timeout", "storage",
                        "study_name", "space", "seed", "save_models", "progress", "weights"):
@@ -94,6 +98,7 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float) -> dict:
         run.update(target=target, rounds=3, trials_per_round=max(1, n_trials // 3), compressor_params=ADMM_RUN)
     elif name == "joint":
         space["bits_w"] = [4, 8, 32]
+        run["objectives"] = ("accuracy", "flops", "size")  # bit-widths move size, sparsity both
     elif name == "bitwidth":
         space["bits_w"] = [2, 4, 8, 32]
         run["objectives"] = ("accuracy", "size")
@@ -101,7 +106,7 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float) -> dict:
     return run
 
 
-def strategy_row(name: str, study, seconds: float, ref: float, constraints: list) -> dict:
+def strategy_row(name: str, study, seconds: float, ref: float, constraints: list, target: float | None = None) -> dict:
     """Hypervolume of the feasible (accuracy, FLOPs) front (the spec's constraints judge every study
     alike), best accuracy at FLOPs / size bounds, trials used, wall time and why the study ended."""
     measures = [t.user_attrs["measures"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
@@ -116,16 +121,23 @@ def strategy_row(name: str, study, seconds: float, ref: float, constraints: list
         rows = table[table[column] <= bound + 1e-9]
         return float(rows["accuracy"].max()) if not rows.empty else float("nan")
 
+    def flops_of_best(bound: float) -> float:  # the fewest FLOPs at that best accuracy
+        rows = table[table["flops_rel"] <= bound + 1e-9]
+        return float(rows[rows["accuracy"] >= rows["accuracy"].max() - 1e-12]["flops_rel"].min()) if not rows.empty else float("nan")
+
     n_trials = study.user_attrs.get("n_trials") or 0
     reason = (study.user_attrs.get("netadapt.result") or study.user_attrs.get("autocompress.result") or {}).get("reason")
     return {
         "strategy": name,
+        "target": target,
         "trials": len(table),
         "seconds": seconds,
         "hypervolume": hypervolume(front_2d(ok), ref) if not ok.empty else 0.0,
         "best_acc_flops_le_50": best("flops_rel", 0.5),
+        "flops_at_best_le_50": flops_of_best(0.5),
         "best_acc_flops_le_25": best("flops_rel", 0.25),
         "best_acc_size_le_25": best("size_rel", 0.25),
+        "best_acc_size_le_15": best("size_rel", 0.15),
         "best_acc": float(table["accuracy"].max()) if not table.empty else float("nan"),
         "ended": "budget" if len(study.trials) >= n_trials else (reason or "strategy finished"),
     }
@@ -137,7 +149,8 @@ def main() -> None:
     parser.add_argument("--uniform-points", type=int, default=12)
     parser.add_argument("--n-trials", type=int, default=None, help="trial budget of every study (default: the spec's)")
     parser.add_argument("--strategies", default=",".join(AUTOMATIC), help="automatic strategies to compare ('' for none)")
-    parser.add_argument("--target", type=float, default=0.25, help="FLOPs target of simulated_annealing and netadapt")
+    parser.add_argument("--targets", default="0.5,0.25",
+                        help="FLOPs targets of simulated_annealing, netadapt, admm and autocompress: one run each (default 0.5,0.25)")
     parser.add_argument("--out", default="search_quality", help="results file name (without extension)")
     args = parser.parse_args()
 
@@ -169,14 +182,18 @@ def main() -> None:
             s_all = trials_table(searched)
             u_all = trials_table(uniform)
             u_measures = [t.user_attrs["measures"] for t in uniform.get_trials(states=(TrialState.COMPLETE,))]
-            runs = {spec.strategy_name: (searched, search_s), "uniform": (uniform, uniform_s)}
+            targets = [float(t) for t in args.targets.split(",") if t.strip()]
+            runs = {spec.strategy_name: (searched, search_s, None), "uniform": (uniform, uniform_s, None)}
             for name in [n for n in args.strategies.split(",") if n and n not in runs]:
-                t0 = time.perf_counter()
-                study = slimtune.search(task, **strategy_run(name, kwargs, kwargs["n_trials"], args.target))
-                runs[name] = (study, time.perf_counter() - t0)
+                for target in targets if name in TARGETED else [None]:
+                    label = name if target is None else f"{name} @{target:g}"
+                    print(f"{label}: {kwargs['n_trials']} trials ...", flush=True)
+                    t0 = time.perf_counter()
+                    study = slimtune.search(task, **strategy_run(name, kwargs, kwargs["n_trials"], target))
+                    runs[label] = (study, time.perf_counter() - t0, target)
             constraints = [parse_constraint(c) for c in kwargs.get("constraints") or []]
-            common_ref = float(min(trials_table(st)["accuracy"].min() for st, _ in runs.values() if len(st.trials)))
-            strategy_rows = [strategy_row(name, st, sec, common_ref, constraints) for name, (st, sec) in runs.items()]
+            common_ref = float(min(trials_table(st)["accuracy"].min() for st, _, _ in runs.values() if len(st.trials)))
+            strategy_rows = [strategy_row(name, st, sec, common_ref, constraints, tg) for name, (st, sec, tg) in runs.items()]
         finally:
             os.chdir(cwd)
 
@@ -221,13 +238,36 @@ def main() -> None:
         "strategies_reference_accuracy": common_ref,
         "strategies": strategy_rows,
     }
+    # Against uniform in the region FLOPs ≤ 50 %: a strategy beats it when its best point there
+    # dominates uniform's best point there (more accuracy, or as much with fewer FLOPs)
+    u_row = next(r for r in strategy_rows if r["strategy"] == "uniform")
+    verdicts = []
+    for r in strategy_rows:
+        if r["strategy"] == "uniform" or r["strategy"].split(" ")[0] in PRUNE_FREE:
+            continue
+        acc, flops = r["best_acc_flops_le_50"], r["flops_at_best_le_50"]
+        if acc != acc:  # no trial at ≤ 50 % FLOPs
+            verdict = "no (no trial at ≤ 50 % FLOPs)"
+        elif acc > u_row["best_acc_flops_le_50"] + 1e-12:
+            verdict = f"yes: {acc:.4f} > {u_row['best_acc_flops_le_50']:.4f}"
+        elif acc >= u_row["best_acc_flops_le_50"] - 1e-12 and flops < u_row["flops_at_best_le_50"] - 1e-9:
+            verdict = f"yes: {acc:.4f} at {flops:.3f}× FLOPs against {u_row['flops_at_best_le_50']:.3f}×"
+        else:
+            verdict = f"no: {acc:.4f} at {flops:.3f}× against {u_row['best_acc_flops_le_50']:.4f} at {u_row['flops_at_best_le_50']:.3f}×"
+        verdicts.append({"strategy": r["strategy"], "beats_uniform_at_50": verdict.startswith("yes"), "why": verdict})
+    joint_rows = [r for r in strategy_rows if r["strategy"] == "joint"]
+    joint_15 = joint_rows[0]["best_acc_size_le_15"] if joint_rows else float("nan")
+    result["beats_uniform_at_50"] = verdicts
+    result["all_beat_uniform_at_50"] = all(v["beats_uniform_at_50"] for v in verdicts)
+    result["joint_best_acc_at_size_le_15"] = joint_15
+    result["joint_size_le_15_within_1pt"] = bool(joint_15 == joint_15 and joint_15 >= base_acc - 0.01)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2, default=float))
-    strategies_table = pd.DataFrame(strategy_rows)
+    strategies_table = pd.DataFrame(strategy_rows).drop(columns=["target"])
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     text = "\n".join(
         [
-            "# Search vs uniform pruning on the digits CNN",
+            f"# Search vs uniform pruning on the digits {'ResNet' if spec.task_args.get('arch') == 'resnet' else 'CNN'}",
             "",
             f"Original accuracy {base_acc:.4f}. `slimtune run examples/digits.yaml` ({spec.strategy_name}, "
             f"{len(s_all)} complete trials): **{search_s:.0f} s** (target ≤ 180 s, including the one-time sensitivity "
@@ -256,10 +296,24 @@ def main() -> None:
             "",
             u_front[["trial", "accuracy", "flops_rel", "params_rel", "plan"]].to_string(index=False, float_format=fmt),
             "",
-            f"## Strategies ({kwargs['n_trials']} trials each; hypervolume above accuracy {common_ref:.3f}, "
-            f"simulated_annealing, netadapt, admm and autocompress aim at {args.target:g} of the FLOPs)",
+            f"## Strategies ({kwargs['n_trials']} trials each; hypervolume above accuracy {common_ref:.3f}; "
+            f"simulated_annealing, netadapt, admm and autocompress run once per FLOPs target, `@t`)",
             "",
             strategies_table.to_string(index=False, float_format=fmt),
+            "",
+            "## Targets",
+            "",
+            "Beats `uniform` at ≤ 50 % FLOPs (its best trial there dominates uniform's best trial there: more accuracy, "
+            f"or as much with fewer FLOPs; uniform: {u_row['best_acc_flops_le_50']:.4f} at "
+            f"{u_row['flops_at_best_le_50']:.3f}× FLOPs; `bitwidth` prunes nothing and is judged on size): "
+            f"**{sum(v['beats_uniform_at_50'] for v in verdicts)} / {len(verdicts)}**",
+            "",
+            *(f"- {v['strategy']}: {v['why']}" for v in verdicts),
+            "",
+            f"Some strategy reaches ≥ 50 % FLOPs reduction within 1 accuracy point: **"
+            + ("yes" if any(r["best_acc_flops_le_50"] >= base_acc - 0.01 for r in strategy_rows) else "no") + "**; "
+            f"`joint` reaches ≤ 0.15× size within 1 point: **{'yes' if result['joint_size_le_15_within_1pt'] else 'no'}** "
+            f"(best accuracy at ≤ 0.15× size {joint_15:.4f}, original {base_acc:.4f}).",
             "",
         ]
     )
