@@ -11,7 +11,7 @@ simulated_annealing per-group sparsities annealed at a resource target (FLOPs,
                     params, size or latency); ends when cooled
 netadapt            NetAdapt: iterations lowering the resource, one trial per
                     candidate group; ends at the target
-bitwidth            HAQ-like per-layer bit-widths under a size budget
+bitwidth            HAQ-like per-layer bit-widths under a size or latency budget
 joint               per-group sparsities and per-layer bit-widths together
 admm                ADMM pruning (compressor ``admm``) toward searched or fixed
                     per-group targets; tunes rho / iterations on request

@@ -8,9 +8,11 @@ the original model (``flops`` 0.25: a quarter of the MACs). A strategy takes it 
 :class:`ResourceModel` predicts a plan's relative resource without building the model:
 MACs, parameters and size from channel counts
 (:class:`~slimtune.compressors.measures.ResourcePredictor`, exact), latency from a NetAdapt-style
-:class:`~slimtune.compressors.measures.LatencyTable` (interpolated), which is measured once per
-study and kept in the study's system attributes so every worker and every resumed run uses the
-same table. :func:`scale_to_target` moves a sparsity vector along one line until it just meets
+:class:`~slimtune.compressors.measures.LatencyTable` (interpolated) for channel pruning, or, for
+bit-widths (``latency="bits"``), from a
+:class:`~slimtune.compressors.measures.BitsLatencyTable` (per-layer fp32 and int8 times, HAQ's
+hardware-in-the-loop table). Either table is measured once per study and kept in the study's
+system attributes so every worker and every resumed run uses the same table. :func:`scale_to_target` moves a sparsity vector along one line until it just meets
 the target: a bisection with a fixed number of steps, so it always ends, also for targets that
 cannot be reached (it then returns the most compressed vector and says so).
 """
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 RESOURCES = ("flops", "params", "size", "latency")
 _CONSTRAINT = re.compile(r"^\s*(flops|params|size|latency)\s*<=\s*([-+0-9.eE]+)\s*$")
 _LUT_ATTR = "slimtune:latency_table"
+_BITS_LUT_ATTR = "slimtune:bits_latency_table"
+LATENCY_MODELS = ("channels", "bits")
 _BISECTION_STEPS = 40
 _BUILD_LOCK = threading.Lock()
 
@@ -103,17 +107,29 @@ class ResourceModel:
         resource: ``flops``, ``params``, ``size`` or ``latency``.
         study: For ``latency``: the study whose system attributes cache the lookup table (measured
             on first use, at batch 32 and one thread, as trials measure latency).
+        latency: What changes latency: ``"channels"`` (channel pruning: the NetAdapt-style
+            :class:`~slimtune.compressors.measures.LatencyTable`; bit-widths are ignored) or
+            ``"bits"`` (weight bit-widths of ``space.quant_layers``: the
+            :class:`~slimtune.compressors.measures.BitsLatencyTable`, layers at 8 bits or fewer in
+            int8, the others in fp32; sparsities are ignored).
     """
 
-    def __init__(self, space: SearchSpace, resource: str, study: optuna.Study | None = None) -> None:
+    def __init__(
+        self, space: SearchSpace, resource: str, study: optuna.Study | None = None, latency: str = "channels"
+    ) -> None:
         if resource not in RESOURCES:
             raise ValueError(f"resource {resource!r} must be one of {', '.join(RESOURCES)}")
+        if latency not in LATENCY_MODELS:
+            raise ValueError(f"latency {latency!r} must be one of {', '.join(LATENCY_MODELS)}")
         self.space = space
         self.resource = resource
         self._predictor = None
         self._table = None
+        self._bits_table = None
         with _BUILD_LOCK:  # measuring runs the shared model with hooks: one thread at a time
-            if resource == "latency":
+            if resource == "latency" and latency == "bits":
+                self._bits_table = _bits_latency_table(space, study)
+            elif resource == "latency":
                 self._table = _latency_table(space, study)
             else:
                 from slimtune.compressors.measures import ResourcePredictor
@@ -121,7 +137,10 @@ class ResourceModel:
                 self._predictor = ResourcePredictor(space.graph)
 
     def relative(self, plan: CompressionPlan | Mapping[str, float]) -> float:
-        """The plan's resource relative to the original model."""
+        """The plan's resource relative to the original model (a mapping: ``{group: sparsity}``,
+        or ``{layer: weight bits}`` for the bit-width latency model)."""
+        if self._bits_table is not None:
+            return float(self._bits_table.relative(plan))
         if self._table is not None:
             if isinstance(plan, Mapping):
                 plan = CompressionPlan({g: PruneSpec(float(s)) for g, s in plan.items()})
@@ -140,6 +159,33 @@ def _latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
     table = LatencyTable.build(space.graph, batch_size=32, threads=1)
     if study is not None:
         study._storage.set_study_system_attr(study._study_id, _LUT_ATTR, table.to_dict())
+    return table
+
+
+def _bits_latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
+    """The study's bit-width latency table of ``space.quant_layers`` (measured and cached on first use)."""
+    from slimtune.compressors.measures import BitsLatencyTable
+    from slimtune.compressors.measures._lut_parts import inputs_from_graph
+
+    layers = list(space.quant_layers)
+    if not layers:
+        raise ValueError("a bit-width latency budget needs quantizable layers: set space.bits_w (e.g. [4, 8, 32])")
+    if study is not None:
+        cached = study._storage.get_study_system_attrs(study._study_id).get(_BITS_LUT_ATTR)
+        if cached is not None:
+            table = BitsLatencyTable.from_dict(cached)
+            if set(table.layers) == set(layers):
+                return table
+    if getattr(space.graph, "gm", None) is None:
+        from slimtune.compressors.quantization import QuantExportError
+
+        raise QuantExportError(
+            "a bit-width latency budget times the model's int8 export, which needs a torch.fx-traceable model: "
+            f"{space.graph.trace_error}"
+        )
+    table = BitsLatencyTable.build(space.graph.model, inputs_from_graph(space.graph), layers, batch_size=32, threads=1)
+    if study is not None:
+        study._storage.set_study_system_attr(study._study_id, _BITS_LUT_ATTR, table.to_dict())
     return table
 
 

@@ -4,7 +4,9 @@ Used by ``bitwidth`` and ``joint``: an inner sampler (TPE, NSGA-II or random, an
 registered strategies' samplers) proposes bit-widths (and sparsities); a proposal whose predicted
 resource exceeds the budget is *repaired* before the trial runs, the way HAQ enforces its
 constraint: bit-widths are lowered one step at a time, each time in the layer where the bit
-sensitivity table says it costs least metric per byte saved, until the budget is met; sparsities,
+sensitivity table says it costs least metric per unit of resource saved, until the budget is met
+(a step goes to the next narrower choice that saves anything: under a bit-width latency budget
+2 and 4 bits run in int8 as 8 do, so a layer at 8 bits is not lowered further); sparsities,
 where searched, are raised along one line to just meet it first
 (:func:`~slimtune.strategies._budget.scale_to_target`). Proposals within the budget are left
 alone, so a Pareto search still spreads over the feasible region.
@@ -44,6 +46,9 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         resource, target: The budget (None: from the study's constraints; no budget without one).
         allowed: Resources the budget may use.
         priors: Parameter sets proposed (repaired) as the first trials.
+        latency: What a ``latency`` budget's model predicts from: ``"channels"`` (the channel
+            pruning lookup table) or ``"bits"`` (the bit-width table: int8 / fp32 per layer); see
+            :class:`~slimtune.strategies._budget.ResourceModel`.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         target: float | None,
         allowed: Sequence[str],
         priors: Sequence[Mapping[str, Any]] = (),
+        latency: str = "channels",
     ) -> None:
         self.inner = inner
         self.space = space
@@ -66,6 +72,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         self.target = target
         self.allowed = tuple(allowed)
         self.priors = [dict(p) for p in priors]
+        self.latency = latency
         self._models: dict[int, tuple[Budget | None, ResourceModel | None]] = {}
         self._drops = _bit_drops(space)
 
@@ -78,7 +85,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
             budget = resolve_budget(
                 self.strategy, self.resource, self.target, study.user_attrs.get("constraints") or [], None, None, self.allowed
             )
-            model = ResourceModel(self.space, budget.resource, study) if budget is not None else None
+            model = ResourceModel(self.space, budget.resource, study, self.latency) if budget is not None else None
             self._models[key] = (budget, model)
         return self._models[key]
 
@@ -172,25 +179,27 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         return {**rest, **{self.space.param_name(g): s for g, s in sp.items()}}, r, met
 
     def _lower_bits(self, x: dict[str, Any], rel: Callable[[dict[str, Any]], float], target: float) -> tuple[dict[str, Any], float, bool]:
-        """HAQ's rule: lower one layer's weight bits by one choice at a time until the budget is met,
-        each time where the bit sensitivity costs least per byte saved."""
+        """HAQ's rule: lower one layer's weight bits a step at a time until the budget is met, each
+        time where the bit sensitivity costs least per unit of resource saved. A step goes to the
+        widest narrower choice that saves anything (choices that save nothing are skipped)."""
         choices = sorted(self.space.options.bits_w or ())
         r = rel(x)
         while r > target:
             best: tuple[float, float, str, int, float] | None = None
             for key, bits in x.items():
-                if not key.startswith(BITS_W_PREFIX) or int(bits) not in choices or choices.index(int(bits)) == 0:
+                if not key.startswith(BITS_W_PREFIX) or int(bits) not in choices:
                     continue
-                lower = choices[choices.index(int(bits)) - 1]
                 layer = key[len(BITS_W_PREFIX) :]
-                r_new = rel({**x, key: lower})
-                saved = r - r_new
-                if saved <= 0:
-                    continue
-                cost = max(0.0, self._drop(layer, lower) - self._drop(layer, int(bits)))
-                rank = (cost / saved, -saved, key, lower, r_new)
-                if best is None or rank < best:
-                    best = rank
+                for lower in reversed(choices[: choices.index(int(bits))]):
+                    r_new = rel({**x, key: lower})
+                    saved = r - r_new
+                    if saved <= 0:
+                        continue
+                    cost = max(0.0, self._drop(layer, lower) - self._drop(layer, int(bits)))
+                    rank = (cost / saved, -saved, key, lower, r_new)
+                    if best is None or rank < best:
+                        best = rank
+                    break
             if best is None:
                 return x, r, False
             _, _, key, lower, r = best

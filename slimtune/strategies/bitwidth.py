@@ -1,34 +1,48 @@
-"""``bitwidth``: mixed-precision search of per-layer weight (and activation) bit-widths under a size budget.
+"""``bitwidth``: mixed-precision search of per-layer weight (and activation) bit-widths under a size or latency budget.
 
 After HAQ (Wang, Liu, Lin, Lin and Han, "HAQ: Hardware-Aware Automated Quantization with Mixed
 Precision", CVPR 2019): every quantizable layer gets its own bit-widths; the search maximises the
 metric of the quantized, fine-tuned model while a resource constraint holds, and a proposal that
 breaks the constraint is repaired by lowering bit-widths one step at a time until it holds
 (:mod:`slimtune.strategies._repair`). HAQ's DDPG agent is replaced by an Optuna sampler (TPE by
-default: ``sampler: nsga2`` or ``random`` also work; ``sampler_params`` go to it), and HAQ's
-hardware simulator by slimtune's size measure, predicted exactly from the plan
-(:class:`~slimtune.compressors.measures.ResourcePredictor`): packed weights at their bit-width
-plus one fp32 scale per output channel.
+default: ``sampler: nsga2`` or ``random`` also work; ``sampler_params`` go to it). HAQ's
+hardware feedback is one of two resource models:
+
+* ``size``, predicted exactly from the plan
+  (:class:`~slimtune.compressors.measures.ResourcePredictor`): packed weights at their bit-width
+  plus one fp32 scale per output channel;
+* ``latency``, from a table measured on this machine
+  (:class:`~slimtune.compressors.measures.BitsLatencyTable`, built once per study at batch 32 and
+  one thread, and cached in the study): every searched layer timed in fp32 and as the int8 kernel
+  of the model's int8 export, on the input it receives, plus both whole models; a plan's latency
+  is the layers' times at their precision plus the remaining ops, interpolated between the two
+  whole models. On the CPU a layer with at most 8 weight bits runs as an int8 kernel and there are
+  no faster kernels below 8 bits, so 2- and 4-bit layers cost what 8-bit ones do (they still save
+  size and cost accuracy), and 32-bit layers run in fp32. Trials measure the latency of
+  the deployable model: the int8 export of their quantized layers
+  (:func:`~slimtune.trials.objective.measure_model`).
 
 Sensitivity seeds the search: the first trials are each layer at its lowest one-shot-safe
 bit-width (from the bit sensitivity table the runner caches when ``space.bits_w`` lists widths
 below 32) and every layer at its widest width, both repaired to the budget; the repair lowers
-first the layers whose metric drops least per byte saved.
+first the layers whose metric drops least per unit of resource saved.
 
 Only bit-widths are searched (``bits_w/<layer>``, and ``bits_a/<layer>`` when ``space.bits_a`` is
-set); no channel is pruned (``joint`` searches both). The budget is ``size``: bit-widths change
-neither MACs nor parameters, and fake-quantized layers run in floating point, so their latency
-says nothing about integer kernels. The HAQ formulation is ``objectives: [accuracy]`` with
-``constraints: [size <= 0.25]``; ``objectives: [accuracy, size]`` gives a Pareto front of
-feasible trials.
+set); no channel is pruned (``joint`` searches both; its ``latency`` budget is the channel
+pruning table, which ignores bit-widths). The budget is ``size`` or ``latency`` (bit-widths
+change neither MACs nor parameters). The HAQ formulation is ``objectives: [accuracy]`` with
+``constraints: [size <= 0.25]`` or ``[latency <= 0.6]``; ``objectives: [accuracy, size]`` gives a
+Pareto front of feasible trials. A latency target below the all-int8 model's relative latency
+(``BitsLatencyTable.relative``) cannot be met: the repair moves to int8 every layer where that
+saves time and records ``bitwidth.budget_met: false``.
 
 Parameters (spec ``strategy`` section):
 
 ================== ============================ =============================================
-``resource``       ``size`` when ``target`` or  only ``size``
-                   a size constraint is given
-``target``         the ``size <=`` constraint   size to keep, relative to the float model
-                                                (None and no constraint: no repair)
+``resource``       the first ``size`` or        ``size`` or ``latency``
+                   ``latency`` constraint
+``target``         that constraint's bound      size or latency to keep, relative to the float
+                                                model (None and no constraint: no repair)
 ``sampler``        ``tpe``                      ``tpe``, ``nsga2`` or ``random``
 ``sampler_params`` ``{}``                       parameters of that strategy's sampler
 ================== ============================ =============================================
@@ -61,6 +75,8 @@ if TYPE_CHECKING:
     from slimtune.search_spaces import SearchSpace
 
 INNER_SAMPLERS = ("tpe", "nsga2", "random")
+RESOURCES = ("size", "latency")
+"""The budgets of ``bitwidth``: bit-widths change neither MACs nor parameters."""
 
 
 def check_inner(strategy: str, params: Mapping[str, Any]) -> None:
@@ -97,7 +113,7 @@ class Bitwidth(Strategy):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        check_budget_params(self.name, self.params, allowed=("size",))
+        check_budget_params(self.name, self.params, allowed=RESOURCES)
         check_inner(self.name, self.params)
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> BudgetRepairSampler:
@@ -109,7 +125,8 @@ class Bitwidth(Strategy):
             priors.append({**widest, **{BITS_W_PREFIX + layer: b for layer, b in space.safe_bits.items()}})
         priors.append(widest)
         return BudgetRepairSampler(
-            inner, space, names, self.name, self.params["resource"], self.params["target"], ("size",), priors
+            inner, space, names, self.name, self.params["resource"], self.params["target"], RESOURCES, priors,
+            latency="bits",
         )
 
     def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import tempfile
@@ -44,6 +45,8 @@ class TrialFailure(SlimtuneError):
     """A trial could not produce a valid result (e.g. the metric is NaN); recorded as FAILED."""
 
 
+logger = logging.getLogger("slimtune")
+
 ATTR_PLAN = "plan"
 ATTR_MEASURES = "measures"
 ATTR_FAIL = "fail_reason"
@@ -69,6 +72,18 @@ def measure_model(
     range buffers (what :class:`~slimtune.compressors.measures.ResourcePredictor` predicts). An
     SLB model is measured as deployed (:func:`~slimtune.compressors.quantization.unwrap`: the
     most probable candidate of each weight), so its per-weight logits are not counted.
+
+    Latency is that of the deployable model too: fake-quantized layers run float kernels plus
+    fake-quant ops, which says nothing about integer kernels, so when the model has layers with
+    at most 8 weight bits, the latency measured is that of
+    :func:`~slimtune.compressors.quantization.export_int8` with those layers in int8 (calibrated
+    on the latency batch: activation ranges do not change kernel time; below 8 bits, x86 has no
+    faster kernels). If the export fails, the fake-quantized model is measured and
+    ``latency_note`` in the result says why.
+
+    Returns:
+        ``{"flops", "params", "size", "latency"}`` (latency None unless asked for), plus
+        ``latency_note`` when the latency of a quantized model could not be measured on its int8 export.
     """
     flops = float(count_flops(model, example_inputs)["macs"].sum())
     from slimtune.compressors.quantization import quant_wrappers, unwrap, weight_bits
@@ -80,10 +95,34 @@ def measure_model(
         deployable = unwrap(model)
     params, _ = count_params(deployable)
     size = model_size_bytes(deployable, bits=bits or None).total_bytes
-    lat = None
+    out: dict[str, Any] = {"flops": flops, "params": params, "size": size, "latency": None}
     if latency:
-        lat = measure_latency(model, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats).median_ms
-    return {"flops": flops, "params": params, "size": size, "latency": lat}
+        timed, note = _latency_model(model, example_inputs, latency_batch)
+        out["latency"] = measure_latency(timed, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats).median_ms
+        if note is not None:
+            out["latency_note"] = note
+    return out
+
+
+def _latency_model(model: nn.Module, example_inputs: Any, batch: int) -> tuple[nn.Module, str | None]:
+    """The model whose latency a trial reports: the int8 export of the layers with at most 8 weight
+    bits (none: ``model`` itself), or ``model`` and why the export failed."""
+    from slimtune.compressors.measures.bits_latency import INT8_MAX_BITS
+    from slimtune.compressors.measures.latency import make_batch
+    from slimtune.compressors.quantization import QuantWrapper, export_int8
+
+    layers = sorted(
+        name
+        for name, w in model.named_modules()
+        if isinstance(w, QuantWrapper) and not w.recurrent and w.bits_w is not None and w.bits_w <= INT8_MAX_BITS
+    )
+    if not layers:
+        return model, None
+    try:
+        calibration = [(make_batch(example_inputs, batch),)]
+        return export_int8(model, example_inputs, calibration, layers=layers), None
+    except Exception as e:  # noqa: BLE001 - any export failure: measure the fake-quantized model, say why
+        return model, f"latency of the fake-quantized model: int8 export of {', '.join(layers)} failed: {type(e).__name__}: {e}"
 
 
 class Objective:
@@ -170,6 +209,9 @@ class Objective:
             t = time.perf_counter()
             raw = measure_model(model, self.task.example_inputs, self.cost.needs_latency, self.latency_batch)
             raw["accuracy"] = metric
+            if raw.get("latency_note"):  # latency of the fake-quantized model, not of its int8 export
+                trial.set_user_attr("latency_note", raw["latency_note"])
+                logger.warning("trial %d: %s", trial.number, raw["latency_note"])
             measures = relative_measures(raw, self.baseline, self.task.direction)
             times["measure"] = time.perf_counter() - t
             trial.set_user_attr(ATTR_MEASURES, measures)

@@ -1,4 +1,4 @@
-"""bitwidth and joint: mixed-precision search within a size budget (HAQ-style repair, most
+"""bitwidth and joint: mixed-precision search within a size or latency budget (HAQ-style repair, most
 sensitive layers lowered last), sensitivity priors first, joint plans with sparsity and bits."""
 
 from __future__ import annotations
@@ -6,10 +6,12 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 import slimtune
 from slimtune.compressors import trace
-from slimtune.compressors.measures import ResourcePredictor
+from slimtune.compressors.measures import BitsLatencyTable, ResourcePredictor
+from slimtune.examples.digits import digits_cnn
 from slimtune.search_spaces import SearchSpace, SpaceOptions
 from slimtune.strategies import get_strategy
 from slimtune.strategies._budget import ResourceModel
@@ -97,9 +99,51 @@ def test_errors_name_the_field() -> None:
     task = make_mlp_task()
     with pytest.raises(ValueError, match=r"space\.bits_w"):
         search(task, "bitwidth", 1, {"sensitivity": False})
-    with pytest.raises(ValueError, match=r"strategy\.resource"):
-        get_strategy("bitwidth", resource="latency")
+    with pytest.raises(ValueError, match=r"strategy\.resource 'flops' must be one of size, latency"):
+        get_strategy("bitwidth", resource="flops")
+    get_strategy("bitwidth", resource="latency", target=0.5)  # a bit-width latency budget
     with pytest.raises(ValueError, match=r"strategy\.sampler"):
         get_strategy("joint", sampler="annealing")
     with pytest.raises(ValueError, match=r"strategy\.sampler_params"):
         get_strategy("bitwidth", sampler_params={"population_size": 4})
+
+
+def make_cnn_task() -> slimtune.Task:
+    """The digits CNN on random 8×8 images; the metric is the agreement with the float model's outputs."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = digits_cnn().eval()
+    x = torch.randn(64, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        ref = model(x)
+
+    def evaluate(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(torch.exp(-(m(x) - ref).square().mean()))
+
+    return slimtune.Task(model, x[:1], evaluate, name="tiny-cnn")
+
+
+def test_bitwidth_respects_a_latency_constraint_predicted_from_the_measured_int8_table() -> None:
+    task = make_cnn_task()
+    layers = trace(task.model, task.example_inputs).quantizable_layers()
+    probe = BitsLatencyTable.build(task.model, task.example_inputs, layers)
+    int8 = probe.relative({n: 8 for n in layers})
+    assert int8 < 0.8  # int8 kernels pay on this CNN at batch 32 (×0.4 measured)
+    bound = round(0.5 * (1.0 + int8), 3)  # halfway between all-int8 and all-fp32: some layers must go int8
+    study = search(
+        task, "bitwidth", 4, {"bits_w": [4, 8, 32], "sensitivity": False}, objectives=["accuracy"],
+        constraints=[f"latency <= {bound}"],
+    )  # fmt: skip
+    # the table was measured once and cached in the study, as the channel-pruning table is
+    table = BitsLatencyTable.from_dict(study._storage.get_study_system_attrs(study._study_id)["slimtune:bits_latency_table"])
+    assert table.layers == layers and table.relative({n: 8 for n in layers}) < bound < 1.0
+    assert [t.user_attrs.get("bitwidth.prior") for t in study.trials[:1]] == [0]
+    assert study.trials[0].user_attrs["bitwidth.repaired"]  # every layer at 32 bits, repaired to the budget
+    for t in study.trials:
+        bits = {k[len("bits_w/") :]: int(b) for k, b in t.params.items()}
+        assert set(bits) == set(layers) and min(bits.values()) <= 8
+        predicted = table.relative(bits)
+        assert t.user_attrs["bitwidth.budget_met"] and predicted <= bound
+        assert predicted == pytest.approx(t.user_attrs["bitwidth.resource"])
+        assert t.user_attrs["measures"]["latency"] > 0  # measured on the trial's int8 export

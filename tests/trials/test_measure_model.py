@@ -35,3 +35,55 @@ def test_quantized_measures_match_the_prediction_and_skip_slb_logits() -> None:
     assert slb["params"] == float_m["params"]
     assert slb["size"] <= model_size_bytes(model, bits={"0": 2, "2": 4}).total_bytes <= ste["size"]
     assert slb["flops"] == float_m["flops"]
+
+
+class _ConvNet(nn.Module):
+    def __init__(self, branch: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * 8 * 8, 10)
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        if self.branch and x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = x * 2
+        x = torch.relu(self.conv2(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_latency_of_a_quantized_model_is_measured_on_its_int8_export(monkeypatch) -> None:
+    import slimtune.trials.objective as objective
+    from slimtune.compressors.quantization import calibrate, freeze
+
+    timed: list[nn.Module] = []
+    real = objective.measure_latency
+
+    def spy(model, *args, **kwargs):
+        timed.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(objective, "measure_latency", spy)
+    torch.manual_seed(0)
+    x, calib = torch.randn(1, 3, 8, 8), [torch.randn(16, 3, 8, 8)]
+    model = _ConvNet().eval()
+    # conv1 at 4 bits and conv2 at 8 run in int8; fc, with float weights (8-bit activations), stays float
+    q = freeze(calibrate(quantize_model(model, {"conv1": (4, 8), "conv2": (8, 8), "fc": (None, 8)}), calib)).eval()
+    m = measure_model(q, x, latency=True, latency_repeats=5)
+    kinds = {n: type(mod).__module__ for n, mod in timed[-1].named_modules()}
+    assert kinds["conv1"].startswith("torch.ao.nn.") and ".quantized" in kinds["conv1"]
+    assert ".quantized" in kinds["conv2"] and kinds["fc"] == "torch.nn.modules.linear"
+    assert m["latency"] > 0 and "latency_note" not in m
+    assert m["size"] == measure_model(q, x, latency=False)["size"]  # the other measures are unchanged
+
+    # a float model, or one with no weights at 8 bits or fewer, is timed as it is
+    for plain in (model, freeze(calibrate(quantize_model(model, {"fc": (None, 8)}), calib)).eval()):
+        measure_model(plain, x, latency=True, latency_repeats=5)
+        assert timed[-1] is plain
+
+    # the export fails (untraceable): the fake-quantized model is timed, and the result says why
+    branchy = freeze(calibrate(quantize_model(_ConvNet(branch=True).eval(), {"conv1": (8, 8)}), calib)).eval()
+    m = measure_model(branchy, x, latency=True, latency_repeats=5)
+    assert timed[-1] is branchy and m["latency"] > 0
+    assert "int8 export of conv1 failed" in m["latency_note"] and "trace" in m["latency_note"]

@@ -7,6 +7,8 @@
   interleaved comparisons (``latency.py``).
 * :class:`LatencyTable` — NetAdapt-style per-layer lookup table predicting a plan's latency
   (``lut.py``).
+* :class:`BitsLatencyTable` — measured fp32 and int8 latency per layer, predicting a bit-width
+  plan's latency (HAQ's hardware-in-the-loop table; ``bits_latency.py``).
 * :func:`measure` — all of the above in one call, as :class:`Measures` (``summary.py``).
 * :class:`ResourcePredictor` — a plan's MACs, parameters and size predicted from channel counts,
   without building the model (``resources.py``).
@@ -22,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+from slimtune.compressors.measures.bits_latency import BitsLatencyTable
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.latency import LatencyResult, compare_latency, measure_latency
 from slimtune.compressors.measures.lut import LatencyTable
@@ -40,6 +43,7 @@ __all__ = [
     "compare_latency",
     "LatencyResult",
     "LatencyTable",
+    "BitsLatencyTable",
     "ResourcePredictor",
     "Resources",
     "predict_resources",
