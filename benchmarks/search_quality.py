@@ -17,7 +17,7 @@ accuracy at ≤ 50 % and ≤ 25 % FLOPs (and ≤ 25 % size, where bit-widths cou
 time. Simulated annealing, NetAdapt, ``admm`` and ``autocompress`` aim at one FLOPs target each run:
 they run once per target of ``--targets`` (default 50 % and 25 %);
 annealing's cooling is set to last the whole budget, ``autocompress`` splits it into 3 rounds, and both
-ADMM strategies run ADMM for one epoch at lr 0.01 before the task's fine-tune; ``joint`` adds ``bits_w: [4, 8, 32]`` to the space and size to the objectives, ``bitwidth``
+ADMM strategies run ADMM for one epoch at lr 0.01 before the task's fine-tune; ``joint`` adds ``bits_w: [2, 4, 8, 32]`` to the space and size to the objectives, ``bitwidth``
 searches ``bits_w: [2, 4, 8, 32]`` with objectives (accuracy, size).
 
 Usage: ``python benchmarks/search_quality.py [--uniform-points 12] [--n-trials N] [--strategies a,b]
@@ -97,7 +97,7 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float | None) -
     elif name == "autocompress":
         run.update(target=target, rounds=3, trials_per_round=max(1, n_trials // 3), compressor_params=ADMM_RUN)
     elif name == "joint":
-        space["bits_w"] = [4, 8, 32]
+        space["bits_w"] = [2, 4, 8, 32]
         run["objectives"] = ("accuracy", "flops", "size")  # bit-widths move size, sparsity both
     elif name == "bitwidth":
         space["bits_w"] = [2, 4, 8, 32]
