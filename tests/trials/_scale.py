@@ -19,13 +19,16 @@ from slimtune.examples.models import mlp
 from slimtune.trials.task import Task
 
 
-def slow_task(sleep: float = 0.5, log: str | None = None, barrier: int = 0, name: str = "tiny-slow") -> Task:
+def slow_task(
+    sleep: float = 0.5, log: str | None = None, barrier: int = 0, name: str = "tiny-slow", hold: str | None = None
+) -> Task:
     """An MLP(16 → 32 → 16 → 4) on fixed random data; ``evaluate`` takes about ``sleep`` seconds.
 
     With ``barrier`` (and ``log``), an evaluation first waits (at most 60 s) until ``barrier``
     different processes have evaluated or are evaluating: every worker gets a trial, however
     slowly some of them start. The first evaluation (the study's baseline, by the process that
-    creates the study) does not wait.
+    creates the study) does not wait. With ``hold`` (a file path), an evaluation does not end
+    while that file exists (at most 60 s): a test can catch a trial mid-evaluation for sure.
     """
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
@@ -48,6 +51,9 @@ def slow_task(sleep: float = 0.5, log: str | None = None, barrier: int = 0, name
                         break
                 time.sleep(0.05)
         time.sleep(sleep)
+        deadline = time.monotonic() + 60
+        while hold is not None and os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.02)
         with torch.no_grad():
             return float((m(x).argmax(1) == y).float().mean())
 

@@ -145,27 +145,36 @@ def test_ray_worker_killed_mid_trial_is_retried_and_the_study_completes(
     monkeypatch.setattr(runner, "GRACE_PERIOD", 4)
     url = f"sqlite:///{tmp_path / 'fault.db'}"
     runner.make_storage(url)  # the schema exists before the test starts looking at it
-    task = slow_task(sleep=0.8)
+    log, hold = tmp_path / "evaluations.log", tmp_path / "hold"
+    task = slow_task(sleep=0.8, log=str(log), hold=str(hold))
     thread, box = run_in_thread(
         lambda: slimtune.search(task, strategy="random", n_trials=6, storage=url, study_name="fault", save_models="none",
                                 space={"sensitivity": False}, progress=False, backend="ray")  # fmt: skip
     )
-
-    def running_on_ray(trials: list[FrozenTrial]) -> bool:
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
-        return done >= 1 and any(t.state == TrialState.RUNNING and "plan" in t.user_attrs and "worker" in t.user_attrs for t in trials)
 
     def still_running() -> bool:
         if "error" in box:
             raise box["error"]
         return thread.is_alive()
 
-    trials = wait_for(lambda: load_trials(url, "fault"), running_on_ray, still_running)
-    victim = next(t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs and "worker" in t.user_attrs)
-    pid = victim.user_attrs["worker"]["pid"]
-    assert victim.user_attrs["worker"]["backend"] == "ray" and pid != os.getpid()
+    wait_for(lambda: load_trials(url, "fault"), lambda ts: any(t.state == TrialState.COMPLETE for t in ts), still_running)
+    # from now on no evaluation ends until the hold file goes: the next evaluation that starts is
+    # caught mid-trial, whatever the machine's load
+    hold.touch()
+    started = len(log.read_text().split())
+    wait_for(lambda: log.read_text().split(), lambda pids: len(pids) > started, still_running)
+    pid = int(log.read_text().split()[started])
+
+    def victim_running(trials: list[FrozenTrial]) -> bool:
+        return any(t.state == TrialState.RUNNING and (t.user_attrs.get("worker") or {}).get("pid") == pid for t in trials)
+
+    trials = wait_for(lambda: load_trials(url, "fault"), victim_running, still_running)
+    victim = next(t for t in trials if t.state == TrialState.RUNNING and (t.user_attrs.get("worker") or {}).get("pid") == pid)
+    assert victim.user_attrs["worker"]["backend"] == "ray" and pid != os.getpid() and "plan" in victim.user_attrs
     done_before = {t.number: (t.params, t.values, t.user_attrs) for t in trials if t.state == TrialState.COMPLETE}
-    os.kill(pid, signal.SIGKILL)  # the Ray worker process, mid-trial
+    assert done_before
+    os.kill(pid, signal.SIGKILL)  # the Ray worker process, mid-trial (held in its evaluation)
+    hold.unlink()
 
     thread.join(WAIT)
     assert not thread.is_alive(), "the study did not finish"
