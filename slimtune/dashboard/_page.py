@@ -25,7 +25,7 @@ def plotly_js_path() -> Path:
 
 
 COMPILE_HINT = "//# allFunctionsCalledOnLoad\n"
-"""V8's explicit compile hint (Chromium 136+; other browsers read a comment): the browser compiles every
+"""V8's explicit compile hint (Chromium 136+; to other browsers just a comment): the browser compiles every
 function of the script on a background thread while the file streams in, instead of lazily on the main
 thread as the page first calls them. plotly.js runs most of its code at load and at the first plot, so
 the hint makes a first visit's page ready sooner (``benchmarks/dashboard.py``)."""
