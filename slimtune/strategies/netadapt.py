@@ -23,7 +23,10 @@ groups reach at their upper bounds, so each group that can still shrink competes
 one channel goes), so the target is reached after finitely many iterations, or the strategy ends
 at the closest network it found when no group can be pruned further (all at ``max_sparsity``). With ``long_term_finetune`` set, one last trial fine-tunes the final network
 with those settings (parameter ``netadapt/phase = long_term``); then the strategy is finished and
-the runner stops the study.
+the runner stops the study. Each iteration costs up to one trial per group: when the study's
+``n_trials`` is below what the step schedule needs to reach the target (iterations × groups, plus
+the long-term trial), the first trial logs a warning saying how many it may take
+(:meth:`NetAdaptSampler.trials_needed`), as the study would otherwise end above the target.
 
 **Records.** Each trial stores ``netadapt.iteration``, ``netadapt.candidate`` (its group, or
 ``final``), ``netadapt.budget``, ``netadapt.resource`` (predicted, relative) and
@@ -67,6 +70,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -99,6 +103,7 @@ SHORT, LONG = "short_term", "long_term"
 FINAL = "final"
 RESULT_ATTR = "netadapt.result"
 ATTR_SPARE = "netadapt.spare"
+logger = logging.getLogger("slimtune")
 _POLL_S = 0.5
 _EPS = 1e-9
 
@@ -152,8 +157,13 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
     """The Optuna sampler of ``netadapt``: hands each trial an unclaimed candidate of the
     current iteration (or the final network), waiting while other workers finish an iteration."""
 
-    def __init__(self, space: SearchSpace, params: Mapping[str, Any], seed: int | None = None, wait: bool = True) -> None:
+    def __init__(
+        self, space: SearchSpace, params: Mapping[str, Any], seed: int | None = None, wait: bool = True,
+        n_trials: int | None = None,
+    ) -> None:  # fmt: skip
         self.space = space
+        self.n_trials = n_trials  # the study's budget, for the warning of :meth:`check_budget`
+        self._checked: set[int] = set()
         # wait=False: a trial finding no free candidate is marked ``netadapt.spare`` at once instead
         # of waiting (for drivers that ask for trials in the process that must also tell results)
         self.wait = wait
@@ -175,6 +185,33 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             assert budget is not None
             self._models[key] = (budget, ResourceModel(self.space, budget.resource, study))
         return self._models[key]
+
+    def trials_needed(self, study: optuna.Study) -> tuple[int, int]:
+        """``(iterations, trials)`` the step schedule takes from the original network to the target:
+        an upper estimate of the trials, as every iteration is counted with one candidate per group
+        (groups at their bounds drop out) plus the long-term trial."""
+        budget, model = self.budget(study)
+        resource, i = model.relative(self.lower), 0
+        while resource > budget.target + _EPS and i < 10_000:
+            resource -= self._step(i)
+            i += 1
+        return i, i * len(self.space.groups) + int(self.long_term)
+
+    def check_budget(self, study: optuna.Study) -> None:
+        """Warn (once per study and process) when the trial budget looks too small to reach the target."""
+        if self.n_trials is None or study._study_id in self._checked:
+            return
+        self._checked.add(study._study_id)
+        iterations, needed = self.trials_needed(study)
+        if needed > self.n_trials:
+            budget, _ = self.budget(study)
+            logger.warning(
+                "netadapt: reaching %s %g takes up to %d trials (%d iterations x %d groups%s) but the budget is "
+                "n_trials %d: the study may end above the target%s; raise n_trials or strategy.step",
+                budget.resource, budget.target, needed, iterations, len(self.space.groups),
+                " + the long-term fine-tune" if self.long_term else "", self.n_trials,
+                " and without the long-term fine-tune" if self.long_term else "",
+            )  # fmt: skip
 
     def _step(self, i: int) -> float:
         p = self.params
@@ -293,6 +330,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
+        self.check_budget(study)
         while True:
             state = self.state(study, exclude=trial.number)
             if state.phase == "finished":
@@ -409,7 +447,7 @@ class NetAdapt(Strategy):
         self._sampler: NetAdaptSampler | None = None
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> NetAdaptSampler:
-        self._sampler = NetAdaptSampler(space, self.params, seed)
+        self._sampler = NetAdaptSampler(space, self.params, seed, n_trials=n_trials)
         return self._sampler
 
     def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, Any]:

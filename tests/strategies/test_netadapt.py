@@ -4,6 +4,7 @@ the study ends on its own, resumes, and candidates run on parallel workers."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -164,3 +165,18 @@ def test_parameter_errors_name_the_field() -> None:
     ):
         with pytest.raises(ValueError, match=field):
             get_strategy("netadapt", **params)
+
+
+def test_warns_when_the_budget_cannot_reach_the_target(caplog) -> None:
+    task = make_mlp_task()  # 2 groups; 1.0 to 0.1 by steps of 0.1 × 0.9^i (at least 0.02): 21 iterations
+    with caplog.at_level(logging.WARNING, logger="slimtune"):
+        run(task, "memory", n_trials=4, target=0.1, step=0.1, step_decay=0.9, min_step=0.02,
+            long_term_finetune={"epochs": 1})  # fmt: skip
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("netadapt: reaching")]
+    assert len(warned) == 1
+    assert "flops 0.1 takes up to 43 trials (21 iterations x 2 groups + the long-term fine-tune)" in warned[0]
+    assert "n_trials 4" in warned[0] and "without the long-term fine-tune" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slimtune"):
+        run(task, "memory", n_trials=40)  # PARAMS: 0.35 in 4 iterations, 8 trials
+    assert not [r for r in caplog.records if r.getMessage().startswith("netadapt: reaching")]
