@@ -73,3 +73,22 @@ def nan_task() -> Task:
     task = tiny_task()
     task.evaluate = lambda model: float("nan")
     return task
+
+
+def reference_task(model: str = "resnet20", batch: int = 8, seed: int = 0) -> Task:
+    """One of :data:`slimtune.examples.models.REFERENCE_MODELS` (random weights, batch-norm
+    statistics randomised so channels differ) on a fixed random batch; the metric is the agreement
+    of the compressed model's top-1 class with the original's. Fine-tuning is the built-in loop,
+    one step on that batch."""
+    from slimtune.examples.models import REFERENCE_MODELS, randomize_batchnorm_
+
+    factory, shape = REFERENCE_MODELS[model]
+    torch.manual_seed(seed)
+    net = randomize_batchnorm_(factory(), torch.Generator().manual_seed(seed)).eval()
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return Task(
+        net, x[:1], lambda m: _accuracy(m, x, y), calibration=[x], train_data=[(x, y)],
+        finetune_config={"steps": 1, "lr": 1e-3}, name=f"reference-{model}",
+    )  # fmt: skip

@@ -25,7 +25,8 @@ at the closest network it found when no group can be pruned further (all at ``ma
 with those settings (parameter ``netadapt/phase = long_term``); then the strategy is finished and
 the runner stops the study. Each iteration costs up to one trial per group: when the study's
 ``n_trials`` is below what the step schedule needs to reach the target (iterations × groups, plus
-the long-term trial), the first trial logs a warning saying how many it may take
+the long-term trial; estimated with the first iteration's number of candidates), the first trial
+logs a warning saying how many it may take
 (:meth:`NetAdaptSampler.trials_needed`), as the study would otherwise end above the target.
 
 **Records.** Each trial stores ``netadapt.iteration``, ``netadapt.candidate`` (its group, or
@@ -186,29 +187,32 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             self._models[key] = (budget, ResourceModel(self.space, budget.resource, study))
         return self._models[key]
 
-    def trials_needed(self, study: optuna.Study) -> tuple[int, int]:
-        """``(iterations, trials)`` the step schedule takes from the original network to the target:
-        an upper estimate of the trials, as every iteration is counted with one candidate per group
-        (groups at their bounds drop out) plus the long-term trial."""
+    def trials_needed(self, study: optuna.Study) -> tuple[int, int, int]:
+        """``(iterations, candidates per iteration, trials)`` the step schedule takes from the original
+        network to the target. The trials are an estimate: every iteration counted with as many
+        candidates as the first one has (groups that alone can meet its budget), plus the long-term
+        trial."""
         budget, model = self.budget(study)
-        resource, i = model.relative(self.lower), 0
+        start = model.relative(self.lower)
+        resource, i = start, 0
         while resource > budget.target + _EPS and i < 10_000:
             resource -= self._step(i)
             i += 1
-        return i, i * len(self.space.groups) + int(self.long_term)
+        per_iteration = len(self.candidates(model, self.lower, max(budget.target, start - self._step(0)))) or len(self.space.groups)
+        return i, per_iteration, i * per_iteration + int(self.long_term)
 
     def check_budget(self, study: optuna.Study) -> None:
         """Warn (once per study and process) when the trial budget looks too small to reach the target."""
         if self.n_trials is None or study._study_id in self._checked:
             return
         self._checked.add(study._study_id)
-        iterations, needed = self.trials_needed(study)
+        iterations, per_iteration, needed = self.trials_needed(study)
         if needed > self.n_trials:
             budget, _ = self.budget(study)
             logger.warning(
-                "netadapt: reaching %s %g takes up to %d trials (%d iterations x %d groups%s) but the budget is "
+                "netadapt: reaching %s %g takes about %d trials (%d iterations x %d candidates%s) but the budget is "
                 "n_trials %d: the study may end above the target%s; raise n_trials or strategy.step",
-                budget.resource, budget.target, needed, iterations, len(self.space.groups),
+                budget.resource, budget.target, needed, iterations, per_iteration,
                 " + the long-term fine-tune" if self.long_term else "", self.n_trials,
                 " and without the long-term fine-tune" if self.long_term else "",
             )  # fmt: skip

@@ -174,7 +174,7 @@ def test_warns_when_the_budget_cannot_reach_the_target(caplog) -> None:
             long_term_finetune={"epochs": 1})  # fmt: skip
     warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("netadapt: reaching")]
     assert len(warned) == 1
-    assert "flops 0.1 takes up to 43 trials (21 iterations x 2 groups + the long-term fine-tune)" in warned[0]
+    assert "flops 0.1 takes about 43 trials (21 iterations x 2 candidates + the long-term fine-tune)" in warned[0]
     assert "n_trials 4" in warned[0] and "without the long-term fine-tune" in warned[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="slimtune"):
