@@ -21,13 +21,17 @@ channels removed are chosen by the space's criterion (the paper uses the L2 norm
 (unless no single group can: then the iteration's budget is relaxed to the largest resource the
 groups reach at their upper bounds, so each group that can still shrink competes, and at least
 one channel goes), so the target is reached after finitely many iterations, or the strategy ends
-at the closest network it found when no group can be pruned further (all at ``max_sparsity``). With ``long_term_finetune`` set, one last trial fine-tunes the final network
-with those settings (parameter ``netadapt/phase = long_term``); then the strategy is finished and
-the runner stops the study. Each iteration costs up to one trial per group: when the study's
-``n_trials`` is below what the step schedule needs to reach the target (iterations × groups, plus
-the long-term trial; estimated with the first iteration's number of candidates), the first trial
-logs a warning saying how many it may take
-(:meth:`NetAdaptSampler.trials_needed`), as the study would otherwise end above the target.
+at the closest network it found when no group can be pruned further (all at ``max_sparsity``).
+With ``long_term_finetune`` set, one last trial fine-tunes the final network with those settings
+(parameter ``netadapt/phase = long_term``); then the strategy is finished and the runner stops
+the study. Each iteration costs one trial per candidate group: when the study's
+``n_trials`` is below what the step schedule needs to reach the target (the candidates of every
+iteration, plus the long-term trial; estimated by replaying the schedule, each iteration choosing
+its least-pruned candidate: :meth:`NetAdaptSampler.schedule`), the first trial logs a warning saying how many it may take, as
+the study would otherwise end above the target. ``step: auto`` avoids that: it picks the smallest
+first step (on a 0.01 grid) whose estimated schedule fits the study's ``n_trials`` with one spare
+trial per group (the real path depends on which candidates win), once, and keeps it in
+the study (attribute ``netadapt.step``) so resumed runs and other workers replay the same schedule.
 
 **Records.** Each trial stores ``netadapt.iteration``, ``netadapt.candidate`` (its group, or
 ``final``), ``netadapt.budget``, ``netadapt.resource`` (predicted, relative) and
@@ -45,7 +49,8 @@ Parameters (spec ``strategy`` section):
 ``target``             idem         resource to keep, relative (default: that constraint's
                                     bound, else 0.5)
 ``step``               0.1          resource removed in the first iteration (relative to
-                                    the original)
+                                    the original), or ``auto``: the smallest that reaches
+                                    the target within ``n_trials``
 ``step_decay``         0.9          factor on the step after each iteration
 ``min_step``           0.02         smallest step (guarantees the end)
 ``short_term_finetune`` None        ``plan.finetune`` overrides for candidates (e.g.
@@ -103,6 +108,7 @@ PHASE = "netadapt/phase"
 SHORT, LONG = "short_term", "long_term"
 FINAL = "final"
 RESULT_ATTR = "netadapt.result"
+STEP_ATTR = "netadapt.step"
 ATTR_SPARE = "netadapt.spare"
 logger = logging.getLogger("slimtune")
 _POLL_S = 0.5
@@ -165,6 +171,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
         self.space = space
         self.n_trials = n_trials  # the study's budget, for the warning of :meth:`check_budget`
         self._checked: set[int] = set()
+        self._auto_steps: dict[int, float] = {}
         # wait=False: a trial finding no free candidate is marked ``netadapt.spare`` at once instead
         # of waiting (for drivers that ask for trials in the process that must also tell results)
         self.wait = wait
@@ -187,39 +194,95 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             self._models[key] = (budget, ResourceModel(self.space, budget.resource, study))
         return self._models[key]
 
-    def trials_needed(self, study: optuna.Study) -> tuple[int, int, int]:
-        """``(iterations, candidates per iteration, trials)`` the step schedule takes from the original
-        network to the target. The trials are an estimate: every iteration counted with as many
-        candidates as the first one has (groups that alone can meet its budget), plus the long-term
-        trial."""
+    def first_step(self, study: optuna.Study) -> float:
+        """The first iteration's step: ``strategy.step``, or with ``step: auto`` the one
+        :meth:`auto_step` picks, chosen once and kept in the study (attribute ``netadapt.step``)
+        so that resumed runs and other workers replay the same schedule."""
+        if self.params["step"] != "auto":
+            return float(self.params["step"])
+        key = study._study_id
+        if key not in self._auto_steps:
+            stored = study.user_attrs.get(STEP_ATTR)
+            if stored is None:
+                study.set_user_attr(STEP_ATTR, self.auto_step(study))
+                stored = study._storage.get_study_user_attrs(key)[STEP_ATTR]  # a racing worker's, if it won
+            self._auto_steps[key] = float(stored)
+        return self._auto_steps[key]
+
+    def auto_step(self, study: optuna.Study) -> float:
+        """The smallest first step on a 0.01 grid whose schedule reaches the target within the
+        study's ``n_trials`` with one spare trial per group (:meth:`schedule` estimates; the real
+        path depends on which candidates win; found by bisection, the trials falling as the step
+        grows); the largest, one iteration to the target, when none does; 0.1 without a trial budget."""
+        if self.n_trials is None:
+            return 0.1
         budget, model = self.budget(study)
-        start = model.relative(self.lower)
-        resource, i = start, 0
+        room = self.n_trials - len(self.space.groups)
+        hi = max(1, int(round((model.relative(self.lower) - budget.target) * 100)))
+        if self.schedule(study, hi / 100)[1] > room:
+            return hi / 100
+        lo = 0  # steps in (lo, hi] / 100: hi fits the budget
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.schedule(study, mid / 100)[1] <= room:
+                hi = mid
+            else:
+                lo = mid
+        return hi / 100
+
+    def schedule(self, study: optuna.Study, first_step: float | None = None) -> tuple[int, int]:
+        """``(iterations, trials)`` NetAdapt takes from the original network to the target (or to
+        where no group can shrink), the long-term trial included. An estimate: the iterations are
+        replayed as :meth:`state` would, each choosing its least-pruned candidate (which accuracy
+        decides in the real run)."""
+        budget, model = self.budget(study)
+        step = self.first_step(study) if first_step is None else first_step
+        base = dict(self.lower)
+        resource, i, trials = model.relative(base), 0, 0
         while resource > budget.target + _EPS and i < 10_000:
-            resource -= self._step(i)
+            _, cands = self._iteration(model, base, resource, i, step, budget.target)
+            if not cands:
+                break
+            trials += len(cands)
+            g, (sparsity, resource) = max(cands.items(), key=lambda kv: (kv[1][1], kv[0]))
+            base = {**base, g: sparsity}
             i += 1
-        per_iteration = len(self.candidates(model, self.lower, max(budget.target, start - self._step(0)))) or len(self.space.groups)
-        return i, per_iteration, i * per_iteration + int(self.long_term)
+        return i, trials + int(self.long_term)
+
+    def _iteration(
+        self, model: ResourceModel, base: dict[str, float], resource: float, i: int, step: float, target: float
+    ) -> tuple[float, dict[str, tuple[float, float]]]:
+        """Iteration ``i``'s budget and candidates from ``base`` (at ``resource``)."""
+        b = max(target, resource - self._step(i, step))
+        cands = self.candidates(model, base, b)
+        if not cands:
+            # no group alone reaches the scheduled budget: relax it to the largest of the
+            # groups' most-pruned resources, so every group that can still shrink competes
+            reachable = self.reachable(model, base)
+            if reachable and max(reachable.values()) < resource - _EPS:
+                b = max(target, max(reachable.values()))
+                cands = self.candidates(model, base, b)
+        return b, cands
 
     def check_budget(self, study: optuna.Study) -> None:
         """Warn (once per study and process) when the trial budget looks too small to reach the target."""
         if self.n_trials is None or study._study_id in self._checked:
             return
         self._checked.add(study._study_id)
-        iterations, per_iteration, needed = self.trials_needed(study)
+        iterations, needed = self.schedule(study)
         if needed > self.n_trials:
             budget, _ = self.budget(study)
             logger.warning(
-                "netadapt: reaching %s %g takes about %d trials (%d iterations x %d candidates%s) but the budget is "
-                "n_trials %d: the study may end above the target%s; raise n_trials or strategy.step",
-                budget.resource, budget.target, needed, iterations, per_iteration,
+                "netadapt: reaching %s %g takes about %d trials (%d iterations%s) but the budget is "
+                "n_trials %d: the study may end above the target%s; raise n_trials or strategy.step (or step: auto)",
+                budget.resource, budget.target, needed, iterations,
                 " + the long-term fine-tune" if self.long_term else "", self.n_trials,
                 " and without the long-term fine-tune" if self.long_term else "",
             )  # fmt: skip
 
-    def _step(self, i: int) -> float:
+    def _step(self, i: int, first: float) -> float:
         p = self.params
-        return max(float(p["step"]) * float(p["step_decay"]) ** i, float(p["min_step"]))
+        return max(first * float(p["step_decay"]) ** i, float(p["min_step"]))
 
     def candidates(self, model: ResourceModel, base: dict[str, float], budget: float) -> dict[str, tuple[float, float]]:
         """``{group: (sparsity, resource)}``: each group pruned by the fewest channels meeting ``budget``."""
@@ -275,6 +338,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             claims.setdefault((int(t.user_attrs[ATTR_ITERATION]), str(t.user_attrs[ATTR_CANDIDATE])), []).append(t)
         base = dict(self.lower)
         resource = model.relative(base)
+        step = self.first_step(study)
         base_trial: int | None = None
         done: list[Iteration] = []
         i = 0
@@ -282,15 +346,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             if resource <= budget.target + _EPS:
                 reason = f"reached {budget.resource} {resource:.4g} <= target {budget.target:g} in {i} iterations"
                 break
-            b = max(budget.target, resource - self._step(i))
-            cands = self.candidates(model, base, b)
-            if not cands:
-                # no group alone reaches the scheduled budget: relax it to the largest of the
-                # groups' most-pruned resources, so every group that can still shrink competes
-                reachable = self.reachable(model, base)
-                if reachable and max(reachable.values()) < resource - _EPS:
-                    b = max(budget.target, max(reachable.values()))
-                    cands = self.candidates(model, base, b)
+            b, cands = self._iteration(model, base, resource, i, step, budget.target)
             if not cands:
                 reason = (
                     f"no group can be pruned further (at {budget.resource} {resource:.4g} after {i} iterations; "
@@ -435,8 +491,11 @@ class NetAdapt(Strategy):
         check_budget_params(self.name, p)
         for key, lo, hi in (("step", 0.0, 1.0), ("step_decay", 0.0, 1.0), ("min_step", 0.0, 1.0)):
             v = p[key]
+            if key == "step" and v == "auto":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
-                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be in ({lo:g}, {hi:g}]")
+                also = " or 'auto'" if key == "step" else ""
+                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be in ({lo:g}, {hi:g}]{also}")
         for key in ("short_term_finetune", "long_term_finetune"):
             v = p[key]
             if v is not None:

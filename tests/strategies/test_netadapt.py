@@ -17,7 +17,7 @@ from slimtune.compressors import trace
 from slimtune.compressors.measures import ResourcePredictor
 from slimtune.search_spaces import SearchSpace, SpaceOptions
 from slimtune.strategies import get_strategy
-from slimtune.strategies.netadapt import FINAL, PHASE, netadapt_history
+from slimtune.strategies.netadapt import FINAL, PHASE, STEP_ATTR, NetAdaptSampler, netadapt_history
 
 from _strategy_tasks import make_mlp_task
 
@@ -157,6 +157,7 @@ def test_candidates_of_one_iteration_run_on_parallel_workers(wait: bool) -> None
 def test_parameter_errors_name_the_field() -> None:
     for params, field in (
         ({"step": 0}, "strategy.step"),
+        ({"step": "fast"}, "strategy.step 'fast' must be in \\(0, 1\\] or 'auto'"),
         ({"step_decay": 1.5}, "strategy.step_decay"),
         ({"min_step": -0.1}, "strategy.min_step"),
         ({"long_term_finetune": {"epoch": 3}}, "strategy.long_term_finetune"),
@@ -168,15 +169,57 @@ def test_parameter_errors_name_the_field() -> None:
 
 
 def test_warns_when_the_budget_cannot_reach_the_target(caplog) -> None:
-    task = make_mlp_task()  # 2 groups; 1.0 to 0.1 by steps of 0.1 × 0.9^i (at least 0.02): 21 iterations
+    task = make_mlp_task()  # 2 groups; 1.0 to 0.1 by steps of 0.1 × 0.9^i (at least 0.02)
+    params = {"target": 0.1, "step": 0.1, "step_decay": 0.9, "min_step": 0.02, "long_term_finetune": {"epochs": 1}}
     with caplog.at_level(logging.WARNING, logger="slimtune"):
-        run(task, "memory", n_trials=4, target=0.1, step=0.1, step_decay=0.9, min_step=0.02,
-            long_term_finetune={"epochs": 1})  # fmt: skip
+        study = run(task, "memory", n_trials=4, **params)
     warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("netadapt: reaching")]
+    iterations, trials = sampler_for(task, 4, **params).schedule(study)
+    assert iterations >= 10 and trials > 4
     assert len(warned) == 1
-    assert "flops 0.1 takes about 43 trials (21 iterations x 2 candidates + the long-term fine-tune)" in warned[0]
+    assert f"flops 0.1 takes about {trials} trials ({iterations} iterations + the long-term fine-tune)" in warned[0]
     assert "n_trials 4" in warned[0] and "without the long-term fine-tune" in warned[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="slimtune"):
         run(task, "memory", n_trials=40)  # PARAMS: 0.35 in 4 iterations, 8 trials
     assert not [r for r in caplog.records if r.getMessage().startswith("netadapt: reaching")]
+
+
+def sampler_for(task: slimtune.Task, n_trials: int, **params) -> NetAdaptSampler:
+    space = SearchSpace(trace(task.model, task.example_inputs), SpaceOptions(sensitivity=False))
+    return NetAdaptSampler(space, {**get_strategy("netadapt").params, **PARAMS, **params}, n_trials=n_trials)
+
+
+@pytest.mark.parametrize("n_trials", [7, 12])
+def test_auto_step_reaches_the_target_within_the_budget(n_trials: int, caplog) -> None:
+    task = make_mlp_task()  # the default step 0.1 (decay 0.9) would take 26 trials to reach 0.1
+    params = {"target": 0.1, "step_decay": 0.9, "min_step": 0.02, "long_term_finetune": {"epochs": 1}}
+    with caplog.at_level(logging.WARNING, logger="slimtune"):
+        study = run(task, "memory", n_trials=n_trials, step="auto", **params)
+    assert not [r for r in caplog.records if r.getMessage().startswith("netadapt: reaching")]
+    step = study.user_attrs[STEP_ATTR]
+    sampler = sampler_for(task, n_trials, **params)
+    # the smallest first step on the 0.01 grid whose estimated schedule fits the budget, one trial per group spare
+    assert sampler.schedule(study, step)[1] <= n_trials - 2 < sampler.schedule(study, round(step - 0.01, 2))[1]
+    result = study.user_attrs["netadapt.result"]
+    assert "reached flops" in result["reason"] and result["final_trial"] is not None and len(study.trials) <= n_trials
+    history = netadapt_history(study)
+    first_budget = history[history.iteration == 0]["budget"].iloc[0]
+    assert first_budget == pytest.approx(max(0.1, 1.0 - step))  # the schedule started with that step
+
+
+def test_auto_step_is_chosen_once_and_kept_in_the_study(tmp_path) -> None:
+    task = make_mlp_task()
+    url = f"sqlite:///{tmp_path / 'auto.db'}"
+    params = {"target": 0.1, "step": "auto", "step_decay": 0.9, "min_step": 0.02}
+    first_run = run(task, url, n_trials=6, **params)
+    first = first_run.user_attrs[STEP_ATTR]
+    done = len(first_run.trials)
+    resumed = run(task, url, n_trials=40, **params)  # a bigger budget would pick a smaller step: the stored one stays
+    assert resumed.user_attrs[STEP_ATTR] == first
+    assert sampler_for(task, 40, **params).auto_step(resumed) < first
+    assert sampler_for(task, 40, **params).first_step(resumed) == first
+    # the resumed run replays the stored schedule: the study stays finished, its first budget 1 - step
+    assert len(resumed.trials) == done and "reached flops" in resumed.user_attrs["netadapt.result"]["reason"]
+    assert netadapt_history(resumed)["budget"].iloc[0] == pytest.approx(1.0 - first)
+    assert "reached flops" in resumed.user_attrs["netadapt.result"]["reason"]
