@@ -16,7 +16,9 @@ of the main job, and ``uniform`` sweeps that many grid points): hypervolume of i
 against one common reference, the best accuracy at ≤ 50 % and ≤ 25 % FLOPs (and at ≤ 25 % / ≤ 15 % size, where
 bit-widths count), trials used and wall time. Simulated annealing, NetAdapt, ``admm`` and ``autocompress`` aim
 at one FLOPs target each run: they run once per target of ``--targets`` (default 50 % and 25 %); annealing's
-cooling is set to last the whole budget, ``autocompress`` splits it into 3 rounds, and both ADMM strategies run
+cooling is set to last the whole budget; NetAdapt sizes its steps to it (``step: auto``) and ends with its
+long-term fine-tune (3× the task's fine-tuning; a control re-trains uniform's best plan as long);
+``autocompress`` splits the budget into 3 rounds, and both ADMM strategies run
 ADMM for one epoch at lr 0.01 before the task's fine-tune; ``joint`` adds ``bits_w: [2, 4, 8, 32]`` to the space
 and size to the objectives, ``bitwidth`` searches ``bits_w: [2, 4, 8, 32]`` with objectives (accuracy, size).
 
@@ -113,7 +115,7 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float | None, l
         run.update(target=target, start_temperature=start, stop_temperature=stop,
                    cool_down_rate=(stop / start) ** (1.0 / max(n_trials - 0.5, 0.5)))
     elif name == "netadapt":
-        run.update(target=target, long_term_finetune=long)
+        run.update(target=target, step="auto", long_term_finetune=long)  # steps sized to reach the target in the budget
     elif name == "admm":
         run.update(target=target, compressor_params=ADMM_RUN)
     elif name == "autocompress":
