@@ -27,10 +27,11 @@ With ``long_term_finetune`` set, one last trial fine-tunes the final network wit
 the study. Each iteration costs one trial per candidate group: when the study's
 ``n_trials`` is below what the step schedule needs to reach the target (the candidates of every
 iteration, plus the long-term trial; estimated by replaying the schedule, each iteration choosing
-its least-pruned candidate: :meth:`NetAdaptSampler.schedule`), the first trial logs a warning saying how many it may take, as
+its least-pruned candidate and counted with every group that can still shrink:
+:meth:`NetAdaptSampler.schedule`), the first trial logs a warning saying how many it may take, as
 the study would otherwise end above the target. ``step: auto`` avoids that: it picks the smallest
-first step (on a 0.01 grid) whose estimated schedule fits the study's ``n_trials`` with one spare
-trial per group (the real path depends on which candidates win), once, and keeps it in
+first step (on a 0.01 grid) whose estimated schedule fits the study's ``n_trials`` with one
+iteration to spare, once, and keeps it in
 the study (attribute ``netadapt.step``) so resumed runs and other workers replay the same schedule.
 
 **Records.** Each trial stores ``netadapt.iteration``, ``netadapt.candidate`` (its group, or
@@ -211,13 +212,14 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
 
     def auto_step(self, study: optuna.Study) -> float:
         """The smallest first step on a 0.01 grid whose schedule reaches the target within the
-        study's ``n_trials`` with one spare trial per group (:meth:`schedule` estimates; the real
-        path depends on which candidates win; found by bisection, the trials falling as the step
-        grows); the largest, one iteration to the target, when none does; 0.1 without a trial budget."""
+        study's ``n_trials`` with one iteration (a trial per group) to spare (:meth:`schedule`'s
+        cautious estimate; the real path depends on which candidates win; found by bisection, the
+        trials falling as the step grows); the largest, one iteration to the target, when none does; 0.1
+        without a trial budget."""
         if self.n_trials is None:
             return 0.1
         budget, model = self.budget(study)
-        room = self.n_trials - len(self.space.groups)
+        room = self.n_trials - len(self.space.groups)  # one iteration spare: the real path may differ
         hi = max(1, int(round((model.relative(self.lower) - budget.target) * 100)))
         if self.schedule(study, hi / 100)[1] > room:
             return hi / 100
@@ -232,9 +234,10 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
 
     def schedule(self, study: optuna.Study, first_step: float | None = None) -> tuple[int, int]:
         """``(iterations, trials)`` NetAdapt takes from the original network to the target (or to
-        where no group can shrink), the long-term trial included. An estimate: the iterations are
-        replayed as :meth:`state` would, each choosing its least-pruned candidate (which accuracy
-        decides in the real run)."""
+        where no group can shrink), the long-term trial included. A cautious estimate: the
+        iterations are replayed as :meth:`state` would, each choosing its least-pruned candidate
+        (accuracy decides in the real run) and counted with every group that can still shrink (a
+        group that cannot meet the budget alone now may after other groups shrank)."""
         budget, model = self.budget(study)
         step = self.first_step(study) if first_step is None else first_step
         base = dict(self.lower)
@@ -243,7 +246,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             _, cands = self._iteration(model, base, resource, i, step, budget.target)
             if not cands:
                 break
-            trials += len(cands)
+            trials += max(len(cands), len(self.reachable(model, base)))
             g, (sparsity, resource) = max(cands.items(), key=lambda kv: (kv[1][1], kv[0]))
             base = {**base, g: sparsity}
             i += 1

@@ -199,7 +199,7 @@ def test_auto_step_reaches_the_target_within_the_budget(n_trials: int, caplog) -
     assert not [r for r in caplog.records if r.getMessage().startswith("netadapt: reaching")]
     step = study.user_attrs[STEP_ATTR]
     sampler = sampler_for(task, n_trials, **params)
-    # the smallest first step on the 0.01 grid whose estimated schedule fits the budget, one trial per group spare
+    # the smallest first step on the 0.01 grid whose estimated schedule fits the budget, one iteration spare
     assert sampler.schedule(study, step)[1] <= n_trials - 2 < sampler.schedule(study, round(step - 0.01, 2))[1]
     result = study.user_attrs["netadapt.result"]
     assert "reached flops" in result["reason"] and result["final_trial"] is not None and len(study.trials) <= n_trials
