@@ -130,6 +130,15 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float | None, l
     return run
 
 
+def best_at(table: pd.DataFrame, column: str, bound: float) -> tuple[float, float]:
+    """Best accuracy among the trials with ``column <= bound``, and the least ``column`` at it (NaNs if none)."""
+    rows = table[table[column] <= bound + 1e-9]
+    if rows.empty:
+        return float("nan"), float("nan")
+    acc = float(rows["accuracy"].max())
+    return acc, float(rows[rows["accuracy"] >= acc - 1e-12][column].min())
+
+
 def strategy_row(name: str, study, seconds: float, ref: float, constraints: list, target: float | None = None) -> dict:
     """Hypervolume of the feasible (accuracy, FLOPs) front (the spec's constraints judge every study
     alike), best accuracy at FLOPs / size bounds, trials used, wall time and why the study ended."""
@@ -141,14 +150,6 @@ def strategy_row(name: str, study, seconds: float, ref: float, constraints: list
     )  # fmt: skip
     ok = table[table["feasible"]]
 
-    def best(column: str, bound: float) -> float:
-        rows = table[table[column] <= bound + 1e-9]
-        return float(rows["accuracy"].max()) if not rows.empty else float("nan")
-
-    def resource_of_best(column: str, bound: float) -> float:  # the least of the resource at that best accuracy
-        rows = table[table[column] <= bound + 1e-9]
-        return float(rows[rows["accuracy"] >= rows["accuracy"].max() - 1e-12][column].min()) if not rows.empty else float("nan")
-
     n_trials = study.user_attrs.get("n_trials") or 0
     reason = (study.user_attrs.get("netadapt.result") or study.user_attrs.get("autocompress.result") or {}).get("reason")
     return {
@@ -157,26 +158,14 @@ def strategy_row(name: str, study, seconds: float, ref: float, constraints: list
         "trials": len(table),
         "seconds": seconds,
         "hypervolume": hypervolume(front_2d(ok), ref) if not ok.empty else 0.0,
-        "best_acc_flops_le_50": best("flops_rel", 0.5),
-        "flops_at_best_le_50": resource_of_best("flops_rel", 0.5),
-        "best_acc_flops_le_25": best("flops_rel", 0.25),
-        "flops_at_best_le_25": resource_of_best("flops_rel", 0.25),
-        "best_acc_size_le_25": best("size_rel", 0.25),
-        "best_acc_size_le_15": best("size_rel", SIZE_BOUND),
-        "size_at_best_le_15": resource_of_best("size_rel", SIZE_BOUND),
+        **dict(zip(("best_acc_flops_le_50", "flops_at_best_le_50"), best_at(table, "flops_rel", 0.5))),
+        **dict(zip(("best_acc_flops_le_25", "flops_at_best_le_25"), best_at(table, "flops_rel", 0.25))),
+        "best_acc_size_le_25": best_at(table, "size_rel", 0.25)[0],
+        **dict(zip(("best_acc_size_le_15", "size_at_best_le_15"), best_at(table, "size_rel", SIZE_BOUND))),
         "best_acc": float(table["accuracy"].max()) if not table.empty else float("nan"),
         "ended": "budget" if len(study.trials) >= n_trials else (reason or "strategy finished"),
         "table": table,  # the feasible and infeasible trials, for the verdicts (not written out)
     }
-
-
-def best_at(table: pd.DataFrame, column: str, bound: float) -> tuple[float, float]:
-    """Best accuracy among the trials with ``column <= bound``, and the least ``column`` at it (NaNs if none)."""
-    rows = table[table[column] <= bound + 1e-9]
-    if rows.empty:
-        return float("nan"), float("nan")
-    acc = float(rows["accuracy"].max())
-    return acc, float(rows[rows["accuracy"] >= acc - 1e-12][column].min())
 
 
 def judge(row: dict, uniform: dict) -> dict:
@@ -190,15 +179,17 @@ def judge(row: dict, uniform: dict) -> dict:
     acc, res = best_at(row["table"], column, bound)
     u_acc, u_res = best_at(uniform["table"], column, bound)
     where = f"≤ {bound:g}× {what}"
+    wins = True
     if acc != acc:
-        why = f"no trial at {where}"
-    elif u_acc != u_acc or acc > u_acc + 1e-12:
-        why = f"{acc:.4f} > {u_acc:.4f}" if u_acc == u_acc else f"{acc:.4f}, uniform has no trial there"
+        wins, why = False, f"no trial at {where}"
+    elif u_acc != u_acc:
+        why = f"{acc:.4f}, uniform has no trial there"
+    elif acc > u_acc + 1e-12:
+        why = f"{acc:.4f} > {u_acc:.4f}"
     elif acc >= u_acc - 1e-12 and res < u_res - 1e-9:
         why = f"{acc:.4f} at {res:.3f}× {what} against {u_res:.3f}×"
     else:
-        why = f"{acc:.4f} at {res:.3f}× against {u_acc:.4f} at {u_res:.3f}×"
-    wins = acc == acc and (u_acc != u_acc or acc > u_acc + 1e-12 or (acc >= u_acc - 1e-12 and res < u_res - 1e-9))
+        wins, why = False, f"{acc:.4f} at {res:.3f}× against {u_acc:.4f} at {u_res:.3f}×"
     return {"strategy": row["strategy"], "judged_at": where, "judged": name not in BASELINES,
             "beats_uniform": bool(wins), "why": why}
 
