@@ -28,12 +28,17 @@ judged where they aim: a run at FLOPs target ``t`` at ≤ ``t`` FLOPs, ``joint``
 (prunes nothing) at ≤ 15 % size. It beats ``uniform`` when its best trial there dominates uniform's best trial
 there: more accuracy, or as much with less of the bounded resource.
 
+*Re-evaluated.* One validation run is noisy (360 digits: one sample is 0.28 points) and the best of many trials
+is the luckiest of them, so each judged trial, and uniform's best trial where it is judged, is compressed and
+fine-tuned again ``--seeds`` times (default 5) with fresh fine-tune seeds, and the verdict is repeated on the
+mean accuracies.
+
 ``--finetune-epochs N`` overrides the task's ``finetune_epochs`` (``0``: every trial is judged one-shot, so the
 comparison measures the allocation alone, not what fine-tuning recovers); ``--constraints "..."`` replaces the
 spec's constraints (``;``-separated, ``""`` for none: one-shot accuracy is far below the spec's 2-point bound).
 
 Usage: ``python benchmarks/search_quality.py [--n-trials N] [--uniform-points N] [--strategies a,b]
-[--targets 0.5,0.25] [--finetune-epochs N] [--constraints C] [--spec FILE] [--out NAME]``; a reduced check: ``--n-trials 8``.
+[--targets 0.5,0.25] [--seeds 5] [--finetune-epochs N] [--constraints C] [--spec FILE] [--out NAME]``; a reduced check: ``--n-trials 8``.
 Results are printed and written to ``benchmarks/results/search_quality.md`` / ``.json`` (``--out NAME`` for
 another name).
 """
@@ -53,8 +58,12 @@ import pandas as pd
 import slimtune
 from optuna.trial import TrialState
 
+from slimtune.compressors import trace
+from slimtune.compressors.plan import CompressionPlan
+from slimtune.compressors.training import run_compressor
 from slimtune.trials.cost import parse_constraint
-from slimtune.trials.runner import trials_table
+from slimtune.trials.objective import rebase_plan
+from slimtune.trials.runner import load_model, trials_table
 from slimtune.trials.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,23 +139,55 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float | None, l
     return run
 
 
-def best_at(table: pd.DataFrame, column: str, bound: float) -> tuple[float, float]:
-    """Best accuracy among the trials with ``column <= bound``, and the least ``column`` at it (NaNs if none)."""
+def best_row(table: pd.DataFrame, column: str, bound: float) -> pd.Series | None:
+    """The trial with the best accuracy among those with ``column <= bound`` (the least ``column``
+    among equals), or None."""
     rows = table[table[column] <= bound + 1e-9]
     if rows.empty:
-        return float("nan"), float("nan")
-    acc = float(rows["accuracy"].max())
-    return acc, float(rows[rows["accuracy"] >= acc - 1e-12][column].min())
+        return None
+    return rows.sort_values(["accuracy", column], ascending=[False, True]).iloc[0]
+
+
+def best_at(table: pd.DataFrame, column: str, bound: float) -> tuple[float, float]:
+    """Best accuracy among the trials with ``column <= bound``, and the least ``column`` at it (NaNs if none)."""
+    row = best_row(table, column, bound)
+    return (float("nan"), float("nan")) if row is None else (float(row["accuracy"]), float(row[column]))
+
+
+def reevaluate(task, study, number: int, seeds: list[int]) -> list[float]:
+    """Trial ``number``'s plan compressed and fine-tuned again as the trial was (its compressor, its
+    fine-tune overrides, from its base model), once per fine-tune seed: its accuracy free of the
+    luck of the one seed it was selected on."""
+    plan = CompressionPlan.from_dict(study.trials[number].user_attrs["plan"])
+    start, graph = task.model, None
+    if plan.init_from_trial is not None:  # autocompress: from an earlier round's saved model
+        start = load_model(study, plan.init_from_trial).eval()
+        graph = trace(start, task.example_inputs)
+        plan = rebase_plan(plan, trace(task.model, task.example_inputs), graph)
+    accuracies = []
+    for seed in seeds:
+        overrides = {**(plan.finetune or {}), "seed": seed}
+        model = run_compressor(start, plan, task.example_inputs, task.training_context(overrides, None, graph))
+        task.run_finetune(model, None, overrides)
+        accuracies.append(float(task.evaluate(model)))
+    return accuracies
+
+
+def aim(row: dict) -> tuple[str, float, str]:
+    """Where a strategy is judged: (column, bound, resource name)."""
+    if row["strategy"].split(" ")[0] in PRUNE_FREE:
+        return "size_rel", SIZE_BOUND, "size"
+    return "flops_rel", (row["target"] if row["target"] is not None else 0.5), "FLOPs"
 
 
 def strategy_row(name: str, study, seconds: float, ref: float, constraints: list, target: float | None = None) -> dict:
     """Hypervolume of the feasible (accuracy, FLOPs) front (the spec's constraints judge every study
     alike), best accuracy at FLOPs / size bounds, trials used, wall time and why the study ended."""
-    measures = [t.user_attrs["measures"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    done = [(t.number, t.user_attrs["measures"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
     table = pd.DataFrame(
-        [{"accuracy": m["accuracy"], "flops_rel": m["flops"], "size_rel": m["size"],
-          "feasible": all(c.value(m) <= 0 for c in constraints)} for m in measures],
-        columns=["accuracy", "flops_rel", "size_rel", "feasible"],
+        [{"trial": n, "accuracy": m["accuracy"], "flops_rel": m["flops"], "size_rel": m["size"],
+          "feasible": all(c.value(m) <= 0 for c in constraints)} for n, m in done],
+        columns=["trial", "accuracy", "flops_rel", "size_rel", "feasible"],
     )  # fmt: skip
     ok = table[table["feasible"]]
 
@@ -168,30 +209,38 @@ def strategy_row(name: str, study, seconds: float, ref: float, constraints: list
     }
 
 
-def judge(row: dict, uniform: dict) -> dict:
+def judge(row: dict, uniform: dict, again: dict[tuple[str, int], list[float]] | None = None) -> dict:
     """Does ``row``'s strategy beat ``uniform`` where it aims? Its best trial there must dominate
-    uniform's best trial there: more accuracy, or as much with less of the bounded resource."""
+    uniform's best trial there: more accuracy, or as much with less of the bounded resource. With
+    ``again`` (re-evaluations by (strategy, trial)), the same on the mean re-evaluated accuracies."""
     name = row["strategy"].split(" ")[0]
-    if name in PRUNE_FREE:
-        column, bound, what = "size_rel", SIZE_BOUND, "size"
-    else:
-        column, bound, what = "flops_rel", (row["target"] if row["target"] is not None else 0.5), "FLOPs"
-    acc, res = best_at(row["table"], column, bound)
-    u_acc, u_res = best_at(uniform["table"], column, bound)
+    column, bound, what = aim(row)
     where = f"≤ {bound:g}× {what}"
-    wins = True
-    if acc != acc:
-        wins, why = False, f"no trial at {where}"
-    elif u_acc != u_acc:
-        why = f"{acc:.4f}, uniform has no trial there"
-    elif acc > u_acc + 1e-12:
-        why = f"{acc:.4f} > {u_acc:.4f}"
-    elif acc >= u_acc - 1e-12 and res < u_res - 1e-9:
-        why = f"{acc:.4f} at {res:.3f}× {what} against {u_res:.3f}×"
-    else:
-        wins, why = False, f"{acc:.4f} at {res:.3f}× against {u_acc:.4f} at {u_res:.3f}×"
-    return {"strategy": row["strategy"], "judged_at": where, "judged": name not in BASELINES,
-            "beats_uniform": bool(wins), "why": why}
+    mine, theirs = best_row(row["table"], column, bound), best_row(uniform["table"], column, bound)
+
+    def compare(acc: float, u_acc: float) -> tuple[bool, str]:
+        res, u_res = float(mine[column]), float(theirs[column]) if theirs is not None else float("nan")
+        if theirs is None:
+            return True, f"{acc:.4f}, uniform has no trial there"
+        if acc > u_acc + 1e-12:
+            return True, f"{acc:.4f} > {u_acc:.4f}"
+        if acc >= u_acc - 1e-12 and res < u_res - 1e-9:
+            return True, f"{acc:.4f} at {res:.3f}× {what} against {u_res:.3f}×"
+        return False, f"{acc:.4f} at {res:.3f}× against {u_acc:.4f} at {u_res:.3f}×"
+
+    out = {"strategy": row["strategy"], "judged_at": where, "judged": name not in BASELINES}
+    if mine is None:
+        return {**out, "beats_uniform": False, "why": f"no trial at {where}"}
+    u_acc = float(theirs["accuracy"]) if theirs is not None else float("nan")
+    out["beats_uniform"], out["why"] = compare(float(mine["accuracy"]), u_acc)
+    out["trial"], out["uniform_trial"] = int(mine["trial"]), (int(theirs["trial"]) if theirs is not None else None)
+    if again is not None and (row["strategy"], out["trial"]) in again:
+        accs = again[(row["strategy"], out["trial"])]
+        u_accs = again.get(("uniform", out["uniform_trial"]), [float("nan")])
+        out["reevaluated"], out["uniform_reevaluated"] = accs, u_accs
+        beats, why = compare(sum(accs) / len(accs), sum(u_accs) / len(u_accs))
+        out["beats_uniform_reevaluated"], out["why_reevaluated"] = beats, "mean " + why
+    return out
 
 
 def long_finetune_control(task, kwargs: dict, uniform, bound: float) -> dict:
@@ -224,6 +273,8 @@ def main() -> None:
                         help="FLOPs targets of simulated_annealing, netadapt, admm and autocompress: one run each (default 0.5,0.25)")
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="override the task's finetune_epochs (0: every trial judged one-shot)")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="fresh fine-tune seeds each judged trial (and uniform's) is re-evaluated with (0: none)")
     parser.add_argument("--constraints", default=None,
                         help="replace the spec's constraints: ';'-separated, '' for none")
     parser.add_argument("--out", default="search_quality", help="results file name (without extension)")
@@ -276,6 +327,20 @@ def main() -> None:
             constraints = [parse_constraint(c) for c in kwargs.get("constraints") or []]
             common_ref = float(min(trials_table(st)["accuracy"].min() for st, _, _ in runs.values() if len(st.trials)))
             strategy_rows = [strategy_row(name, st, sec, common_ref, constraints, tg) for name, (st, sec, tg) in runs.items()]
+            # the selected trials again with fresh fine-tune seeds (not the one they were selected on)
+            base_seed = task.effective_finetune_config().seed
+            seeds = [base_seed + 1 + i for i in range(args.seeds)]
+            again: dict[tuple[str, int], list[float]] = {}
+            u_row = next(r for r in strategy_rows if r["strategy"] == "uniform")
+            for r in strategy_rows if seeds else []:
+                if r["strategy"].split(" ")[0] in BASELINES:
+                    continue
+                column, bound, _ = aim(r)
+                for label, table in ((r["strategy"], r["table"]), ("uniform", u_row["table"])):
+                    chosen = best_row(table, column, bound)
+                    if chosen is not None and (label, int(chosen["trial"])) not in again:
+                        print(f"re-evaluating {label} trial {int(chosen['trial'])} with {len(seeds)} fine-tune seeds ...", flush=True)
+                        again[(label, int(chosen["trial"]))] = reevaluate(task, runs[label][0], int(chosen["trial"]), seeds)
         finally:
             os.chdir(cwd)
 
@@ -321,14 +386,15 @@ def main() -> None:
         "strategies": [{k: v for k, v in r.items() if k != "table"} for r in strategy_rows],
     }
     # Against uniform, each automatic strategy where it aims (see the module docstring)
-    u_row = next(r for r in strategy_rows if r["strategy"] == "uniform")
-    verdicts = [judge(r, u_row) for r in strategy_rows if r["strategy"] != "uniform"]
+    verdicts = [judge(r, u_row, again) for r in strategy_rows if r["strategy"] != "uniform"]
     judged = [v for v in verdicts if v["judged"]]
     joint_rows = [r for r in strategy_rows if r["strategy"] == "joint"]
     joint_15 = joint_rows[0]["best_acc_size_le_15"] if joint_rows else float("nan")
     result["beats_uniform"] = verdicts
     result["long_finetune_controls"] = controls
     result["all_automatic_beat_uniform"] = all(v["beats_uniform"] for v in judged)
+    result["reevaluation_seeds"] = seeds
+    result["all_automatic_beat_uniform_reevaluated"] = bool(seeds) and all(v.get("beats_uniform_reevaluated") for v in judged)
     result["joint_best_acc_at_size_le_15"] = joint_15
     result["joint_size_le_15_within_1pt"] = bool(joint_15 == joint_15 and joint_15 >= base_acc - 0.01)
     RESULTS.mkdir(exist_ok=True)
@@ -383,6 +449,17 @@ def main() -> None:
             *(f"- {v['strategy']} ({v['judged_at']}): {'beats' if v['beats_uniform'] else 'does not beat'} uniform, {v['why']}"
               for v in judged),
             "",
+            *([
+                f"The same trials re-evaluated: each compressed and fine-tuned again with {len(seeds)} fresh fine-tune seeds "
+                f"({', '.join(map(str, seeds))}; the trials were selected on seed {base_seed}), mean accuracy: "
+                f"**{sum(bool(v.get('beats_uniform_reevaluated')) for v in judged)} / {len(judged)}**",
+                "",
+                *(f"- {v['strategy']} (trial {v['trial']} against uniform's {v['uniform_trial']}): "
+                  f"{'beats' if v['beats_uniform_reevaluated'] else 'does not beat'} uniform, {v['why_reevaluated']} "
+                  f"({' '.join(f'{a:.4f}' for a in v['reevaluated'])} against {' '.join(f'{a:.4f}' for a in v['uniform_reevaluated'])})"
+                  for v in judged if "reevaluated" in v),
+                "",
+            ] if seeds else []),
             *([
                 "NetAdapt's final trial fine-tunes 3× longer than the others (its long-term fine-tune). Control: "
                 + "; ".join(f"uniform's best plan at ≤ {c['bound']:g}× FLOPs (trial {c['uniform_trial']}, {c['flops']:.3f}×) "
