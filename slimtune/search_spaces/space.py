@@ -7,7 +7,9 @@ drop), capped at ``max_sparsity``. Without sensitivity every group gets ``max_sp
 
 Seed points, enqueued as a study's first trials, give every strategy a sensible start:
 a uniform allocation and the sensitivity-derived allocation (each group at its one-shot-safe
-level).
+level). Strategies that aim at a resource target start from :meth:`SearchSpace.allocate`: the
+sensitivity table read greedily, each step pruning where one-shot accuracy costs least per unit
+of the resource saved, until the target is met.
 
 Example:
     >>> import torch
@@ -24,7 +26,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
@@ -271,6 +273,75 @@ class SearchSpace:
             }
             seeds.append({**safe_sparsity, **self.safe_bits_params()})
         return seeds
+
+    def allocate(self, relative: Callable[[dict[str, float]], float], target: float) -> dict[str, float] | None:
+        """A resource-aware allocation from the sensitivity table: ``{group: sparsity}``.
+
+        Every group starts at ``min_sparsity``; each step moves one group to its next level of the
+        table (within its upper bound), the one whose one-shot metric drop grows least per unit of
+        resource saved (``relative(allocation)``: the predicted resource, 1.0 = the original), the
+        larger saving among equals, until ``relative`` is within ``target`` or no group can move.
+        A group's drop is read as non-decreasing in the level (the worst drop so far), so a noisy
+        recovery at a higher level does not lure the allocation there. Sensitivity counts
+        accuracy, and ``relative`` counts what each channel costs: a group in a wide, high-resolution
+        layer saves more FLOPs per channel than a deep narrow one, so a FLOPs target prunes it
+        first where its accuracy allows (NetAdapt's trade-off, read off the one-shot table).
+
+        The last step may overshoot the target; strategies rescale the result to it
+        (:func:`~slimtune.strategies._budget.scale_to_target`). Returns None without a sensitivity
+        table (``space.sensitivity: false``).
+
+        Example:
+            >>> import pandas as pd, torch
+            >>> from slimtune.compressors import trace
+            >>> from slimtune.examples.models import mlp
+            >>> graph = trace(mlp(8, (16, 16), 2), torch.randn(1, 8))
+            >>> a, b = [g.name for g in graph.prunable_groups()]
+            >>> table = pd.DataFrame({"group": [a, a, b, b], "level": [0.25, 0.5] * 2, "drop": [0.0, 0.01, 0.0, 0.2]})
+            >>> space = SearchSpace(graph, SpaceOptions(headroom=0.5), sensitivity=table)
+            >>> size = lambda x: 1.0 - 0.5 * x[a] - 0.5 * x[b]  # a toy resource model
+            >>> space.allocate(size, 0.65)  # b loses 0.2 at 0.5: a goes there instead
+            {'features.0': 0.5, 'features.2': 0.25}
+        """
+        table = self.sensitivity
+        if table is None or not self.options.sensitivity or len(table) == 0:
+            return None
+        lo = self.options.min_sparsity
+        steps: dict[str, list[tuple[float, float]]] = {}
+        for g in self.groups:
+            rows = table[table["group"] == g].sort_values("level")
+            ladder, worst = [(lo, 0.0)], 0.0
+            for level, drop in zip(rows["level"], rows["drop"]):
+                level, drop = float(level), float(drop)
+                worst = max(worst, drop if drop == drop else float("inf"))  # NaN: the level broke the model
+                if level <= lo + 1e-9:
+                    continue
+                if level > self.upper[g] + 1e-9:
+                    break
+                ladder.append((level, worst))
+            steps[g] = ladder
+        x = {g: lo for g in self.groups}
+        at = dict.fromkeys(self.groups, 0)
+        r = relative(x)
+        while r > target:
+            best: tuple[tuple[float, float], str, float] | None = None
+            for g in self.groups:
+                if at[g] + 1 >= len(steps[g]):
+                    continue
+                level, drop = steps[g][at[g] + 1]
+                r_new = relative({**x, g: level})
+                saved = r - r_new
+                if saved <= 0:
+                    continue
+                rank = ((drop - steps[g][at[g]][1]) / saved, -saved)
+                if best is None or rank < best[0]:
+                    best = (rank, g, r_new)
+            if best is None:
+                break
+            _, g, r = best
+            at[g] += 1
+            x[g] = steps[g][at[g]][0]
+        return x
 
     def to_dict(self) -> dict[str, Any]:
         return {

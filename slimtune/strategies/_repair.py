@@ -12,7 +12,10 @@ where searched, are raised along one line to just meet it first
 alone, so a Pareto search still spreads over the feasible region.
 
 The first trials are the sensitivity priors (each layer at its lowest safe bit-width, every layer
-at its widest, and for ``joint`` the space's sparsity seeds), repaired like any proposal.
+at its widest, and for ``joint`` the space's sparsity seeds), repaired like any proposal; with a
+budget, ``joint`` first tries the resource-aware allocation read off the sensitivity table
+(:meth:`SearchSpace.allocate <slimtune.search_spaces.SearchSpace.allocate>`, rescaled to just meet
+the budget, every layer at its widest bit-width).
 Everything is recorded on the trial (``<strategy>.prior``, ``.resource``, ``.repaired``,
 ``.budget_met``) and derived from the study, so runs resume and workers share the work.
 """
@@ -49,6 +52,8 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         latency: What a ``latency`` budget's model predicts from: ``"channels"`` (the channel
             pruning lookup table) or ``"bits"`` (the bit-width table: int8 / fp32 per layer); see
             :class:`~slimtune.strategies._budget.ResourceModel`.
+        allocate: With a budget, propose the resource-aware sensitivity allocation of the
+            sparsities first (before ``priors``).
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         allowed: Sequence[str],
         priors: Sequence[Mapping[str, Any]] = (),
         latency: str = "channels",
+        allocate: bool = False,
     ) -> None:
         self.inner = inner
         self.space = space
@@ -73,8 +79,10 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         self.allowed = tuple(allowed)
         self.priors = [dict(p) for p in priors]
         self.latency = latency
+        self.allocate = allocate
         self._models: dict[int, tuple[Budget | None, ResourceModel | None]] = {}
         self._drops = _bit_drops(space)
+        self._allocations: dict[tuple[str, int], dict[str, Any] | None] = {}
 
     def attr(self, key: str) -> str:
         return f"{self.strategy}.{key}"
@@ -100,9 +108,10 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
             return {}
         inner_space = {k: d for k, d in self.inner.infer_relative_search_space(study, trial).items() if k in search_space}
         x = dict(self.inner.sample_relative(study, trial, inner_space)) if inner_space else {}
-        prior = self._next_prior(study, trial)
+        priors = self._priors(study)
+        prior = self._next_prior(study, trial, len(priors))
         if prior is not None:
-            x = {k: v for k, v in self.priors[prior].items() if k in search_space}
+            x = {k: v for k, v in priors[prior].items() if k in search_space}
             record(study, trial, self.attr("prior"), prior)
         for name, dist in search_space.items():
             if name not in x:
@@ -131,16 +140,40 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
     # ------------------------------------------------------------------ priors
-    def _next_prior(self, study: optuna.Study, trial: FrozenTrial) -> int | None:
+    def _priors(self, study: optuna.Study) -> list[dict[str, Any]]:
+        """The priors in the order they are proposed: the budget's sensitivity allocation (with
+        ``allocate``), then ``priors``."""
+        budget, model = self.budget(study)
+        if not self.allocate or budget is None or model is None:
+            return self.priors
+        key = ("allocation", study._study_id)
+        if key not in self._allocations:
+            groups = [n[len(SPARSITY_PREFIX) :] for n in self.dists if n.startswith(SPARSITY_PREFIX)]
+            bits = {k: v for k, v in self.space.uniform(0.0).items() if not k.startswith(SPARSITY_PREFIX) and k in self.dists}
+
+            def relative(sp: dict[str, float]) -> float:
+                return model.relative(self.space.plan({**bits, **{self.space.param_name(g): v for g, v in sp.items()}}))
+
+            x = self.space.allocate(relative, budget.target) if groups else None
+            prior: dict[str, Any] | None = None
+            if x is not None:
+                lower = {g: self.space.options.min_sparsity for g in groups}
+                x, _, _ = scale_to_target({g: x[g] for g in groups}, lower, {g: self.space.upper[g] for g in groups}, relative, budget.target)
+                prior = {**bits, **{self.space.param_name(g): v for g, v in x.items()}}
+            self._allocations[key] = prior
+        prior = self._allocations[key]
+        return self.priors if prior is None else [prior, *self.priors]
+
+    def _next_prior(self, study: optuna.Study, trial: FrozenTrial, n_priors: int) -> int | None:
         """The first prior no other trial has taken (recorded as ``<strategy>.prior``)."""
-        if not self.priors:
+        if not n_priors:
             return None
         taken = {
             t.user_attrs.get(self.attr("prior"))
             for t in study.get_trials(deepcopy=False)
             if t.number != trial.number
         }
-        return next((i for i in range(len(self.priors)) if i not in taken), None)
+        return next((i for i in range(n_priors) if i not in taken), None)
 
     # ------------------------------------------------------------------ repair
     def repair(self, x: dict[str, Any], model: ResourceModel, target: float) -> tuple[dict[str, Any], float, bool, bool]:

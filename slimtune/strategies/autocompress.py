@@ -12,7 +12,8 @@ Here each round is one annealing chain (:class:`~slimtune.strategies.simulated_a
 chain ``round-<k>``) of ``trials_per_round`` steps (the temperature falls geometrically from
 ``start_temperature`` to ``stop_temperature`` within the round). Its starting point is the
 previous round's best allocation, which is also every group's lower bound (pruned channels do not
-come back); round 0 starts from the sensitivity-derived allocation (``initial``). Every trial's
+come back); round 0 starts from the sensitivity table read resource-aware (``initial: greedy``,
+:meth:`SearchSpace.allocate <slimtune.search_spaces.SearchSpace.allocate>`). Every trial's
 plan is an ADMM plan (``compressor: admm`` with ``compressor_params``) whose
 ``init_from_trial`` names the previous round's best trial (also the trial parameter
 ``autocompress/init_from_trial``, -1 in round 0): the objective loads that trial's saved model,
@@ -48,7 +49,8 @@ Parameters (spec ``strategy`` section):
 ``start_temperature``     0.05        temperature of a round's first step
 ``stop_temperature``      0.002       temperature after its last step
 ``perturbation_magnitude`` 0.2        largest move of a group's sparsity at the start
-``initial``               sensitivity round 0's start: ``sensitivity`` or ``uniform``
+``initial``               greedy      round 0's start: ``greedy``, ``sensitivity`` or
+                                      ``uniform`` (as ``simulated_annealing``'s)
 ``compressor_params``     ``{}``      parameters of the ``admm`` compressor (``rho``,
                                       ``rho_growth``, ``iterations``, ``epochs``/``steps``,
                                       ``lr``, ``optimizer``)
@@ -112,7 +114,7 @@ ATTR_OUTCOME = "autocompress.admm"
 RESULT_ATTR = "autocompress.result"
 INIT_PARAM = "autocompress/init_from_trial"
 _ARTIFACT = "model_artifact"  # slimtune.trials.objective.ATTR_ARTIFACT (trials sit above strategies)
-_INITIAL = ("sensitivity", "uniform")
+_INITIAL = ("greedy", "sensitivity", "uniform")
 
 
 def chain_name(k: int) -> str:
@@ -222,7 +224,7 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
         schedule: The cooling of every round (its ``steps`` are the round's trials).
         perturbation_magnitude: Largest move of a group's sparsity at the start temperature.
         resource, target: The final budget (None: from the study's constraints, else flops 0.5).
-        initial: Round 0's starting point, ``"sensitivity"`` or ``"uniform"``.
+        initial: Round 0's starting point, ``"greedy"``, ``"sensitivity"`` or ``"uniform"``.
         carry_weights: Rounds start from the previous round's best model.
         seed: Seed used when the study has none yet (kept in the study).
     """
@@ -235,7 +237,7 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
         perturbation_magnitude: float = 0.2,
         resource: str | None = None,
         target: float | None = None,
-        initial: str = "sensitivity",
+        initial: str = "greedy",
         carry_weights: bool = True,
         seed: int | None = None,
     ) -> None:
@@ -355,7 +357,7 @@ class AutoCompress(Strategy):
         "start_temperature": 0.05,
         "stop_temperature": 0.002,
         "perturbation_magnitude": 0.2,
-        "initial": "sensitivity",
+        "initial": "greedy",
         "compressor_params": {},
         "carry_weights": True,
     }

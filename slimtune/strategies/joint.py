@@ -13,8 +13,10 @@ With a budget (a ``flops``, ``params``, ``size`` or ``latency`` constraint, or `
 sparsities are raised along one line until the budget holds; if even every group at its upper
 bound misses a size budget, bit-widths are lowered HAQ-style (where the bit sensitivity costs
 least per byte saved) and the sparsities lowered again to the least that still meets it. The
-first trials are the space's seeds (uniform and sensitivity-derived sparsities; widest and
-sensitivity-safe bit-widths), repaired likewise.
+first trials are, with a budget, the resource-aware sensitivity allocation
+(:meth:`SearchSpace.allocate <slimtune.search_spaces.SearchSpace.allocate>`, rescaled to the
+budget, widest bit-widths), then the space's seeds (uniform and sensitivity-derived sparsities;
+widest and sensitivity-safe bit-widths), repaired likewise.
 
 Parameters (spec ``strategy`` section): ``resource`` and ``target`` (default: the study's first
 ``flops``/``params``/``size``/``latency`` constraint; none: no repair), ``sampler`` (``nsga2``)
@@ -66,7 +68,8 @@ class Joint(Strategy):
         names = [k for k in space.distributions() if k.startswith(SPARSITY_PREFIX)] + bits
         inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(space, n_objectives, seed, n_trials)
         return BudgetRepairSampler(
-            inner, space, names, self.name, self.params["resource"], self.params["target"], RESOURCES, space.seeds()
+            inner, space, names, self.name, self.params["resource"], self.params["target"], RESOURCES, space.seeds(),
+            allocate=True,
         )
 
     def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, Any]:

@@ -21,9 +21,12 @@ NNI's SimulatedAnnealingPruner. Each trial:
 
 The cost is the study's (:mod:`slimtune.strategies._cost`): the metric, negated when maximised,
 plus any constraint violation; temperatures are in its units (accuracy as a fraction: 0.01 is one
-point). The first trial is the starting point: the sensitivity-derived allocation
-(``initial: sensitivity``, each group at its one-shot-safe level) or one sparsity for every group
-(``uniform``), rescaled to the target.
+point). The first trial is the starting point, rescaled to the target: by default (``initial:
+greedy``) the sensitivity table read resource-aware (:meth:`SearchSpace.allocate
+<slimtune.search_spaces.SearchSpace.allocate>`: each step prunes where one-shot accuracy costs
+least per unit of the resource saved); or each group at its one-shot-safe level
+(``sensitivity``); or one sparsity for every group (``uniform``). Without a sensitivity table
+``greedy`` and ``sensitivity`` start uniform.
 
 **State lives in the study.** Each trial records ``sa.step``, ``sa.temperature``, ``sa.base``
 (the trial it perturbed), ``sa.resource`` (predicted, relative) and ``sa.target_met`` when it is
@@ -44,7 +47,7 @@ Parameters (spec ``strategy`` section):
 ``stop_temperature``      0.002      finished below this temperature
 ``cool_down_rate``        0.85       temperature factor per step (20 steps by default)
 ``perturbation_magnitude`` 0.35      largest move of a group's sparsity at the start
-``initial``               sensitivity ``sensitivity`` or ``uniform`` starting point
+``initial``               greedy     ``greedy``, ``sensitivity`` or ``uniform`` start
 ========================= ========== =====================================================
 
 Example:
@@ -66,7 +69,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import optuna
@@ -185,7 +188,7 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         schedule: The cooling :class:`Schedule`.
         perturbation_magnitude: Largest move of one group's sparsity at the start temperature.
         resource, target: The budget (None: from the study's constraints, else flops 0.5).
-        initial: ``"sensitivity"`` or ``"uniform"`` starting point, or ``{group: sparsity}``.
+        initial: ``"greedy"``, ``"sensitivity"`` or ``"uniform"`` starting point, or ``{group: sparsity}``.
         seed: Seed used when the study has none yet (the first sampler stores its seed in the study).
         chain: Name of this chain (``sa.chain``), when a driver runs several in one study.
     """
@@ -197,7 +200,7 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         perturbation_magnitude: float = 0.35,
         resource: str | None = None,
         target: float | None = None,
-        initial: str | Mapping[str, float] = "sensitivity",
+        initial: str | Mapping[str, float] = "greedy",
         seed: int | None = None,
         chain: str | None = None,
     ) -> None:
@@ -237,9 +240,14 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
     def state(self, study: optuna.Study, exclude: int | None = None) -> AnnealingState:
         return annealing_state(study, self.schedule, exclude, self.chain)
 
-    def initial_point(self) -> dict[str, float]:
+    def initial_point(self, relative: Callable[[dict[str, float]], float] | None = None, target: float | None = None) -> dict[str, float]:
+        """The chain's start, before it is rescaled to the target (``relative``: the resource model)."""
         if isinstance(self.initial, Mapping):
             return {g: min(max(float(self.initial.get(g, self.lower[g])), self.lower[g]), self.upper[g]) for g in self.space.groups}
+        if self.initial == "greedy" and relative is not None and target is not None:
+            x = self.space.allocate(relative, target)
+            if x is not None:
+                return {g: min(max(x[g], self.lower[g]), self.upper[g]) for g in self.space.groups}
         if self.initial == "sensitivity" and self.space.safe:
             return {g: min(max(self.space.safe[g], self.lower[g]), self.upper[g]) for g in self.space.groups}
         mid = 0.5 * (self.space.options.min_sparsity + self.space.options.max_sparsity)
@@ -260,7 +268,7 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
         budget, model = self.budget(study)
         seed = self.study_seed(study)
         if state.current_params is None:
-            x = self.initial_point()
+            x = self.initial_point(model.relative, budget.target)
         else:
             rng = np.random.default_rng([seed, trial.number])
             m = self.magnitude * state.temperature / self.schedule.start
@@ -316,7 +324,7 @@ def _inside(value: float, dist: BaseDistribution) -> float:
     return value
 
 
-_INITIAL = ("sensitivity", "uniform")
+_INITIAL = ("greedy", "sensitivity", "uniform")
 
 
 @register_strategy
@@ -331,7 +339,7 @@ class SimulatedAnnealing(Strategy):
         "stop_temperature": 0.002,
         "cool_down_rate": 0.85,
         "perturbation_magnitude": 0.35,
-        "initial": "sensitivity",
+        "initial": "greedy",
     }
 
     def __init__(self, **params: Any) -> None:

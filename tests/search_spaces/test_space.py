@@ -319,3 +319,59 @@ def test_bit_sensitivity_seeds_each_layer_at_its_lowest_safe_bits(graph) -> None
     # sensitivity off: the table is ignored
     off = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[2, 4, 8]), bit_sensitivity=table)
     assert off.safe_bits == {} and len(off.seeds()) == 1
+
+
+# ---------------------------------------------------------------------- resource-aware allocation
+def test_allocate_prunes_where_accuracy_costs_least_per_flop(graph) -> None:
+    from slimtune.compressors.measures import ResourcePredictor
+
+    predictor = ResourcePredictor(graph)
+    flops = lambda x: predictor.relative(x)["flops"]  # noqa: E731
+    table = sensitivity_frame(
+        {
+            "features.0": [(lv, 0.0) for lv in (0.2, 0.4, 0.6, 0.8)],  # free to prune
+            "features.2": [(0.2, 0.05), (0.4, 0.3), (0.6, 0.5), (0.8, 0.7)],  # costly
+            "features.4": [(0.2, 0.0), (0.4, 0.01), (0.6, 0.02), (0.8, 0.03)],
+        }
+    )
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.9, headroom=0.8, tolerance=0.5), table)
+    for target in (0.8, 0.6, 0.45):
+        x = space.allocate(flops, target)
+        assert set(x) == set(GROUPS)
+        assert flops(x) <= target  # meets the target ...
+        assert all(space.options.min_sparsity <= x[g] <= space.upper[g] for g in GROUPS)
+        # ... each group on a level of the table, the costly group pruned least
+        assert all(v == 0.0 or any(abs(v - lv) < 1e-9 for lv in (0.2, 0.4, 0.6, 0.8)) for v in x.values())
+        assert x["features.2"] <= min(x["features.0"], x["features.4"])
+        # one greedy sequence, stopped at the target: a looser target's allocation prunes no more anywhere
+        looser = space.allocate(flops, target + 0.1)
+        assert all(looser[g] <= x[g] for g in GROUPS) and flops(looser) <= target + 0.1
+    # with equal drops the allocation follows the resource: the group saving more per step goes first
+    flat = sensitivity_frame({g: [(lv, 0.0) for lv in (0.2, 0.4)] for g in GROUPS})
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.9, headroom=0.5), flat)
+    weights = {"features.0": 0.1, "features.2": 0.6, "features.4": 0.3}
+    toy = lambda x: 1.0 - sum(weights[g] * v for g, v in x.items())  # noqa: E731
+    assert space.allocate(toy, 0.85) == {"features.0": 0.0, "features.2": 0.4, "features.4": 0.0}
+
+
+def test_allocate_reads_drops_as_non_decreasing_and_ends_when_out_of_levels(graph) -> None:
+    # features.0 "recovers" at 0.6 (noise): its step to 0.4 still counts as costly
+    table = sensitivity_frame(
+        {
+            "features.0": [(0.2, 0.0), (0.4, 0.3), (0.6, 0.0)],
+            "features.2": [(0.2, 0.0), (0.4, 0.05), (0.6, 0.06)],
+            "features.4": [(0.2, 0.0), (0.4, 0.05), (0.6, 0.06)],
+        }
+    )
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.9, headroom=0.8, tolerance=0.5), table)
+    size = lambda x: 1.0 - sum(x.values()) / 3  # noqa: E731
+    x = space.allocate(size, 0.55)
+    assert x["features.0"] == 0.2 and x["features.2"] == 0.6 and x["features.4"] == 0.6
+    # a target beyond every group's last level ends there instead of looping
+    assert space.allocate(size, 0.1) == {g: 0.6 for g in GROUPS}
+    # a level above a group's upper bound is not used
+    tight = SearchSpace(graph, SpaceOptions(max_sparsity=0.5, headroom=0.1, tolerance=0.5), table)
+    assert all(v <= tight.upper[g] for g, v in tight.allocate(size, 0.1).items())
+    # without a sensitivity table there is nothing to read
+    assert SearchSpace(graph, SpaceOptions(sensitivity=False), table).allocate(size, 0.5) is None
+    assert SearchSpace(graph).allocate(size, 0.5) is None

@@ -95,6 +95,34 @@ def test_joint_plans_hold_sparsity_and_bits_within_the_budget() -> None:
     assert [t.user_attrs.get("joint.prior") for t in study.trials[:1]] == [0]
 
 
+def test_joint_with_a_budget_first_tries_the_resource_aware_allocation() -> None:
+    from slimtune.strategies._budget import scale_to_target
+
+    task = make_mlp_task(hidden=(64, 48))
+    graph = trace(task.model, task.example_inputs)
+    a, b = [g.name for g in graph.prunable_groups()]
+    table = pd.DataFrame(
+        [{"group": a, "level": lv, "drop": 0.01 * lv} for lv in (0.2, 0.4, 0.6, 0.8)]
+        + [{"group": b, "level": lv, "drop": 0.0 if lv < 0.3 else 0.4} for lv in (0.2, 0.4, 0.6, 0.8)]
+    )
+    space = SearchSpace(graph, SpaceOptions(bits_w=(4, 8, 32), headroom=0.8, tolerance=0.5), sensitivity=table)
+    sampler = get_strategy("joint", resource="flops", target=0.5).sampler(space, 2, 0, None)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    trials = [study.ask(space.distributions()) for _ in range(4)]
+    assert [t.user_attrs.get("joint.prior") for t in trials] == [0, 1, 2, None]
+    flops = ResourceModel(space, "flops")
+    first = trials[0].params
+    assert all(first[k] == 32 for k in first if k.startswith("bits_w/"))  # widest bits
+    sp = {k[len("sparsity/") :]: v for k, v in first.items() if k.startswith("sparsity/")}
+    expected, _, _ = scale_to_target(space.allocate(flops.relative, 0.5), {a: 0.0, b: 0.0}, space.upper, flops.relative, 0.5)
+    assert sp == pytest.approx(expected) and 0.45 < flops.relative(sp) <= 0.5  # rescaled to just meet it
+    assert sp[b] <= 0.2 + 1e-9 < sp[a]  # the costly group keeps its channels
+    # then the space's seeds, repaired to the budget; without a budget only the seeds
+    assert trials[1].params["sparsity/" + a] == pytest.approx(trials[1].params["sparsity/" + b])  # uniform
+    plain = optuna.create_study(directions=["maximize", "minimize"], sampler=get_strategy("joint").sampler(space, 2, 0, None))
+    assert [plain.ask(space.distributions()).user_attrs.get("joint.prior") for _ in range(3)] == [0, 1, None]
+
+
 def test_errors_name_the_field() -> None:
     task = make_mlp_task()
     with pytest.raises(ValueError, match=r"space\.bits_w"):

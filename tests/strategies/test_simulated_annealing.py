@@ -177,3 +177,34 @@ def test_latency_target_uses_a_lookup_table_kept_in_the_study(tmp_path) -> None:
     assert json.loads(json.dumps(reloaded._table.to_dict())) == stored
     sparsities = {name[len("sparsity/") :]: v for name, v in study.trials[1].params.items()}
     assert reloaded.relative(sparsities) == pytest.approx(study.trials[1].user_attrs["sa.resource"])
+
+
+def test_greedy_start_reads_the_sensitivity_table_per_unit_of_resource() -> None:
+    import pandas as pd
+
+    from slimtune.strategies._budget import ResourceModel, scale_to_target
+
+    task = make_mlp_task(hidden=(64, 48))
+    graph = trace(task.model, task.example_inputs)
+    a, b = [g.name for g in graph.prunable_groups()]
+    levels = (0.2, 0.4, 0.6, 0.8)
+    table = pd.DataFrame(
+        [{"group": a, "level": lv, "drop": 0.02 * lv} for lv in levels]  # cheap
+        + [{"group": b, "level": lv, "drop": 0.0 if lv < 0.3 else 0.3} for lv in levels]  # costly beyond 0.2
+    )
+    space = SearchSpace(graph, SpaceOptions(max_sparsity=0.9, headroom=0.8, tolerance=0.5), sensitivity=table)
+    model = ResourceModel(space, "flops")
+    starts = {}
+    for initial in ("greedy", "sensitivity", "uniform"):
+        sampler = SimulatedAnnealingSampler(space, Schedule(0.02, 0.005, 0.7), target=0.5, initial=initial, seed=0)
+        study = optuna.create_study(sampler=sampler)
+        trial = study.ask({k: d for k, d in space.distributions().items()})
+        starts[initial] = {k[len("sparsity/") :]: v for k, v in trial.params.items()}
+        assert trial.user_attrs["sa.target_met"] and model.relative(starts[initial]) <= 0.5 + 1e-9
+    lower, upper = {g: 0.0 for g in (a, b)}, space.upper
+    expected, _, _ = scale_to_target(space.allocate(model.relative, 0.5), lower, upper, model.relative, 0.5)
+    assert starts["greedy"] == pytest.approx(expected)
+    # the costly group keeps its channels beyond its cheap level, the cheap one pays for the target
+    assert starts["greedy"][b] <= 0.2 + 1e-9 < starts["greedy"][a]
+    assert starts["uniform"][a] == pytest.approx(starts["uniform"][b])
+    assert starts["greedy"] != pytest.approx(starts["sensitivity"])
