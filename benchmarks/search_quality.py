@@ -20,12 +20,14 @@ cooling is set to last the whole budget; NetAdapt sizes its steps to it (``step:
 long-term fine-tune (3× the task's fine-tuning; a control re-trains uniform's best plan as long);
 ``autocompress`` splits the budget into 3 rounds, and both ADMM strategies run
 ADMM for one epoch at lr 0.01 before the task's fine-tune; ``joint`` adds ``bits_w: [2, 4, 8, 32]`` to the space
-and size to the objectives and runs with a 50 % FLOPs budget (``joint @0.5``: proposals over it are repaired), ``bitwidth`` searches ``bits_w: [2, 4, 8, 32]`` with objectives (accuracy, size).
+and size to the objectives and runs twice, aimed like the others: with a 50 % FLOPs budget (``joint @0.5``) and
+with a 0.15× size budget (``joint @0.15 size``; proposals over a budget are repaired); ``bitwidth`` searches
+``bits_w: [2, 4, 8, 32]`` with objectives (accuracy, size).
 
 *Against uniform.* The automatic strategies — annealing, NetAdapt, ADMM, AutoCompress, ``joint`` and
 ``bitwidth``; ``random``, ``tpe`` and ``nsga2`` are the generic baselines, listed but not judged — are each
-judged where they aim: a run at FLOPs target ``t`` (``joint`` @0.5 included) at ≤ ``t`` FLOPs, ``bitwidth``
-(prunes nothing) at ≤ 15 % size. It beats ``uniform`` when its best trial there dominates uniform's best trial
+judged where they aim: a run at FLOPs target ``t`` (``joint @0.5`` included) at ≤ ``t`` FLOPs, ``joint @0.15
+size`` and ``bitwidth`` (prunes nothing) at ≤ 15 % size; the size target is judged on ``joint @0.15 size``. It beats ``uniform`` when its best trial there dominates uniform's best trial
 there: more accuracy, or as much with less of the bounded resource.
 
 *Re-evaluated.* One validation run is noisy (360 digits: one sample is 0.28 points) and the best of many trials
@@ -96,10 +98,10 @@ def hypervolume(front: pd.DataFrame, ref_acc: float) -> float:
 
 AUTOMATIC = ("random", "tpe", "simulated_annealing", "netadapt", "joint", "bitwidth", "admm", "autocompress")
 TARGETED = ("simulated_annealing", "netadapt", "admm", "autocompress")  # aim at one FLOPs target: a run per target
-JOINT_FLOPS = 0.5  # joint's FLOPs budget: it is judged at <= 50 % FLOPs (and at <= 0.15x size)
+SIZE_BOUND = 0.15  # where bitwidth is judged, and joint's size target
+JOINT_AIMS = (("flops", 0.5), ("size", SIZE_BOUND))  # joint runs with each budget: judged at <= 50 % FLOPs, at <= 0.15x size
 PRUNE_FREE = ("bitwidth",)  # quantizes only: judged on size, not on FLOPs
 BASELINES = ("uniform", "random", "tpe", "nsga2")  # generic samplers: listed, not judged against uniform
-SIZE_BOUND = 0.15  # where bitwidth is judged, and joint's size target
 ADMM_RUN = {"epochs": 1, "lr": 0.01}  # the ADMM phase of admm / autocompress trials
 
 
@@ -111,9 +113,11 @@ def long_finetune(task) -> dict | None:
     return {"epochs": 3 * config.epochs} if config.epochs else None
 
 
-def strategy_run(name: str, kwargs: dict, n_trials: int, target: float | None, long: dict | None = None) -> dict:
+def strategy_run(
+    name: str, kwargs: dict, n_trials: int, target: float | None, long: dict | None = None, resource: str = "flops"
+) -> dict:
     """``search`` keyword arguments of one automatic strategy in the comparison."""
-    study = f"bench-{name}" + (f"-{target:g}" if target is not None else "")
+    study = f"bench-{name}" + (f"-{target:g}" if target is not None else "") + (f"-{resource}" if resource != "flops" else "")
     run = {**kwargs, "strategy": name, "n_trials": n_trials, "study_name": study, "progress": False}
     for key in list(run):
         if key not in ("task", "strategy", "objectives", "constraints", "n_trials", "timeout", "storage",
@@ -134,7 +138,7 @@ def strategy_run(name: str, kwargs: dict, n_trials: int, target: float | None, l
         space["bits_w"] = [2, 4, 8, 32]
         run["objectives"] = ("accuracy", "flops", "size")  # bit-widths move size, sparsity both
         if target is not None:
-            run.update(resource="flops", target=target)  # aimed like the targeted strategies
+            run.update(resource=resource, target=target)  # aimed like the targeted strategies
     elif name == "bitwidth":
         space["bits_w"] = [2, 4, 8, 32]
         run["objectives"] = ("accuracy", "size")
@@ -180,10 +184,14 @@ def aim(row: dict) -> tuple[str, float, str]:
     """Where a strategy is judged: (column, bound, resource name)."""
     if row["strategy"].split(" ")[0] in PRUNE_FREE:
         return "size_rel", SIZE_BOUND, "size"
+    if row.get("resource") == "size":
+        return "size_rel", row["target"], "size"
     return "flops_rel", (row["target"] if row["target"] is not None else 0.5), "FLOPs"
 
 
-def strategy_row(name: str, study, seconds: float, ref: float, constraints: list, target: float | None = None) -> dict:
+def strategy_row(
+    name: str, study, seconds: float, ref: float, constraints: list, target: float | None = None, resource: str | None = None
+) -> dict:
     """Hypervolume of the feasible (accuracy, FLOPs) front (the spec's constraints judge every study
     alike), best accuracy at FLOPs / size bounds, trials used, wall time and why the study ended."""
     done = [(t.number, t.user_attrs["measures"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
@@ -199,6 +207,7 @@ def strategy_row(name: str, study, seconds: float, ref: float, constraints: list
     return {
         "strategy": name,
         "target": target,
+        "resource": resource,
         "trials": len(table),
         "seconds": seconds,
         "hypervolume": hypervolume(front_2d(ok), ref) if not ok.empty else 0.0,
@@ -316,20 +325,22 @@ def main() -> None:
             u_all = trials_table(uniform)
             u_measures = [t.user_attrs["measures"] for t in uniform.get_trials(states=(TrialState.COMPLETE,))]
             targets = [float(t) for t in args.targets.split(",") if t.strip()]
-            runs = {spec.strategy_name: (searched, search_s, None), "uniform": (uniform, uniform_s, None)}
+            runs = {spec.strategy_name: (searched, search_s, None, None), "uniform": (uniform, uniform_s, None, None)}
             for name in [n for n in args.strategies.split(",") if n and n not in runs]:
-                for target in targets if name in TARGETED else [JOINT_FLOPS] if name == "joint" else [None]:
-                    label = name if target is None else f"{name} @{target:g}"
+                aims = [("flops", t) for t in targets] if name in TARGETED else JOINT_AIMS if name == "joint" else [(None, None)]
+                for resource, target in aims:
+                    label = name if target is None else f"{name} @{target:g}" + ("" if resource == "flops" else f" {resource}")
                     print(f"{label}: {kwargs['n_trials']} trials ...", flush=True)
                     t0 = time.perf_counter()
-                    study = slimtune.search(task, **strategy_run(name, kwargs, kwargs["n_trials"], target, long_finetune(task)))
-                    runs[label] = (study, time.perf_counter() - t0, target)
+                    run = strategy_run(name, kwargs, kwargs["n_trials"], target, long_finetune(task), resource or "flops")
+                    study = slimtune.search(task, **run)
+                    runs[label] = (study, time.perf_counter() - t0, target, resource)
             controls = []
             if any(label.startswith("netadapt") for label in runs) and long_finetune(task):
                 controls = [long_finetune_control(task, kwargs, uniform, t) for t in targets]
             constraints = [parse_constraint(c) for c in kwargs.get("constraints") or []]
-            common_ref = float(min(trials_table(st)["accuracy"].min() for st, _, _ in runs.values() if len(st.trials)))
-            strategy_rows = [strategy_row(name, st, sec, common_ref, constraints, tg) for name, (st, sec, tg) in runs.items()]
+            common_ref = float(min(trials_table(st)["accuracy"].min() for st, *_ in runs.values() if len(st.trials)))
+            strategy_rows = [strategy_row(name, st, sec, common_ref, constraints, tg, res) for name, (st, sec, tg, res) in runs.items()]
             # the selected trials again with fresh fine-tune seeds (not the one they were selected on)
             base_seed = task.effective_finetune_config().seed
             seeds = [base_seed + 1 + i for i in range(args.seeds)]
@@ -391,7 +402,7 @@ def main() -> None:
     # Against uniform, each automatic strategy where it aims (see the module docstring)
     verdicts = [judge(r, u_row, again) for r in strategy_rows if r["strategy"] != "uniform"]
     judged = [v for v in verdicts if v["judged"]]
-    joint_rows = [r for r in strategy_rows if r["strategy"].split(" ")[0] == "joint"]
+    joint_rows = sorted((r for r in strategy_rows if r["strategy"].split(" ")[0] == "joint"), key=lambda r: r["resource"] != "size")
     joint_15 = joint_rows[0]["best_acc_size_le_15"] if joint_rows else float("nan")
     result["beats_uniform"] = verdicts
     result["long_finetune_controls"] = controls
@@ -402,7 +413,7 @@ def main() -> None:
     result["joint_size_le_15_within_1pt"] = bool(joint_15 == joint_15 and joint_15 >= base_acc - 0.01)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2, default=float))
-    strategies_table = pd.DataFrame(strategy_rows).drop(columns=["target", "table"])
+    strategies_table = pd.DataFrame(strategy_rows).drop(columns=["target", "resource", "table"])
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     text = "\n".join(
         [
@@ -445,7 +456,7 @@ def main() -> None:
             "## Targets",
             "",
             "Automatic strategies against `uniform` where each aims (a run at FLOPs target t at ≤ t FLOPs, "
-            f"`bitwidth` at ≤ {SIZE_BOUND:g}× size): it beats uniform when its best trial there dominates "
+            f"`joint @0.15 size` and `bitwidth` at ≤ {SIZE_BOUND:g}× size): it beats uniform when its best trial there dominates "
             "uniform's best trial there (more accuracy, or as much with less of that resource): "
             f"**{sum(v['beats_uniform'] for v in judged)} / {len(judged)}**",
             "",
