@@ -20,7 +20,12 @@ from slimtune.trials.task import Task
 
 
 def slow_task(
-    sleep: float = 0.5, log: str | None = None, barrier: int = 0, name: str = "tiny-slow", hold: str | None = None
+    sleep: float = 0.5,
+    log: str | None = None,
+    barrier: int = 0,
+    name: str = "tiny-slow",
+    hold: str | None = None,
+    hold_after: int = 0,
 ) -> Task:
     """An MLP(16 → 32 → 16 → 4) on fixed random data; ``evaluate`` takes about ``sleep`` seconds.
 
@@ -28,7 +33,8 @@ def slow_task(
     different processes have evaluated or are evaluating: every worker gets a trial, however
     slowly some of them start. The first evaluation (the study's baseline, by the process that
     creates the study) does not wait. With ``hold`` (a file path), an evaluation does not end
-    while that file exists (at most 60 s): a test can catch a trial mid-evaluation for sure.
+    while that file exists (at most 60 s): a test can catch a trial mid-evaluation for sure;
+    with ``hold_after`` (and ``log``) only the evaluations after the first ``hold_after`` are held.
     """
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
@@ -39,11 +45,13 @@ def slow_task(
         y = model(x).argmax(1)
 
     def evaluate(m: torch.nn.Module) -> float:
+        index = 0  # this evaluation's place in the log (1: the first)
         if log is not None:
             with open(log, "a") as f:
                 f.write(f"{os.getpid()}\n")
             with open(log) as f:
-                first = len(f.read().split()) == 1
+                index = len(f.read().split())
+            first = index == 1
             deadline = time.monotonic() + 60
             while barrier and not first and time.monotonic() < deadline:
                 with open(log) as f:
@@ -52,7 +60,7 @@ def slow_task(
                 time.sleep(0.05)
         time.sleep(sleep)
         deadline = time.monotonic() + 60
-        while hold is not None and os.path.exists(hold) and time.monotonic() < deadline:
+        while hold is not None and index > hold_after and os.path.exists(hold) and time.monotonic() < deadline:
             time.sleep(0.02)
         with torch.no_grad():
             return float((m(x).argmax(1) == y).float().mean())

@@ -146,7 +146,12 @@ def test_ray_worker_killed_mid_trial_is_retried_and_the_study_completes(
     url = f"sqlite:///{tmp_path / 'fault.db'}"
     runner.make_storage(url)  # the schema exists before the test starts looking at it
     log, hold = tmp_path / "evaluations.log", tmp_path / "hold"
-    task = slow_task(sleep=0.8, log=str(log), hold=str(hold))
+    # the baseline and the first two trials' evaluations run freely; every later one is held (does not
+    # end) while the hold file exists, so the fourth evaluation's worker is caught mid-trial for sure,
+    # however fast or loaded the machine
+    free = 3
+    hold.touch()
+    task = slow_task(sleep=0.8, log=str(log), hold=str(hold), hold_after=free)
     thread, box = run_in_thread(
         lambda: slimtune.search(task, strategy="random", n_trials=6, storage=url, study_name="fault", save_models="none",
                                 space={"sensitivity": False}, progress=False, backend="ray")  # fmt: skip
@@ -158,12 +163,8 @@ def test_ray_worker_killed_mid_trial_is_retried_and_the_study_completes(
         return thread.is_alive()
 
     wait_for(lambda: load_trials(url, "fault"), lambda ts: any(t.state == TrialState.COMPLETE for t in ts), still_running)
-    # from now on no evaluation ends until the hold file goes: the next evaluation that starts is
-    # caught mid-trial, whatever the machine's load
-    hold.touch()
-    started = len(log.read_text().split())
-    wait_for(lambda: log.read_text().split(), lambda pids: len(pids) > started, still_running)
-    pid = int(log.read_text().split()[started])
+    wait_for(lambda: log.read_text().split(), lambda pids: len(pids) > free, still_running)
+    pid = int(log.read_text().split()[free])
 
     def victim_running(trials: list[FrozenTrial]) -> bool:
         return any(t.state == TrialState.RUNNING and (t.user_attrs.get("worker") or {}).get("pid") == pid for t in trials)
