@@ -82,7 +82,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         self.allocate = allocate
         self._models: dict[int, tuple[Budget | None, ResourceModel | None]] = {}
         self._drops = _bit_drops(space)
-        self._allocations: dict[tuple[str, int], dict[str, Any] | None] = {}
+        self._allocations: dict[int, dict[str, Any] | None] = {}  # by study: the budget's allocation prior
 
     def attr(self, key: str) -> str:
         return f"{self.strategy}.{key}"
@@ -146,7 +146,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         budget, model = self.budget(study)
         if not self.allocate or budget is None or model is None:
             return self.priors
-        key = ("allocation", study._study_id)
+        key = study._study_id
         if key not in self._allocations:
             groups = [n[len(SPARSITY_PREFIX) :] for n in self.dists if n.startswith(SPARSITY_PREFIX)]
             bits = {k: v for k, v in self.space.uniform(0.0).items() if not k.startswith(SPARSITY_PREFIX) and k in self.dists}
