@@ -19,7 +19,7 @@ validation set's granularity (one sample). Where the headroom is below one trial
 judged on one run per trial can tell a better allocation from a luckier one.
 
 ``python benchmarks/allocation_headroom.py [--models cnn,resnet] [--targets 0.5,0.25] [--allocations 24]
-[--seeds 5]``; results go to ``benchmarks/results/allocation_headroom.md`` and ``.json`` (≈ 15 min on 2 cores).
+[--seeds 5]``; results go to ``benchmarks/results/allocation_headroom.md`` and ``.json`` (≈ 10 min on 2 cores).
 """
 
 from __future__ import annotations
