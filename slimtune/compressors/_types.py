@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
-Role = Literal["out", "in", "norm", "dw"]
-"""How a member layer holds a group's channels.
+Role = str
+"""How a member layer holds a group's channels; its handler (:mod:`slimtune.compressors.handlers`)
+says which tensors and dims that is (:meth:`~slimtune.compressors.handlers.LayerHandler.axes`).
 
-- ``out``: a Conv/Linear producing them: ``weight`` dim 0 and ``bias``.
-- ``in``: a Conv/Linear consuming them: ``weight`` dim 1 (input features / input channels).
-- ``norm``: a BatchNorm following them: ``weight``, ``bias``, ``running_mean``, ``running_var``.
+- ``out``: a layer producing them (Conv/Linear: ``weight`` dim 0 and ``bias``; Embedding: ``weight``
+  dim 1; Hugging Face Conv1D and ConvTranspose: ``weight`` dim 1).
+- ``in``: a layer consuming them (Conv/Linear: ``weight`` dim 1).
+- ``norm``: a norm following them (its ``weight``, ``bias`` and running statistics).
 - ``dw``: a grouped or depthwise Conv the channels pass through: ``weight`` dim 0, ``bias``
   and, for grouped convs, the matching input channels inside each group; ``groups`` changes.
+- ``mha``: an ``nn.MultiheadAttention`` whose input, heads and output they are.
+- ``param:<attr>:<dim>``: a parameter used directly by the forward (a class token, a layer scale).
 """
 
 
@@ -85,6 +88,8 @@ class Group:
         prunable: False when some use of the channels cannot be resized (model output, reshape
             that mixes channels, layer norm ...); ``reason`` says which.
         reason: Why the group is not prunable.
+        computes: Products outside any layer (attention's QKᵀ and AV) whose MACs scale with the
+            group's channels: ``layer`` is the module running them, ``role`` ``macs:<node>``.
     """
 
     name: str
@@ -94,6 +99,7 @@ class Group:
     blocks: int = 1
     prunable: bool = True
     reason: str | None = None
+    computes: list[Member] = field(default_factory=list)
 
     @property
     def layers(self) -> list[str]:

@@ -1,15 +1,21 @@
 """Dependency graph of a model: prunable layers and the channel groups that must be pruned together.
 
-:func:`trace` runs the model symbolically with ``torch.fx``, propagates the example inputs' shapes
-through it and follows every channel from the layer that produces it to every layer that uses it
-(see ``_propagate.py`` for the rules). The result is a :class:`ModelGraph`: the groups of coupled
+:func:`trace` captures the model's forward with a frontend (``torch.fx`` where it traces,
+``torch.export`` where it does not: see :mod:`slimtune.compressors.frontends`), and follows every
+channel from the layer that produces it to every layer that uses it (see ``_propagate.py`` for the
+rules and ``handlers/`` for the layers). The result is a :class:`ModelGraph`: the groups of coupled
 channels (residual additions merge producers; concatenations give consumers channels of several
 groups; depthwise and grouped convolutions pass channels through; flatten → linear maps a channel
-to a block of features) and the shapes of every layer.
+to a block of features; attention heads go whole, with the heads of grouped-query attention shared
+by their group of query heads; a transformer's residual stream is one group through its
+embeddings, norms and residual adds), the shapes of every layer, and the attributes the forward
+reads as channel counts (bound so the smaller model keeps them in step).
 
-Models that ``torch.fx`` cannot trace (data-dependent control flow, unsupported Python) fall back
-to a graph without groups: the error names the module being traced, a warning says so, and only
-unstructured pruning of the leaf layers is possible (``granularity="unstructured"``).
+Nothing is dropped silently: :meth:`ModelGraph.summary` gives each group's reason when it cannot
+be pruned, :meth:`ModelGraph.layer_report` each Conv/Linear/Embedding that sits in no prunable group
+and why, and :meth:`ModelGraph.coverage` the share of Conv/Linear parameters that can be pruned.
+A model no frontend can capture falls back to leaf layers only (unstructured pruning), with a
+warning naming the module and op that failed.
 
 Example:
     >>> import torch
@@ -17,8 +23,8 @@ Example:
     >>> from slimtune.examples.models import resnet20
     >>> graph = trace(resnet20(), torch.randn(1, 3, 32, 32))
     >>> g = graph.groups["layer1.0.conv1"]
-    >>> g.size, g.layers
-    (16, ['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.conv2'])
+    >>> graph.frontend, g.size, g.layers
+    ('fx', 16, ['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.conv2'])
 """
 
 from __future__ import annotations
@@ -26,16 +32,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp
 
-from slimtune.compressors._propagate import Propagation
+from slimtune.compressors._propagate import Propagation, shape_of
 from slimtune.compressors._types import Group, LayerInfo, Member, Tap
+from slimtune.compressors.frontends import Capture, ModelFailsError, capture
+from slimtune.compressors.handlers import get_tensor, handler_for, member_handler
 from slimtune.errors import TraceError
 
 if TYPE_CHECKING:
@@ -43,20 +51,41 @@ if TYPE_CHECKING:
 
     from slimtune.compressors.plan import CompressionPlan
 
-_PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
-_RECORDED_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_COUNTED = (nn.modules.conv._ConvNd, nn.Linear)  # what coverage counts (and Hugging Face Conv1D)
+
+
+@dataclass
+class Binding:
+    """An attribute the forward reads as a channel count (``num_heads``, split sizes, slice bounds).
+
+    After pruning it is set to the kept positions among ``parts`` divided by ``unit`` (entry
+    ``index`` of a list attribute when given).
+    """
+
+    layer: str
+    attr: str
+    unit: int = 1
+    index: int | None = None
+    total: int = 0
+    parts: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (group, positions, channels)
 
 
 class ModelGraph:
     """What :func:`trace` learned about a model.
 
     Attributes:
-        model: The traced model (the graph holds references to its modules).
-        gm: The ``torch.fx.GraphModule`` (shares the model's submodules); None when tracing failed.
+        model: The traced model.
+        gm: A runnable ``torch.fx.GraphModule`` whose node names are the taps' (the fx graph, or the
+            ``torch.export`` program as a module); None when tracing failed.
         groups: Every channel group by name, prunable or not (see :class:`Group`).
-        layers: Every leaf Conv/Linear/BatchNorm layer with its shapes (see :class:`LayerInfo`).
-        traced: False when fx tracing failed and the graph fell back to leaf layers only.
+        layers: Every layer with a handler (Conv, Linear, Embedding, norms, attention) with its
+            shapes (see :class:`LayerInfo`).
+        frontend: ``fx`` or ``export`` (None when tracing failed).
+        bindings: Attributes set from the kept channel counts when the model is resized.
+        compute_macs: ``{node: (module, MACs per forward)}`` of products outside any layer
+            (attention's QKᵀ and AV) whose cost scales with a group (see ``Group.computes``).
         trace_error: The reason tracing failed (names the module or op), or None.
+        note: What the frontends reported (e.g. why fx was not used).
     """
 
     def __init__(
@@ -66,12 +95,20 @@ class ModelGraph:
         groups: dict[str, Group],
         layers: dict[str, LayerInfo],
         trace_error: str | None = None,
+        frontend: str | None = None,
+        bindings: list[Binding] | None = None,
+        compute_macs: dict[str, tuple[str, float]] | None = None,
+        note: str = "",
     ) -> None:
         self.model = model
         self.gm = gm
         self.groups = groups
         self.layers = layers
         self.trace_error = trace_error
+        self.frontend = frontend
+        self.bindings = bindings or []
+        self.compute_macs = compute_macs or {}
+        self.note = note
 
     @property
     def traced(self) -> bool:
@@ -95,7 +132,7 @@ class ModelGraph:
         return [g.name for g in self.prunable_groups()]
 
     def summary(self) -> pd.DataFrame:
-        """One row per group: name, size, blocks, prunable, reason, member layers."""
+        """One row per group: name, size, blocks, prunable, reason (op, node and module), member layers."""
         import pandas as pd
 
         rows = [
@@ -111,6 +148,60 @@ class ModelGraph:
         ]
         return pd.DataFrame(rows, columns=["group", "channels", "blocks", "prunable", "layers", "reason"])
 
+    def layer_report(self) -> pd.DataFrame:
+        """One row per Conv/Linear/Embedding/norm/attention layer of the model, reached or not.
+
+        Columns: ``layer``, ``type``, ``calls`` (0: the forward never called it on the example
+        inputs), ``params``, ``out`` and ``in`` (the prunable group its outputs / inputs belong to,
+        empty when none), ``reason`` (why a dimension cannot be pruned).
+        """
+        import pandas as pd
+
+        where: dict[tuple[str, str], list[Group]] = defaultdict(list)
+        for g in self.groups.values():
+            for m in g.members:
+                where[(m.layer, m.role)].append(g)
+        rows = []
+        for name, module in self.model.named_modules():
+            h = handler_for(module)
+            if h is None:
+                continue
+            info = self.layers.get(name)
+            row: dict[str, Any] = {
+                "layer": name, "type": type(module).__name__, "calls": info.calls if info else 0,
+                "params": sum(p.numel() for p in module.parameters()), "out": "", "in": "", "reason": "",
+            }
+            reasons = []
+            for col, roles in (("out", ("out", "dw", "norm", "mha")), ("in", ("in",))):
+                gs = [g for r in roles for g in where.get((name, r), [])]
+                ok = [g.name for g in gs if g.prunable]
+                row[col] = ", ".join(dict.fromkeys(ok))
+                reasons += [g.reason for g in gs if not g.prunable and g.reason]
+            if info is None:
+                reasons.append("not called by the forward on the example inputs")
+            row["reason"] = "; ".join(dict.fromkeys(reasons))
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["layer", "type", "calls", "params", "out", "in", "reason"])
+
+    def coverage(self) -> float:
+        """Share of the Conv/Linear weights (Hugging Face ``Conv1D`` included) in prunable groups.
+
+        A layer counts when its outputs or its inputs are in a prunable group (it shrinks with it).
+        """
+        total = covered = 0.0
+        prunable_roles: dict[str, set[str]] = defaultdict(set)
+        for g in self.prunable_groups():
+            for m in g.members:
+                prunable_roles[m.layer].add(m.role)
+        for name, module in self.model.named_modules():
+            if not (isinstance(module, _COUNTED) or type(module).__name__ == "Conv1D"):
+                continue
+            n = sum(p.numel() for p in module.parameters(recurse=False))
+            total += n
+            if prunable_roles.get(name):
+                covered += n
+        return covered / total if total else 1.0
+
     # ------------------------------------------------------------------ plan arithmetic
     def channels_removed(self, plan: CompressionPlan | dict[str, float]) -> dict[str, int]:
         """Number of channels each group loses under ``plan`` (or ``{group: sparsity}``)."""
@@ -122,116 +213,87 @@ class ModelGraph:
                 out[name] = g.n_prune(float(s))
         return out
 
+    def lost_positions(self, plan: CompressionPlan | dict[str, float]) -> dict[tuple[str, str], float]:
+        """``{(layer, role): positions removed}`` under the plan's channel pruning (counts only)."""
+        if not isinstance(plan, dict) and plan.granularity != "channel":
+            return {}
+        lost: dict[tuple[str, str], float] = defaultdict(float)
+        for name, n in self.channels_removed(plan).items():
+            g = self.groups[name]
+            for m in g.members:
+                lost[(m.layer, m.role)] += n * len(m.positions) / g.size
+        return dict(lost)
+
     def channel_counts(self, plan: CompressionPlan | dict[str, float]) -> dict[str, tuple[int, int]]:
-        """(in_channels, out_channels) of every Conv/Linear layer after the plan's channel pruning.
+        """(in, out) channels/features of every Conv/Linear-like layer after the plan's channel pruning.
 
         Counts only, no weights needed: a group losing ``n`` channels removes, in every member, the
         positions those channels occupy (``n`` times the member's positions per channel).
         """
-        if not isinstance(plan, dict) and plan.granularity != "channel":
-            removed: dict[str, int] = {}
-        else:
-            removed = self.channels_removed(plan)
-        lost: dict[tuple[str, str], float] = defaultdict(float)
-        for name, n in removed.items():
-            g = self.groups[name]
-            for m in g.members:
-                lost[(m.layer, m.role)] += n * len(m.positions) / g.size
+        lost = self.lost_positions(plan)
+        by_layer: dict[str, dict[str, float]] = defaultdict(dict)
+        for (layer, role), n in lost.items():
+            by_layer[layer][role] = n
         counts = {}
         for layer, info in self.layers.items():
             if not info.prunable:
                 continue
             module = self.model.get_submodule(layer)
-            if isinstance(module, nn.Linear):
-                cin, cout = module.in_features, module.out_features
-            else:
-                cin, cout = module.in_channels, module.out_channels
-            if (layer, "dw") in lost:
-                cout_new = cout - round(lost[(layer, "dw")])
-                cin_new = cout_new * cin // cout
-            else:
-                cin_new = cin - round(lost.get((layer, "in"), 0.0))
-                cout_new = cout - round(lost.get((layer, "out"), 0.0))
-            counts[layer] = (int(cin_new), int(cout_new))
+            h = handler_for(module)
+            c = h.counts_after(module, by_layer.get(layer, {})) if h is not None else None
+            if c is not None:
+                counts[layer] = (int(c[0]), int(c[1]))
         return counts
 
 
 def trace(
     model: nn.Module,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    example_inputs: torch.Tensor | tuple[Any, ...],
     strict: bool = False,
+    frontend: str = "auto",
+    check: bool = True,
 ) -> ModelGraph:
     """Trace ``model`` and find its prunable layers and channel dependency groups.
 
     Args:
         model: The model. It is not modified (its training flags are restored).
-        example_inputs: One input tensor, or a tuple of them, with a batch dimension.
-        strict: Raise :class:`~slimtune.errors.TraceError` when fx cannot trace the model instead
-            of falling back to leaf layers only (with a warning).
+        example_inputs: One input tensor, or a tuple of positional inputs, with a batch dimension.
+        strict: Raise :class:`~slimtune.errors.TraceError` when no frontend can capture the model
+            instead of falling back to leaf layers only (with a warning).
+        frontend: ``auto`` (``torch.fx``, then ``torch.export``), ``fx`` or ``export``.
+        check: For graphs captured by ``torch.export`` (whose sizes are literals), rebuild the model
+            with every group half pruned and compare it with the masked model; a group whose
+            rebuild fails or differs is made unprunable, with the error as its reason.
 
     Returns:
         A :class:`ModelGraph`.
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    try:
-        gm = _symbolic_trace(model)
-    except TraceError as e:
-        if strict:
+    with _eval_mode(model):
+        try:
+            cap = capture(model, inputs, frontend)
+        except ModelFailsError:
             raise
-        warnings.warn(
-            f"{e}. Falling back to leaf layers: only unstructured pruning "
-            "(granularity='unstructured') is possible for this model.",
-            stacklevel=2,
-        )
-        return ModelGraph(model, None, {}, _layers_by_hooks(model, inputs), trace_error=str(e))
-    with torch.no_grad(), _eval_mode(model):
-        try:
-            ShapeProp(gm).propagate(*inputs)
-        except Exception as e:  # the model itself failed on the example inputs
-            raise TraceError(f"running the model on the example inputs failed: {type(e).__name__}: {e}") from e
-    prop = Propagation(gm)
-    prop.run()
-    groups = _build_groups(prop)
-    layers = _layers_from_graph(gm, prop)
-    return ModelGraph(model, gm, groups, layers)
-
-
-# ---------------------------------------------------------------------- tracing
-class _NamingTracer(fx.Tracer):
-    """An fx tracer that remembers which module it is inside, to name it when tracing fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str] = []
-
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        try:
-            name = self.path_of_module(m)
-        except NameError:
-            name = type(m).__name__
-        self.stack.append(name)
-        result = super().call_module(m, forward, args, kwargs)
-        self.stack.pop()
-        return result
-
-
-def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
-    tracer = _NamingTracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:
-        where = tracer.stack[-1] if tracer.stack else "<root>"
-        owner = model if where == "<root>" else None
-        if owner is None:
-            try:
-                owner = model.get_submodule(where)
-            except AttributeError:
-                owner = None
-        kind = type(owner).__name__ if owner is not None else "?"
-        raise TraceError(
-            f"torch.fx cannot trace module {where!r} ({kind}): {type(e).__name__}: {str(e).splitlines()[0]}"
-        ) from e
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        except TraceError as e:
+            if strict:
+                raise
+            warnings.warn(
+                f"{e}. Falling back to leaf layers: only unstructured pruning "
+                "(granularity='unstructured') is possible for this model.",
+                stacklevel=2,
+            )
+            return ModelGraph(model, None, {}, _layers_by_hooks(model, inputs), trace_error=str(e))
+        prop = Propagation(cap)
+        prop.run()
+    _tie_shared_tensors(prop, model)
+    groups, bindings = _build_groups(prop)
+    layers = _layers_from_calls(prop)
+    compute_macs = {c.node: (c.layer, c.macs) for c in prop.computes}
+    graph = ModelGraph(model, cap.gm, groups, layers, frontend=cap.frontend, bindings=bindings,
+                       compute_macs=compute_macs, note=cap.note)
+    if check and cap.frontend == "export" and graph.prunable_groups():
+        _check(graph, inputs)
+    return graph
 
 
 class _eval_mode:
@@ -251,26 +313,28 @@ class _eval_mode:
 
 # ---------------------------------------------------------------------- layers
 def _layer_info(name: str, module: nn.Module) -> LayerInfo:
-    prunable = isinstance(module, _PRUNABLE_TYPES) and not isinstance(module, nn.modules.conv._ConvTransposeNd)
-    return LayerInfo(name=name, type=type(module).__name__, prunable=prunable, quantizable=prunable, calls=0)
+    h = handler_for(module)
+    prunable = h is not None and h.prunable_weights
+    quantizable = prunable and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+    return LayerInfo(name=name, type=type(module).__name__, prunable=prunable, quantizable=quantizable, calls=0)
 
 
-def _layers_from_graph(gm: fx.GraphModule, prop: Propagation) -> dict[str, LayerInfo]:
-    from slimtune.compressors._propagate import _shape
-
+def _layers_from_calls(prop: Propagation) -> dict[str, LayerInfo]:
     layers: dict[str, LayerInfo] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        module = prop.modules[str(node.target)]
-        if not isinstance(module, _RECORDED_TYPES):
-            continue
-        name = str(node.target)
-        info = layers.get(name) or _layer_info(name, module)
+    model = prop.capture.model
+    for name, node in prop.calls:
+        info = layers.get(name) or _layer_info(name, model.get_submodule(name))
         info.calls += 1
         if info.in_shape is None:
-            info.in_shape = _shape(node.args[0]) if node.args else None
-            info.out_shape = _shape(node)
+            args = [a for a in node.all_input_nodes if shape_of(a) is not None and a.op != "get_attr"]
+            info.in_shape = shape_of(args[0]) if args else None
+            out = shape_of(node)
+            if out is None:
+                from slimtune.compressors._propagate import shapes_of
+
+                outs = shapes_of(node)
+                out = outs[0] if outs else None
+            info.out_shape = out
         layers[name] = info
     return layers
 
@@ -290,7 +354,7 @@ def _layers_by_hooks(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, Lay
         return fn
 
     for name, module in model.named_modules():
-        if isinstance(module, _RECORDED_TYPES):
+        if handler_for(module) is not None:
             handles.append(module.register_forward_hook(hook(name)))
     try:
         with torch.no_grad(), _eval_mode(model):
@@ -301,10 +365,34 @@ def _layers_by_hooks(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, Lay
     return layers
 
 
+# ---------------------------------------------------------------------- shared tensors
+def _tie_shared_tensors(prop: Propagation, model: nn.Module) -> None:
+    """Members that slice one tensor shared by several layers (tied embeddings) go together."""
+    seen: dict[tuple[int, int], np.ndarray] = {}
+    for rec in prop.members:
+        module = model.get_submodule(rec.layer)
+        h = member_handler(module, rec.role)
+        if h is None:
+            continue
+        for ax in h.axes(module, rec.role):
+            t = get_tensor(module, ax.tensor)
+            if t is None or ax.offsets != (0,):
+                continue
+            key = (id(t), ax.dim)
+            if key in seen:
+                other = seen[key]
+                if len(other) == len(rec.labels):
+                    prop.union(other, rec.labels)
+                else:
+                    prop.pin(np.concatenate([other, rec.labels]), f"tensor {rec.layer}.{ax.tensor} is shared by layers "
+                                                                   "that use it with different channels")
+            else:
+                seen[key] = rec.labels
+
+
 # ---------------------------------------------------------------------- groups
-def _build_groups(prop: Propagation) -> dict[str, Group]:
+def _build_groups(prop: Propagation) -> tuple[dict[str, Group], list[Binding]]:
     n = len(prop.parent)
-    root = np.fromiter((prop.find(e) for e in range(n)), dtype=np.int64, count=n)
 
     # Members of a layer called several times hold the same parameters: unite them position-wise.
     by_member: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
@@ -314,6 +402,8 @@ def _build_groups(prop: Propagation) -> dict[str, Group]:
         for other in labels_list[1:]:
             if len(other) == len(labels_list[0]):
                 prop.union(labels_list[0], other)
+            else:
+                prop.pin(np.concatenate([labels_list[0], other]), "a layer called with different channel counts")
     root = np.fromiter((prop.find(e) for e in range(n)), dtype=np.int64, count=n)
 
     # Classes (union-find roots) are grouped when they come from one source: a group is what
@@ -333,7 +423,7 @@ def _build_groups(prop: Propagation) -> dict[str, Group]:
             ra, rb = cfind(r0), cfind(r)
             if ra != rb:
                 class_parent[max(ra, rb)] = min(ra, rb)
-    group_of_class = {c: cfind(c) for c in np.unique(root).tolist()}
+    group_of_class = {c: cfind(c) for c in np.unique(root).tolist()} if n else {}
 
     # class order inside a group: by (source order, index) of its earliest element (= its root,
     # since union keeps the oldest element as root and sources are numbered in execution order)
@@ -358,8 +448,11 @@ def _build_groups(prop: Propagation) -> dict[str, Group]:
         group_name.setdefault(gid, src.layer)
 
     groups: dict[int, Group] = {}
+    used_names: set[str] = set()
     for gid, name in group_name.items():
-        groups[gid] = Group(name=name, size=len(classes_of_group[gid]))
+        unique = name if name not in used_names else f"{name}#{gid}"
+        used_names.add(unique)
+        groups[gid] = Group(name=unique, size=len(classes_of_group[gid]))
         if gid in pinned_reason:
             groups[gid].prunable = False
             groups[gid].reason = pinned_reason[gid]
@@ -386,15 +479,25 @@ def _build_groups(prop: Propagation) -> dict[str, Group]:
         seen_taps.add(tap.node)
         for gid, (pos, ch) in split(tap.labels).items():
             groups[gid].taps.append(Tap(tap.node, tap.cdim, pos, ch, tap.activation))
+    for comp in prop.computes:
+        for gid, (pos, ch) in split(comp.labels).items():
+            groups[gid].computes.append(Member(comp.layer, f"macs:{comp.node}", pos, ch))  # type: ignore[arg-type]
+
+    bindings: list[Binding] = []
+    for b in prop.bindings:
+        binding = Binding(b.layer, b.attr, b.unit, b.index, total=len(b.labels))
+        for gid, (pos, ch) in split(b.labels).items():
+            binding.parts.append((groups[gid].name, pos, ch))
+        bindings.append(binding)
 
     _apply_blocks(prop, groups, split)
     for g in groups.values():
         _order_members(g)
-    return {g.name: g for g in groups.values()}
+    return {g.name: g for g in groups.values()}, bindings
 
 
 def _apply_blocks(prop: Propagation, groups: dict[int, Group], split: Callable[..., Any]) -> None:
-    """Grouped convolutions: channels pruned by the same number in each of ``blocks`` blocks."""
+    """Grouped convolutions and norms: channels pruned by the same number in each of ``blocks`` blocks."""
     for rec in prop.blocks:
         parts = split(rec.labels)
         for gid, (pos, ch) in parts.items():
@@ -406,7 +509,7 @@ def _apply_blocks(prop: Propagation, groups: dict[int, Group], split: Callable[.
             if not contiguous or g.size % blocks:
                 g.prunable = False
                 g.reason = (
-                    f"grouped conv {rec.layer!r} ({rec.blocks} groups) needs equal channel blocks "
+                    f"grouped layer {rec.layer!r} ({rec.blocks} groups) needs equal channel blocks "
                     "that this group's channel order cannot keep"
                 )
                 continue
@@ -416,3 +519,48 @@ def _apply_blocks(prop: Propagation, groups: dict[int, Group], split: Callable[.
 def _order_members(g: Group) -> None:
     # members are in execution order; list the producers first (stable sort keeps the rest)
     g.members.sort(key=lambda m: 0 if m.role == "out" else 1)
+
+
+# ---------------------------------------------------------------------- check (export graphs)
+def _check(graph: ModelGraph, inputs: tuple[Any, ...]) -> None:
+    """Rebuild the model with the prunable groups half pruned; pin the groups that break it.
+
+    An exported graph holds sizes as literals, so propagation assumes a size on a channel dim
+    follows the tensor (as ``x.view(*x.shape[:-1], -1)`` does). Where the forward fixes it instead,
+    the rebuilt model fails or differs from the masked one; this finds those groups and says why.
+    """
+    groups = graph.prunable_groups()
+    error = _try_groups(graph, inputs, [g.name for g in groups])
+    if error is None:
+        return
+    for g in groups:
+        err = _try_groups(graph, inputs, [g.name])
+        if err is not None:
+            g.prunable = False
+            g.reason = f"pruning it breaks the rebuilt model ({err}): the forward fixes a size it sets"
+
+
+def _try_groups(graph: ModelGraph, inputs: tuple[Any, ...], names: list[str]) -> str | None:
+    from slimtune.compressors.compress import compress
+    from slimtune.compressors.frontends import _tensors
+    from slimtune.compressors.plan import CompressionPlan, PruneSpec
+
+    plan = CompressionPlan({n: PruneSpec(0.5, "l1") for n in names if graph.groups[n].n_prune(0.5) > 0})
+    if not plan.prune:
+        return None
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            masked = compress(graph.model, plan, inputs, speedup=False, graph=graph).eval()
+            small = compress(graph.model, plan, inputs, speedup=True, graph=graph).eval()
+            ym, ys = _tensors(masked(*inputs)), _tensors(small(*inputs))
+    except Exception as e:  # noqa: BLE001 - the reason of the pin
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if len(ym) != len(ys) or any(a.shape != b.shape for a, b in zip(ym, ys)):
+        return "the rebuilt model's outputs have other shapes"
+    for a, b in zip(ym, ys):
+        if a.is_floating_point():
+            scale = a.abs().max().clamp_min(1e-6)
+            if ((a - b).abs().max() / scale).item() > 1e-3:
+                return f"the rebuilt model differs from the masked one by {((a - b).abs().max() / scale).item():.2g} (relative)"
+    return None

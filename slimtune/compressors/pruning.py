@@ -12,19 +12,23 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import prune as torch_prune
 
 from slimtune.compressors.criteria import CriterionContext, score_group
+from slimtune.compressors.handlers import get_tensor, member_handler
 from slimtune.errors import PlanError
 
 if TYPE_CHECKING:
     from slimtune.compressors._types import Group
     from slimtune.compressors.graph import ModelGraph
     from slimtune.compressors.plan import CompressionPlan
+
+PRODUCER_ROLES = ("out", "dw", "mha")
+"""Roles of the members that produce a group's channels (a layer never loses its last one)."""
 
 _UNSTRUCTURED_SCORES = {
     "level": lambda w: w.abs(),
@@ -60,7 +64,7 @@ def _lowest(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
     holders: list[set[int]] = [set() for _ in range(group.size)]
     left: list[int] = []
     for i, m in enumerate(group.members):
-        if m.role in ("out", "dw"):
+        if m.role in PRODUCER_ROLES:
             chans = torch.unique(m.channels).tolist()
             left.append(len(chans))
             for c in chans:
@@ -96,40 +100,66 @@ def removed_positions(graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> dic
 
 
 def apply_channel_masks(model: nn.Module, graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> nn.Module:
-    """Zero the pruned channels in place with persistent ``torch.nn.utils.prune`` masks."""
+    """Zero the pruned channels in place with persistent ``torch.nn.utils.prune`` masks.
+
+    Each member's handler says which tensors hold its positions (:mod:`slimtune.compressors.handlers`);
+    layers whose output depends on the number of channels (layer norms) also get a forward hook that
+    computes them on their kept channels, so the masked model computes what the smaller one does.
+    """
     masks: dict[tuple[str, str], torch.Tensor] = {}
-
-    def mask_of(layer: str, pname: str) -> torch.Tensor | None:
-        module = model.get_submodule(layer)
-        param = getattr(module, pname, None)
-        if param is None:
-            return None
-        key = (layer, pname)
-        if key not in masks:
-            masks[key] = torch.ones_like(param, dtype=torch.bool)
-        return masks[key]
-
     for (layer, role), pos in removed_positions(graph, pruned).items():
-        if role in ("out", "dw", "norm"):
-            for pname in ("weight", "bias"):
-                mask = mask_of(layer, pname)
-                if mask is not None:
-                    mask[pos] = False
-        elif role == "in":
-            mask = mask_of(layer, "weight")
-            module = model.get_submodule(layer)
-            if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-                # weight dim 1 holds the group's own inputs: input p feeds group p // per_in
-                per_in = module.in_channels // module.groups
-                per_out = module.out_channels // module.groups
-                for p in pos.tolist():
-                    b = p // per_in
-                    mask[b * per_out : (b + 1) * per_out, p - b * per_in] = False  # type: ignore[index]
-            else:
-                mask[:, pos] = False  # type: ignore[index]
-    for (layer, pname), mask in masks.items():
-        torch_prune.custom_from_mask(model.get_submodule(layer), pname, mask)
+        module = model.get_submodule(layer)
+        handler = member_handler(module, role)
+        if handler is None:
+            raise PlanError(f"layer {layer!r} ({type(module).__name__}) has no handler to mask its channels")
+
+        def mask_of(path: str, layer: str = layer, module: nn.Module = module) -> torch.Tensor | None:
+            t = get_tensor(module, path)
+            if t is None or not is_parameter(module, path):
+                return None  # buffers (running statistics) need no mask: the scale and shift zero the output
+            key = (layer, path)
+            if key not in masks:
+                masks[key] = torch.ones_like(t, dtype=torch.bool)
+            return masks[key]
+
+        handler.mask(module, role, pos, mask_of)
+        hook = handler.masked_forward(module, role, pos)
+        if hook is not None:
+            module.register_forward_hook(hook)
+    nested: dict[str, list[str]] = defaultdict(list)
+    for (layer, path), mask in masks.items():
+        module = model.get_submodule(layer)
+        owner, _, attr = path.rpartition(".")
+        torch_prune.custom_from_mask(module.get_submodule(owner) if owner else module, attr, mask)
+        if owner:
+            nested[layer].append(path)
+    for layer, paths in nested.items():
+        # the layer reads a submodule's tensor directly (MultiheadAttention's out_proj.weight):
+        # recompute the masked tensor before the layer runs, not only before the submodule does
+        model.get_submodule(layer).register_forward_pre_hook(RecomputeMasked(paths))
     return model
+
+
+def is_parameter(module: nn.Module, path: str) -> bool:
+    """Whether ``path`` names a parameter of ``module`` (also one re-parametrised by a prune mask)."""
+    owner, _, attr = path.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return attr in sub._parameters or f"{attr}_orig" in sub._parameters
+
+
+class RecomputeMasked:
+    """Forward pre-hook recomputing the masked tensors of submodules that the layer reads directly."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        for path in self.paths:
+            owner, _, attr = path.rpartition(".")
+            sub = module.get_submodule(owner)
+            for hook in sub._forward_pre_hooks.values():
+                if isinstance(hook, torch_prune.BasePruningMethod) and hook._tensor_name == attr:
+                    hook(sub, None)
 
 
 def apply_unstructured_masks(model: nn.Module, plan: CompressionPlan) -> nn.Module:
@@ -160,7 +190,14 @@ def apply_unstructured_masks(model: nn.Module, plan: CompressionPlan) -> nn.Modu
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """Fold every ``torch.nn.utils.prune`` mask into its weight (``weight_orig`` × mask → weight)."""
+    """Fold every ``torch.nn.utils.prune`` mask into its weight (``weight_orig`` × mask → weight).
+
+    Layers computing on their kept channels only (layer norms of a masked model) keep doing so.
+    """
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, RecomputeMasked):
+                del module._forward_pre_hooks[key]
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod) and hasattr(module, hook._tensor_name + "_orig"):

@@ -20,12 +20,14 @@ Example:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
-from slimtune.compressors.pruning import clone_model, make_permanent, removed_positions
+from slimtune.compressors.handlers import PARAM_HANDLER, get_tensor, handler_for, member_handler
+from slimtune.compressors.pruning import clone_model, is_parameter, make_permanent, removed_positions
 from slimtune.errors import SlimtuneError
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ def speedup(
 
     model = model if inplace else clone_model(model)
     make_permanent(model)
-    graph = trace(model, example_inputs, strict=True)
+    graph = trace(model, example_inputs, strict=True, check=False)
     pruned = _zero_channels(model, graph)
     apply_speedup(model, graph, pruned)
     check_forward(model, example_inputs)
@@ -69,19 +71,23 @@ def _zero_channels(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tenso
     pruned = {}
     for g in graph.prunable_groups():
         dead = torch.ones(g.size, dtype=torch.bool)
+        seen = False
         for m in g.members:
             if m.role == "in":
                 continue
             module = model.get_submodule(m.layer)
-            for pname in ("weight", "bias"):
-                p = getattr(module, pname, None)
-                if p is None:
+            handler = member_handler(module, m.role)
+            for ax in handler.axes(module, m.role) if handler is not None else ():
+                t = get_tensor(module, ax.tensor)
+                if t is None or not is_parameter(module, ax.tensor):
                     continue
-                rows = p.detach()[m.positions].reshape(len(m.positions), -1)
-                nonzero = rows.abs().sum(dim=1) != 0
-                alive = torch.zeros(g.size, dtype=torch.long).index_add_(0, m.channels, nonzero.long())
+                seen = True
+                idx = ax.indices(m.positions)
+                rows = t.detach().movedim(ax.dim, 0)[idx].reshape(len(ax.offsets), len(m.positions), -1)
+                nonzero = (rows.abs().sum(dim=(0, 2)) != 0).long()
+                alive = torch.zeros(g.size, dtype=torch.long).index_add_(0, m.channels, nonzero)
                 dead &= alive == 0
-        if not dead.any():
+        if not seen or not dead.any():
             continue
         per_block = g.size // g.blocks
         counts = dead.view(g.blocks, per_block).sum(dim=1)
@@ -95,26 +101,55 @@ def _zero_channels(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tenso
 
 
 def apply_speedup(model: nn.Module, graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> nn.Module:
-    """Remove the ``pruned`` channels (``{group: channel ids}``) from ``model``'s layers in place."""
+    """Remove the ``pruned`` channels (``{group: channel ids}``) from ``model``'s layers in place.
+
+    Each layer is resized by its handler (which also updates the attributes its forward reads);
+    a tensor shared by several layers (tied embeddings) is sliced once and stays shared; the
+    attributes the graph bound to channel counts (``num_heads``, split sizes) are set last.
+    """
     removed = removed_positions(graph, pruned)
-    layers = {layer for layer, _ in removed}
-    for layer in layers:
+    by_layer: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    for (layer, role), pos in removed.items():
+        by_layer[layer][role] = pos
+    cache: dict[int, torch.Tensor] = {}
+    for layer, roles in by_layer.items():
         module = model.get_submodule(layer)
-        r = {role: removed.get((layer, role)) for role in ("out", "in", "norm", "dw")}
+        own = {r: p for r, p in roles.items() if not r.startswith("param:")}
         try:
-            if isinstance(module, nn.modules.conv._ConvNd):
-                _slim_conv(module, r)
-            elif isinstance(module, nn.Linear):
-                _slim_linear(module, r)
-            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
-                _slim_norm(module, r["norm"])
-            else:
-                raise SpeedupError(f"layer {layer!r} ({type(module).__name__}) cannot be resized")
+            if own:
+                handler = handler_for(module)
+                if handler is None:
+                    raise SpeedupError(f"layer {layer!r} ({type(module).__name__}) cannot be resized: no handler knows it")
+                handler.resize(module, own, cache)
+            for role, pos in roles.items():
+                if role.startswith("param:"):
+                    PARAM_HANDLER.resize(module, {role: pos}, cache)
         except SpeedupError:
             raise
         except Exception as e:
             raise SpeedupError(f"layer {layer!r}: {type(e).__name__}: {e}") from e
+    _set_bindings(model, graph, pruned)
     return model
+
+
+def _set_bindings(model: nn.Module, graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> None:
+    for b in graph.bindings:
+        lost = 0
+        for group, pos, ch in b.parts:
+            gone = pruned.get(group)
+            if gone is not None and len(gone):
+                lost += int(torch.isin(ch, gone).sum())
+        if not lost:
+            continue
+        value = (b.total - lost) // b.unit
+        module = model.get_submodule(b.layer)
+        if b.index is None:
+            setattr(module, b.attr, value)
+            continue
+        old = getattr(module, b.attr)
+        new = list(old)
+        new[b.index] = value
+        setattr(module, b.attr, type(old)(new) if isinstance(old, tuple) else new)
 
 
 def check_forward(model: nn.Module, example_inputs: Any) -> None:
@@ -132,84 +167,3 @@ def check_forward(model: nn.Module, example_inputs: Any) -> None:
         ) from e
     finally:
         model.train(was_training)
-
-
-# ---------------------------------------------------------------------- per-layer slicing
-def _keep(n: int, drop: torch.Tensor | None) -> torch.Tensor:
-    keep = torch.ones(n, dtype=torch.bool)
-    if drop is not None:
-        keep[drop] = False
-    return keep.nonzero().flatten()
-
-
-def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    old = getattr(module, name)
-    if isinstance(old, nn.Parameter):
-        setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
-    else:
-        setattr(module, name, value.contiguous())
-
-
-def _slim_conv(m: nn.modules.conv._ConvNd, r: dict[str, torch.Tensor | None]) -> None:
-    w = m.weight.detach()
-    if r["dw"] is not None:
-        keep = _keep(m.out_channels, r["dw"])
-        g = m.groups
-        if g == m.in_channels:  # depthwise, multiplier k
-            k = m.out_channels // m.in_channels
-            new_w = w[keep]
-            m.in_channels = len(keep) // k
-            m.groups = m.in_channels
-        else:  # grouped conv with in == out: same local channels kept inside every group
-            per = m.in_channels // g
-            blocks = [keep[(keep >= b * per) & (keep < (b + 1) * per)] - b * per for b in range(g)]
-            if len({len(b) for b in blocks}) != 1:
-                raise SpeedupError(f"unequal channels kept per group: {[len(b) for b in blocks]}")
-            rows = [w[b * per + local][:, local] for b, local in enumerate(blocks)]
-            new_w = torch.cat(rows, dim=0)
-            m.in_channels = len(keep)
-        m.out_channels = len(keep)
-        _set_param(m, "weight", new_w)
-        if m.bias is not None:
-            _set_param(m, "bias", m.bias.detach()[keep])
-        return
-    keep_out = _keep(m.out_channels, r["out"])
-    keep_in = _keep(m.in_channels, r["in"])
-    if m.groups == 1:
-        new_w = w[keep_out][:, keep_in]
-    else:  # grouped conv: each group keeps its own outputs and its own (local) inputs
-        g = m.groups
-        outs = _per_group(keep_out, m.out_channels // g, g, "output")
-        ins = _per_group(keep_in, m.in_channels // g, g, "input")
-        new_w = torch.cat([w[b * (m.out_channels // g) + o][:, i] for b, (o, i) in enumerate(zip(outs, ins))])
-    m.in_channels = len(keep_in)
-    m.out_channels = len(keep_out)
-    _set_param(m, "weight", new_w)
-    if m.bias is not None:
-        _set_param(m, "bias", m.bias.detach()[keep_out])
-
-
-def _per_group(keep: torch.Tensor, per: int, groups: int, what: str) -> list[torch.Tensor]:
-    """Kept indices of each conv group, local to the group; every group must keep as many."""
-    local = [keep[(keep >= b * per) & (keep < (b + 1) * per)] - b * per for b in range(groups)]
-    if len({len(x) for x in local}) != 1:
-        raise SpeedupError(f"unequal {what} channels kept per group: {[len(x) for x in local]}")
-    return local
-
-
-def _slim_linear(m: nn.Linear, r: dict[str, torch.Tensor | None]) -> None:
-    keep_out = _keep(m.out_features, r["out"])
-    keep_in = _keep(m.in_features, r["in"])
-    _set_param(m, "weight", m.weight.detach()[keep_out][:, keep_in])
-    if m.bias is not None:
-        _set_param(m, "bias", m.bias.detach()[keep_out])
-    m.in_features, m.out_features = len(keep_in), len(keep_out)
-
-
-def _slim_norm(m: nn.Module, drop: torch.Tensor | None) -> None:
-    keep = _keep(m.num_features, drop)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        t = getattr(m, name, None)
-        if t is not None:
-            _set_param(m, name, t.detach()[keep])
-    m.num_features = len(keep)

@@ -145,8 +145,12 @@ class _Split(nn.Module):
 
 def test_fixed_channel_slices_pin_their_groups():
     g = trace(_Split(), torch.randn(2, 3, 4, 4))
-    assert not g.groups["a"].prunable and "split/chunk" in g.groups["a"].reason
     assert not g.groups["c"].prunable and "indexing" in g.groups["c"].reason
+    # chunk(2) keeps its halves equal: channel j of each half goes together (4 channels, 8 positions)
+    a = g.groups["a"]
+    assert a.size == 4 and next(m for m in a.members if m.layer == "a").channels.tolist() == [0, 1, 2, 3] * 2
+    # ... but a2 is added to c[:, 2:], a fixed slice
+    assert not a.prunable and "fixed per-channel tensor" in a.reason
 
 
 class _LiteralView(nn.Module):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from slimtune.compressors._types import Group, Member
     from slimtune.compressors.criteria._base import CriterionContext
 
-ROLES: tuple[str, ...] = ("out", "in", "norm", "dw")
+ROLES: tuple[str, ...] = ("out", "in", "norm", "dw", "mha")
 PRODUCERS: tuple[str, ...] = ("out", "dw")
 """Default roles of the weight criteria: the layers producing the channels."""
 
@@ -69,12 +69,16 @@ def param(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
 
 
 def role_dim(module: nn.Module, role: str) -> int:
-    """Which ``weight`` dimension holds the channels of ``role`` (0 or 1)."""
+    """Which ``weight`` dimension holds the channels of ``role`` (its handler's first weight axis)."""
+    from slimtune.compressors.handlers import member_handler
+
+    handler = member_handler(module, role)
+    for ax in handler.axes(module, role) if handler is not None else ():
+        if ax.tensor == "weight" and ax.score:
+            return ax.dim
     if role == "norm":
         return 0
-    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-    out_dim, in_dim = (1, 0) if transposed else (0, 1)
-    return in_dim if role == "in" else out_dim
+    return 1 if role == "in" else 0
 
 
 def conv_groups(module: nn.Module) -> int:

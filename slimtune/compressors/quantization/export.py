@@ -164,11 +164,11 @@ def _calibration_args(calibration: Any) -> Iterator[tuple[Any, ...]]:
 
 def _locate_trace_failure(model: nn.Module) -> str | None:
     """Why torch.fx cannot trace ``model``, naming the module (None if it traces)."""
-    from slimtune.compressors.graph import _symbolic_trace
+    from slimtune.compressors.frontends import symbolic_trace
     from slimtune.errors import TraceError
 
     try:
-        _symbolic_trace(model)
+        symbolic_trace(model, handled_leaves=False)
     except TraceError as e:
         return str(e)
     return None
