@@ -194,7 +194,10 @@ class Propagation:
 
     # ------------------------------------------------------------------ run
     def run(self) -> None:
+        live = _live_nodes(self.gm)
         for node in self.gm.nodes:
+            if node not in live:
+                continue  # computed but never used (e.g. read for its shape only): constrains nothing
             try:
                 self.env[node] = self.visit(node)
             except _Pinned as e:  # a rule gave up: pin what goes in, nothing tracked comes out
@@ -273,6 +276,21 @@ class Propagation:
 
     def arg_values(self, args: Any) -> list[Any]:
         return [self.env.get(a) for a in flat_args(args) if isinstance(a, fx.Node)]
+
+
+def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes that the outputs depend on, or that mutate in place (and what those depend on)."""
+    roots = [n for n in graph.nodes if n.op == "output" or (n.op in ("call_function", "call_method") and _op_name(n).endswith("_")
+                                                                and not _op_name(n).startswith("_"))]
+    live: set[fx.Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in live:
+            continue
+        live.add(n)
+        stack.extend(n.all_input_nodes)
+    return live
 
 
 class _Pinned(Exception):
@@ -955,7 +973,15 @@ def _reshape(p: Propagation, node: fx.Node) -> Any:
     prefix = math.prod(in_shape[:c])
     literal = _literal_dims(p, node, sizes, out_shape)
     # 1) the channel dim survives whole (possibly with size-1 dims added or removed around it)
-    candidates = [d for d in range(len(out_shape)) if math.prod(out_shape[:d]) == prefix and out_shape[d] == size]
+    suffix = math.prod(in_shape[c + 1 :])
+    candidates = [
+        d for d in range(len(out_shape))
+        if out_shape[d] == size and (
+            (math.prod(out_shape[:d]) == prefix and min(in_shape[:c] + out_shape[:d], default=1) >= 0)
+            or (math.prod(out_shape[d + 1 :]) == suffix and min(in_shape[c + 1 :] + out_shape[d + 1 :], default=1) >= 0
+                and (-1 in in_shape[:c] or -1 in out_shape[:d]))
+        )
+    ]
     for d in candidates:
         if d in literal and size > 1:
             bound = _bind_literal(p, node, out_shape[d], v.labels, 1)
@@ -1116,12 +1142,56 @@ def _find_binding(p: Propagation, node: fx.Node, value: Any, prefer: Sequence[st
     return None
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
 def _source_line(node: fx.Node) -> str | None:
+    """The source statement that ran the op (``torch.export`` records the stack), whole even when
+    it spans several lines; None when the graph has no stack traces (fx)."""
     trace = node.meta.get("stack_trace")
     if not trace:
         return None
+    frames = _FRAME.findall(trace)
+    if frames:
+        path, line = frames[-1]
+        text = _statement(path, int(line))
+        if text:
+            return text
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip() and not ln.strip().startswith("File ")]
     return lines[-1] if lines else None
+
+
+def _statement(path: str, line: int, max_lines: int = 30) -> str:
+    import linecache
+
+    parts, depth = [], 0
+    for k in range(line, line + max_lines):
+        text = linecache.getline(path, k)
+        if not text:
+            break
+        parts.append(text.strip())
+        depth += sum(text.count(c) for c in "([{") - sum(text.count(c) for c in ")]}")
+        if depth <= 0:
+            break
+    return " ".join(parts)
+
+
+def _creation(p: Propagation, node: fx.Node) -> Any:
+    """zeros / ones / full / empty (and ``new_*``): constant along every dim; a dim whose size the
+    forward reads from a module attribute (``torch.zeros(1, self.n_heads, ...)``) follows that
+    attribute, so it may carry channels (bound: the attribute is set after pruning)."""
+    shape = shape_of(node)
+    if shape is None:
+        return None
+    for d, size in enumerate(shape):
+        if size <= 1:
+            continue
+        found = _find_binding(p, node, size)
+        if found is not None:
+            labels = p.new_source(None, size)
+            p.bind(found[0], found[1], labels)
+            return Chan(labels, d, len(shape))
+    return None
 
 
 def _flatten(p: Propagation, node: fx.Node) -> Any:
@@ -1496,6 +1566,18 @@ _ATEN_RULES: dict[Any, Callable[[Propagation, fx.Node], Any]] = {
     aten.type_as: _elementwise,
     aten.lift_fresh_copy: _elementwise,
     aten.where: _where,
+    aten.zeros: _creation,
+    aten.ones: _creation,
+    aten.full: _creation,
+    aten.empty: _creation,
+    aten.new_zeros: _creation,
+    aten.new_ones: _creation,
+    aten.new_full: _creation,
+    aten.new_empty: _creation,
+    aten.zeros_like: _elementwise,
+    aten.ones_like: _elementwise,
+    aten.full_like: _elementwise,
+    aten.empty_like: _elementwise,
     aten._assert_tensor_metadata: _no_tensor,
     aten._assert_scalar: _no_tensor,
     aten.sym_size: _no_tensor,

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from slimtune.compressors.plan import CompressionPlan
 
-_COUNTED = (nn.modules.conv._ConvNd, nn.Linear)  # what coverage counts (and Hugging Face Conv1D)
+_COUNTED_KINDS = ("conv", "convT", "linear", "attention")  # the layers coverage counts
 
 
 @dataclass
@@ -184,19 +184,22 @@ class ModelGraph:
         return pd.DataFrame(rows, columns=["layer", "type", "calls", "params", "out", "in", "reason"])
 
     def coverage(self) -> float:
-        """Share of the Conv/Linear weights (Hugging Face ``Conv1D`` included) in prunable groups.
-
-        A layer counts when its outputs or its inputs are in a prunable group (it shrinks with it).
-        """
+        """Share of the Conv/Linear weights (Hugging Face ``Conv1D`` and attention projections included)
+        in prunable groups: a layer counts when its outputs or its inputs are in a prunable group
+        (it shrinks with it)."""
         total = covered = 0.0
         prunable_roles: dict[str, set[str]] = defaultdict(set)
         for g in self.prunable_groups():
             for m in g.members:
                 prunable_roles[m.layer].add(m.role)
+        inside: set[int] = set()
         for name, module in self.model.named_modules():
-            if not (isinstance(module, _COUNTED) or type(module).__name__ == "Conv1D"):
+            h = handler_for(module)
+            if h is None or h.kind not in _COUNTED_KINDS or id(module) in inside:
                 continue
-            n = sum(p.numel() for p in module.parameters(recurse=False))
+            if h.kind == "attention":
+                inside.update(id(m) for m in module.modules())
+            n = sum(p.numel() for p in module.parameters())
             total += n
             if prunable_roles.get(name):
                 covered += n
