@@ -82,8 +82,8 @@ class ModelGraph:
             shapes (see :class:`LayerInfo`).
         frontend: ``fx`` or ``export`` (None when tracing failed).
         bindings: Attributes set from the kept channel counts when the model is resized.
-        compute_macs: ``{node: (module, MACs per forward)}`` of products outside any layer
-            (attention's QKᵀ and AV) whose cost scales with a group (see ``Group.computes``).
+        compute_macs: ``{node: (module, MACs per sample, heads)}`` of products outside any layer
+            (attention's QKᵀ and AV) whose cost scales with a group's heads (see ``Group.computes``).
         trace_error: The reason tracing failed (names the module or op), or None.
         note: What the frontends reported (e.g. why fx was not used).
     """
@@ -97,7 +97,7 @@ class ModelGraph:
         trace_error: str | None = None,
         frontend: str | None = None,
         bindings: list[Binding] | None = None,
-        compute_macs: dict[str, tuple[str, float]] | None = None,
+        compute_macs: dict[str, tuple[str, float, int]] | None = None,
         note: str = "",
     ) -> None:
         self.model = model
@@ -291,7 +291,8 @@ def trace(
     _tie_shared_tensors(prop, model)
     groups, bindings = _build_groups(prop)
     layers = _layers_from_calls(prop)
-    compute_macs = {c.node: (c.layer, c.macs) for c in prop.computes}
+    batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.ndim), 1) or 1
+    compute_macs = {c.node: (c.layer, c.macs / batch, len(c.labels)) for c in prop.computes}
     graph = ModelGraph(model, cap.gm, groups, layers, frontend=cap.frontend, bindings=bindings,
                        compute_macs=compute_macs, note=cap.note)
     if check and cap.frontend == "export" and graph.prunable_groups():

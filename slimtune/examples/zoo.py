@@ -273,7 +273,7 @@ class TinyViT(nn.Module):
     def __init__(self, dim: int = 32, heads: int = 4, depth: int = 2, classes: int = 10) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, 4, stride=4)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
         self.blocks = nn.ModuleList()
         for _ in range(depth):

@@ -196,8 +196,11 @@ class LayerHandler:
                     shapes[ax.tensor][ax.dim] -= round(n) * len(ax.offsets)
         return {k: tuple(v) for k, v in shapes.items()}
 
-    def mac_ratio(self, module: nn.Module, lost: Mapping[str, float]) -> float:
-        """How the layer's MACs scale once ``lost`` positions are removed (default: as its weight)."""
+    def mac_ratio(self, module: nn.Module, lost: Mapping[str, float], in_shape: tuple[int, ...] | None = None) -> float:
+        """How the layer's MACs scale once ``lost`` positions are removed (default: as its weight).
+
+        ``in_shape`` is the shape of the layer's input in the measured pass (for layers whose MACs
+        also depend on it, such as attention)."""
         w = get_tensor(module, "weight")
         if w is None or w.numel() == 0:
             return 1.0

@@ -101,12 +101,13 @@ class MultiheadAttentionHandler(LayerHandler):
         seq = x.shape[1] if module.batch_first and x.ndim == 3 else x.shape[0]
         return float(tokens * 4 * e * e + tokens * seq * 2 * e), float(tokens * seq * module.num_heads)
 
-    def mac_ratio(self, module: nn.Module, lost: Mapping[str, float]) -> float:
+    def mac_ratio(self, module: nn.Module, lost: Mapping[str, float], in_shape: tuple[int, ...] | None = None) -> float:
         e = int(module.embed_dim)
-        r = (e - round(lost.get("mha", 0.0))) / e
-        # projections scale with the width squared, the attention products with the width; the
-        # split between them is unknown here: bound by the projections' share at a typical length
-        return r * r if r < 1 else 1.0
+        e2 = e - round(lost.get("mha", 0.0))
+        seq = 1
+        if in_shape is not None and len(in_shape) == 3:
+            seq = in_shape[1] if module.batch_first else in_shape[0]
+        return (4 * e2 * e2 + 2 * seq * e2) / (4 * e * e + 2 * seq * e)
 
 
 register_handler(MultiheadAttentionHandler())

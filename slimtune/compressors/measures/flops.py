@@ -16,14 +16,20 @@ first dimension of the first tensor input):
 - Activations, Softmax, Upsample: ``macs = 0``, ``elementwise = out.numel``.
 - Pooling (max, avg, adaptive, LP): ``macs = 0``, ``elementwise = in.numel``.
 - Embedding and other leaf modules with parameters: 0 and 0 (listed for their ``params``).
+- Hugging Face ``Conv1D``: as Linear. ``nn.MultiheadAttention``: its four projections
+  (``4 × tokens × E²``) plus its two attention products (``2 × tokens × S × E``).
+- Products done by functional code outside those layers (``q @ k.transpose(-2, -1)``,
+  ``torch.matmul``, ``F.scaled_dot_product_attention``: ``QKᵀ`` and ``AV``) are counted too, in a
+  row of the module running them, type ``matmul``: ``mm``/``bmm`` as ``m × k × n`` per product,
+  attention as ``heads × L × S × (E + Ev)``.
 
-Biases are not counted as MACs. Unstructured zeros do not reduce ``macs`` (dense kernels still
-multiply them); ``sparse_macs`` is ``macs`` × the fraction of non-zero weights, the count an
-ideal sparse kernel would do. ``params`` counts the module's own weights (a
-``torch.nn.utils.prune`` re-parametrised layer counts its weight once; a quantized
-``torch.ao.nn.quantized`` layer counts its packed weight and bias). Module types with no work
-(``Identity``, ``Dropout``, ``Flatten``, containers) get no row; ``nn.MultiheadAttention`` is not
-counted (it computes its projections functionally).
+Layers with a handler (:mod:`slimtune.compressors.handlers`) are counted by it. Biases are not
+counted as MACs. Unstructured zeros do not reduce ``macs`` (dense kernels still multiply them);
+``sparse_macs`` is ``macs`` × the fraction of non-zero weights, the count an ideal sparse kernel
+would do. ``params`` counts the module's own weights (a ``torch.nn.utils.prune`` re-parametrised
+layer counts its weight once; a quantized ``torch.ao.nn.quantized`` layer counts its packed weight
+and bias). Module types with no work (``Identity``, ``Dropout``, ``Flatten``, containers) get no
+row unless they run products themselves.
 
 Example:
     >>> import torch
@@ -43,6 +49,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from slimtune.compressors.handlers import handler_for
 from slimtune.compressors.measures.latency import as_tuple, batch_dim
 
 __all__ = ["count_flops", "COLUMNS"]
@@ -65,7 +74,7 @@ _POOLS = (
     nn.modules.pooling._LPPoolNd,
 )
 _ELEMENTWISE = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Upsample)
-_SKIP = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd, nn.MultiheadAttention)
+_SKIP = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -90,15 +99,14 @@ def _tensor_of(value: Any) -> torch.Tensor | None:
 
 
 def _kind(m: nn.Module) -> str | None:
-    """``conv``, ``convT``, ``linear``, ``bilinear``, ``norm``, ``act``, ``pool``, ``param`` or None."""
+    """``handler``, ``bilinear``, ``norm``, ``act``, ``pool``, ``param``, ``conv``/``convT``/``linear``
+    (duck-typed quantized layers) or None."""
     if isinstance(m, _SKIP):
         return None
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return "convT" if m.transposed else "conv"
+    if handler_for(m) is not None:
+        return "handler"
     if isinstance(m, nn.Bilinear):
         return "bilinear"
-    if isinstance(m, nn.Linear):
-        return "linear"
     if isinstance(m, _NORMS):
         return "norm"
     if isinstance(m, _POOLS):
@@ -141,6 +149,9 @@ def _params(m: nn.Module) -> int:
 
 def _macs(kind: str, m: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[int, int]:
     """(MACs, element-wise ops) of one call over the whole batch."""
+    if kind == "handler":
+        macs, elem = handler_for(m).macs(m, x, y)  # type: ignore[union-attr]
+        return int(macs), int(elem)
     if y is None:
         return 0, 0
     if kind == "conv":
@@ -160,6 +171,72 @@ def _macs(kind: str, m: nn.Module, x: torch.Tensor | None, y: torch.Tensor | Non
     if kind == "pool":
         return 0, (x.numel() if x is not None else y.numel())
     return 0, 0
+
+
+def _weighted(kind: str | None, m: nn.Module) -> bool:
+    """Whether the layer's MACs multiply its ``weight`` (so unstructured zeros count as sparse MACs)."""
+    if kind in ("conv", "convT", "linear", "bilinear"):
+        return True
+    h = handler_for(m) if kind == "handler" else None
+    return h is not None and h.prunable_weights
+
+
+_MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm"}
+_SDPA_OPS = {
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+}
+
+
+class _Products(TorchDispatchMode):
+    """Counts matrix products done outside handled layers, in a row of the module running them."""
+
+    def __init__(self, model: nn.Module, rows: dict[str, dict[str, Any]], wrappers: set[int]) -> None:
+        super().__init__()
+        self.rows = rows
+        self.stack: list[tuple[str, nn.Module, bool]] = []
+        self.hooks = []
+        for name, m in model.named_modules():
+            handled = handler_for(m) is not None or _kind(m) in ("bilinear", "conv", "convT", "linear") or id(m) in wrappers
+            self.hooks.append(m.register_forward_pre_hook(self._enter(name or type(m).__name__, m, handled)))
+            self.hooks.append(m.register_forward_hook(self._leave))
+
+    def _enter(self, name: str, m: nn.Module, handled: bool) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.stack.append((name, m, handled))
+
+        return hook
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not self.stack or any(handled for _, _, handled in self.stack):
+            return out
+        name = func.overloadpacket.__name__
+        macs = 0
+        if name in _MATMUL_OPS:
+            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+            macs = a.numel() * b.shape[-1]
+        elif name in _SDPA_OPS:
+            q, k, v = args[0], args[1], args[2]
+            macs = q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        if macs:
+            layer, module, _ = self.stack[-1]
+            row = self.rows.get(layer)
+            if row is None:
+                self.rows[layer] = row = {
+                    "layer": layer, "type": type(module).__name__, "macs": 0, "sparse_macs": 0.0, "elementwise": 0,
+                    "params": _params(module) if not any(True for _ in module.children()) else 0,
+                    "in_shape": None, "out_shape": None, "calls": 0, "_density": 1.0,
+                }
+            row["macs"] += macs
+            row["sparse_macs"] += macs
+            row["matmul"] = row.get("matmul", 0) + macs
+        return out
 
 
 def _pair(k: Any) -> tuple[int, ...]:
@@ -223,7 +300,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
                     "in_shape": tuple(x.shape) if x is not None else None,
                     "out_shape": tuple(y.shape) if y is not None else None,
                     "calls": 0,
-                    "_density": _density(module) if kind in ("conv", "convT", "linear", "bilinear") else 1.0,
+                    "_density": _density(module) if _weighted(kind, module) else 1.0,
                 }
             row["macs"] += macs
             row["sparse_macs"] += macs * row["_density"]
@@ -232,23 +309,26 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
 
         return hook
 
-    wrapped = set()
+    wrapped, wrappers = set(), set()
     for name, m in model.named_modules():
         inner = getattr(m, "layer", None)
-        if isinstance(inner, nn.Module) and _kind(inner) in ("conv", "linear") and _kind(m) is None:
+        if isinstance(inner, nn.Module) and _weighted(_kind(inner), inner) and _kind(m) is None:
             # a wrapper (e.g. a fake-quantizer) that runs its inner layer's kernel itself: the
             # inner layer's hooks never fire, so count the wrapper's call with the inner layer
             prefix = f"{name}.layer" if name else "layer"
             handles.append(m.register_forward_hook(make_hook(prefix, _kind(inner), target=inner)))
             wrapped.add(id(inner))
+            wrappers.add(id(m))
     for name, m in model.named_modules():
         kind = _kind(m)
         if kind is not None and id(m) not in wrapped:
             handles.append(m.register_forward_hook(make_hook(name or type(m).__name__, kind)))
+    products = _Products(model, rows, wrappers)
+    handles += products.hooks
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), products:
             model(*args)
     finally:
         for h in handles:
@@ -258,6 +338,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
 
     for row in rows.values():
         del row["_density"]
+        row.pop("matmul", None)
         for key in ("macs", "elementwise"):
             row[key] = row[key] // n if row[key] % n == 0 else row[key] / n
         row["sparse_macs"] = row["sparse_macs"] / n

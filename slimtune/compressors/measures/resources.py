@@ -42,8 +42,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+import torch
 from torch import nn
 
+from slimtune.compressors.handlers import handler_for
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.size import count_params, model_size_bytes
 
@@ -73,33 +75,20 @@ class Resources:
 
 @dataclass
 class _Layer:
-    kind: str  # conv | linear | norm
-    cin: int = 0
-    cout: int = 0
-    groups: int = 1
-    kernel: int = 1
-    bias: bool = False
-    macs: float = 0.0
-    elem_bytes: int = 4  # bytes per weight element (dense)
-    # norm: number of affine tensors and of per-channel running statistics
-    affine: int = 0
-    stats: int = 0
+    """A layer the predictor follows: its handler, dense MACs per sample and input shape."""
 
-    @property
-    def depthwise(self) -> bool:
-        return self.kind == "conv" and self.groups > 1 and self.groups == self.cin
-
-    def ipg(self, cin: int) -> int:
-        """Input channels per group once the layer has ``cin`` inputs."""
-        if self.kind != "conv":
-            return cin
-        if self.depthwise:
-            return 1
-        return cin // self.groups
+    module: nn.Module
+    handler: Any
+    macs: float
+    in_shape: tuple[int, ...] | None
 
 
 class ResourcePredictor:
     """Predicts :class:`Resources` of plans for one traced model (see the module docstring).
+
+    Every layer with a handler (:mod:`slimtune.compressors.handlers`) says how its tensors shrink
+    when its roles lose positions; parameters used directly (class tokens) shrink along their
+    channel dim; products outside any layer (attention's QKᵀ and AV) scale with the kept heads.
 
     Args:
         graph: ``trace(model, example_inputs)``.
@@ -117,6 +106,7 @@ class ResourcePredictor:
         counted = copy.deepcopy(model)
         table = count_flops(counted, example_inputs)
         macs = dict(zip(table["layer"], table["macs"]))
+        shapes = dict(zip(table["layer"], table["in_shape"]))
         self.graph = graph
         self.dense = Resources(
             float(table["macs"].sum()), int(count_params(counted)[0]), int(model_size_bytes(counted).total_bytes)
@@ -124,33 +114,26 @@ class ResourcePredictor:
         self._layers: dict[str, _Layer] = {}
         for name in graph.layers:
             m = model.get_submodule(name)
-            if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
-                self._layers[name] = _Layer(
-                    "conv", m.in_channels, m.out_channels, m.groups, math.prod(m.kernel_size), m.bias is not None,
-                    float(macs.get(name, 0)), m.weight.element_size(),
-                )
-            elif isinstance(m, nn.Linear):
-                self._layers[name] = _Layer(
-                    "linear", m.in_features, m.out_features, 1, 1, m.bias is not None, float(macs.get(name, 0)),
-                    m.weight.element_size(),
-                )
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                self._layers[name] = _Layer(
-                    "norm", m.num_features, m.num_features, affine=2 if m.affine else 0,
-                    stats=2 if m.track_running_stats else 0,
-                )
-        # (layer, role) -> [(group, positions per group channel)]
+            h = handler_for(m)
+            if h is not None:
+                self._layers[name] = _Layer(m, h, float(macs.get(name, 0)), shapes.get(name))
+        # products outside layers: {runner row: [(node, dense MACs per sample, labels)]}
+        root = type(model).__name__
+        self._products: dict[str, list[tuple[str, float, int]]] = defaultdict(list)
+        for node, (layer, per_sample, n_labels) in graph.compute_macs.items():
+            self._products[layer or root].append((node, per_sample, n_labels))
+        self._product_rows = {row: float(macs.get(row, 0.0)) for row in self._products}
+        # group -> [(layer, role, positions per group channel)] (members and products)
         self._members: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
         for g in graph.prunable_groups():
-            for mem in g.members:
+            for mem in list(g.members) + list(g.computes):
                 self._members[g.name].append((mem.layer, mem.role, len(mem.positions) / g.size))
 
     # ------------------------------------------------------------------ prediction
-    def counts(self, plan: CompressionPlan | Mapping[str, float]) -> dict[str, tuple[int, int]]:
-        """``{layer: (in', out')}`` of every Conv/Linear/BatchNorm layer under the plan's channel
-        pruning (the same rounding as :meth:`ModelGraph.channel_counts`)."""
+    def _lost(self, plan: CompressionPlan | Mapping[str, float]) -> dict[str, dict[str, float]]:
+        """``{layer: {role: positions removed}}`` under the plan's channel pruning."""
         sparsities = plan if isinstance(plan, Mapping) else (plan.sparsities() if plan.granularity == "channel" else {})
-        lost: dict[tuple[str, str], float] = defaultdict(float)
+        lost: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for name, s in sparsities.items():
             g = self.graph.groups.get(name)
             if g is None or not g.prunable:
@@ -158,17 +141,21 @@ class ResourcePredictor:
             n = g.n_prune(float(s))
             if n:
                 for layer, role, per in self._members[name]:
-                    lost[(layer, role)] += n * per
+                    lost[layer][role] += n * per
+        return lost
+
+    def counts(self, plan: CompressionPlan | Mapping[str, float]) -> dict[str, tuple[int, int]]:
+        """``{layer: (in', out')}`` of every Conv/Linear-like layer and norm under the plan's channel
+        pruning (the same rounding as :meth:`ModelGraph.channel_counts`)."""
+        lost = self._lost(plan)
         out = {}
         for name, L in self._layers.items():
-            if L.kind == "norm":
-                c = L.cout - round(lost.get((name, "norm"), 0.0))
-                out[name] = (c, c)
-            elif (name, "dw") in lost:
-                cout = L.cout - round(lost[(name, "dw")])
-                out[name] = (cout * L.cin // L.cout, cout)
-            else:
-                out[name] = (L.cin - round(lost.get((name, "in"), 0.0)), L.cout - round(lost.get((name, "out"), 0.0)))
+            c = L.handler.counts_after(L.module, lost.get(name, {}))
+            if c is not None:
+                out[name] = (int(c[0]), int(c[1]))
+            elif L.handler.kind == "norm":
+                n = L.handler.role_size(L.module, "norm") - round(lost.get(name, {}).get("norm", 0.0))
+                out[name] = (n, n)
         return out
 
     def predict(self, plan: CompressionPlan | Mapping[str, float] | None = None) -> Resources:
@@ -183,34 +170,70 @@ class ResourcePredictor:
         channel = isinstance(plan, Mapping) or plan.granularity == "channel"
         quantize = {} if isinstance(plan, Mapping) else plan.quantize
         unstructured = {} if channel else {k: v.sparsity for k, v in plan.prune.items()}
-        counts = self.counts(plan)
+        lost = self._lost(plan)
         flops, params, size = self.dense.flops, self.dense.params, self.dense.size
+        done: set[int] = set()  # tensors counted (tied tensors shrink once)
+
+        def shrink(t: torch.Tensor, new_shape: tuple[int, ...], is_param: bool) -> tuple[int, int]:
+            if id(t) in done or tuple(t.shape) == tuple(new_shape):
+                return 0, 0
+            done.add(id(t))
+            d = math.prod(new_shape) - t.numel()
+            return (d if is_param else 0), d * t.element_size()
+
         for name, L in self._layers.items():
-            cin, cout = counts[name]
-            if L.kind == "norm":
-                params -= L.affine * (L.cout - cout)
-                size -= 4 * (L.affine + L.stats) * (L.cout - cout)
-                continue
-            ipg0, ipg = L.ipg(L.cin), L.ipg(cin)
-            numel0 = L.cout * ipg0 * L.kernel
-            numel = cout * ipg * L.kernel
-            if (cout, ipg) != (L.cout, ipg0):
-                per = L.macs / (L.cout * ipg0)
-                flops += per * cout * ipg - L.macs
-                params += (numel - numel0) + (cout - L.cout if L.bias else 0)
+            roles = {r: n for r, n in lost.get(name, {}).items() if not r.startswith(("param:", "macs:"))}
             q = quantize.get(name)
             bits = q.bits_w if q is not None and q.bits_w is not None and q.bits_w < 16 else None
-            nonzero = numel
-            if name in unstructured:
-                nonzero = numel - math.floor(unstructured[name] * numel + 0.5)
-            weight = _stored_bytes(numel, nonzero, bits or 8 * L.elem_bytes)
-            if bits is not None:
-                weight += 4 * cout
+            if not roles and bits is None and name not in unstructured and (q is None or (q.bits_w is None and q.bits_a is None)):
+                continue
+            m, h = L.module, L.handler
+            if roles:
+                ratio = h.mac_ratio(m, roles, L.in_shape)
+                flops += L.macs * ratio - L.macs
+            new_shapes = h.shapes_after(m, roles)
+            for tname, t in h.tensors(m).items():
+                new_shape = new_shapes.get(tname, tuple(t.shape))
+                is_param = _is_param(m, tname)
+                if tname == "weight" and h.prunable_weights:
+                    numel0, numel = t.numel(), math.prod(new_shape)
+                    if id(t) not in done:
+                        done.add(id(t))
+                        params += numel - numel0
+                        nonzero = numel
+                        if name in unstructured:
+                            nonzero = numel - math.floor(unstructured[name] * numel + 0.5)
+                        weight = _stored_bytes(numel, nonzero, bits or 8 * t.element_size())
+                        if bits is not None:
+                            weight += 4 * new_shape[h.axes(m, "out")[0].dim]
+                        size += weight - numel0 * t.element_size()
+                    continue
+                dp, db = shrink(t, new_shape, is_param)
+                params += dp
+                size += db
             if q is not None and (q.bits_w is not None or q.bits_a is not None):
-                weight += _WRAPPER_BYTES
-            size += weight - numel0 * L.elem_bytes + (4 * (cout - L.cout) if L.bias else 0)
-        if float(flops).is_integer():
-            flops = float(int(flops))
+                size += _WRAPPER_BYTES
+        # parameters used directly (class tokens, position embeddings, layer scales)
+        for layer, roles in lost.items():
+            for role, n in roles.items():
+                if not role.startswith("param:"):
+                    continue
+                _, attr, dim = role.split(":")
+                t = getattr(self.graph.model.get_submodule(layer), attr)
+                shape = list(t.shape)
+                shape[int(dim)] -= round(n)
+                dp, db = shrink(t, tuple(shape), _is_param(self.graph.model.get_submodule(layer), attr))
+                params += dp
+                size += db
+        # products outside layers (attention's QK^T and AV) scale with the kept heads
+        for row, products in self._products.items():
+            row_lost = lost.get(row, {})
+            for node, macs, n_labels in products:
+                gone = row_lost.get(f"macs:{node}", 0.0)
+                if gone and n_labels:
+                    flops -= macs * gone / n_labels
+        if abs(flops - round(flops)) < 1e-6 * max(1.0, abs(flops)):
+            flops = float(round(flops))
         return Resources(float(flops), int(params), int(size))
 
     def relative(self, plan: CompressionPlan | Mapping[str, float] | None = None) -> dict[str, float]:
@@ -222,6 +245,12 @@ class ResourcePredictor:
             "params": p.params / d.params if d.params else 1.0,
             "size": p.size / d.size if d.size else 1.0,
         }
+
+
+def _is_param(module: nn.Module, path: str) -> bool:
+    owner, _, attr = path.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return attr in sub._parameters or f"{attr}_orig" in sub._parameters
 
 
 def _stored_bytes(numel: int, nonzero: int, bits: int) -> int:
