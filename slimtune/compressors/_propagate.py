@@ -856,6 +856,10 @@ def _channel_slice(p: Propagation, node: fx.Node, v: Chan, start: Any, stop: Any
     lo = 0 if start is None else norm_dim(int(start), n)
     hi = n if stop is None or int(stop) >= n else norm_dim(int(stop), n)
     if lo == 0 and hi == n:
+        if stop is not None and int(stop) == n:  # a written bound equal to the size: keep it in step
+            found = _find_binding(p, node, n)
+            if found is not None:
+                p.bind(found[0], found[1], v.labels)
         return Chan(v.labels, out_dim, _out_ndim(node, v.ndim))
     ok = True
     for bound, value in (("start", lo), ("stop", hi)):

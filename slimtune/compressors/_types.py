@@ -90,6 +90,11 @@ class Group:
         reason: Why the group is not prunable.
         computes: Products outside any layer (attention's QKᵀ and AV) whose MACs scale with the
             group's channels: ``layer`` is the module running them, ``role`` ``macs:<node>``.
+        parts: When the group's members each hold only some of its channels (the pieces of a
+            split, the inputs of a concatenation), the channel ids of each part (channels held by
+            the same members). Pruning takes from each part its share of the channels
+            (:meth:`allocate`), so that the counts of every layer follow from the plan alone.
+            Empty: one part.
     """
 
     name: str
@@ -100,6 +105,7 @@ class Group:
     prunable: bool = True
     reason: str | None = None
     computes: list[Member] = field(default_factory=list)
+    parts: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def layers(self) -> list[str]:
@@ -120,6 +126,42 @@ class Group:
         n = math.floor(sparsity * per_block + 0.5)  # half rounds up (Python's round() goes to even)
         n = max(0, min(n, per_block - 1))
         return n * self.blocks
+
+    def allocate(self, n: int) -> list[int]:
+        """How many of ``n`` removed channels each part loses: its share, rounded by largest
+        remainder (ties to the earlier part), never its last channel."""
+        if len(self.parts) <= 1 or self.blocks > 1:
+            return [n]
+        sizes = [len(p) for p in self.parts]
+        quotas = [n * s / self.size for s in sizes]
+        alloc = [min(math.floor(q), s - 1) for q, s in zip(quotas, sizes)]
+        order = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - math.floor(quotas[i])), i))
+        left = n - sum(alloc)
+        while left > 0:
+            moved = False
+            for i in order:
+                if left and alloc[i] < sizes[i] - 1:
+                    alloc[i] += 1
+                    left -= 1
+                    moved = True
+            if not moved:
+                break
+        return alloc
+
+    def weights(self, member: Member) -> list[float]:
+        """Per part, the member's positions per channel of that part (its lost positions are
+        ``sum(allocate(n)[i] * weights[i])``)."""
+        if len(self.parts) <= 1 or self.blocks > 1:
+            return [len(member.positions) / self.size]
+        part_of = torch.empty(self.size, dtype=torch.long)
+        for i, p in enumerate(self.parts):
+            part_of[p] = i
+        counts = torch.bincount(part_of[member.channels.long()], minlength=len(self.parts))
+        return [c / len(p) for c, p in zip(counts.tolist(), self.parts)]
+
+    def lost(self, member: Member, n: int) -> float:
+        """Positions ``member`` loses when the group loses ``n`` channels."""
+        return sum(a * w for a, w in zip(self.allocate(n), self.weights(member)))
 
 
 @dataclass

@@ -224,7 +224,7 @@ class ModelGraph:
         for name, n in self.channels_removed(plan).items():
             g = self.groups[name]
             for m in g.members:
-                lost[(m.layer, m.role)] += n * len(m.positions) / g.size
+                lost[(m.layer, m.role)] += g.lost(m, n)
         return dict(lost)
 
     def channel_counts(self, plan: CompressionPlan | dict[str, float]) -> dict[str, tuple[int, int]]:
@@ -497,6 +497,7 @@ def _build_groups(prop: Propagation) -> tuple[dict[str, Group], list[Binding]]:
     _apply_blocks(prop, groups, split)
     for g in groups.values():
         _order_members(g)
+        g.parts = _parts(g)
     return {g.name: g for g in groups.values()}, bindings
 
 
@@ -518,6 +519,18 @@ def _apply_blocks(prop: Propagation, groups: dict[int, Group], split: Callable[.
                 )
                 continue
             g.blocks = blocks
+
+
+def _parts(g: Group) -> list[torch.Tensor]:
+    """Channels held by the same set of members; one part when every member holds them all."""
+    holders = [set(torch.unique(m.channels).tolist()) for m in g.members]
+    if all(len(h) == g.size for h in holders):
+        return []
+    key: dict[int, tuple[int, ...]] = {c: tuple(i for i, h in enumerate(holders) if c in h) for c in range(g.size)}
+    parts: dict[tuple[int, ...], list[int]] = {}
+    for c in range(g.size):
+        parts.setdefault(key[c], []).append(c)
+    return [torch.tensor(p, dtype=torch.long) for p in parts.values()] if len(parts) > 1 else []
 
 
 def _order_members(g: Group) -> None:

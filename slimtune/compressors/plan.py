@@ -99,8 +99,24 @@ class CompressionPlan:
         criterion: str = "l1",
         granularity: Granularity = "channel",
     ) -> CompressionPlan:
-        """The same sparsity for every prunable group (or layer, when unstructured)."""
+        """The same sparsity for every prunable group (or layer, when unstructured).
+
+        Raises:
+            PlanError: ``granularity="channel"`` on a graph without a prunable group (tracing failed,
+                or every group is pinned): the message says why, instead of an empty plan.
+        """
         names = graph.prunable_names(granularity)
+        if not names and granularity == "channel" and sparsity > 0:
+            if not graph.traced:
+                raise PlanError(
+                    f"channel pruning needs the model's dependency graph, but tracing failed: {graph.trace_error}; "
+                    "use granularity='unstructured' for this model"
+                )
+            reasons = sorted({f"{g.name}: {g.reason}" for g in graph.groups.values() if g.reason})
+            raise PlanError(
+                "no channel group of this model can be pruned"
+                + (f" ({_preview(reasons, 5)})" if reasons else " (it has no Conv/Linear layer whose channels propagation reaches)")
+            )
         plan = cls({n: PruneSpec(float(sparsity), criterion) for n in names}, {}, granularity)
         plan.validate(graph)
         return plan
@@ -272,5 +288,5 @@ class CompressionPlan:
 
 
 def _preview(names: list[str], n: int = 12) -> str:
-    head = ", ".join(names[:n])
+    head = "; ".join(names[:n]) if any(", " in x for x in names[:n]) else ", ".join(names[:n])
     return head + (f", ... ({len(names)} in all)" if len(names) > n else "")

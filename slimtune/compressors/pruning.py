@@ -57,23 +57,27 @@ def select_channels(graph: ModelGraph, plan: CompressionPlan, ctx: CriterionCont
 def _lowest(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
     """The ``n`` lowest-scoring channels, equally many per block, never emptying a layer.
 
-    A group can hold several producers that each carry only some of its channels (e.g. a
-    squeeze-excite multiply over a concatenation); a channel is skipped when removing it would
-    leave one of them with no output channel.
+    When the group's producers each hold only some of its channels (the pieces of a split, say),
+    each part loses its share (:meth:`Group.allocate`), its lowest-scoring channels; a channel is
+    also skipped when removing it would leave one of the producers with no output channel.
     """
     holders: list[set[int]] = [set() for _ in range(group.size)]
     left: list[int] = []
-    for i, m in enumerate(group.members):
+    for m in group.members:
         if m.role in PRODUCER_ROLES:
             chans = torch.unique(m.channels).tolist()
             left.append(len(chans))
             for c in chans:
                 holders[c].add(len(left) - 1)
-    per_block = group.size // group.blocks
-    k = n // group.blocks
     chosen: list[int] = []
-    for b in range(group.blocks):
-        order = torch.argsort(scores[b * per_block : (b + 1) * per_block], stable=True) + b * per_block
+    if len(group.parts) > 1 and group.blocks == 1:
+        pools = [(p, k) for p, k in zip(group.parts, group.allocate(n))]
+    else:
+        per_block = group.size // group.blocks
+        k = n // group.blocks
+        pools = [(torch.arange(b * per_block, (b + 1) * per_block), k) for b in range(group.blocks)]
+    for pool, k in pools:
+        order = pool[torch.argsort(scores[pool], stable=True)]
         taken = 0
         for c in order.tolist():
             if taken == k:

@@ -12,7 +12,7 @@ Example:
     >>> from slimtune.examples.models import mlp
     >>> model, x = mlp(), torch.randn(64, 64)
     >>> ref = model(x).detach()
-    >>> score = lambda m: -float((m(x) - ref).square().mean())  # higher is better
+    >>> score = lambda m: -float((m(x) - ref).square().mean().detach())  # higher is better
     >>> table = analyze_sensitivity(model, x[:1], score, levels=(0.25, 0.5), progress=False)
     >>> sorted(table["group"].unique()), len(table)
     (['features.0', 'features.2'], 4)

@@ -123,11 +123,11 @@ class ResourcePredictor:
         for node, (layer, per_sample, n_labels) in graph.compute_macs.items():
             self._products[layer or root].append((node, per_sample, n_labels))
         self._product_rows = {row: float(macs.get(row, 0.0)) for row in self._products}
-        # group -> [(layer, role, positions per group channel)] (members and products)
-        self._members: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+        # group -> [(layer, role, positions per channel of each part)] (members and products)
+        self._members: dict[str, list[tuple[str, str, list[float]]]] = defaultdict(list)
         for g in graph.prunable_groups():
             for mem in list(g.members) + list(g.computes):
-                self._members[g.name].append((mem.layer, mem.role, len(mem.positions) / g.size))
+                self._members[g.name].append((mem.layer, mem.role, g.weights(mem)))
 
     # ------------------------------------------------------------------ prediction
     def _lost(self, plan: CompressionPlan | Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -140,8 +140,9 @@ class ResourcePredictor:
                 continue
             n = g.n_prune(float(s))
             if n:
-                for layer, role, per in self._members[name]:
-                    lost[layer][role] += n * per
+                alloc = g.allocate(n)
+                for layer, role, weights in self._members[name]:
+                    lost[layer][role] += sum(a * w for a, w in zip(alloc, weights))
         return lost
 
     def counts(self, plan: CompressionPlan | Mapping[str, float]) -> dict[str, tuple[int, int]]:
