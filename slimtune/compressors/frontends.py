@@ -221,9 +221,30 @@ def _export(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, str]:
     return torch.export.export(_Outputs(model), inputs, strict=False), "model."
 
 
+class _quiet:
+    """Silence torch's own logging and prints while an export attempt may fail (the error says why)."""
+
+    def __enter__(self) -> None:
+        import contextlib
+        import io
+        import logging
+
+        self.logger = logging.getLogger("torch")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+        self.stack = contextlib.ExitStack()
+        self.stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        self.stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+        self.logger.setLevel(self.level)
+
+
 def _capture_export(model: nn.Module, inputs: tuple[Any, ...]) -> Capture:
     try:
-        ep, prefix = _export(model, inputs)
+        with _quiet():
+            ep, prefix = _export(model, inputs)
     except Exception as e:  # noqa: BLE001
         raise TraceError(f"torch.export cannot capture the model: {type(e).__name__}: {_first_lines(e)}") from e
     graph = _normalise(ep, model, prefix)

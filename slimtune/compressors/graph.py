@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from slimtune.compressors._propagate import Propagation, shape_of
 from slimtune.compressors._types import Group, LayerInfo, Member, Tap
-from slimtune.compressors.frontends import Capture, ModelFailsError, capture
+from slimtune.compressors.frontends import FRONTENDS, ModelFailsError, capture
 from slimtune.compressors.handlers import get_tensor, handler_for, member_handler
 from slimtune.errors import TraceError
 
@@ -183,6 +183,27 @@ class ModelGraph:
             rows.append(row)
         return pd.DataFrame(rows, columns=["layer", "type", "calls", "params", "out", "in", "reason"])
 
+    def explain(self) -> list[str]:
+        """Lines saying how the model was captured and what cannot be pruned, and why.
+
+        One line for the frontend (and why fx was not used), one per unprunable group with its
+        reason, one per Conv/Linear/Embedding layer that sits in no prunable group, and the coverage.
+        """
+        if not self.traced:
+            return [f"the model could not be traced ({self.trace_error}): only unstructured pruning is possible"]
+        lines = [f"traced with {self.frontend}" + (f" ({self.note})" if self.note else "")
+                 + f": {len(self.prunable_groups())} of {len(self.groups)} channel groups prunable, "
+                 f"coverage {self.coverage():.2f} of the Conv/Linear weights"]
+        for g in self.groups.values():
+            if not g.prunable:
+                lines.append(f"group {g.name!r} ({g.size} channels) cannot be pruned: {g.reason}")
+        report = self.layer_report()
+        for _, row in report.iterrows():
+            kind = getattr(handler_for(self.model.get_submodule(row["layer"])), "kind", "")
+            if not row["out"] and not row["in"] and kind in _COUNTED_KINDS + ("embedding",):
+                lines.append(f"layer {row['layer']!r} ({row['type']}) is in no prunable group: {row['reason'] or 'its channels reach no prunable group'}")
+        return lines
+
     def coverage(self) -> float:
         """Share of the Conv/Linear weights (Hugging Face ``Conv1D`` and attention projections included)
         in prunable groups: a layer counts when its outputs or its inputs are in a prunable group
@@ -271,6 +292,8 @@ def trace(
     Returns:
         A :class:`ModelGraph`.
     """
+    if frontend not in FRONTENDS:
+        raise ValueError(f"trace: frontend {frontend!r} is unknown; expected one of {FRONTENDS}")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with _eval_mode(model):
         try:

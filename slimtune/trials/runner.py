@@ -363,6 +363,8 @@ def search(
     if options.bits_a and task.calibration is None:
         raise SlimtuneError("space.bits_a searches activation bit-widths: the task needs calibration batches (Task.calibration)")
     graph = trace(task.model, task.example_inputs)
+    for line in graph.explain():
+        logger.info(line)
     table = bit_table = None
     if options.sensitivity and strat.uses_sensitivity:
         table = sensitivity_table(task, st, options, progress=progress)
