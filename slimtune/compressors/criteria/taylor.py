@@ -35,8 +35,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from slimtune.compressors._outputs import default_loss
 from slimtune.compressors.criteria._base import register_criterion
 from slimtune.compressors.criteria._common import (
     ROLES,
@@ -68,7 +68,7 @@ def taylor(group: Group, ctx: CriterionContext, *, roles: Sequence[str] = ROLES)
     Args:
         group: The group to score.
         ctx: The context: ``ctx.model``, ``ctx.data`` with ``(inputs, targets)`` batches,
-            ``ctx.loss_fn`` (default cross-entropy), ``ctx.max_batches``; ``ctx.cache`` keeps the
+            ``ctx.loss_fn`` (default cross-entropy on the logits), ``ctx.max_batches``; ``ctx.cache`` keeps the
             gradient statistics for the other groups.
         roles: Member roles whose parameters count (default all: producers, BatchNorm, consumers).
 
@@ -117,7 +117,7 @@ def _scatter_batches(sums: torch.Tensor, m: Member, size: int, key: _Key) -> tor
 def _record_gw(ctx: CriterionContext) -> dict[_Key, torch.Tensor]:
     """One pass over the data: per batch, ``g * w`` summed along every channel dim of every parameter."""
     model = ctx.model
-    loss_fn = ctx.loss_fn or F.cross_entropy
+    loss_fn = ctx.loss_fn or default_loss
     device = model_device(model)
     entries: list[tuple[str, str, int, torch.nn.Parameter]] = []
     for layer, module in model.named_modules():

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtune.compressors._outputs import logits
 from slimtune.errors import PlanError
 
 if TYPE_CHECKING:
@@ -154,7 +155,8 @@ class Distiller:
         """The training loss with the KD terms, given the student's outputs on ``inputs``."""
         cfg = self.config
         with torch.no_grad():
-            teacher_out = self.teacher(*inputs)
+            teacher_out = logits(self.teacher(*inputs))
+        student_out = logits(student_out)
         loss = (1.0 - cfg.alpha) * task_loss
         if cfg.alpha > 0:
             loss = loss + cfg.alpha * response_loss(student_out, teacher_out, cfg.temperature)

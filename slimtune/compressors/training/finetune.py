@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from slimtune.compressors._outputs import default_loss
 from slimtune.compressors.training.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -108,7 +108,8 @@ def finetune(
         model: The (compressed) model; left in the training mode it had.
         data: Re-iterable batches ``(inputs, targets)``; ``inputs`` a tensor or a tuple of tensors.
         config: A :class:`FinetuneConfig` (or a mapping of its fields); None: the defaults.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``; None: cross-entropy.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``; None: cross-entropy on the outputs (a tensor, or
+            the ``logits`` of a Hugging Face ``ModelOutput``).
         teacher: The teacher for knowledge distillation (used when ``config.kd`` is set; never trained).
         report: ``report(step, metric)``, called with ``evaluate(model)`` every ``config.eval_every``
             steps (default: each epoch) and at the end; a true return value stops the run.
@@ -116,7 +117,7 @@ def finetune(
         hooks: :class:`TrainHook` objects (training compressors).
     """
     config = FinetuneConfig.coerce(config)
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_fn or default_loss
     per_epoch = _count(data)
     total = config.total_steps(per_epoch) if per_epoch else 0
     result = FinetuneResult()
