@@ -92,3 +92,25 @@ def reference_task(model: str = "resnet20", batch: int = 8, seed: int = 0) -> Ta
         net, x[:1], lambda m: _accuracy(m, x, y), calibration=[x], train_data=[(x, y)],
         finetune_config={"steps": 1, "lr": 1e-3}, name=f"reference-{model}",
     )  # fmt: skip
+
+
+def zoo_task(model: str = "hf_bert", batch: int = 4, seed: int = 0) -> Task:
+    """One of :data:`slimtune.examples.zoo.ZOO` (random weights) on a fixed random batch; the metric is
+    the agreement of the compressed model's top-1 predictions (per token for language models) with
+    the original's. Fine-tuning is the built-in loop, one step on that batch."""
+    from slimtune.compressors._outputs import logits
+    from slimtune.examples.zoo import ZOO
+
+    net, inputs = ZOO[model].build(batch=batch, seed=seed)
+    with torch.no_grad():
+        y = logits(net(*inputs)).argmax(-1)
+
+    def agreement(m: nn.Module) -> float:
+        m.eval()
+        with torch.no_grad():
+            return float((logits(m(*inputs)).argmax(-1) == y).float().mean())
+
+    return Task(
+        net, tuple(t[:1] for t in inputs), agreement, calibration=[inputs], train_data=[(inputs, y)],
+        finetune_config={"steps": 1, "lr": 1e-3}, name=f"zoo-{model}",
+    )  # fmt: skip

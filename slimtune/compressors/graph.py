@@ -86,6 +86,7 @@ class ModelGraph:
             (attention's QKᵀ and AV) whose cost scales with a group's heads (see ``Group.computes``).
         trace_error: The reason tracing failed (names the module or op), or None.
         note: What the frontends reported (e.g. why fx was not used).
+        example_inputs: The inputs the model was traced with.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class ModelGraph:
         self.bindings = bindings or []
         self.compute_macs = compute_macs or {}
         self.note = note
+        self.example_inputs: tuple[Any, ...] | None = None
 
     @property
     def traced(self) -> bool:
@@ -318,6 +320,7 @@ def trace(
     compute_macs = {c.node: (c.layer, c.macs / batch, len(c.labels)) for c in prop.computes}
     graph = ModelGraph(model, cap.gm, groups, layers, frontend=cap.frontend, bindings=bindings,
                        compute_macs=compute_macs, note=cap.note)
+    graph.example_inputs = inputs
     if check and cap.frontend == "export" and graph.prunable_groups():
         _check(graph, inputs)
     return graph

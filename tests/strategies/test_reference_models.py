@@ -60,3 +60,28 @@ def test_every_strategy_runs_on_the_reference_model(model: str, tmp_path: Path, 
                 assert sparsities and m["flops"] < 1.0, (strategy, m)
             if strategy == "joint":
                 assert bits and m["size"] < m["params"]
+
+
+ZOO_SPEC = SPEC.replace("task: _tasks:reference_task", "task: _tasks:zoo_task")
+
+
+@pytest.mark.parametrize("model", ["hf_bert", "hf_llama_gqa", "torch_transformer"])
+def test_every_strategy_runs_on_transformers(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heads, MLP widths and hidden widths are searched like channels: every strategy, sensitivity included."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    for strategy, (params, space, resource, n_trials) in STRATEGIES.items():
+        if strategy == "simulated_annealing":
+            space = ", sensitivity: true, levels: [0.25, 0.5]"  # the sensitivity analysis on transformer groups
+        text = ZOO_SPEC.format(strategy=strategy, model=model, params=params, space=space, resource=resource, n_trials=n_trials)
+        text = text.replace("sensitivity: false, max_sparsity: 0.6, sensitivity: true", "sensitivity: true, max_sparsity: 0.6")
+        (tmp_path / f"{strategy}.yaml").write_text(text)
+        spec = load_spec(tmp_path / f"{strategy}.yaml")
+        study = slimtune.search(spec.make_task(), **{**spec.search_kwargs(), "progress": False})
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        failed = {t.number: t.user_attrs.get("fail_reason") for t in study.trials if t.state == TrialState.FAIL}
+        assert len(done) == n_trials and not failed, (strategy, failed)
+        for t in done:
+            m = t.user_attrs["measures"]
+            if strategy != "bitwidth":
+                assert m["flops"] < 1.0, (strategy, m)

@@ -304,6 +304,10 @@ def attribute_leaves(model: nn.Module, example_inputs: Any, names: list[str]) ->
 
 
 def inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
+    """The inputs the graph was traced with (random ones of the traced shapes for older graphs)."""
+    kept = getattr(graph, "example_inputs", None)
+    if kept is not None:
+        return tuple(kept)
     gm = getattr(graph, "gm", None)
     if gm is None:
         raise ValueError("LatencyTable.build needs example_inputs: the graph has no traced input shapes")

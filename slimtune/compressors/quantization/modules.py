@@ -127,6 +127,17 @@ class QuantWrapper(nn.Module):
         """Whether the wrapped layer is an LSTM/GRU (several weight matrices, weight-only quantization)."""
         return isinstance(self.layer, RECURRENT_TYPES)
 
+    @property
+    def weight(self) -> torch.Tensor | None:
+        """The wrapped layer's float weight, for code that reads ``layer.weight`` from outside (e.g.
+        ``nn.TransformerEncoderLayer`` checking its linears before its fast path)."""
+        return getattr(self.layer, "weight", None)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The wrapped layer's bias (see :attr:`weight`)."""
+        return getattr(self.layer, "bias", None)
+
     # ------------------------------------------------------------------ state
     def calibrate_mode(self) -> QuantWrapper:
         """Enter ``"calibrating"`` mode (observe inputs, do not quantize them)."""
