@@ -100,6 +100,8 @@ class ComputeRecord:
     node: str
     macs: float  # per forward pass (whole batch)
     labels: np.ndarray  # the elements whose count the MACs are proportional to
+    kind: str = "matmul"  # "matmul" | "sdpa"
+    operands: list[tuple[tuple[int, ...], int | None]] = field(default_factory=list)  # (shape, heads dim)
 
 
 @dataclass
@@ -1318,7 +1320,8 @@ def _matmul(p: Propagation, node: fx.Node) -> Any:
         return None
     if out.cdim < no - 2:  # heads: the product's MACs scale with them
         macs = math.prod(so) * sa[-1]
-        p.computes.append(ComputeRecord(_runner(p, node), node.name, float(macs), out.labels))
+        operands = [(sa, a.cdim if isinstance(a, Chan) else None), (sb, b.cdim if isinstance(b, Chan) else None)]
+        p.computes.append(ComputeRecord(_runner(p, node), node.name, float(macs), out.labels, "matmul", operands))
     return out
 
 
@@ -1369,7 +1372,8 @@ def _sdpa(p: Propagation, node: fx.Node) -> Any:
         sv = shape_of(v_node)
         if sk is not None and sv is not None:
             macs = math.prod(sq) * sk[-2] + math.prod(so) * sk[-2]  # QK^T and AV
-            p.computes.append(ComputeRecord(_runner(p, node), node.name, float(macs), q.labels))
+            operands = [(sq, head_dim), (sk, len(sk) - 3), (sv, len(sv) - 3)]
+            p.computes.append(ComputeRecord(_runner(p, node), node.name, float(macs), q.labels, "sdpa", operands))
         _bind_heads(p, node, q, k)
         return out
     if all(x.cdim == nd - 1 for x in (q, k)) and scale is not None:

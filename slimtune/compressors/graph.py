@@ -87,6 +87,9 @@ class ModelGraph:
         trace_error: The reason tracing failed (names the module or op), or None.
         note: What the frontends reported (e.g. why fx was not used).
         example_inputs: The inputs the model was traced with.
+        products: ``{node: {layer, kind, heads, operands}}`` of those products (``kind``
+            ``matmul`` or ``sdpa``; each operand's traced shape and the dim of its heads), for the
+            latency table.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class ModelGraph:
         self.compute_macs = compute_macs or {}
         self.note = note
         self.example_inputs: tuple[Any, ...] | None = None
+        self.products: dict[str, dict[str, Any]] = {}
 
     @property
     def traced(self) -> bool:
@@ -250,6 +254,19 @@ class ModelGraph:
                 lost[(m.layer, m.role)] += g.lost(m, n)
         return dict(lost)
 
+    def product_heads(self, plan: CompressionPlan | dict[str, float]) -> dict[str, int]:
+        """Heads each product outside the layers (attention's QKᵀ, AV) keeps under the plan."""
+        kept = {node: info["heads"] for node, info in self.products.items()}
+        if not isinstance(plan, dict) and plan.granularity != "channel":
+            return kept
+        for name, n in self.channels_removed(plan).items():
+            g = self.groups[name]
+            for m in g.computes:
+                node = m.role.split(":", 1)[1]
+                if node in kept:
+                    kept[node] -= round(g.lost(m, n))
+        return kept
+
     def channel_counts(self, plan: CompressionPlan | dict[str, float]) -> dict[str, tuple[int, int]]:
         """(in, out) channels/features of every Conv/Linear-like layer after the plan's channel pruning.
 
@@ -318,9 +335,15 @@ def trace(
     layers = _layers_from_calls(prop)
     batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.ndim), 1) or 1
     compute_macs = {c.node: (c.layer, c.macs / batch, len(c.labels)) for c in prop.computes}
+    products = {
+        c.node: {"layer": c.layer, "kind": c.kind, "heads": len(c.labels),
+                 "operands": [[list(shape), axis] for shape, axis in c.operands]}
+        for c in prop.computes
+    }
     graph = ModelGraph(model, cap.gm, groups, layers, frontend=cap.frontend, bindings=bindings,
                        compute_macs=compute_macs, note=cap.note)
     graph.example_inputs = inputs
+    graph.products = products
     if check and cap.frontend == "export" and graph.prunable_groups():
         _check(graph, inputs)
     return graph

@@ -239,3 +239,27 @@ def test_errors(tiny) -> None:
         LatencyTable.build(graph, x, grid=(0.0, 1.0))
     with pytest.raises(ValueError, match="threads=1"):
         LatencyTable.build(graph, x, threads=2, clock="cpu")
+
+
+def test_attention_products_are_looked_up_by_kept_heads() -> None:
+    from slimtune.examples.zoo import ZOO
+
+    model, x = ZOO["hf_bert"].build()
+    graph = trace(model, x)
+    table = LatencyTable.build(graph, x, **FAST)
+    # the fused attention of each layer is an entry measured at a grid of heads
+    assert set(table.products) == set(graph.products) and len(table.products) == 2
+    node = next(iter(table.products))
+    entry = table.entries[table.products[node].key]
+    assert entry.spec.kind == "sdpa" and entry.ins == [2, 4]
+    assert 0 < table.products_ms < table.dense_ms
+    heads = [g for g in graph.prunable_groups() if g.computes]
+    plan = CompressionPlan.from_sparsities({g.name: 0.5 for g in heads})
+    assert graph.product_heads(plan) == {n: 2 for n in graph.products}
+    parts = table.explain(plan, measure_missing=False)
+    assert parts[node] == pytest.approx(entry.lookup(2, 2))
+    assert table.predict(plan, measure_missing=False) < table.dense_ms
+    # counts can name products too, and they survive JSON
+    again = LatencyTable.from_json(table.to_json(), graph)
+    assert again.products_ms == table.products_ms
+    assert again.predict({node: (2, 2)}, measure_missing=False) == table.predict({node: (2, 2)}, measure_missing=False)

@@ -29,7 +29,7 @@ CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 class LayerSpec:
     """What a standalone copy of a layer needs: its kind, hyper-parameters and input shape."""
 
-    kind: str  # "conv" | "linear"
+    kind: str  # "conv" | "linear" | "matmul" | "sdpa" (attention products: in_ch = out_ch = heads)
     in_ch: int
     out_ch: int
     in_shape: tuple[int, ...]  # without the batch dimension
@@ -41,6 +41,19 @@ class LayerSpec:
     groups: int = 1
     padding_mode: str = "zeros"
     depthwise: bool = False
+    operands: tuple[tuple[int, ...], ...] = ()  # products: each operand's shape without the batch dim
+    head_axes: tuple[int, ...] = ()  # products: the dim of each operand holding the heads (-1: none)
+
+    @classmethod
+    def product(cls, kind: str, heads: int, operands: Sequence[tuple[Sequence[int], int | None]]) -> LayerSpec:
+        """A product outside the layers (``matmul`` or ``sdpa``) whose cost scales with ``heads``."""
+        shapes = tuple(tuple(int(v) for v in shape[1:]) for shape, _ in operands)
+        axes = tuple(-1 if axis is None else int(axis) - 1 for _, axis in operands)
+        return cls(kind, heads, heads, shapes[0], False, depthwise=True, operands=shapes, head_axes=axes)
+
+    @property
+    def is_product(self) -> bool:
+        return self.kind in ("matmul", "sdpa")
 
     @classmethod
     def of(cls, m: nn.Module, in_shape: tuple[int, ...]) -> LayerSpec:
@@ -58,7 +71,8 @@ class LayerSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> LayerSpec:
         tup = {k: tuple(d[k]) for k in ("in_shape", "kernel", "stride", "dilation")}
         pad = d["padding"] if isinstance(d["padding"], str) else tuple(d["padding"])
-        return cls(**{**d, **tup, "padding": pad})
+        ops = {"operands": tuple(tuple(o) for o in d.get("operands", ())), "head_axes": tuple(d.get("head_axes", ()))}
+        return cls(**{**d, **tup, **ops, "padding": pad})
 
     def groups_for(self, cin: int, cout: int) -> int:
         if self.depthwise:
@@ -67,16 +81,40 @@ class LayerSpec:
         return g if cin % g == 0 and cout % g == 0 else math.gcd(math.gcd(cin, cout), g)
 
     def module(self, cin: int, cout: int) -> nn.Module:
+        if self.is_product:
+            return _Product(self.kind).eval()
         if self.kind == "linear":
             return nn.Linear(cin, cout, bias=self.bias).eval()
         cls = CONV_TYPES[len(self.kernel)]
         return cls(cin, cout, self.kernel, self.stride, self.padding, self.dilation, self.groups_for(cin, cout),
                    self.bias, self.padding_mode).eval()
 
-    def input(self, batch: int, cin: int) -> torch.Tensor:
+    def input(self, batch: int, cin: int) -> Any:
+        if self.is_product:  # every operand's heads scaled alike (grouped-query k/v keep their ratio)
+            out = []
+            for shape, axis in zip(self.operands, self.head_axes):
+                shape = list(shape)
+                if axis >= 0:
+                    shape[axis] = max(1, shape[axis] * cin // self.in_ch)
+                out.append(torch.randn(batch, *shape))
+            return tuple(out)
         shape = list(self.in_shape)
         shape[-1 if self.kind == "linear" else 0] = cin
         return torch.randn(batch, *shape)
+
+
+class _Product(nn.Module):
+    """A standalone attention product: ``a @ b`` or ``scaled_dot_product_attention(q, k, v)``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self.kind == "sdpa":
+            q, k, v = operands
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=k.shape[-3] != q.shape[-3])
+        return torch.matmul(*operands)
 
 
 @dataclass
@@ -174,6 +212,9 @@ def grid_counts(n: int, ratios: Sequence[float], multiple: int) -> list[int]:
 
 
 def config_key(spec: LayerSpec, ins: list[int], outs: list[int]) -> str:
+    if spec.is_product:
+        ops = ",".join("x".join(map(str, o)) + f"/h{a}" for o, a in zip(spec.operands, spec.head_axes))
+        return f"{spec.kind}({ops})|heads={ins}"
     if spec.kind == "linear":
         desc = f"Linear({spec.in_ch},{spec.out_ch},bias={spec.bias})"
     else:

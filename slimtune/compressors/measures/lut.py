@@ -25,6 +25,10 @@ convolutions do not explain, so that the prediction is for the *whole* model:
   interpolates only).
 * ``γ`` — the ratio of the layers' time *inside* the dense model (timed with module hooks) to
   their standalone time; it carries the network's cache and memory effects into the table.
+* *attention products* — the ``QKᵀ`` and ``AV`` products (or the fused
+  ``scaled_dot_product_attention``) that attention runs outside any layer are measured standalone at a
+  grid of kept heads (grouped-query key/value heads scaled alike) and looked up at the heads a plan
+  keeps; their dense standalone time is taken out of the remainder.
 * ``remainder`` — batch norm, activations, pooling, additions, concatenations and per-op
   overhead: the dense model's time minus its Conv/Linear time, measured at batch sizes ``B``,
   ``B/2``, ``B/4`` and ``B/8``. Its cost is a constant per op plus a cost per activation element;
@@ -77,6 +81,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from slimtune.compressors.handlers import handler_for
 from slimtune.compressors.measures._lut_parts import (
     Entry,
     LayerRef,
@@ -124,6 +129,9 @@ class LatencyTable:
         settings: Measurement settings (reused for exact points).
         graph: The model graph (for predictions from plans); not serialised.
         meta: Free-form information (torch version, build time, grid ...).
+        products: Per attention product outside the layers (``QKᵀ``, ``AV``, fused attention; by graph
+            node): its configuration key and original head count.
+        products_ms: Their standalone time in the dense model (taken out of the remainder).
 
     Example:
         .. code-block:: python
@@ -145,6 +153,8 @@ class LatencyTable:
     settings: Settings
     graph: ModelGraph | None = field(default=None, repr=False, compare=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    products: dict[str, LayerRef] = field(default_factory=dict)
+    products_ms: float = 0.0
 
     # ------------------------------------------------------------------------------------- build
     @classmethod
@@ -225,9 +235,12 @@ class LatencyTable:
         entries: dict[str, Entry] = {}
         for name, info in graph.layers.items():
             m = modules.get(name)
-            if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or not info.in_shape or not info.out_shape:
+            h = handler_for(m) if m is not None else None
+            if h is None or not info.in_shape or not info.out_shape:
                 continue
-            spec = LayerSpec.of(m, tuple(int(s) for s in info.in_shape[1:]))
+            spec = h.lut_spec(m, tuple(int(s) for s in info.in_shape[1:]))
+            if spec is None:
+                continue
             din, dout = (True, True) if dims is None else dims.get(name, (False, False))
             if spec.depthwise:
                 din = dout = din or dout
@@ -238,6 +251,16 @@ class LatencyTable:
             entries.setdefault(key, Entry(spec, ins, outs, []))
             layers[name] = LayerRef(name, key, (spec.in_ch, spec.out_ch), max(1, int(info.calls)),
                                   float(math.prod(info.out_shape[1:])), spec.depthwise)
+
+        products: dict[str, LayerRef] = {}
+        for node, info in (getattr(graph, "products", None) or {}).items():
+            spec = LayerSpec.product(info["kind"], int(info["heads"]), info["operands"])
+            sizes = [shape[axis] for shape, axis in info["operands"] if axis is not None]
+            multiple = spec.in_ch // min(sizes) if sizes and min(sizes) and spec.in_ch % min(sizes) == 0 else 1
+            ins = grid_counts(spec.in_ch, ratios, multiple)
+            key = config_key(spec, ins, ins)
+            entries.setdefault(key, Entry(spec, ins, ins, []))
+            products[node] = LayerRef(node, key, (spec.in_ch, spec.in_ch), 1, 0.0, True)
 
         fns: list[Callable[[], Any]] = []
         for e in entries.values():
@@ -275,6 +298,7 @@ class LatencyTable:
                 layers[owner].remainder_ms += stat(timed(other_passes[leaf]))
         standalone = sum(l.calls * entries[l.key].lookup(*l.orig) for l in layers.values())
         gamma = in_net[0] / standalone if standalone > 0 and in_net[0] > 0 else 1.0
+        products_ms = sum(entries[r.key].lookup(*r.orig) for r in products.values())
         table = cls(
             batch_size=batch_size,
             threads=threads,
@@ -286,6 +310,8 @@ class LatencyTable:
             entries=entries,
             settings=settings,
             graph=graph,
+            products=products,
+            products_ms=products_ms,
             meta={
                 "torch": torch.__version__,
                 "grid": ratios,
@@ -327,7 +353,8 @@ class LatencyTable:
             ValueError: A layer name is not in the table, or a count is not positive.
         """
         counts = self._counts(plan_or_counts, graph)
-        if all(counts.get(name, layer.orig) == layer.orig for name, layer in self.layers.items()):
+        everything = {**self.layers, **self.products}
+        if all(counts.get(name, layer.orig) == layer.orig for name, layer in everything.items()):
             return self.dense_ms  # nothing pruned: the measured latency itself
         return self.explain(counts, graph, measure_missing)["total"]
 
@@ -337,7 +364,8 @@ class LatencyTable:
         graph: ModelGraph | None = None,
         measure_missing: bool = True,
     ) -> dict[str, float]:
-        """The prediction broken down: ms per Conv/Linear layer, ``"remainder"`` and ``"total"``.
+        """The prediction broken down: ms per Conv/Linear layer and attention product (by node),
+        ``"remainder"`` and ``"total"``.
 
         Arguments as in :meth:`predict`.
         """
@@ -355,10 +383,14 @@ class LatencyTable:
             kept += w * keep
             attributed += layer.remainder_ms
             attributed_kept += layer.remainder_ms * keep
+        for name, ref in self.products.items():
+            heads = counts.get(name, ref.orig)[0]
+            out[name] = self.entries[ref.key].lookup(heads, heads)
         # kept fraction of the remainder: leaf modules (BN, activations, pooling) by the channels
-        # of the layer they follow, the rest (functional ops, overhead) by kept output elements
+        # of the layer they follow, the rest (functional ops, overhead) by kept output elements;
+        # the attention products are predicted above, so their dense time leaves the remainder
         s_elems = kept / total if total > 0 else 1.0
-        full = self.remainder_ms[self.remainder_batches.index(float(self.batch_size))]
+        full = max(0.0, self.remainder_ms[self.remainder_batches.index(float(self.batch_size))] - self.products_ms)
         rest = max(0.0, full - attributed)
         s = (attributed_kept + rest * s_elems) / (attributed + rest) if attributed + rest > 0 else s_elems
         # slope from a line through all batch sizes, anchored at the measured full batch
@@ -382,7 +414,7 @@ class LatencyTable:
         """
         counts = self._counts(plan_or_counts, graph)
         todo: dict[tuple[str, int, int], Entry] = {}
-        for name, layer in self.layers.items():
+        for name, layer in {**self.layers, **self.products}.items():
             cin, cout = self._effective(layer, counts.get(name, layer.orig))
             e = self.entries[layer.key]
             on_grid = cin in e.ins and cout in e.outs and (not e.spec.depthwise or cin == cout)
@@ -412,10 +444,11 @@ class LatencyTable:
         if isinstance(plan_or_counts, Mapping):
             counts = {}
             for name, value in plan_or_counts.items():
-                if name not in self.layers:
+                if name not in self.layers and name not in self.products:
                     raise ValueError(
                         f"layer {name!r} is not in the latency table; its Conv/Linear layers are: "
-                        f"{_preview(list(self.layers))}"
+                        f"{_preview(list(self.layers))}" + (f"; its attention products: {_preview(list(self.products))}"
+                                                            if self.products else "")
                     )
                 try:
                     cin, cout = (int(v) for v in value)
@@ -429,7 +462,11 @@ class LatencyTable:
         if graph is None:
             raise ValueError("predicting from a plan needs the model graph: pass graph= (the table was loaded "
                              "without one), or pass {layer: (in, out)} counts")
-        return {n: c for n, c in graph.channel_counts(plan_or_counts).items() if n in self.layers}
+        counts = {n: c for n, c in graph.channel_counts(plan_or_counts).items() if n in self.layers}
+        if self.products:
+            heads = graph.product_heads(plan_or_counts) if hasattr(graph, "product_heads") else {}
+            counts.update({n: (h, h) for n, h in heads.items() if n in self.products})
+        return counts
 
     # ------------------------------------------------------------------------------------- json
     def to_dict(self) -> dict[str, Any]:
@@ -452,6 +489,8 @@ class LatencyTable:
                 k: {"spec": asdict(e.spec), "ins": e.ins, "outs": e.outs, "ms": e.ms, "exact": e.exact}
                 for k, e in self.entries.items()
             },
+            "products": {n: {"key": r.key, "heads": r.orig[0]} for n, r in self.products.items()},
+            "products_ms": self.products_ms,
             "meta": self.meta,
         }
 
@@ -493,10 +532,13 @@ class LatencyTable:
                 settings=Settings(**data["settings"]),
                 graph=graph,
                 meta=dict(data.get("meta") or {}),
+                products={n: LayerRef(n, d["key"], (int(d["heads"]), int(d["heads"])), 1, 0.0, True)
+                          for n, d in (data.get("products") or {}).items()},
+                products_ms=float(data.get("products_ms", 0.0)),
             )
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise ValueError(f"latency table is malformed: missing or invalid field {e}") from None
-        missing = {l.key for l in layers.values()} - set(entries)
+        missing = {l.key for l in list(layers.values()) + list(table.products.values())} - set(entries)
         if missing:
             raise ValueError(f"latency table is malformed: no entries for configuration(s) {sorted(missing)}")
         if graph is not None:
