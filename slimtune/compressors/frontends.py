@@ -211,14 +211,34 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def _dynamic(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Every dim of every tensor input ``Dim.AUTO``: dynamic where the code allows, so the captured
+    program runs on batches of other sizes (calibration data), specialised where it does not."""
+    from torch.export import Dim
+
+    return tuple({d: Dim.AUTO for d in range(t.ndim)} if isinstance(t, torch.Tensor) else None for t in inputs)
+
+
 def _export(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, str]:
-    """``(ExportedProgram, prefix of the model's modules in it)``."""
-    try:
-        return torch.export.export(model, inputs, strict=False), ""
-    except Exception as e:  # noqa: BLE001 - reported below with the op and line
-        if "pytree" not in str(e) and "not a known type" not in str(e):
-            raise
-    return torch.export.export(_Outputs(model), inputs, strict=False), "model."
+    """``(ExportedProgram, prefix of the model's modules in it)``: with dynamic sizes where it can,
+    static ones otherwise; a model returning types export cannot flatten is wrapped."""
+    prefix, target = "", model
+    last: Exception | None = None
+    for dynamic in (True, False):
+        try:
+            shapes = _dynamic(inputs) if dynamic else None
+            return torch.export.export(target, inputs, dynamic_shapes=shapes, strict=False), prefix
+        except Exception as e:  # noqa: BLE001 - reported by the caller with the op and line
+            last = e
+            if "pytree" in str(e) or "not a known type" in str(e):
+                prefix, target = "model.", _Outputs(model)
+                try:
+                    return torch.export.export(target, inputs, dynamic_shapes=_dynamic(inputs) if dynamic else None,
+                                               strict=False), prefix
+                except Exception as e2:  # noqa: BLE001
+                    last = e2
+    assert last is not None
+    raise last
 
 
 class _quiet:
@@ -248,7 +268,8 @@ def _capture_export(model: nn.Module, inputs: tuple[Any, ...]) -> Capture:
     except Exception as e:  # noqa: BLE001
         raise TraceError(f"torch.export cannot capture the model: {type(e).__name__}: {_first_lines(e)}") from e
     graph = _normalise(ep, model, prefix)
-    gm = ep.module()
+    module = ep.module()
+    gm = fx.GraphModule(module, module.graph, type(model).__name__)  # a plain GraphModule (supports eval())
     return Capture("export", graph, model, gm, _names(model))
 
 
@@ -363,6 +384,8 @@ def _collapse(out: fx.Graph, env: dict[fx.Node, fx.Node], body: list[fx.Node], p
             results.remove(r)
     if not results:
         results = [body[-1]]
+    # the tensors first (the layer's output), then sizes read inside the layer and used outside
+    results.sort(key=lambda r: 0 if isinstance(r.meta.get("val"), torch.Tensor) else 1)
     name = results[0].name
     cm = out.create_node("call_module", path, tuple(env[a] for a in args), {}, name=name)
     if len(results) == 1:

@@ -188,3 +188,15 @@ def test_attention_products_are_counted(traced):
     assert heads.computes and heads.computes[0].layer == "bert.encoder.layer.0.attention.self"
     small = compress(model, CompressionPlan.from_sparsities({heads.name: 0.5}), inputs, graph=graph)
     assert count_flops(small, inputs).set_index("layer").loc["bert.encoder.layer.0.attention.self", "macs"] == 2 * 12 * 12 * 16
+
+
+@pytest.mark.parametrize("name", ["hf_llama_gqa", "mixnet"])
+def test_activation_criteria_on_exported_graphs(traced, name):
+    """apoz records activations by running the captured program, on batches of other sizes too."""
+    model, inputs, graph = _get(traced, name)
+    data = [ZOO[name].inputs(4), ZOO[name].inputs(5)]
+    plan = CompressionPlan.uniform(graph, 0.5, "apoz")
+    masked = compress(model, plan, inputs, speedup=False, data=data, graph=graph).eval()
+    small = compress(model, plan, inputs, data=data, graph=graph).eval()
+    with torch.no_grad():
+        assert _relative_diff(_tensors(masked(*inputs)), _tensors(small(*inputs))) <= 1e-4
