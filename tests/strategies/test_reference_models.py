@@ -38,18 +38,28 @@ STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("model", [m for m in REFERENCE_MODELS if m != "mlp"])
-def test_every_strategy_runs_on_the_reference_model(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_every_strategy(spec: str, model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       space_of: dict[str, str] | None = None) -> dict[str, list]:
+    """Each strategy's completed trials, after asserting that none failed."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(TESTS))
+    out = {}
     for strategy, (params, space, resource, n_trials) in STRATEGIES.items():
-        text = SPEC.format(strategy=strategy, model=model, params=params, space=space, resource=resource, n_trials=n_trials)
+        text = spec.format(strategy=strategy, model=model, params=params, space=(space_of or {}).get(strategy, space),
+                           resource=resource, n_trials=n_trials)
         (tmp_path / f"{strategy}.yaml").write_text(text)
-        spec = load_spec(tmp_path / f"{strategy}.yaml")
-        study = slimtune.search(spec.make_task(), **{**spec.search_kwargs(), "progress": False})
+        loaded = load_spec(tmp_path / f"{strategy}.yaml")
+        study = slimtune.search(loaded.make_task(), **{**loaded.search_kwargs(), "progress": False})
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         failed = {t.number: t.user_attrs.get("fail_reason") for t in study.trials if t.state == TrialState.FAIL}
         assert len(done) == n_trials and not failed, (strategy, failed)
+        out[strategy] = done
+    return out
+
+
+@pytest.mark.parametrize("model", [m for m in REFERENCE_MODELS if m != "mlp"])
+def test_every_strategy_runs_on_the_reference_model(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for strategy, done in run_every_strategy(SPEC, model, tmp_path, monkeypatch).items():
         for t in done:
             m = t.user_attrs["measures"]
             bits = [v for k, v in t.params.items() if k.startswith("bits_w/")]
@@ -62,25 +72,18 @@ def test_every_strategy_runs_on_the_reference_model(model: str, tmp_path: Path, 
                 assert bits and m["size"] < m["params"]
 
 
-ZOO_SPEC = SPEC.replace("task: _tasks:reference_task", "task: _tasks:zoo_task")
+ZOO_SPEC = SPEC.replace("task: _tasks:reference_task", "task: _tasks:zoo_task").replace(
+    "space: {{sensitivity: false, max_sparsity: 0.6{space}}}", "space: {{max_sparsity: 0.6{space}}}"
+)
 
 
 @pytest.mark.parametrize("model", ["hf_bert", "hf_llama_gqa", "torch_transformer"])
 def test_every_strategy_runs_on_transformers(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Heads, MLP widths and hidden widths are searched like channels: every strategy, sensitivity included."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(TESTS))
-    for strategy, (params, space, resource, n_trials) in STRATEGIES.items():
-        if strategy == "simulated_annealing":
-            space = ", sensitivity: true, levels: [0.25, 0.5]"  # the sensitivity analysis on transformer groups
-        text = ZOO_SPEC.format(strategy=strategy, model=model, params=params, space=space, resource=resource, n_trials=n_trials)
-        text = text.replace("sensitivity: false, max_sparsity: 0.6, sensitivity: true", "sensitivity: true, max_sparsity: 0.6")
-        (tmp_path / f"{strategy}.yaml").write_text(text)
-        spec = load_spec(tmp_path / f"{strategy}.yaml")
-        study = slimtune.search(spec.make_task(), **{**spec.search_kwargs(), "progress": False})
-        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        failed = {t.number: t.user_attrs.get("fail_reason") for t in study.trials if t.state == TrialState.FAIL}
-        assert len(done) == n_trials and not failed, (strategy, failed)
+    """Heads, MLP widths and hidden widths are searched like channels: every strategy; annealing starts
+    from the sensitivity analysis of the transformer's groups, the others go without it."""
+    spaces = {s: (space or "") + ", sensitivity: false" for s, (_, space, _, _) in STRATEGIES.items()}
+    spaces["simulated_annealing"] = ", sensitivity: true, levels: [0.25, 0.5]"
+    for strategy, done in run_every_strategy(ZOO_SPEC, model, tmp_path, monkeypatch, spaces).items():
         for t in done:
             m = t.user_attrs["measures"]
             if strategy != "bitwidth":

@@ -39,6 +39,18 @@ class SlicingError(ValueError):
     """A layer cannot be sliced as asked (unequal groups ...)."""
 
 
+def _conv_input(p: Propagation, call: LayerCall, what: str) -> tuple[Chan | None, int, int]:
+    """``(input channels or None, channel dim, ndim)`` of a conv call; channels elsewhere are pinned."""
+    m = call.module
+    ndim = len(call.out_shape) if call.out_shape else len(m.kernel_size) + 2
+    cdim = ndim - 1 - len(m.kernel_size)
+    x = call.first_chan()
+    if x is not None and (x.cdim != cdim or len(x.labels) != m.in_channels):
+        p.pin(x.labels, f"{what} {call.name!r} sees channels on an unexpected dim")
+        x = None
+    return x, cdim, ndim
+
+
 def _per_group(keep: torch.Tensor, per: int, groups: int, what: str) -> list[torch.Tensor]:
     """Kept indices of each conv group, local to the group; every group must keep as many."""
     local = [keep[(keep >= b * per) & (keep < (b + 1) * per)] - b * per for b in range(groups)]
@@ -59,12 +71,7 @@ class ConvHandler(LayerHandler):
 
     def propagate(self, p: Propagation, call: LayerCall) -> Any:
         m, name = call.module, call.name
-        ndim = len(call.out_shape) if call.out_shape else len(m.kernel_size) + 2
-        cdim = ndim - 1 - len(m.kernel_size)
-        x = call.first_chan()
-        if x is not None and (x.cdim != cdim or len(x.labels) != m.in_channels):
-            p.pin(x.labels, f"conv {name!r} sees channels on an unexpected dim")
-            x = None
+        x, cdim, ndim = _conv_input(p, call, "conv")
         g = m.groups
         if g > 1 and g == m.in_channels:
             if x is None:  # depthwise over a fixed input: its outputs are fixed too
@@ -180,12 +187,7 @@ class ConvTransposeHandler(LayerHandler):
 
     def propagate(self, p: Propagation, call: LayerCall) -> Any:
         m, name = call.module, call.name
-        ndim = len(call.out_shape) if call.out_shape else len(m.kernel_size) + 2
-        cdim = ndim - 1 - len(m.kernel_size)
-        x = call.first_chan()
-        if x is not None and (x.cdim != cdim or len(x.labels) != m.in_channels):
-            p.pin(x.labels, f"transposed conv {name!r} sees channels on an unexpected dim")
-            x = None
+        x, cdim, ndim = _conv_input(p, call, "transposed conv")
         if m.groups > 1:
             if x is not None:
                 p.pin(x.labels, f"grouped transposed conv {name!r} ({m.groups} groups) is not pruned")

@@ -79,6 +79,15 @@ class KeptChannels:
         return torch.zeros_like(output).index_copy(dim, keep, y)
 
 
+def _dim1_input(p: Propagation, call: LayerCall, size: int, what: str) -> Chan | None:
+    """The call's input channels when they are on dim 1 with ``size`` entries; pinned otherwise."""
+    x = call.first_chan()
+    if x is not None and (x.cdim != 1 or len(x.labels) != size):
+        p.pin(x.labels, f"{what} {call.name!r} sees channels on an unexpected dim")
+        return None
+    return x
+
+
 def _has_hook(module: nn.Module) -> bool:
     return any(isinstance(h, KeptChannels) for h in module._forward_hooks.values())
 
@@ -98,11 +107,8 @@ class BatchNormHandler(LayerHandler):
 
     def propagate(self, p: Propagation, call: LayerCall) -> Any:
         m, name = call.module, call.name
-        x = call.first_chan()
+        x = _dim1_input(p, call, m.num_features, "norm")
         if x is None:
-            return None
-        if x.cdim != 1 or len(x.labels) != m.num_features:
-            p.pin(x.labels, f"norm {name!r} sees channels on an unexpected dim")
             return None
         if getattr(m, "affine", False) or getattr(m, "track_running_stats", False):
             p.member(name, "norm", x.labels)
@@ -222,11 +228,8 @@ class GroupNormHandler(NormHandler):
 
     def propagate(self, p: Propagation, call: LayerCall) -> Any:
         m, name = call.module, call.name
-        x = call.first_chan()
+        x = _dim1_input(p, call, m.num_channels, "group norm")
         if x is None:
-            return None
-        if x.cdim != 1 or len(x.labels) != m.num_channels:
-            p.pin(x.labels, f"group norm {name!r} sees channels on an unexpected dim")
             return None
         p.member(name, "norm", x.labels)
         p.block(name, x.labels, m.num_groups)
