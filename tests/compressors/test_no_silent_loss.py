@@ -67,28 +67,6 @@ def test_channel_plan_without_prunable_groups_is_an_error():
     assert CompressionPlan.uniform(graph, 0.0).prune == {}
 
 
-class _Branchy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 8)
-
-    def forward(self, x):
-        if x.sum() > 0:  # data-dependent control flow: neither fx nor export captures it
-            return self.lin(x)
-        return -self.lin(x)
-
-
-def test_untraceable_model_names_both_frontends_and_refuses_channel_plans():
-    model, x = _Branchy(), torch.randn(3, 4)
-    with pytest.raises(TraceError, match=r"torch\.fx cannot trace module '<root>' \(_Branchy\).*torch\.export cannot capture"):
-        trace(model, x, strict=True)
-    with pytest.warns(UserWarning, match="unstructured"):
-        graph = trace(model, x)
-    with pytest.raises(PlanError, match="tracing failed"):
-        CompressionPlan.uniform(graph, 0.5)
-    assert CompressionPlan.uniform(graph, 0.5, granularity="unstructured").prune
-
-
 def test_frontend_can_be_chosen():
     model, x = ZOO["split_block"].build()
     assert trace(model, x, frontend="export").frontend == "export"
