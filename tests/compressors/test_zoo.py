@@ -200,3 +200,19 @@ def test_activation_criteria_on_exported_graphs(traced, name):
     small = compress(model, plan, inputs, data=data, graph=graph).eval()
     with torch.no_grad():
         assert _relative_diff(_tensors(masked(*inputs)), _tensors(small(*inputs))) <= 1e-4
+
+
+def test_masks_applied_twice_keep_the_intersection_in_layer_norms(traced):
+    """Gradual pruning masks a model again: its layer norms keep what both selections keep."""
+    from slimtune.compressors import apply_channel_masks
+    from slimtune.compressors.handlers.norms import KeptChannels
+
+    model, inputs, graph = _get(traced, "hf_bert")
+    masked = compress(model, CompressionPlan(), inputs, speedup=False, graph=graph)
+    hidden = graph.groups["bert.embeddings.word_embeddings"]
+    apply_channel_masks(masked, graph, {hidden.name: torch.tensor([0, 1])})
+    apply_channel_masks(masked, graph, {hidden.name: torch.tensor([5])})
+    hooks = [h for h in masked.bert.embeddings.LayerNorm._forward_hooks.values() if isinstance(h, KeptChannels)]
+    assert len(hooks) == 1 and hooks[0].keep.tolist() == [c for c in range(32) if c not in (0, 1, 5)]
+    small = compress(model, CompressionPlan.from_sparsities({hidden.name: 3 / 32}), inputs, graph=graph)
+    assert small.bert.embeddings.LayerNorm.normalized_shape == (29,)

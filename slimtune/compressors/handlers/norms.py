@@ -88,10 +88,6 @@ def _dim1_input(p: Propagation, call: LayerCall, size: int, what: str) -> Chan |
     return x
 
 
-def _has_hook(module: nn.Module) -> bool:
-    return any(isinstance(h, KeptChannels) for h in module._forward_hooks.values())
-
-
 def remove_kept_hooks(module: nn.Module) -> None:
     """Remove the :class:`KeptChannels` hooks of ``module`` (once it is physically resized)."""
     for key, hook in list(module._forward_hooks.items()):
@@ -209,7 +205,12 @@ class NormHandler(LayerHandler):
         remove_kept_hooks(module)
 
     def masked_forward(self, module: nn.Module, role: str, removed: torch.Tensor) -> Callable[..., Any] | None:
-        return KeptChannels(keep_indices(self.width(module) or 0, removed), self.channel_dim, self.set_count)
+        """A :class:`KeptChannels` hook; masks applied again (gradual pruning) keep what both keep."""
+        keep = keep_indices(self.width(module) or 0, removed)
+        for old in [h for h in module._forward_hooks.values() if isinstance(h, KeptChannels)]:
+            keep = keep[torch.isin(keep, old.keep)]
+        remove_kept_hooks(module)
+        return KeptChannels(keep, self.channel_dim, self.set_count)
 
     def macs(self, module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[float, float]:
         return 0.0, float(y.numel()) if y is not None else 0.0
