@@ -479,12 +479,14 @@ def _flatten_module(p: Propagation, node: fx.Node, m: nn.Module) -> Any:
 
 
 def _prelu_module(p: Propagation, node: fx.Node, m: nn.PReLU) -> Any:
-    if m.num_parameters == 1:
-        return _passthrough(p, node, True)
+    """PReLU: one slope, or one per channel (dim 1), sliced with them."""
     x = _first_chan(p, node)
-    if x is not None:
-        p.pin(x.labels, f"PReLU {str(node.target)!r} has a parameter per channel (not resized)")
-    return None
+    if m.num_parameters > 1 and x is not None:
+        if x.cdim != min(1, x.ndim - 1) or len(x.labels) != m.num_parameters:
+            p.pin(x.labels, f"PReLU {str(node.target)!r} has one slope per entry of a dim that is not the channels")
+            return None
+        p.member(p.capture.canonical(str(node.target)), "param:weight:0", x.labels)
+    return _passthrough(p, node, True)
 
 
 # ---------------------------------------------------------------------- element-wise
