@@ -224,7 +224,7 @@ class Propagation:
         target = node.target
         rule = _FUNCTION_RULES.get(target)
         if rule is None and isinstance(target, torch._ops.OpOverload):
-            rule = _ATEN_RULES.get(target.overloadpacket)
+            rule = _ATEN_OVERLOAD_RULES.get(target) or _ATEN_RULES.get(target.overloadpacket)
             if rule is None and torch.Tag.pointwise in target.tags:
                 rule = _pointwise
         if rule is None and isinstance(target, torch._ops.OpOverloadPacket):
@@ -617,10 +617,10 @@ def _reduce(p: Propagation, node: fx.Node) -> Any:
         p.pin(x.labels, f"reduction over the channel dim at {p.where(node)}")
         return None
     cdim = x.cdim if keepdim else x.cdim - sum(d < x.cdim for d in dims)
-    val = node.meta.get("val")
-    if isinstance(val, (list, tuple)):  # max.dim / min.dim: (values, indices)
-        return [Chan(x.labels, cdim, _out_ndim(node, x.ndim)), Chan(x.labels, cdim, _out_ndim(node, x.ndim))]
-    return Chan(x.labels, cdim, _out_ndim(node, x.ndim - (0 if keepdim else len(dims))))
+    ndim = x.ndim - (0 if keepdim else len(dims))
+    if shape_of(node) is None and (len(shapes_of(node)) >= 2 or _op_name(node) in ("max", "min")):
+        return [Chan(x.labels, cdim, ndim), Chan(x.labels, cdim, ndim)]  # max / min with a dim: (values, indices)
+    return Chan(x.labels, cdim, _out_ndim(node, ndim))
 
 
 # ---------------------------------------------------------------------- cat, stack, split, indexing
@@ -1264,6 +1264,9 @@ def _no_tensor(p: Propagation, node: fx.Node) -> Any:
 def _getattr(p: Propagation, node: fx.Node) -> Any:
     if len(node.args) > 1 and node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda"):
         return None
+    v = p.value(node.args[0])
+    if isinstance(v, list) and len(node.args) > 1 and node.args[1] in ("values", "indices"):
+        return v[0 if node.args[1] == "values" else 1]  # torch.max(x, dim).values
     return _fallback(p, node, f"attribute {node.args[1]!r}")
 
 
@@ -1595,3 +1598,28 @@ _ATEN_RULES: dict[Any, Callable[[Propagation, fx.Node], Any]] = {
     aten.sym_stride: _no_tensor,
 }
 _FUNCTION_RULES[operator.getitem] = _getitem
+
+
+def _max_min(p: Propagation, node: fx.Node) -> Any:
+    """torch.max / torch.min: a reduction with a dim, element-wise with another tensor."""
+    second = _arg(node, 1, "dim")
+    if isinstance(second, int) or "dim" in node.kwargs:
+        return _reduce(p, node)
+    if isinstance(second, fx.Node):
+        return _binary(p, node)
+    p.pin_value(p.arg_values(node.args), f"full reduction at {p.where(node)}")
+    return None
+
+
+_FUNCTION_RULES.update({torch.max: _max_min, torch.min: _max_min})
+_METHOD_RULES.update({"max": _max_min, "min": _max_min, "var": _reduce, "std": _reduce, "logsumexp": _reduce})
+_FUNCTION_RULES.update({torch.var: _reduce, torch.std: _reduce, torch.logsumexp: _reduce})
+_ATEN_OVERLOAD_RULES: dict[Any, Callable[[Propagation, fx.Node], Any]] = {
+    aten.max.dim: _reduce,
+    aten.min.dim: _reduce,
+    aten.var.correction: _reduce,
+    aten.std.correction: _reduce,
+    aten.var.dim: _reduce,
+    aten.std.dim: _reduce,
+    aten.logsumexp.default: _reduce,
+}

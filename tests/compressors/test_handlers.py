@@ -115,3 +115,26 @@ def test_prelu_with_a_slope_per_channel():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8), nn.Conv2d(8, 2, 1))
     small = _exact(net, torch.randn(2, 3, 6, 6))
     assert small[1].weight.shape == (4,)
+
+
+class _Stats(nn.Module):
+    """Global max and standard deviation pooling, combined: reductions over other dims than the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.c(x)
+        return self.fc(torch.maximum(torch.max(y.flatten(2), dim=2).values, y.std(dim=(2, 3))))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_max_and_std_reductions_follow_the_channels(frontend):
+    model, x = _Stats().eval(), torch.randn(2, 3, 8, 8)
+    graph = trace(model, x, frontend=frontend)
+    assert graph.groups["c"].prunable, graph.groups["c"].reason
+    plan = CompressionPlan.uniform(graph, 0.5)
+    masked, small = compress(model, plan, x, speedup=False, graph=graph), compress(model, plan, x, graph=graph)
+    assert torch.allclose(masked(x), small(x), atol=1e-5)

@@ -52,3 +52,11 @@ def test_eight_trial_search_on_the_transformer(text_task, tmp_path: Path):
     with torch.no_grad():
         out = model(x)
     assert out.logits.shape == (2, 10)
+
+
+def test_the_text_spec_loads():
+    from slimtune.trials.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "text.yaml")
+    kwargs = spec.search_kwargs()
+    assert kwargs["strategy"] == "nsga2" and kwargs["n_trials"] == 24
