@@ -33,6 +33,7 @@ Usage::
 
     python benchmarks/zoo.py                 # every model (~2 min on 2 cores)
     python benchmarks/zoo.py --models hf_bert mixnet --quick
+    python benchmarks/zoo.py --models hf_t5 --merge    # re-run one model, keep the other rows
 """
 
 from __future__ import annotations
@@ -259,6 +260,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer latency repeats (smoke run)")
     parser.add_argument("--out", default=str(RESULTS / "zoo"))
     parser.add_argument("--tp-seconds", type=float, default=120.0, help="time limit of Torch-Pruning per model")
+    parser.add_argument("--merge", action="store_true", help="replace (or add) these models' rows in the existing results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -275,6 +277,13 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        mine = {r["model"]: r for r in rows}
+        kept = [mine.pop(r["model"], r) for r in old["rows"]]
+        rows = kept + list(mine.values())
+        meta["seconds"] += float(old["meta"].get("seconds", 0.0))
+        meta["merged"] = list(args.models)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     out.with_suffix(".md").write_text(markdown(rows, meta))
     print(markdown(rows, meta))

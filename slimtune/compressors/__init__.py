@@ -3,7 +3,9 @@
 It knows nothing about search: it imports neither optuna nor ray.
 
 Public entry points:
-    - :func:`trace` → :class:`ModelGraph` (dependency groups, prunable and quantizable layers)
+    - :func:`trace` → :class:`ModelGraph` (dependency groups, prunable and quantizable layers),
+      for any model: ``torch.fx`` or ``torch.export`` frontends, one :class:`LayerHandler` per layer
+      kind (:func:`register_handler` adds one)
     - :class:`CompressionPlan` (what to prune / quantize), JSON round-trip and validation
     - :func:`compress` (a compressed copy: masked or physically smaller), :func:`speedup`
     - :func:`measure` (FLOPs, params, size in bytes, latency) and :class:`LatencyTable`
@@ -17,6 +19,7 @@ from __future__ import annotations
 from slimtune.compressors._types import Group, LayerInfo, Member, Tap
 from slimtune.compressors.criteria import CRITERIA, CriterionContext, register_criterion, score_group
 from slimtune.compressors.graph import ModelGraph, trace
+from slimtune.compressors.handlers import LayerHandler, handler_for, register_handler
 from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
 from slimtune.compressors.compress import compress
 from slimtune.compressors.speedup import SpeedupError, speedup
@@ -44,6 +47,7 @@ __all__ = [
     "KDConfig",
     "LatencyResult",
     "LatencyTable",
+    "LayerHandler",
     "LayerInfo",
     "Measures",
     "Member",
@@ -59,11 +63,13 @@ __all__ = [
     "count_flops",
     "count_params",
     "finetune",
+    "handler_for",
     "make_permanent",
     "measure",
     "measure_latency",
     "model_size_bytes",
     "register_criterion",
+    "register_handler",
     "run_compressor",
     "score_group",
     "speedup",

@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.nn.utils import prune as torch_prune
 
 from slimtune.compressors.criteria import CriterionContext, score_group
-from slimtune.compressors.handlers import get_tensor, member_handler
+from slimtune.compressors.handlers import get_tensor, is_parameter, member_handler
 from slimtune.errors import PlanError
 
 if TYPE_CHECKING:
@@ -142,13 +142,6 @@ def apply_channel_masks(model: nn.Module, graph: ModelGraph, pruned: dict[str, t
         # recompute the masked tensor before the layer runs, not only before the submodule does
         model.get_submodule(layer).register_forward_pre_hook(RecomputeMasked(paths))
     return model
-
-
-def is_parameter(module: nn.Module, path: str) -> bool:
-    """Whether ``path`` names a parameter of ``module`` (also one re-parametrised by a prune mask)."""
-    owner, _, attr = path.rpartition(".")
-    sub = module.get_submodule(owner) if owner else module
-    return attr in sub._parameters or f"{attr}_orig" in sub._parameters
 
 
 class RecomputeMasked:

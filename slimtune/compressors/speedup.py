@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from slimtune.compressors.handlers import PARAM_HANDLER, get_tensor, handler_for, member_handler
-from slimtune.compressors.pruning import clone_model, is_parameter, make_permanent, removed_positions
+from slimtune.compressors.handlers import PARAM_HANDLER, get_tensor, handler_for, is_parameter, member_handler
+from slimtune.compressors.pruning import clone_model, make_permanent, removed_positions
 from slimtune.errors import SlimtuneError
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ Two kinds of entries, each ``name -> ZooEntry`` in :data:`ZOO`:
   transformer written out with ``nn.Linear``, ``reshape`` into heads and ``matmul``/``softmax``.
 - **Transformers** built from tiny Hugging Face ``transformers`` configs (random weights, nothing is
   downloaded): BERT (sequence classification), GPT-2 (LM head, tied embeddings), ViT, Llama with
-  grouped-query attention, BART (an encoder-decoder), and PyTorch's own ``nn.TransformerEncoder``.
+  grouped-query attention, BART and T5 (encoder-decoders: T5's shared relative position bias ties the
+  heads of its layers), and PyTorch's own ``nn.TransformerEncoder``.
   The ``transformers`` package is imported only when one of them is built.
 
 Example:
@@ -321,6 +322,7 @@ def _hf(name: str, **cfg: Any) -> nn.Module:
         "vit": ("ViTConfig", "ViTForImageClassification"),
         "llama": ("LlamaConfig", "LlamaForCausalLM"),
         "bart": ("BartConfig", "BartForSequenceClassification"),
+        "t5": ("T5Config", "T5ForConditionalGeneration"),
     }[name]
     config = getattr(transformers, config_cls)(**cfg)
     return getattr(transformers, model_cls)(config)
@@ -361,5 +363,9 @@ ZOO: dict[str, ZooEntry] = {
                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
                     num_labels=3, use_cache=False),
         _bart_ids, "transformer", "transformers"),
+    "hf_t5": ZooEntry(
+        lambda: _hf("t5", vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, use_cache=False,
+                    decoder_start_token_id=0),
+        lambda b: (_ids(b), None, _ids(b)), "transformer", "transformers"),
 }
 """The zoo by name."""

@@ -88,6 +88,13 @@ def set_tensor(module: nn.Module, path: str, value: torch.Tensor, cache: dict[in
     setattr(sub, attr, new)
 
 
+def is_parameter(module: nn.Module, path: str) -> bool:
+    """Whether ``path`` names a parameter of ``module`` (also one re-parametrised by a prune mask)."""
+    owner, _, attr = path.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return attr in sub._parameters or f"{attr}_orig" in sub._parameters
+
+
 def keep_indices(n: int, drop: torch.Tensor | None) -> torch.Tensor:
     """Indices ``0..n-1`` without ``drop``."""
     keep = torch.ones(n, dtype=torch.bool)

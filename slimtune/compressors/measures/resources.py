@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
-from slimtune.compressors.handlers import handler_for
+from slimtune.compressors.handlers import handler_for, is_parameter
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.size import count_params, model_size_bytes
 
@@ -195,7 +195,7 @@ class ResourcePredictor:
             new_shapes = h.shapes_after(m, roles)
             for tname, t in h.tensors(m).items():
                 new_shape = new_shapes.get(tname, tuple(t.shape))
-                is_param = _is_param(m, tname)
+                is_param = is_parameter(m, tname)
                 if tname == "weight" and h.prunable_weights:
                     numel0, numel = t.numel(), math.prod(new_shape)
                     if id(t) not in done:
@@ -223,7 +223,7 @@ class ResourcePredictor:
                 t = getattr(self.graph.model.get_submodule(layer), attr)
                 shape = list(t.shape)
                 shape[int(dim)] -= round(n)
-                dp, db = shrink(t, tuple(shape), _is_param(self.graph.model.get_submodule(layer), attr))
+                dp, db = shrink(t, tuple(shape), is_parameter(self.graph.model.get_submodule(layer), attr))
                 params += dp
                 size += db
         # products outside layers (attention's QK^T and AV) scale with the kept heads
@@ -246,12 +246,6 @@ class ResourcePredictor:
             "params": p.params / d.params if d.params else 1.0,
             "size": p.size / d.size if d.size else 1.0,
         }
-
-
-def _is_param(module: nn.Module, path: str) -> bool:
-    owner, _, attr = path.rpartition(".")
-    sub = module.get_submodule(owner) if owner else module
-    return attr in sub._parameters or f"{attr}_orig" in sub._parameters
 
 
 def _stored_bytes(numel: int, nonzero: int, bits: int) -> int:
