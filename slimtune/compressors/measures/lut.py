@@ -79,7 +79,6 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from slimtune.compressors.handlers import handler_for
 from slimtune.compressors.measures._lut_parts import (
