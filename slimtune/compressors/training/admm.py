@@ -34,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
@@ -90,10 +92,13 @@ class ADMMHook(TrainHook):
         self.z: dict[Key, torch.Tensor] = {}
         self.u: dict[Key, torch.Tensor] = {}
         self.history: list[tuple[int, float, float]] = []
-        self.every = 1
+        self.update_steps: list[int] = []
 
     def start(self, model: nn.Module, total_steps: int) -> None:
-        self.every = max(1, total_steps // self.iterations)
+        # exactly `iterations` Z/U updates, spread evenly over the run and ending at its last step
+        # (a run shorter than `iterations` steps makes several updates at one step)
+        total = max(1, int(total_steps))
+        self.update_steps = [max(1, math.ceil(k * total / self.iterations)) for k in range(1, self.iterations + 1)]
         masks = self._project(model, {})
         self.params = {k: getattr(model.get_submodule(k[0]), k[1]) for k in masks}
         self.u = {k: torch.zeros_like(p) for k, p in self.params.items()}
@@ -104,8 +109,10 @@ class ADMMHook(TrainHook):
         return 0.5 * self.rho * total  # type: ignore[return-value]
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        if step % self.every:
-            return
+        for _ in range(self.update_steps.count(step)):
+            self._update(model, step)
+
+    def _update(self, model: nn.Module, step: int) -> None:
         with torch.no_grad():
             v = {k: p.detach() + self.u[k] for k, p in self.params.items()}
             masks = self._project(model, v)

@@ -74,6 +74,20 @@ def test_residual_shrinks_and_rho_grows(digits):
     assert residuals[-1] < 0.5 * residuals[0], residuals
 
 
+@pytest.mark.parametrize("total", [3, 7, 10, 40])
+def test_exactly_iterations_updates_for_any_run_length(digits, total):
+    """4 Z/U updates whatever the number of steps (7 steps made 7 updates before, ρ ending at 25.6), the last
+    one at the last step, ρ doubling between them."""
+    task, graph = digits
+    plan = CompressionPlan.uniform(graph, 0.5)
+    work, _ = prepare(task.model, plan, task.example_inputs, graph)
+    hook = ADMMHook(graph, plan, rho=0.2, rho_growth=2.0, iterations=4)
+    finetune(work, task.train_data, FinetuneConfig(steps=total, lr=0.01), task.loss_fn, hooks=[hook])
+    steps, rhos, _ = zip(*hook.history)
+    assert len(steps) == 4 and steps[-1] == total and list(steps) == sorted(steps)
+    assert rhos == pytest.approx((0.2, 0.4, 0.8, 1.6)) and rhos[-1] == pytest.approx(0.2 * 2.0 ** 3)
+
+
 def test_admm_errors_name_the_parameter_and_need_training_data(digits):
     task, graph = digits
     plan = CompressionPlan.uniform(graph, 0.5)
