@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
+from slimtune.compressors import trace
 from slimtune.compressors._types import Group, Member, Tap
 from slimtune.compressors.criteria import (
     CRITERIA,
@@ -502,3 +503,29 @@ def test_activation_taps_preferred_per_channel() -> None:
     group = net_group(taps)
     ctx = CriterionContext(net, SimpleNamespace(gm=graph.gm, groups={}), data=[torch.randn(1, 3, 8, 8)])
     torch.testing.assert_close(score_group(group, "mean_activation", ctx), torch.tensor([0.0, 2.0, 3.0, 4.0]))
+
+
+@pytest.mark.parametrize("criterion", ["apoz", "mean_activation"])
+def test_activation_scores_follow_the_scored_model_not_the_traced_one(criterion):
+    """The training compressors score a working copy whose weights moved: its activations count, not the
+    traced model's (before, perturbing the copy left its scores unchanged)."""
+    import copy
+
+    from slimtune.examples.models import vgg_small
+
+    torch.manual_seed(0)
+    model = vgg_small().eval()
+    x = torch.randn(1, 3, 32, 32)
+    data = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    graph = trace(model, x)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        conv = moved.get_submodule("features.0")
+        conv.weight.mul_(torch.linspace(-3.0, 3.0, conv.out_channels).view(-1, 1, 1, 1))
+    group = graph.groups["features.0"]
+    from_traced = score_group(group, criterion, CriterionContext(moved, graph, data))
+    retraced = trace(moved, x)
+    from_own = score_group(retraced.groups["features.0"], criterion, CriterionContext(moved, retraced, data))
+    original = score_group(group, criterion, CriterionContext(model, graph, data))
+    assert torch.allclose(from_traced, from_own)
+    assert not torch.allclose(from_traced, original)

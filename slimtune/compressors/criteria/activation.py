@@ -16,8 +16,9 @@ counted, which before a non-linearity are rare). A channel at several positions 
 all of them; the per-tap scores are averaged over the taps used for the channel.
 
 One pass serves every group: on the first call the taps of *all* groups of ``ctx.graph.groups``
-are recorded by running ``ctx.graph.gm`` (the ``torch.fx.GraphModule`` sharing the model's
-submodules) through a :class:`torch.fx.Interpreter` that reduces each tapped tensor to
+are recorded by running the graph of ``ctx.graph.gm`` on ``ctx.model``'s own modules and weights
+(:func:`bound_to`: the scores follow the model being compressed, also a working copy whose weights
+moved away from the traced ones) through a :class:`torch.fx.Interpreter` that reduces each tapped tensor to
 per-index counts of zeros, sums of ``|x|`` and element counts on the fly (full activations are
 never kept). The statistics live in ``ctx.cache`` and serve both criteria; a tap seen later that
 was not recorded triggers one more pass for the missing tensors only. The pass runs in eval mode
@@ -248,6 +249,7 @@ def _record(
     unknown = sorted(set(by_node) - names)
     if unknown:
         raise CriterionError(f"criterion {criterion!r}: tap node(s) {unknown} are not nodes of the traced graph")
+    gm = bound_to(gm, ctx.model)
     rec = _Recorder(gm, by_node, criterion)
     device = model_device(ctx.model)
     with eval_mode(ctx.model, gm), torch.no_grad():
@@ -258,3 +260,29 @@ def _record(
     if missing:
         raise CriterionError(f"criterion {criterion!r}: tap node(s) {missing} were not executed by the graph")
     return rec.stats
+
+
+def bound_to(gm: torch.fx.GraphModule, model: torch.nn.Module) -> torch.fx.GraphModule:
+    """The graph of ``gm`` running ``model``'s own modules and tensors.
+
+    A graph is traced from one model; the training compressors score the channels of a working copy
+    (AGP updates, ADMM's projections, lottery rounds), whose weights have moved. The graph's modules
+    and parameters are looked up again in ``model`` by name (its masked weights, its hooks), so the
+    activations are the copy's. Nodes that refer to nothing in ``model`` and feed nothing (the shape
+    guards of an exported program) are dropped; when ``model`` lacks something the graph needs, the
+    graph stays as it is.
+    """
+    graph = torch.fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    graph._codegen = gm.graph._codegen
+    for node in list(graph.nodes):
+        if node.op == "call_module" and not node.users:
+            try:
+                model.get_submodule(str(node.target))
+            except AttributeError:
+                graph.erase_node(node)
+    try:
+        return torch.fx.GraphModule(model, graph, type(gm).__name__)
+    except (AttributeError, RuntimeError):
+        return gm
