@@ -12,10 +12,18 @@ Here every candidate is one trial (its parameters the full ``sparsity/<group>`` 
 dashboard and the other strategies see an ordinary plan) and the resource is predicted from the
 plan without building it: MACs, parameters or size exactly from channel counts, latency from the
 NetAdapt-style lookup table (:class:`~slimtune.compressors.measures.LatencyTable`, measured once
-per study and kept in it). Candidates are the original model pruned by the cumulative plan (no
-weights are carried between trials; the plan says everything). Differences from the paper: the
-channels removed are chosen by the space's criterion (the paper uses the L2 norm of filters,
-``criterion: l2``), and candidates of one iteration run in parallel on several workers.
+per study and kept in it).
+
+**Progressive, as in the paper** (``inherit_weights: true``, the default): every candidate of
+iteration ``i + 1`` starts from the network chosen in iteration ``i`` *with its short-term
+fine-tuned weights* (the plan's ``init_from_trial`` names that trial; the objective loads its saved
+model and prunes it further), and the long-term fine-tune trains the last adapted network. This
+needs the trials' models saved (``save_models: all``); without them the strategy ends after the
+first iteration and says why. ``inherit_weights: false`` builds every candidate from the original
+model pruned by the cumulative plan instead (a greedy allocation search; the ``benchmarks``
+compare both). Other differences from the paper: the channels removed are chosen by the space's
+criterion (the paper uses the L2 norm of filters, ``criterion: l2``), and candidates of one
+iteration run in parallel on several workers.
 
 **Ending.** Every iteration strictly lowers the predicted resource by at least ``min_step``
 (unless no single group can: then the iteration's budget is relaxed to the largest resource the
@@ -58,16 +66,20 @@ Parameters (spec ``strategy`` section):
                                     ``{steps: 50}``); None: the task's fine-tuning
 ``long_term_finetune`` None         overrides for one final trial (e.g. ``{epochs: 10}``);
                                     None: no final trial, the last chosen candidate is final
+``inherit_weights``    true         candidates start from the previous iteration's chosen
+                                    network and its weights (the paper); false: from the
+                                    original model
 ====================== ============ ==================================================
 
 Example:
-    >>> import slimtune, torch
+    >>> import os, tempfile, slimtune, torch
     >>> from slimtune.examples.models import mlp
     >>> model, x = mlp(16, (32, 24), 4).eval(), torch.randn(64, 16)
     >>> ref = model(x).detach()
     >>> task = slimtune.Task(model, x[:1], lambda m: -float((m(x).detach() - ref).square().mean()))
-    >>> study = slimtune.search(task, strategy="netadapt", n_trials=50, storage="memory", target=0.6, step=0.2,
-    ...                         space={"sensitivity": False}, progress=False, save_models="none")
+    >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "na.db")   # trials' models saved: weights carry on
+    >>> study = slimtune.search(task, strategy="netadapt", n_trials=50, storage=url, target=0.6, step=0.2,
+    ...                         space={"sensitivity": False}, progress=False)
     >>> history = netadapt_history(study)   # one row per candidate trial
     >>> history[history.chosen]["resource"].is_monotonic_decreasing
     True
@@ -111,6 +123,8 @@ FINAL = "final"
 RESULT_ATTR = "netadapt.result"
 STEP_ATTR = "netadapt.step"
 ATTR_SPARE = "netadapt.spare"
+INIT_PARAM = "netadapt/init_from_trial"
+_ARTIFACT = "model_artifact"  # slimtune.trials.objective.ATTR_ARTIFACT (trials sit above strategies)
 logger = logging.getLogger("slimtune")
 _POLL_S = 0.5
 _EPS = 1e-9
@@ -178,6 +192,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
         self.wait = wait
         self.params = dict(params)
         self.long_term = params.get("long_term_finetune") is not None
+        self.inherit = bool(params.get("inherit_weights", True))
         self.lower = {g: space.options.min_sparsity for g in space.groups}
         self._models: dict[int, tuple[Budget, ResourceModel]] = {}
         self._candidates: dict[tuple[Any, ...], dict[str, tuple[float, float]]] = {}
@@ -373,6 +388,13 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             base_trial = it.chosen
             done.append(it)
             i += 1
+            chosen = next(t for trials in it.claims.values() for t in trials if t.number == it.chosen)
+            if self.inherit and _ARTIFACT not in chosen.user_attrs and (resource > budget.target + _EPS or self.long_term):
+                reason = (
+                    f"iteration {i - 1}'s chosen trial {it.chosen} has no saved model, and the next step starts from "
+                    "it: run with save_models='all' (or strategy.inherit_weights: false)"
+                )
+                return NetAdaptState(done, None, "finished", base, [], reason)
         if not self.long_term:
             return NetAdaptState(done, None, "finished", base, [], reason)
         final = claims.get((i, FINAL), [])
@@ -485,6 +507,7 @@ class NetAdapt(Strategy):
         "min_step": 0.02,
         "short_term_finetune": None,
         "long_term_finetune": None,
+        "inherit_weights": True,
     }
     uses_sensitivity = False  # NetAdapt measures every candidate itself
 
@@ -510,6 +533,8 @@ class NetAdapt(Strategy):
                     check_finetune_overrides(v)
                 except Exception as e:
                     raise ValueError(f"strategy {self.name!r}: strategy.{key}: {e}") from None
+        if not isinstance(p["inherit_weights"], bool):
+            raise ValueError(f"strategy {self.name!r}: strategy.inherit_weights {p['inherit_weights']!r} must be true or false")
         self._sampler: NetAdaptSampler | None = None
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> NetAdaptSampler:
@@ -526,13 +551,20 @@ class NetAdapt(Strategy):
         params[PHASE] = trial.suggest_categorical(PHASE, [SHORT, LONG])
         if trial.user_attrs.get(ATTR_SPARE):
             raise optuna.TrialPruned("netadapt: no candidate left for this trial (the iteration runs on other workers)")
+        if self.params["inherit_weights"]:
+            base = trial.user_attrs.get(ATTR_BASE)
+            start = -1 if base is None else int(base)
+            params[INIT_PARAM] = trial.suggest_int(INIT_PARAM, start, start)  # a record: one value
         return params
 
     def plan(self, params: Mapping[str, Any], space: SearchSpace) -> CompressionPlan:
-        plan = space.plan(params)
+        plan = space.plan({k: v for k, v in params.items() if k != INIT_PARAM})
         overrides = self.params["long_term_finetune" if params.get(PHASE) == LONG else "short_term_finetune"]
         if overrides:
             plan.finetune = dict(overrides)
+        start = int(params.get(INIT_PARAM, -1))
+        if start >= 0:
+            plan.init_from_trial = start  # the previous iteration's chosen network, with its weights
         return plan
 
     def seeds(self, space: SearchSpace) -> list[dict[str, float]]:

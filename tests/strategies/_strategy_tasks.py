@@ -8,9 +8,10 @@ import slimtune
 from slimtune.examples.models import mlp
 
 
-def make_mlp_task(hidden: tuple[int, ...] = (32, 24), name: str = "tiny-mlp") -> slimtune.Task:
+def make_mlp_task(hidden: tuple[int, ...] = (32, 24), name: str = "tiny-mlp", finetune_steps: int = 0) -> slimtune.Task:
     """An MLP 16 → hidden → 4 on random inputs; the metric is the agreement (in [0, 1]) of the
-    compressed model's soft outputs with the original's, so every compression costs some metric."""
+    compressed model's soft outputs with the original's, so every compression costs some metric.
+    With ``finetune_steps``, trials fine-tune that many steps toward the original's outputs."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = mlp(16, hidden, 4).eval()
@@ -22,4 +23,7 @@ def make_mlp_task(hidden: tuple[int, ...] = (32, 24), name: str = "tiny-mlp") ->
         with torch.no_grad():
             return float(torch.exp(-(m(x) - ref).square().mean()))
 
+    if finetune_steps:
+        return slimtune.Task(model, x[:1], evaluate, name=name, train_data=[(x, ref)], loss_fn=torch.nn.functional.mse_loss,
+                             finetune_config={"steps": finetune_steps, "lr": 1e-3})
     return slimtune.Task(model, x[:1], evaluate, name=name)

@@ -24,10 +24,11 @@ from _strategy_tasks import make_mlp_task
 PARAMS = {"target": 0.35, "step": 0.2, "step_decay": 0.8, "min_step": 0.05}
 
 
-def run(task: slimtune.Task, url: str, n_trials: int, study: str = "na", **params) -> optuna.Study:
+def run(task: slimtune.Task, url: str, n_trials: int, study: str = "na", save_models: str = "none", **params) -> optuna.Study:
+    """NetAdapt's schedule; candidates from the original model unless ``inherit_weights`` (needs saved models)."""
     return slimtune.search(
         task, strategy="netadapt", n_trials=n_trials, storage=url, study_name=study, space={"sensitivity": False},
-        progress=False, save_models="none", **{**PARAMS, **params},
+        progress=False, save_models=save_models, **{**PARAMS, "inherit_weights": False, **params},
     )  # fmt: skip
 
 
@@ -94,11 +95,49 @@ def test_resumes_and_matches_an_uninterrupted_run(tmp_path) -> None:
     assert len(resumed.trials) == len(whole.trials) < 40
 
 
+def test_progressive_candidates_start_from_the_chosen_network(tmp_path) -> None:
+    """As in the paper: iteration i+1's candidates load iteration i's chosen network with its fine-tuned weights
+    (checked by the digest of the weights they start from), and the long-term trial trains the last one."""
+    from slimtune.trials.objective import model_digest
+    from slimtune.trials.runner import load_model
+
+    task = make_mlp_task(hidden=(32, 24, 16), finetune_steps=5)
+    study = run(task, f"sqlite:///{tmp_path / 'na.db'}", n_trials=60, save_models="all", inherit_weights=True,
+                long_term_finetune={"steps": 10})
+    history = netadapt_history(study)
+    trials = {t.number: t for t in study.trials}
+    assert all(t.state == TrialState.COMPLETE for t in study.trials) and "reached flops" in study.user_attrs["netadapt.result"]["reason"]
+    chosen = {}
+    for i, rows in history[history.candidate != FINAL].groupby("iteration"):
+        for n in rows.trial:
+            t = trials[int(n)]
+            base = t.user_attrs["netadapt.base"]
+            if i == 0:
+                assert base is None and "init_from" not in t.user_attrs and t.params["netadapt/init_from_trial"] == -1
+                continue
+            assert base == chosen[i - 1] and t.user_attrs["init_from"]["trial"] == base
+            assert t.user_attrs["init_from"]["digest"] == model_digest(load_model(study, base))
+        chosen[i] = int(rows[rows.chosen].trial.iloc[0])
+    assert len(chosen) >= 3
+    final = trials[int(history[history.candidate == FINAL].trial.iloc[0])]
+    last = chosen[max(chosen)]
+    assert final.user_attrs["init_from"]["trial"] == last
+    assert final.user_attrs["init_from"]["digest"] == model_digest(load_model(study, last))
+
+
+def test_progressive_netadapt_without_saved_models_says_why() -> None:
+    task = make_mlp_task()
+    study = run(task, "memory", n_trials=40, inherit_weights=True)
+    reason = study.user_attrs["netadapt.result"]["reason"]
+    assert "has no saved model" in reason and "inherit_weights: false" in reason
+    assert set(netadapt_history(study).iteration) == {0}
+
+
 def test_an_unreachable_target_ends_at_the_bounds() -> None:
     task = make_mlp_task()
     study = slimtune.search(
         task, strategy="netadapt", n_trials=60, storage="memory", space={"sensitivity": False, "max_sparsity": 0.5},
-        progress=False, save_models="none", target=0.05, step=0.3,
+        progress=False, save_models="none", target=0.05, step=0.3, inherit_weights=False,
     )  # fmt: skip
     result = study.user_attrs["netadapt.result"]
     assert "no group can be pruned further" in result["reason"] and len(study.trials) < 60
@@ -118,7 +157,7 @@ def test_candidates_of_one_iteration_run_on_parallel_workers(wait: bool) -> None
     predictor = ResourcePredictor(graph)
 
     def study_with(n_jobs: int) -> optuna.Study:
-        strategy = get_strategy("netadapt", **PARAMS)
+        strategy = get_strategy("netadapt", **PARAMS, inherit_weights=False)  # no models saved by this driver
         sampler = strategy.sampler(space, 1, 0, None)
         sampler.wait = wait
         study = optuna.create_study(sampler=sampler)

@@ -30,7 +30,7 @@ save_models: none
 # (strategy parameters, extra space, resource, trials): tiny budgets; every strategy aims at 50 %
 STRATEGIES = {
     "simulated_annealing": ("target: 0.5, start_temperature: 0.02, stop_temperature: 0.001, cool_down_rate: 0.5", "", "flops", 2),
-    "netadapt": ("target: 0.5, step: 0.3", "", "flops", 2),
+    "netadapt": ("target: 0.5, step: 0.3, inherit_weights: false", "", "flops", 2),  # no saved models here
     "admm": ("target: 0.5, allocation: uniform, compressor_params: {steps: 1, iterations: 1}", "", "flops", 1),
     "autocompress": ("target: 0.6, rounds: 1, trials_per_round: 1, compressor_params: {steps: 1, iterations: 1}", "", "flops", 1),
     "bitwidth": ("sampler: random", ", bits_w: [4, 8]", "size", 2),

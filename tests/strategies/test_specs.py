@@ -23,7 +23,7 @@ space: {space}
 objectives: [accuracy, {resource}]
 constraints: ["{resource} <= 0.5"]
 n_trials: 5
-save_models: none
+save_models: {save}
 """
 
 CASES = {
@@ -42,7 +42,8 @@ def test_run_and_worker(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     strategy, space, resource, expected = CASES[name]
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(TESTS))
-    (tmp_path / "spec.yaml").write_text(SPEC.format(name=name, strategy=strategy, space=space, resource=resource))
+    save = "all" if name == "netadapt" else "none"  # netadapt's candidates load the chosen network's saved model
+    (tmp_path / "spec.yaml").write_text(SPEC.format(name=name, strategy=strategy, space=space, resource=resource, save=save))
     spec = load_spec(tmp_path / "spec.yaml")
     assert spec.strategy_name == name
     assert main(["-q", "run", "spec.yaml"]) == 0, capsys.readouterr().err
