@@ -15,9 +15,13 @@ NNI's SimulatedAnnealingPruner. Each trial:
 3. is compressed, fine-tuned and evaluated like any trial, and is accepted as the new current
    point by the Metropolis rule on its cost (:func:`metropolis`: always when not worse, else with
    probability ``exp(-Δ / T)``);
-4. cools the temperature geometrically: after ``k`` decided steps ``T = start_temperature ×
-   cool_down_rate ** k``. When ``T`` falls below ``stop_temperature`` the strategy is finished
-   and the runner stops the study (whatever budget is left).
+4. cools the temperature geometrically, ``T = start_temperature × cool_down_rate ** k``, where ``k``
+   counts the *accepted* moves (``cooling: accepted``, the default: NNI's SimulatedAnnealingPruner,
+   whose loop AutoCompress follows, keeps proposing at one temperature until a move is accepted,
+   then cools), or every ``moves_per_temperature`` decided moves (``cooling: moves``: Kirkpatrick
+   et al.'s several moves per temperature; ``moves_per_temperature: 1``, cooling after every move
+   accepted or not, was slimtune's rule before). When ``T`` falls below ``stop_temperature`` the
+   strategy is finished and the runner stops the study (whatever budget is left).
 
 The cost is the study's (:mod:`slimtune.strategies._cost`): the metric, negated when maximised,
 plus any constraint violation; temperatures are in its units (accuracy as a fraction: 0.01 is one
@@ -45,7 +49,10 @@ Parameters (spec ``strategy`` section):
                                      constraint's bound, else 0.5; 0.05 removes 95 %)
 ``start_temperature``     0.05       initial temperature
 ``stop_temperature``      0.002      finished below this temperature
-``cool_down_rate``        0.85       temperature factor per step (20 steps by default)
+``cool_down_rate``        0.85       temperature factor per cooling step (20 by default)
+``cooling``               accepted   cool after each accepted move (``accepted``) or every
+                                     ``moves_per_temperature`` moves (``moves``)
+``moves_per_temperature`` 1          moves per temperature with ``cooling: moves``
 ``perturbation_magnitude`` 0.35      largest move of a group's sparsity at the start
 ``initial``               greedy     ``greedy``, ``sensitivity`` or ``uniform`` start
 ========================= ========== =====================================================
@@ -113,20 +120,38 @@ def metropolis(delta: float, temperature: float, u: float) -> bool:
     return u < math.exp(-delta / temperature)
 
 
+COOLING = ("accepted", "moves")
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """Geometric cooling: ``T_k = start × rate ** k``; finished once ``T_k < stop``."""
+    """Geometric cooling: ``T_k = start × rate ** k``; finished once ``T_k < stop``.
+
+    ``k`` counts cooling steps: with ``cooling="accepted"`` (NNI's SimulatedAnnealingPruner, which
+    AutoCompress's implementation follows) one per *accepted* move after the starting point, so the
+    chain keeps proposing at a temperature until a move is accepted; with ``cooling="moves"``
+    (Kirkpatrick et al.) one every ``moves`` decided moves, the starting point included
+    (``moves=1``: cool after every move, accepted or rejected).
+    """
 
     start: float
     stop: float
     rate: float
+    cooling: str = "moves"
+    moves: int = 1
 
-    def temperature(self, step: int) -> float:
-        return self.start * self.rate**step
+    def temperature(self, level: int) -> float:
+        return self.start * self.rate**level
+
+    def level(self, decided: int, accepted: int) -> int:
+        """The cooling steps done after ``decided`` moves of which ``accepted`` were accepted."""
+        if self.cooling == "accepted":
+            return max(0, accepted - 1)  # the starting point is accepted without a move
+        return decided // max(1, self.moves)
 
     @property
     def steps(self) -> int:
-        """Number of steps until the temperature falls below ``stop`` (the smallest ``k`` with ``T_k < stop``)."""
+        """Number of cooling steps until the temperature falls below ``stop`` (the smallest ``k`` with ``T_k < stop``)."""
         return max(1, math.floor(math.log(self.stop / self.start) / math.log(self.rate) + 1e-9) + 1)
 
 
@@ -175,8 +200,9 @@ def annealing_state(
             state.current_cost = float(t.user_attrs.get(ATTR_COST, math.inf))
             state.accepted.append(t.number)
     state.steps = len(decided)
-    state.temperature = schedule.temperature(state.steps)
-    state.finished = state.steps >= schedule.steps
+    level = schedule.level(state.steps, len(state.accepted))
+    state.temperature = schedule.temperature(level)
+    state.finished = level >= schedule.steps
     return state
 
 
@@ -340,6 +366,8 @@ class SimulatedAnnealing(Strategy):
         "cool_down_rate": 0.85,
         "perturbation_magnitude": 0.35,
         "initial": "greedy",
+        "cooling": "accepted",
+        "moves_per_temperature": 1,
     }
 
     def __init__(self, **params: Any) -> None:
@@ -360,7 +388,12 @@ class SimulatedAnnealing(Strategy):
             raise ValueError(f"strategy {self.name!r}: strategy.cool_down_rate {rate!r} must be in (0, 1)")
         if p["initial"] not in _INITIAL:
             raise ValueError(f"strategy {self.name!r}: strategy.initial {p['initial']!r} must be one of {', '.join(_INITIAL)}")
-        self.schedule = Schedule(float(p["start_temperature"]), float(p["stop_temperature"]), float(rate))
+        if p["cooling"] not in COOLING:
+            raise ValueError(f"strategy {self.name!r}: strategy.cooling {p['cooling']!r} must be one of {', '.join(COOLING)}")
+        moves = p["moves_per_temperature"]
+        if isinstance(moves, bool) or not isinstance(moves, int) or moves < 1:
+            raise ValueError(f"strategy {self.name!r}: strategy.moves_per_temperature {moves!r} must be an integer >= 1")
+        self.schedule = Schedule(float(p["start_temperature"]), float(p["stop_temperature"]), float(rate), p["cooling"], moves)
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> SimulatedAnnealingSampler:
         return SimulatedAnnealingSampler(
@@ -387,5 +420,6 @@ class SimulatedAnnealing(Strategy):
     def finished(self, study: optuna.Study) -> str | None:
         state = annealing_state(study, self.schedule)
         if state.finished:
-            return f"cooled to {state.temperature:.3g} < stop_temperature {self.schedule.stop:g} after {state.steps} steps"
+            return (f"cooled to {state.temperature:.3g} < stop_temperature {self.schedule.stop:g} after {state.steps} steps "
+                    f"({len(state.accepted)} accepted)")
         return None

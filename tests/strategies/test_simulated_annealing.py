@@ -20,7 +20,7 @@ from slimtune.strategies.simulated_annealing import Schedule, SimulatedAnnealing
 
 from _strategy_tasks import make_mlp_task
 
-FAST = {"start_temperature": 0.02, "stop_temperature": 0.005, "cool_down_rate": 0.7}  # 4 steps
+FAST = {"start_temperature": 0.02, "stop_temperature": 0.005, "cool_down_rate": 0.7, "cooling": "moves"}  # 4 steps
 
 
 def run(task: slimtune.Task, url: str, n_trials: int, study: str = "sa", space: dict | None = None, **params) -> optuna.Study:
@@ -52,6 +52,12 @@ def test_metropolis_rule_property() -> None:
     assert not metropolis(math.inf, 1.0, 0.0)
 
 
+def test_default_cooling_follows_nni() -> None:
+    strategy = get_strategy("simulated_annealing")
+    assert strategy.schedule.cooling == "accepted" and strategy.schedule.level(decided=7, accepted=3) == 2
+    assert get_strategy("simulated_annealing", cooling="moves", moves_per_temperature=3).schedule.level(7, 3) == 2
+
+
 def test_schedule_is_geometric_and_ends_below_the_stop_temperature() -> None:
     s = Schedule(0.05, 0.002, 0.85)
     assert s.steps == 20  # the documented default: 20 steps
@@ -70,6 +76,8 @@ def test_parameter_errors_name_the_field() -> None:
         ({"target": 1.5}, "strategy.target"),
         ({"resource": "energy"}, "strategy.resource"),
         ({"initial": "random"}, "strategy.initial"),
+        ({"cooling": "linear"}, "strategy.cooling"),
+        ({"moves_per_temperature": 0}, "strategy.moves_per_temperature"),
     ):
         with pytest.raises(ValueError, match=field):
             get_strategy("simulated_annealing", **params)
@@ -77,12 +85,18 @@ def test_parameter_errors_name_the_field() -> None:
 
 # ---------------------------------------------------------------------- a study
 def test_chain_follows_the_metropolis_rule_and_ends_when_cold(mlp_task: slimtune.Task, tmp_path) -> None:
-    study = run(mlp_task, f"sqlite:///{tmp_path / 'sa.db'}", n_trials=30, target=0.5)
+    study = run(mlp_task, f"sqlite:///{tmp_path / 'sa.db'}", n_trials=30, target=0.5, start_temperature=1e-5,
+                stop_temperature=2.5e-6, cooling="accepted")  # the default rule, cold enough to reject moves
     trials = sa_trials(study)
-    assert len(study.trials) == 4 < 30  # cooled down after 4 steps: the study stopped itself
-    assert [t.user_attrs["sa.step"] for t in trials] == [0, 1, 2, 3]
-    for k, t in enumerate(trials):
-        assert t.user_attrs["sa.temperature"] == pytest.approx(0.02 * 0.7**k)
+    assert len(study.trials) == len(trials) < 30  # cooled down: the study stopped itself
+    assert [t.user_attrs["sa.step"] for t in trials] == list(range(len(trials)))
+    # the documented rule: cool after each accepted move (the starting point is not a move)
+    accepted = 0
+    for t in trials:
+        assert t.user_attrs["sa.temperature"] == pytest.approx(1e-5 * 0.7 ** max(0, accepted - 1))
+        accepted += bool(t.user_attrs["sa.accepted"])
+    assert accepted - 1 == 4  # four cooling steps from 1e-5 take the temperature below 2.5e-6
+    assert any(not t.user_attrs["sa.accepted"] for t in trials)  # a run with rejections
     assert trials[0].user_attrs["sa.base"] is None and trials[0].user_attrs["sa.accepted"]
     seed = study._storage.get_study_system_attrs(study._study_id)["slimtune:sa.seed"]
     current = trials[0]
@@ -101,10 +115,22 @@ def test_chain_follows_the_metropolis_rule_and_ends_when_cold(mlp_task: slimtune
     # the FLOPs target holds on every trial, measured on the compressed model
     assert all(t.user_attrs["measures"]["flops"] <= 0.5 for t in trials)
     # the strategy says why it ended; running again adds nothing
-    strat = get_strategy("simulated_annealing", **FAST)
+    strat = get_strategy("simulated_annealing", **{**FAST, "start_temperature": 1e-5, "stop_temperature": 2.5e-6, "cooling": "accepted"})
     assert "cooled" in strat.finished(study)
-    again = run(mlp_task, f"sqlite:///{tmp_path / 'sa.db'}", n_trials=30, target=0.5)
-    assert len(again.trials) == 4
+    again = run(mlp_task, f"sqlite:///{tmp_path / 'sa.db'}", n_trials=30, target=0.5, start_temperature=1e-5,
+                stop_temperature=2.5e-6, cooling="accepted")
+    assert len(again.trials) == len(trials)
+
+
+@pytest.mark.parametrize("moves", [1, 2])
+def test_cooling_every_n_moves(mlp_task: slimtune.Task, moves: int) -> None:
+    """``cooling: moves``: Kirkpatrick's several moves per temperature; one per temperature (cooling after
+    every move, accepted or not) was the rule before."""
+    study = run(mlp_task, "memory", n_trials=30, target=0.5, cooling="moves", moves_per_temperature=moves)
+    trials = sa_trials(study)
+    assert len(trials) == 4 * moves
+    for k, t in enumerate(trials):
+        assert t.user_attrs["sa.temperature"] == pytest.approx(0.02 * 0.7 ** (k // moves))
 
 
 @pytest.mark.parametrize("target", [0.05, 0.005])
@@ -128,7 +154,7 @@ def test_terminates_and_meets_high_reduction_targets(target: float) -> None:
 
 def test_resumes_from_storage_with_the_same_state(tmp_path) -> None:
     task = make_mlp_task()
-    params = {"target": 0.4, "start_temperature": 0.02, "stop_temperature": 0.002, "cool_down_rate": 0.7}  # 7 steps
+    params = {"target": 0.4, "start_temperature": 0.02, "stop_temperature": 0.002, "cool_down_rate": 0.7, "cooling": "moves"}  # 7 steps
     whole = run(task, f"sqlite:///{tmp_path / 'whole.db'}", n_trials=50, **params)
     url = f"sqlite:///{tmp_path / 'parts.db'}"
     first = run(task, url, n_trials=3, **params)

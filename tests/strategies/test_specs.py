@@ -28,7 +28,7 @@ save_models: {save}
 
 CASES = {
     "simulated_annealing": (
-        "{name: simulated_annealing, start_temperature: 0.02, stop_temperature: 0.01, cool_down_rate: 0.6}",
+        "{name: simulated_annealing, start_temperature: 0.02, stop_temperature: 0.01, cool_down_rate: 0.6, cooling: moves}",
         "{sensitivity: false}", "flops", 2,
     ),
     "netadapt": ("{name: netadapt, step: 0.3, long_term_finetune: {epochs: 1}}", "{sensitivity: false}", "flops", None),
