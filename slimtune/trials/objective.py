@@ -56,6 +56,7 @@ ATTR_NODE = "hostname"
 ATTR_CONSTRAINTS = "constraints"
 ATTR_DUPLICATE = "duplicate_of"
 ATTR_INIT = "init_from"
+ATTR_COMPRESSOR_INFO = "compressor_info"
 
 
 def measure_model(
@@ -189,6 +190,8 @@ class Objective:
             start_model, start_plan, start_graph = self._start(trial, plan)
             context = self.task.training_context(plan.finetune, report, start_graph)
             model = run_compressor(start_model, start_plan, self.task.example_inputs, context)
+            if context.info:
+                trial.set_user_attr(ATTR_COMPRESSOR_INFO, context.info)
             times["compress"] = time.perf_counter() - t
 
             t = time.perf_counter()

@@ -121,6 +121,8 @@ class TrainingContext:
         graph: ``trace(model, example_inputs)`` when already at hand.
         speedup: Return channel-pruned models physically smaller (True) or masked.
         step_offset: Steps already reported (advanced by :meth:`train`).
+        info: What a compressor reports about its run (JSON values; e.g. ADMM's purification:
+            ``{"purified": {group: channels}}``); a trial stores it as ``compressor_info``.
     """
 
     train_data: Iterable[Any] | None = None
@@ -133,6 +135,7 @@ class TrainingContext:
     graph: ModelGraph | None = None
     speedup: bool = True
     step_offset: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
 
     def require_data(self, compressor: str) -> Iterable[Any]:
         """The training batches; a :class:`CompressorError` naming ``compressor`` when there are none."""

@@ -14,9 +14,17 @@ Every parameter the pruning touches (producers' weights and biases, batch-norm s
 input slices) is in the penalty. At the end ``W`` is hard-pruned to the targets (channels chosen on ``W``),
 then sped up and quantized as the plan says; the trial's fine-tune is the masked retrain.
 
-Parameters: ``rho`` (initial ρ), ``rho_growth``, ``iterations`` (Z/U updates, evenly spaced over the run),
-``epochs`` / ``steps``, ``lr``, ``optimizer`` (the ADMM run; None: the fine-tune config's). W must be
-able to follow Z within the run: with Adam at a small learning rate, give the ADMM run a larger ``lr``.
+Parameters: ``rho`` (initial ρ), ``rho_growth``, ``iterations`` (Z/U updates, evenly spaced over the run,
+the last at its last step), ``epochs`` / ``steps``, ``lr``, ``optimizer`` (the ADMM run; None: the fine-tune
+config's), ``purify`` (see below). W must be able to follow Z within the run: with Adam at a small learning
+rate, give the ADMM run a larger ``lr``.
+
+**Purification** (``purify > 0``; AutoCompress, Liu et al. AAAI 2020, step 4): ADMM's penalty drives more
+weights toward zero than the targets remove. After the hard prune, every kept channel of a channel plan's group
+whose producing weights have an L2 norm at most ``purify`` times the median of the group's kept channels is
+removed too, beyond the plan's target (groups with grouped-conv blocks or split parts are left as they are;
+one channel always stays). The counts go to ``context.info["purified"]`` (``{group: channels}``; a trial stores
+them in ``compressor_info``). Off (0) by default: the ECCV 2018 method has no such step.
 
 Example:
     >>> import torch
@@ -150,6 +158,7 @@ class ADMMHook(TrainHook):
     "admm",
     defaults={
         "rho": 0.2, "rho_growth": 2.0, "iterations": 4, "epochs": None, "steps": None, "lr": None, "optimizer": None,
+        "purify": 0.0,
     },  # fmt: skip
     trains=True,
 )
@@ -160,4 +169,49 @@ def admm(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: 
     context.train(work, "admm", [hook], context.budget(params))
     targets = {n: s.sparsity for n, s in plan.prune.items()}
     selection = select(work, graph, plan, targets, None, context.calibration, context.loss_fn)
+    purify = params.get("purify") or 0.0
+    if isinstance(purify, bool) or not isinstance(purify, (int, float)) or not purify >= 0:
+        raise PlanError(f"plan.compressor_params.purify: admm needs a number >= 0 (0: off), got {purify!r}")
+    if purify > 0 and plan.granularity == "channel":
+        purified = purify_selection(work, graph, selection, purify)
+        context.info["purified"] = {g: n for g, n in purified.items() if n}
     return finalize(work, plan, example_inputs, graph, selection, context.speedup, context.calibration)
+
+
+def purify_selection(model: nn.Module, graph: ModelGraph, selection: dict[str, torch.Tensor], threshold: float) -> dict[str, int]:
+    """Add to ``selection`` (in place) the kept channels whose producing weights ADMM drove to (near) zero.
+
+    A channel goes when the L2 norm of its producers' weights is at most ``threshold`` times the median norm
+    of its group's kept channels. Returns ``{group: channels added}``.
+    """
+    from slimtune.compressors.criteria._common import get_module, member_matrix, param
+
+    added: dict[str, int] = {}
+    for name, group in graph.groups.items():
+        if not group.prunable or group.blocks > 1 or len(group.parts) > 1:
+            continue
+        norms = torch.zeros(group.size, dtype=torch.float64)
+        for m in group.members:
+            if m.role not in ("out", "dw", "mha"):
+                continue
+            module = model.get_submodule(m.layer)
+            w = param(module, "weight")
+            if w is None:
+                continue
+            rows = member_matrix(module, m, w, "purify")[m.positions.long()]
+            norms.index_add_(0, m.channels.long(), rows.double().square().sum(1))
+        norms = norms.sqrt()
+        gone = torch.zeros(group.size, dtype=torch.bool)
+        if name in selection:
+            gone[selection[name].long()] = True
+        kept = (~gone).nonzero().flatten()
+        if len(kept) <= 1:
+            continue
+        limit = threshold * float(norms[kept].median())
+        extra = kept[norms[kept] <= limit]
+        if len(extra) >= len(kept):
+            extra = extra[torch.argsort(norms[extra], descending=True)[1:]]  # one channel always stays
+        if len(extra):
+            selection[name] = torch.cat([selection.get(name, torch.zeros(0, dtype=torch.long)), extra]).sort().values
+        added[name] = int(len(extra))
+    return added

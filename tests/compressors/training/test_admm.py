@@ -99,3 +99,33 @@ def test_admm_errors_name_the_parameter_and_need_training_data(digits):
 
     with pytest.raises(CompressorError, match=r"compressor 'admm' trains the model .* train_data"):
         run_compressor(task.model, plan, task.example_inputs, TrainingContext(graph=graph))
+
+
+def test_purification_removes_channels_admm_drove_to_zero(digits):
+    """AutoCompress's purification: kept channels whose weights are (near) zero go too, beyond the target,
+    and the run says how many; the rebuilt model computes what the masked one does."""
+    from slimtune.compressors.training.admm import purify_selection
+    from slimtune.compressors.training._masks import select
+
+    task, graph = digits
+    plan = CompressionPlan.from_sparsities({"features.7": 0.25})
+    work, _ = prepare(task.model, plan, task.example_inputs, graph)
+    selection = select(work, graph, plan, {"features.7": 0.25}, None)
+    before = set(selection["features.7"].tolist())
+    kept = [c for c in range(64) if c not in before][:3]
+    with torch.no_grad():  # what a long ADMM run can leave: three kept filters of the group at zero
+        work.features[7].weight[kept] = 0.0
+    added = purify_selection(work, graph, selection, 0.01)
+    after = set(selection["features.7"].tolist())
+    assert added["features.7"] == 3 and after == before | set(kept)
+    # through the compressor: the trial records how many, the shapes shrink beyond the plan
+    admm_plan = copy.deepcopy(plan)
+    admm_plan.compressor, admm_plan.compressor_params = "admm", {"steps": 2, "purify": 0.5}
+    ctx = task.training_context(graph=graph)
+    small = run_compressor(task.model, admm_plan, task.example_inputs, ctx)
+    extra = ctx.info["purified"].get("features.7", 0)
+    assert small.features[7].out_channels == 64 - 16 - extra
+    masked_plan = copy.deepcopy(admm_plan)
+    with pytest.raises(PlanError, match="purify"):
+        masked_plan.compressor_params = {"purify": -1}
+        run_compressor(task.model, masked_plan, task.example_inputs, task.training_context(graph=graph))
