@@ -32,6 +32,7 @@ from slimtune.trials.runner import load_model
 TESTS = Path(__file__).resolve().parents[1]
 ADMM_RUN = {"steps": 6, "lr": 0.05}
 FAST = {"compressor_params": ADMM_RUN, "start_temperature": 0.05, "stop_temperature": 0.01}
+PER_PROPOSAL = {**FAST, "proposals": "admm", "purify": 0}  # slimtune's earlier way: ADMM for every proposal
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +51,9 @@ def train_task() -> slimtune.Task:
 
 
 def run(task: slimtune.Task, url: str, n_trials: int, study: str = "ac", **params) -> optuna.Study:
+    """The per-proposal ADMM mode unless ``proposals`` says otherwise (the default mode has tests of its own)."""
     return slimtune.search(task, strategy="autocompress", n_trials=n_trials, storage=url, study_name=study,
-                           space={"sensitivity": False}, progress=False, **{**FAST, **params})  # fmt: skip
+                           space={"sensitivity": False}, progress=False, **{**PER_PROPOSAL, **params})  # fmt: skip
 
 
 def sparsities(t: optuna.trial.FrozenTrial) -> dict[str, float]:
@@ -129,7 +131,7 @@ def test_rounds_meet_their_targets_and_start_from_the_previous_best_model(tmp_pa
     history = autocompress_history(study)
     assert history["trial"].tolist() == list(range(6))
     assert history[history["best"]]["trial"].tolist() == [best[k].number for k in range(3)]
-    assert "3 rounds done" in get_strategy("autocompress", rounds=3, trials_per_round=2, **FAST).finished(study)
+    assert "3 rounds done" in get_strategy("autocompress", rounds=3, trials_per_round=2, **PER_PROPOSAL).finished(study)
 
 
 def test_resumes_from_storage_with_the_same_state(tmp_path: Path) -> None:
@@ -138,13 +140,13 @@ def test_resumes_from_storage_with_the_same_state(tmp_path: Path) -> None:
     whole = run(task, f"sqlite:///{tmp_path / 'whole.db'}", 20, **params)
     url = f"sqlite:///{tmp_path / 'parts.db'}"
     first = run(task, url, 3, **params)  # stops in round 1, after its first step
-    before = autocompress_state(first, 2, 2)
+    before = autocompress_state(first, 2, 2, proposals="admm")
     assert (before.current, before.steps, len(before.done)) == (1, 1, 1)
-    assert before.done[0] == autocompress_state(whole, 2, 2).done[0]  # round 0 as in the uninterrupted run
+    assert before.done[0] == autocompress_state(whole, 2, 2, proposals="admm").done[0]  # round 0 as in the uninterrupted run
     # a new process (another sampler, another seed) derives the same rounds from the storage
     reloaded = optuna.load_study(study_name="ac", storage=url)
     space = SearchSpace(trace(task.model, task.example_inputs), SpaceOptions(sensitivity=False))
-    other = AutoCompressSampler(space, 2, round_schedule(0.05, 0.01, 2), target=0.4, seed=999)
+    other = AutoCompressSampler(space, 2, round_schedule(0.05, 0.01, 2), target=0.4, seed=999, proposals="admm")
     assert other.state(reloaded) == before
     resumed = run(task, url, 20, **params)
     a, b = resumed.get_trials(deepcopy=False), whole.get_trials(deepcopy=False)
@@ -154,7 +156,7 @@ def test_resumes_from_storage_with_the_same_state(tmp_path: Path) -> None:
     assert [t.params for t in a] == [t.params for t in b]
     # round 1 started from the same weights in both studies
     assert [t.user_attrs["init_from"]["digest"] for t in a[2:]] == [t.user_attrs["init_from"]["digest"] for t in b[2:]]
-    assert autocompress_state(resumed, 2, 2) == autocompress_state(whole, 2, 2)
+    assert autocompress_state(resumed, 2, 2, proposals="admm") == autocompress_state(whole, 2, 2, proposals="admm")
 
 
 def test_without_saved_models_it_ends_after_the_first_round_and_says_why() -> None:
@@ -247,15 +249,73 @@ def test_run_and_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys:
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(SPEC)
-    assert main(["-q", "run", "spec.yaml"]) == 0, capsys.readouterr().err  # the budget ends it in round 1
+    assert main(["-q", "run", "spec.yaml"]) == 0, capsys.readouterr().err  # the budget ends it after round 0
     study = optuna.load_study(study_name="ac-spec", storage=f"sqlite:///{tmp_path / 'ac.db'}")
     assert len(study.trials) == 3 and "autocompress.result" not in study.user_attrs
-    # a worker with a larger budget joins, finishes round 1 and stops: the rounds are done
+    # a worker with a larger budget joins, runs round 1 and stops: the rounds are done
     assert main(["-q", "worker", "spec.yaml", "--n-trials", "10"]) == 0, capsys.readouterr().err
     study = optuna.load_study(study_name="ac-spec", storage=f"sqlite:///{tmp_path / 'ac.db'}")
     trials = study.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, [t.user_attrs.get("fail_reason") for t in trials]
-    # the target comes from the constraint: round 1 meets it, from round 0's best model
-    assert [t.user_attrs["autocompress.target"] for t in trials] == pytest.approx([0.5**0.5] * 2 + [0.5] * 2)
-    assert all(t.user_attrs["measures"]["flops"] <= 0.5 for t in trials[2:])
-    assert {t.user_attrs["init_from"]["trial"] for t in trials[2:]} == {study.user_attrs["autocompress.result"]["bests"][0]}
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, [t.user_attrs.get("fail_reason") for t in trials]
+    # each round: two quick proposals, then ADMM on the chosen one
+    assert [t.user_attrs["autocompress.phase"] for t in trials] == ["proposal", "proposal", "admm"] * 2
+    # the target comes from the constraint: round 1 meets it, from round 0's ADMM model
+    assert [t.user_attrs["autocompress.target"] for t in trials] == pytest.approx([0.5**0.5] * 3 + [0.5] * 3)
+    assert all(t.user_attrs["measures"]["flops"] <= 0.5 for t in trials[3:])
+    assert study.user_attrs["autocompress.result"]["bests"][0] == 2
+    assert {t.user_attrs["init_from"]["trial"] for t in trials[3:]} == {2}
+
+
+def test_by_default_proposals_are_quick_and_admm_runs_once_per_round_on_the_chosen_one(tmp_path: Path) -> None:
+    """As published: one-shot proposals with a short fine-tune, then ADMM (with purification) on the round's
+    best proposal, from the round's starting model; the next round starts from that ADMM result."""
+    task = train_task()
+    study = run(task, f"sqlite:///{tmp_path / 'ac.db'}", 30, rounds=2, trials_per_round=2, target=0.3,
+                proposals="oneshot", purify=0.01, proposal_finetune={"steps": 1})
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    phases = [t.user_attrs["autocompress.phase"] for t in trials]
+    assert phases == ["proposal", "proposal", "admm"] * 2
+    for k in range(2):
+        proposals = [t for t in trials if t.user_attrs["autocompress.round"] == k and t.user_attrs["autocompress.phase"] == "proposal"]
+        admm = next(t for t in trials if t.user_attrs["autocompress.round"] == k and t.user_attrs["autocompress.phase"] == "admm")
+        for t in proposals:  # quick: one-shot pruning and the short fine-tune
+            assert t.user_attrs["plan"].get("compressor", "oneshot") == "oneshot"
+            assert t.user_attrs["plan"]["finetune"] == {"steps": 1}
+        best = max(proposals, key=lambda t: (t.user_attrs["measures"]["accuracy"], -t.number))
+        assert admm.user_attrs["autocompress.proposal"] == best.number
+        assert sparsities(admm) == sparsities(best)  # ADMM on the chosen allocation
+        plan = admm.user_attrs["plan"]
+        assert plan["compressor"] == "admm" and plan["compressor_params"]["purify"] == 0.01
+        assert plan.get("init_from_trial") == admm.user_attrs["autocompress.base"]
+        assert admm.user_attrs["measures"]["flops"] <= admm.user_attrs["autocompress.target"] + 1e-9
+    round1 = [t for t in trials if t.user_attrs["autocompress.round"] == 1]
+    assert {t.user_attrs["init_from"]["trial"] for t in round1} == {2}  # round 0's ADMM trial
+    assert study.user_attrs["autocompress.result"]["bests"] == [2, 5]
+    history = autocompress_history(study)
+    assert history["phase"].tolist() == phases and history[history["best"]]["trial"].tolist() == [2, 5]
+
+
+def test_purified_channels_count_as_pruned_in_the_next_round(tmp_path: Path) -> None:
+    """A high threshold makes purification remove channels beyond the target: the trial records them, the
+    model is smaller than its plan, and the next round's proposals keep at least that much pruned."""
+    task = train_task()
+    study = run(task, f"sqlite:///{tmp_path / 'ac.db'}", 30, rounds=2, trials_per_round=1, target=0.5,
+                proposals="oneshot", purify=0.9)
+    trials = study.get_trials(deepcopy=False)
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs.get("fail_reason") for t in trials]
+    admm = trials[1]
+    purified = admm.user_attrs["compressor_info"]["purified"]
+    assert sum(purified.values()) > 0
+    graph = trace(task.model, task.example_inputs)
+    small = load_model(study, admm.number)
+    for g, extra in purified.items():
+        planned = graph.groups[g].size - graph.groups[g].n_prune(sparsities(admm)[g])
+        assert small.get_submodule(g).weight.shape[0] == planned - extra
+    state = autocompress_state(study, 2, 1, proposals="oneshot", space=SearchSpace(graph, SpaceOptions(sensitivity=False)))
+    raised = state.done[0].best_params
+    for g, extra in purified.items():
+        assert graph.groups[g].n_prune(raised[f"sparsity/{g}"]) == graph.groups[g].n_prune(sparsities(admm)[g]) + extra
+    nxt = trials[2]
+    assert all(graph.groups[g].n_prune(v) >= graph.groups[g].n_prune(raised[f"sparsity/{g}"]) for g, v in sparsities(nxt).items())
+    assert autocompress_history(study)["purified"].tolist()[1] == sum(purified.values())
