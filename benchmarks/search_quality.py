@@ -35,6 +35,10 @@ is the luckiest of them, so each judged trial, and uniform's best trial where it
 fine-tuned again ``--seeds`` times (default 5) with fresh fine-tune seeds, and the verdict is repeated on the
 mean accuracies.
 
+*Variants.* ``name:variant`` in ``--strategies`` runs a strategy's earlier, non-default way beside its default (the
+paper's): ``netadapt:greedy`` (``inherit_weights: false``), ``autocompress:admm`` (``proposals: admm``) and
+``simulated_annealing:moves1`` (``cooling: moves``, one move per temperature), judged like the rest.
+
 ``--finetune-epochs N`` overrides the task's ``finetune_epochs`` (``0``: every trial is judged one-shot, so the
 comparison measures the allocation alone, not what fine-tuning recovers); ``--constraints "..."`` replaces the
 spec's constraints (``;``-separated, ``""`` for none: one-shot accuracy is far below the spec's 2-point bound).
@@ -103,6 +107,13 @@ JOINT_AIMS = (("flops", 0.5), ("size", SIZE_BOUND))  # joint runs with each budg
 PRUNE_FREE = ("bitwidth",)  # quantizes only: judged on size, not on FLOPs
 BASELINES = ("uniform", "random", "tpe", "nsga2")  # generic samplers: listed, not judged against uniform
 ADMM_RUN = {"epochs": 1, "lr": 0.01}  # the ADMM phase of admm / autocompress trials
+# Earlier (non-default) variants of the faithful strategies, compared side by side with the defaults:
+# ``--strategies netadapt,netadapt:greedy`` runs both. A variant's runs are labelled ``name:variant``.
+VARIANTS = {
+    "netadapt:greedy": {"inherit_weights": False},  # every candidate from the original model (allocation search)
+    "autocompress:admm": {"proposals": "admm"},  # a full ADMM and fine-tune for every proposal
+    "simulated_annealing:moves1": {"cooling": "moves", "moves_per_temperature": 1},  # cool after every move
+}
 
 
 def long_finetune(task) -> dict | None:
@@ -117,7 +128,9 @@ def strategy_run(
     name: str, kwargs: dict, n_trials: int, target: float | None, long: dict | None = None, resource: str = "flops"
 ) -> dict:
     """``search`` keyword arguments of one automatic strategy in the comparison."""
-    study = f"bench-{name}" + (f"-{target:g}" if target is not None else "") + (f"-{resource}" if resource != "flops" else "")
+    study = f"bench-{name.replace(':', '-')}" + (f"-{target:g}" if target is not None else "") + (f"-{resource}" if resource != "flops" else "")
+    variant = VARIANTS.get(name, {})
+    name = name.split(":")[0]
     run = {**kwargs, "strategy": name, "n_trials": n_trials, "study_name": study, "progress": False}
     for key in list(run):
         if key not in ("task", "strategy", "objectives", "constraints", "n_trials", "timeout", "storage",
@@ -133,7 +146,9 @@ def strategy_run(
     elif name == "admm":
         run.update(target=target, compressor_params=ADMM_RUN)
     elif name == "autocompress":
-        run.update(target=target, rounds=3, trials_per_round=max(1, n_trials // 3), compressor_params=ADMM_RUN)
+        # the budget in 3 rounds; by default each round ends with its one ADMM trial
+        per_round = n_trials // 3 - (0 if variant.get("proposals") == "admm" else 1)
+        run.update(target=target, rounds=3, trials_per_round=max(1, per_round), compressor_params=ADMM_RUN)
     elif name == "joint":
         space["bits_w"] = [2, 4, 8, 32]
         run["objectives"] = ("accuracy", "flops", "size")  # bit-widths move size, sparsity both
@@ -143,6 +158,7 @@ def strategy_run(
         space["bits_w"] = [2, 4, 8, 32]
         run["objectives"] = ("accuracy", "size")
     run["space"] = space
+    run.update(variant)
     return run
 
 
@@ -327,7 +343,10 @@ def main() -> None:
             targets = [float(t) for t in args.targets.split(",") if t.strip()]
             runs = {spec.strategy_name: (searched, search_s, None, None), "uniform": (uniform, uniform_s, None, None)}
             for name in [n for n in args.strategies.split(",") if n and n not in runs]:
-                aims = [("flops", t) for t in targets] if name in TARGETED else JOINT_AIMS if name == "joint" else [(None, None)]
+                if ":" in name and name not in VARIANTS:
+                    raise SystemExit(f"--strategies: unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+                base = name.split(":")[0]
+                aims = [("flops", t) for t in targets] if base in TARGETED else JOINT_AIMS if base == "joint" else [(None, None)]
                 for resource, target in aims:
                     label = name if target is None else f"{name} @{target:g}" + ("" if resource == "flops" else f" {resource}")
                     print(f"{label}: {kwargs['n_trials']} trials ...", flush=True)
