@@ -504,7 +504,7 @@ def main() -> None:
             + "; ".join(f"{v['strategy']} ({v['judged_at']}) {'beats' if v['beats_uniform'] else 'does not beat'} "
                         f"uniform, {v['why']}" for v in verdicts if not v["judged"]) + ".",
             "",
-            f"Some strategy reaches ≥ 50 % FLOPs reduction within 1 accuracy point: **"
+            "Some strategy reaches ≥ 50 % FLOPs reduction within 1 accuracy point: **"
             + ("yes" if any(r["best_acc_flops_le_50"] >= base_acc - 0.01 for r in strategy_rows) else "no") + "**; "
             f"`joint` reaches ≤ 0.15× size within 1 point: **{'yes' if result['joint_size_le_15_within_1pt'] else 'no'}** "
             f"(best accuracy at ≤ 0.15× size {joint_15:.4f}, original {base_acc:.4f}).",

@@ -32,7 +32,7 @@ def compress(
     max_batches: int | None = None,
     graph: ModelGraph | None = None,
     observer: str = "minmax",
-    quant_algorithm: str = "ste",
+    quant_algorithm: str | None = None,
 ) -> nn.Module:
     """Return a compressed copy of ``model``; the model itself is never modified.
 
@@ -51,7 +51,8 @@ def compress(
             compresses many times); groups refer to layers by name, so it serves every copy.
         observer: Activation-range observer for the plan's ``quantize`` layers (``minmax``,
             ``moving_average``, ``percentile``, ``kl``).
-        quant_algorithm: Quantization algorithm (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``).
+        quant_algorithm: Quantization algorithm (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``, ``slb``);
+            None: the plan's ``quant_algorithm``, else ``ste``.
 
     Pruning comes first (and speedup), then quantization: the plan's ``quantize`` layers are
     wrapped in fake-quantizers (weights per channel at ``bits_w``; inputs at ``bits_a`` with a
@@ -96,7 +97,7 @@ def finalize(
     data: Iterable[Any] | None = None,
     max_batches: int | None = None,
     observer: str = "minmax",
-    quant_algorithm: str = "ste",
+    quant_algorithm: str | None = None,
 ) -> nn.Module:
     """Prune ``model`` in place to a chosen selection, speed it up and quantize it as ``plan`` says.
 
@@ -118,7 +119,8 @@ def finalize(
         apply_speedup(model, graph, dict(pruned or {}))
         check_forward(model, example_inputs)
     if plan.quantize:
-        _quantize(model, plan, data, max_batches, observer, quant_algorithm)
+        algorithm = quant_algorithm or plan.quant_algorithm or "ste"
+        _quantize(model, plan, data, max_batches, observer, algorithm)
     return model
 
 

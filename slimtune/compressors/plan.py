@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 Granularity = Literal["channel", "unstructured"]
 _GRANULARITIES = ("channel", "unstructured")
 _FLOAT_BITS = 32
-_FIELDS = ("granularity", "prune", "quantize", "compressor", "compressor_params", "finetune", "init_from_trial")
+_FIELDS = ("granularity", "prune", "quantize", "compressor", "compressor_params", "finetune", "init_from_trial", "quant_algorithm")
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,11 @@ class CompressionPlan:
             the original model (iterative strategies such as ``autocompress``). The sparsities stay
             relative to the *original* model's groups; a study's objective converts them for the
             smaller model (:func:`slimtune.trials.objective.rebase_plan`) and loads that trial's saved model.
+        quant_algorithm: The quantization algorithm of the ``quantize`` layers, a name from
+            :data:`slimtune.compressors.quantization.ALGORITHMS` (``ste``, ``ptq``, ``pact``, ``dorefa``,
+            ``bnn``, ``slb`` ...); None: ``ste`` (or what :func:`~slimtune.compressors.compress` is given).
 
-    The last four are written by :meth:`to_dict` only when they differ from their defaults, so
+    The last five are written by :meth:`to_dict` only when they differ from their defaults, so
     plans stored before they existed stay valid.
     """
 
@@ -89,6 +92,7 @@ class CompressionPlan:
     compressor_params: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
     init_from_trial: int | None = None
+    quant_algorithm: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -152,6 +156,8 @@ class CompressionPlan:
             out["finetune"] = copy.deepcopy(dict(self.finetune))
         if self.init_from_trial is not None:
             out["init_from_trial"] = self.init_from_trial
+        if self.quant_algorithm is not None:
+            out["quant_algorithm"] = self.quant_algorithm
         return out
 
     def to_json(self, **kwargs: Any) -> str:
@@ -190,7 +196,9 @@ class CompressionPlan:
                 raise PlanError(f"plan.{key} must be a mapping, got {type(value).__name__}")
             extra[key] = copy.deepcopy(dict(value))
         init = data.get("init_from_trial")
-        return cls(prune, quant, data.get("granularity", "channel"), compressor, **extra, init_from_trial=init)
+        algorithm = data.get("quant_algorithm")
+        return cls(prune, quant, data.get("granularity", "channel"), compressor, **extra, init_from_trial=init,
+                   quant_algorithm=algorithm)
 
     @classmethod
     def from_json(cls, text: str) -> CompressionPlan:
@@ -235,7 +243,19 @@ class CompressionPlan:
                 )
         self._validate_training()
         qnames = set(graph.quantizable_layers()) if graph is not None else None
+        max_bits = 8
+        if self.quant_algorithm is not None:
+            from slimtune.compressors.quantization.algorithms import ALGORITHMS
+
+            if not isinstance(self.quant_algorithm, str) or self.quant_algorithm not in ALGORITHMS:
+                raise PlanError(f"plan.quant_algorithm: unknown algorithm {self.quant_algorithm!r}; known: {sorted(ALGORITHMS)}")
+            max_bits = ALGORITHMS[self.quant_algorithm].max_bits_w
         for name, q in self.quantize.items():
+            if q.bits_w is not None and q.bits_w != _FLOAT_BITS and isinstance(q.bits_w, int) and q.bits_w > max_bits:
+                raise PlanError(
+                    f"layer {name!r}: bits_w {q.bits_w} is above what quant_algorithm {self.quant_algorithm!r} "
+                    f"supports (at most {max_bits}); use 'ste' for it"
+                )
             for attr in ("bits_w", "bits_a"):
                 b = getattr(q, attr)
                 if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == _FLOAT_BITS)):
@@ -284,6 +304,8 @@ class CompressionPlan:
             parts.append(f"compressor {self.compressor}")
         if self.init_from_trial is not None:
             parts.append(f"from trial {self.init_from_trial}")
+        if self.quant_algorithm is not None and self.quantize:
+            parts.append(f"quantized by {self.quant_algorithm}")
         return ", ".join(parts)
 
 

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 SPARSITY_PREFIX = "sparsity/"
 BITS_W_PREFIX = "bits_w/"
 BITS_A_PREFIX = "bits_a/"
+QUANT_ALGORITHM_PARAM = "quant/algorithm"
+"""The trial parameter choosing the quantization algorithm when ``space.quant_algorithm`` lists several."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class SpaceOptions:
             32 = float); None searches no weight bit-widths.
         bits_a: Activation bit-widths to choose from per layer (needs calibration batches).
         quantize_layers: Restrict bit-width choices to these layers (default: every Conv/Linear).
+        quant_algorithm: How the quantized layers are quantized and trained: a name of
+            :data:`~slimtune.compressors.quantization.ALGORITHMS` (``ste``, ``ptq``, ``pact``,
+            ``dorefa``, ``bnn``, ``slb`` ...) written into every plan, or a list of names searched
+            as the trial parameter ``quant/algorithm``; None: ``ste``. Each must accept every
+            searched weight bit-width (``slb`` 1-4 bits, ``bnn`` 1 bit).
     """
 
     max_sparsity: float = 0.9
@@ -76,6 +83,7 @@ class SpaceOptions:
     bits_w: tuple[int, ...] | None = None
     bits_a: tuple[int, ...] | None = None
     quantize_layers: tuple[str, ...] | None = None
+    quant_algorithm: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -109,6 +117,37 @@ class SpaceOptions:
             object.__setattr__(self, name, tuple(sorted(set(choices))))
         if self.quantize_layers is not None:
             object.__setattr__(self, "quantize_layers", tuple(self.quantize_layers))
+        if self.quant_algorithm is not None:
+            object.__setattr__(self, "quant_algorithm", self._check_algorithms(bad_))
+
+    def _check_algorithms(self, bad: Callable[[str, str], ValueError]) -> str | tuple[str, ...]:
+        from slimtune.compressors.quantization.algorithms import ALGORITHMS
+
+        value = self.quant_algorithm
+        names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+        if not names or any(not isinstance(n, str) for n in names):
+            raise bad("quant_algorithm", f"{value!r} must be an algorithm name or a non-empty list of them")
+        unknown = [n for n in names if n not in ALGORITHMS]
+        if unknown:
+            raise bad("quant_algorithm", f"unknown algorithm(s) {unknown}; known: {', '.join(sorted(ALGORITHMS))}")
+        if not self.bits_w and not self.bits_a:
+            raise bad("quant_algorithm", "quantizes nothing: the space searches no bit-widths (set bits_w or bits_a)")
+        quantized = [b for b in self.bits_w or () if b != 32]
+        for n in names:
+            limit = ALGORITHMS[n].max_bits_w
+            if any(b > limit for b in quantized):
+                raise bad(
+                    "quant_algorithm",
+                    f"{n!r} quantizes weights to at most {limit} bit(s) but space.bits_w has {[b for b in quantized if b > limit]}",
+                )
+        names = list(dict.fromkeys(names))
+        return names[0] if len(names) == 1 else tuple(names)
+
+    @property
+    def quant_algorithms(self) -> tuple[str, ...]:
+        """The algorithms a plan may use (``("ste",)`` when none is set)."""
+        value = self.quant_algorithm
+        return ("ste",) if value is None else (value,) if isinstance(value, str) else tuple(value)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SpaceOptions:
@@ -124,6 +163,8 @@ class SpaceOptions:
         d["levels"] = list(self.levels)
         for key in ("groups", "bits_w", "bits_a", "quantize_layers"):
             d[key] = list(getattr(self, key)) if getattr(self, key) is not None else None
+        if isinstance(self.quant_algorithm, tuple):
+            d["quant_algorithm"] = list(self.quant_algorithm)
         return d
 
 
@@ -206,6 +247,8 @@ class SearchSpace:
             if choices:
                 for layer in self.quant_layers:
                     dists[prefix + layer] = CategoricalDistribution(list(choices))
+        if len(self.options.quant_algorithms) > 1 and self.quant_layers:
+            dists[QUANT_ALGORITHM_PARAM] = CategoricalDistribution(list(self.options.quant_algorithms))
         return dists
 
     def suggest(self, trial: optuna.trial.Trial) -> dict[str, Any]:
@@ -219,7 +262,9 @@ class SearchSpace:
         return params
 
     def plan(self, params: Mapping[str, Any]) -> CompressionPlan:
-        """The plan of a trial's parameters (``sparsity/<group>`` keys; others are ignored)."""
+        """The plan of a trial's parameters (``sparsity/<group>``, ``bits_w/<layer>``, ``bits_a/<layer>``
+        and ``quant/algorithm`` keys; others are ignored). Without ``quant/algorithm`` the plan
+        quantizes with the first of ``space.quant_algorithm``."""
         prune = {}
         bits: dict[str, dict[str, int | None]] = {}
         for key, value in params.items():
@@ -238,7 +283,13 @@ class SearchSpace:
         quantize = {
             layer: QuantSpec(**q) for layer, q in bits.items() if any(v is not None for v in q.values())
         }
-        return CompressionPlan(prune, quantize)
+        algorithm = None
+        if self.options.quant_algorithm is not None and quantize:
+            algorithm = str(params.get(QUANT_ALGORITHM_PARAM, self.options.quant_algorithms[0]))
+            if algorithm not in self.options.quant_algorithms:
+                raise PlanError(f"parameter {QUANT_ALGORITHM_PARAM!r}: {algorithm!r} is not one of space.quant_algorithm "
+                                f"{list(self.options.quant_algorithms)}")
+        return CompressionPlan(prune, quantize, quant_algorithm=algorithm)
 
     def uniform(self, sparsity: float, clip: bool = True) -> dict[str, Any]:
         """Parameters giving every group ``sparsity`` (clipped to each group's bounds); searched
@@ -367,4 +418,4 @@ def parameter_groups(params: Mapping[str, Any]) -> Sequence[str]:
     return [k[len(SPARSITY_PREFIX) :] for k in params if k.startswith(SPARSITY_PREFIX)]
 
 
-__all__ = ["BITS_A_PREFIX", "BITS_W_PREFIX", "SPARSITY_PREFIX", "SearchSpace", "SpaceOptions", "parameter_groups"]
+__all__ = ["BITS_A_PREFIX", "BITS_W_PREFIX", "QUANT_ALGORITHM_PARAM", "SPARSITY_PREFIX", "SearchSpace", "SpaceOptions", "parameter_groups"]

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
-from slimtune.search_spaces.space import BITS_A_PREFIX, BITS_W_PREFIX
+from slimtune.search_spaces.space import BITS_A_PREFIX, BITS_W_PREFIX, QUANT_ALGORITHM_PARAM
 from slimtune.strategies._base import Strategy, get_strategy, register_strategy
 from slimtune.strategies._budget import check_budget_params
 from slimtune.strategies._repair import BudgetRepairSampler
@@ -133,7 +133,7 @@ class Bitwidth(Strategy):
         return {
             k: trial.suggest_categorical(k, d.choices)  # type: ignore[attr-defined]
             for k, d in space.distributions().items()
-            if k.startswith((BITS_W_PREFIX, BITS_A_PREFIX))
+            if k.startswith((BITS_W_PREFIX, BITS_A_PREFIX)) or k == QUANT_ALGORITHM_PARAM
         }
 
     def seeds(self, space: SearchSpace) -> list[dict[str, float]]:

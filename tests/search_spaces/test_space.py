@@ -287,6 +287,33 @@ def test_bit_width_options_are_checked(graph) -> None:
     assert [k for k in only.distributions() if k.startswith("bits_w/")] == [f"bits_w/{graph.quantizable_layers()[0]}"]
 
 
+def test_quant_algorithm_is_fixed_or_searched_and_checked_against_the_bits(graph) -> None:
+    from optuna.distributions import CategoricalDistribution
+
+    layer = graph.quantizable_layers()[0]
+    fixed = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[2, 4, 32], quant_algorithm="slb"))
+    assert "quant/algorithm" not in fixed.distributions()
+    assert fixed.plan({f"bits_w/{layer}": 2}).quant_algorithm == "slb"
+    assert fixed.plan({f"bits_w/{layer}": 32}).quant_algorithm is None  # nothing quantized: no algorithm
+    searched = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[2, 4], quant_algorithm=["slb", "ste", "slb"]))
+    dist = searched.distributions()["quant/algorithm"]
+    assert isinstance(dist, CategoricalDistribution) and list(dist.choices) == ["slb", "ste"]
+    assert searched.plan({f"bits_w/{layer}": 4, "quant/algorithm": "ste"}).quant_algorithm == "ste"
+    assert searched.plan({f"bits_w/{layer}": 4}).quant_algorithm == "slb"  # a strategy that does not ask: the first
+    with pytest.raises(PlanError, match=r"quant/algorithm.*'bnn'"):
+        searched.plan({f"bits_w/{layer}": 4, "quant/algorithm": "bnn"})
+    assert SpaceOptions.from_dict(searched.options.to_dict()) == searched.options
+    assert searched.options.to_dict()["quant_algorithm"] == ["slb", "ste"]
+    with pytest.raises(ValueError, match=r"space.quant_algorithm: 'slb' quantizes weights to at most 4 bit\(s\) but space.bits_w has \[8\]"):
+        SpaceOptions(bits_w=[4, 8, 32], quant_algorithm=["ste", "slb"])
+    with pytest.raises(ValueError, match=r"space.quant_algorithm: 'bnn' .* at most 1 bit"):
+        SpaceOptions(bits_w=[1, 2], quant_algorithm="bnn")
+    with pytest.raises(ValueError, match=r"space.quant_algorithm: unknown algorithm\(s\) \['nope'\]"):
+        SpaceOptions(bits_w=[4], quant_algorithm="nope")
+    with pytest.raises(ValueError, match=r"space.quant_algorithm: quantizes nothing"):
+        SpaceOptions(quant_algorithm="slb")
+
+
 def bit_frame(drops: dict[str, list[tuple[int, float]]]) -> pd.DataFrame:
     """A hand-made bit-sensitivity table: ``{layer: [(bits, drop), ...]}``."""
     return pd.DataFrame([{"layer": n, "bits_w": b, "drop": d} for n, pts in drops.items() for b, d in pts])

@@ -175,3 +175,32 @@ def test_bitwidth_respects_a_latency_constraint_predicted_from_the_measured_int8
         assert t.user_attrs["bitwidth.budget_met"] and predicted <= bound
         assert predicted == pytest.approx(t.user_attrs["bitwidth.resource"])
         assert t.user_attrs["measures"]["latency"] > 0  # measured on the trial's int8 export
+
+
+def test_a_search_trial_with_slb_ends_with_hard_weights_equal_in_training_and_evaluation(tmp_path) -> None:
+    """space.quant_algorithm chooses SLB per trial; the built-in fine-tune anneals its temperature
+    and hardens it at the end, so the saved model's training-mode weights are its evaluated ones."""
+    from slimtune.compressors.quantization.algorithms.slb import slb_candidates, slb_layers
+    from slimtune.trials.runner import load_model
+
+    task = make_mlp_task(finetune_steps=6)
+    study = slimtune.search(
+        task, strategy="bitwidth", n_trials=3, storage=f"sqlite:///{tmp_path}/slb.db", study_name="slb", progress=False,
+        objectives=("accuracy", "size"), save_models="all", seed=0,
+        space={"bits_w": [2, 4], "quant_algorithm": ["slb", "ste"], "sensitivity": False},
+    )  # fmt: skip
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    for t in done:
+        assert t.user_attrs["plan"].get("quant_algorithm") == t.params["quant/algorithm"]
+        model = load_model(study, t.number)
+        layers = slb_layers(model)
+        assert bool(layers) == (t.params["quant/algorithm"] == "slb")
+        for w in layers:
+            assert float(w.slb_temperature) == 0.0
+            trained, evaluated = w.train().quantized_weight().detach(), w.eval().quantized_weight().detach()
+            assert torch.equal(trained, evaluated)
+            # the hard weights are grid values
+            grid = slb_candidates(w)
+            assert float((trained.unsqueeze(-1) - grid.unsqueeze(1)).abs().amin(-1).max()) < 1e-6
+    assert any(t.params["quant/algorithm"] == "slb" for t in done)

@@ -184,7 +184,7 @@ def purify_selection(model: nn.Module, graph: ModelGraph, selection: dict[str, t
     A channel goes when the L2 norm of its producers' weights is at most ``threshold`` times the median norm
     of its group's kept channels. Returns ``{group: channels added}``.
     """
-    from slimtune.compressors.criteria._common import get_module, member_matrix, param
+    from slimtune.compressors.criteria._common import member_matrix, param
 
     added: dict[str, int] = {}
     for name, group in graph.groups.items():

@@ -89,6 +89,11 @@ class FinetuneConfig:
         freeze_zeros: Keep weights that are exactly zero at the start (pruned weights without a
             ``torch.nn.utils.prune`` mask) at zero.
         num_threads: Intra-op threads while training (None: unchanged).
+        slb_final_temperature: The softmax temperature the model's ``slb``-quantized layers reach at the
+            end of the run, geometrically (once per step) from their temperature at its start (1 when
+            they were just quantized), as SLB anneals; after the run they are set to 0 (hard argmax),
+            so training mode and evaluation use the same discrete weights. None: the loop leaves
+            the temperature alone (drive it with ``slb.anneal`` / ``slb.set_temperature``).
     """
 
     epochs: int = 1
@@ -105,6 +110,7 @@ class FinetuneConfig:
     eval_every: int | None = None
     freeze_zeros: bool = True
     num_threads: int | None = None
+    slb_final_temperature: float | None = 0.01
 
     def __post_init__(self) -> None:
         _integer(self.epochs, "epochs", 0)
@@ -123,6 +129,8 @@ class FinetuneConfig:
             _integer(self.eval_every, "eval_every", 1)
         if self.num_threads is not None:
             _integer(self.num_threads, "num_threads", 1)
+        if self.slb_final_temperature is not None:
+            _number(self.slb_final_temperature, "slb_final_temperature", 0.0, math.inf, open_low=True)
         for name in ("shuffle", "freeze_zeros"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanError(f"finetune.{name}: must be true or false, got {getattr(self, name)!r}")

@@ -73,6 +73,38 @@ class TrainHook:
         return []
 
 
+class SLBAnnealing(TrainHook):
+    """Anneals the softmax temperature of the model's ``slb`` layers over a run (added by
+    :func:`finetune` when ``config.slb_final_temperature`` is set and the model has such layers).
+
+    Each layer's temperature falls geometrically from its value at the start of the run, ``T0``, to
+    ``final`` after the last step: ``T(k) = T0 · (final / T0) ** (k / total)`` after step ``k``
+    (a layer already at or below ``final`` keeps its temperature). At the end every layer is set
+    to ``T = 0``: its forward weight is then each weight's argmax candidate in training mode too,
+    the network evaluation and export use.
+    """
+
+    def __init__(self, final: float) -> None:
+        self.final = float(final)
+        self.layers: list[tuple[nn.Module, float]] = []
+        self.total = 0
+
+    def start(self, model: nn.Module, total_steps: int) -> None:
+        from slimtune.compressors.quantization.algorithms.slb import slb_layers
+
+        self.layers = [(w, float(w.slb_temperature)) for w in slb_layers(model)]
+        self.total = total_steps
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        for wrapper, t0 in self.layers:
+            if t0 > self.final:
+                wrapper.slb_temperature.fill_(t0 * (self.final / t0) ** (step / self.total))
+
+    def end(self, model: nn.Module) -> None:
+        for wrapper, _ in self.layers:
+            wrapper.slb_temperature.fill_(0.0)
+
+
 @dataclass
 class FinetuneResult:
     """What a :func:`finetune` run did.
@@ -129,6 +161,8 @@ def finetune(
 
         distiller = Distiller(model, teacher, config.kd)
     eval_every = config.eval_every or per_epoch
+    if config.slb_final_temperature is not None and _has_slb(model):
+        hooks = [*hooks, SLBAnnealing(config.slb_final_temperature)]
     with torch.random.fork_rng(devices=[]), _num_threads(config.num_threads), _attached(distiller, data):
         torch.manual_seed(config.seed)
         for hook in hooks:
@@ -213,6 +247,12 @@ def early_stopping(patience: int, maximize: bool = True, then: Report | None = N
 
 
 # ---------------------------------------------------------------------- helpers
+def _has_slb(model: nn.Module) -> bool:
+    from slimtune.compressors.quantization.algorithms.slb import slb_layers
+
+    return bool(slb_layers(model))
+
+
 def _count(data: Iterable[Any]) -> int:
     try:
         return len(data)  # type: ignore[arg-type]

@@ -141,6 +141,40 @@ def test_state_dict_round_trip_and_compress_with_a_plan() -> None:
     assert anneal(c, 0.5) == pytest.approx(0.5)
 
 
+def test_a_plan_names_slb_and_the_builtin_fine_tune_anneals_then_hardens_it() -> None:
+    from slimtune.compressors.training import FinetuneConfig, finetune
+    from slimtune.errors import PlanError
+
+    model, x = _mlp(), torch.randn(64, 8)
+    plan = CompressionPlan(quantize={"0": QuantSpec(2, None), "2": QuantSpec(3, None)}, quant_algorithm="slb")
+    assert CompressionPlan.from_dict(plan.to_dict()) == plan
+    q = compress(model, plan, x[:1])  # the plan's algorithm, no argument needed
+    assert {w.algorithm.name for w in quant_wrappers(q).values()} == {"slb"}
+    seen: list[float] = []
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen.append(float(q[0].slb_temperature))  # the temperature this step trains at
+        return nn.functional.mse_loss(out, y)
+
+    total = 10
+    finetune(q, [(x, x[:, :1])], FinetuneConfig(steps=total, lr=0.01, slb_final_temperature=0.01), loss_fn=loss)
+    # geometric from 1 to 0.01 over the run: step k trains at 0.01 ** (k / total) ...
+    assert seen == pytest.approx([0.01 ** (k / total) for k in range(total)])
+    # ... and the run ends hard: training mode sees the argmax network that evaluation sees
+    assert float(q[0].slb_temperature) == 0.0 and float(q[2].slb_temperature) == 0.0
+    assert torch.equal(q[0].train().quantized_weight(), q[0].eval().quantized_weight())
+    # slb_final_temperature None: the loop leaves the temperature to the caller
+    other = set_temperature(compress(model, plan, x[:1]), 0.5)
+    finetune(other, [(x, x[:, :1])], FinetuneConfig(steps=3, slb_final_temperature=None), loss_fn=nn.functional.mse_loss)
+    assert float(other[0].slb_temperature) == 0.5
+    with pytest.raises(PlanError, match=r"finetune.slb_final_temperature: must be a number in \(0, inf\), got 0"):
+        FinetuneConfig(slb_final_temperature=0)
+    with pytest.raises(PlanError, match=r"layer '0': bits_w 8 is above what quant_algorithm 'slb' supports \(at most 4\)"):
+        CompressionPlan(quantize={"0": QuantSpec(8, None)}, quant_algorithm="slb").validate()
+    with pytest.raises(PlanError, match=r"plan.quant_algorithm: unknown algorithm 'nope'"):
+        CompressionPlan(quantize={"0": QuantSpec(4, None)}, quant_algorithm="nope").validate()
+
+
 def test_errors_name_the_layer_and_the_value() -> None:
     with pytest.raises(QuantizationError, match=r"layer '0': algorithm 'slb' keeps 2\^bits logits.*got 8"):
         quantize_model(_mlp(), {"0": (8, None)}, algorithm="slb")

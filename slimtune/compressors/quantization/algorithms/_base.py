@@ -25,10 +25,13 @@ class QuantAlgorithm:
     Attributes:
         name: The registered name.
         requires_training: Whether the algorithm is meant to be followed by training (QAT).
+        max_bits_w: The widest weight bit-width it accepts (plans and search spaces are checked
+            against it before anything runs).
     """
 
     name = ""
     requires_training = True
+    max_bits_w = 8
 
     def setup(self, wrapper: QuantWrapper) -> None:
         """Check the wrapper's bit-widths and add learnable parameters or buffers to it."""

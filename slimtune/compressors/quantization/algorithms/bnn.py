@@ -44,6 +44,7 @@ class BNN(QuantAlgorithm):
     """Binary weights ``sign(w)·α`` per channel; binary activations when ``bits_a == 1``."""
 
     requires_training = True
+    max_bits_w = 1
 
     def setup(self, wrapper: QuantWrapper) -> None:
         if not is_float(wrapper.bits_w) and wrapper.bits_w != 1:

@@ -19,7 +19,10 @@ so the candidate nearest to the float weight has the largest logit and, at ``T =
 weight starts close to the float weight.
 
 Temperature schedule: ``T`` starts at ``temperature`` (default 1) and is driven by the fine-tune
-loop: call :func:`anneal` (``T ← max(T · factor, min_temperature)``) once per epoch or every few
+loop. slimtune's own loop (:func:`~slimtune.compressors.training.finetune`, so every trial) does it:
+``T`` falls geometrically, once per step, to ``finetune.slb_final_temperature`` (default 0.01) at the
+end of the run, and is then set to 0, so training mode and evaluation use the same discrete
+weights. In a loop of your own, call :func:`anneal` (``T ← max(T · factor, min_temperature)``) once per epoch or every few
 steps, or :func:`set_temperature` for any other schedule. A geometric schedule from ``T0`` to
 ``T1`` over ``n`` calls uses ``factor = (T1 / T0) ** (1 / n)``; ending around ``T1 = 1e-2`` makes
 almost every distribution one-hot. As ``T → 0`` each weight's distribution concentrates on its
@@ -91,6 +94,7 @@ class SLB(QuantAlgorithm):
     """
 
     requires_training = True
+    max_bits_w = MAX_BITS
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = _check_temperature(temperature)
@@ -130,12 +134,17 @@ class SLB(QuantAlgorithm):
 
 
 # ---------------------------------------------------------------------- helpers
-def _slb_wrappers(model: nn.Module) -> list[QuantWrapper]:
+def slb_layers(model: nn.Module) -> list[QuantWrapper]:
+    """The layers of ``model`` whose weights are quantized by ``slb`` (empty when none)."""
     from slimtune.compressors.quantization.modules import QuantWrapper
 
-    found = [
+    return [
         m for m in model.modules() if isinstance(m, QuantWrapper) and isinstance(m.algorithm, SLB) and hasattr(m, "slb_logits")
     ]
+
+
+def _slb_wrappers(model: nn.Module) -> list[QuantWrapper]:
+    found = slb_layers(model)
     if not found:
         raise QuantizationError("model has no layer quantized with algorithm 'slb' (and weight bits 1-4)")
     return found
