@@ -130,8 +130,9 @@ class Distiller:
                         f"finetune.kd.feature_layers: layer {n!r} gives student features of shape {tuple(fs.shape)} "
                         f"but teacher features of shape {tuple(ft.shape)}; only channel counts may differ"
                     )
-                if fs.shape[1] != ft.shape[1]:
-                    self.adapters[n.replace(".", "__")] = make_adapter(fs.shape[1], ft.shape[1], fs.dim())
+                if fs.shape[1] != ft.shape[1]:  # on the student's device, in its dtype
+                    adapter = make_adapter(fs.shape[1], ft.shape[1], fs.dim()).to(device=fs.device, dtype=fs.dtype)
+                    self.adapters[n.replace(".", "__")] = adapter
 
     def detach(self) -> None:
         for h in self._handles:
