@@ -165,8 +165,10 @@ class TrainingContext:
         compressor: str,
         hooks: Iterable[TrainHook] = (),
         config: FinetuneConfig | None = None,
+        start_step: int = 0,
     ) -> FinetuneResult:
-        """Run the built-in loop on ``model`` with ``hooks`` (KD and reports as configured)."""
+        """Run the built-in loop on ``model`` with ``hooks`` (KD and reports as configured), resumed
+        at ``start_step`` of the run (see :func:`~slimtune.compressors.training.finetune`)."""
         from slimtune.compressors.training.finetune import finetune
 
         data = self.require_data(compressor)
@@ -175,7 +177,7 @@ class TrainingContext:
             offset, outer = self.step_offset, self.report
             report = lambda step, value: outer(offset + step, value)  # noqa: E731
         result = finetune(
-            model, data, config or self.config, self.loss_fn, self.teacher, report, self.evaluate, list(hooks)
+            model, data, config or self.config, self.loss_fn, self.teacher, report, self.evaluate, list(hooks), start_step
         )
         self.step_offset += result.steps
         return result

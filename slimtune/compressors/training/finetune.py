@@ -133,6 +133,7 @@ def finetune(
     report: Report | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
     hooks: Sequence[TrainHook] = (),
+    start_step: int = 0,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data`` and return what happened.
 
@@ -147,11 +148,18 @@ def finetune(
             steps (default: each epoch) and at the end; a true return value stops the run.
         evaluate: ``evaluate(model) -> float``; reports need it.
         hooks: :class:`TrainHook` objects (training compressors).
+        start_step: Resume a run of the config's length at this step (0: a fresh run): it takes the
+            remaining ``total - start_step`` steps at the learning rates the schedule gives those
+            steps (lottery rewinding resumes training at the rewind step). Hooks, reports and the
+            result count the steps of this call.
     """
     config = FinetuneConfig.coerce(config)
     loss_fn = loss_fn or default_loss
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"finetune: start_step must be an integer >= 0, got {start_step!r}")
     per_epoch = _count(data)
-    total = config.total_steps(per_epoch) if per_epoch else 0
+    full = config.total_steps(per_epoch) if per_epoch else 0
+    total = max(0, full - start_step)
     result = FinetuneResult()
     start_time = time.perf_counter()
     was_training = model.training
@@ -172,13 +180,13 @@ def finetune(
         if distiller is not None:
             params += distiller.parameters()
         optimizer = _optimizer(config, params) if total > 0 else None
-        schedule = _schedule(config, total)
+        schedule = _schedule(config, full)
         keeper = _ZeroKeeper(model) if config.freeze_zeros else None
         masked = _mask_hooks(model)
         model.train()
         for step, batch in enumerate(_batches(data, config, total)):
             for group in optimizer.param_groups:  # type: ignore[union-attr]
-                group["lr"] = config.lr * schedule(step)
+                group["lr"] = config.lr * schedule(start_step + step)
             # recompute masked weights: a fake-quantizer reads its layer's weight without calling the
             # layer, so the layer's own pre-hook would not
             for module, hook in masked:

@@ -7,8 +7,11 @@ Carbin, "Linear Mode Connectivity and the Lottery Ticket Hypothesis", ICML 2020
 a further part of what remains by the plan's criteria — after round ``r`` each group is at
 ``1 − (1 − s)^(r / rounds)``, so the last round reaches the target ``s`` — and rewinds the surviving weights
 (and batch-norm statistics) to the stored ones: the weights the run started from (``rewind: 0``), or those
-after ``rewind`` steps of the first round's training. The returned model is the rewound ticket at the
-plan's targets; the trial's fine-tune then trains it.
+after ``rewind`` steps of the first round's training. Rounds after the first resume training at the
+rewind step (Frankle et al. 2020): they run the round's remaining steps with the learning rates the
+schedule gives those steps, not a fresh schedule (with ``rewind: 0`` each round is a full run). The
+returned model is the rewound ticket at the plan's targets; the trial's fine-tune then trains it with
+the task's fine-tune settings, from its own step 0 (the paper trains the ticket from step ``rewind``).
 
 Parameters: ``rounds``, ``rewind`` (steps), ``epochs`` / ``steps``, ``lr``, ``optimizer`` (each round's
 training; None: the fine-tune config's).
@@ -97,7 +100,9 @@ def lottery(model: nn.Module, plan: CompressionPlan, example_inputs: Any, contex
     point = RewindPoint(step)
     selection: Selection = {}
     for r in range(1, rounds + 1):
-        context.train(work, "lottery", [point] if r == 1 else [], context.budget(params))
+        # round 1 trains from step 0 and stores step ``rewind``; later rounds resume there, as the
+        # paper's rewound networks do: the remaining steps, at the schedule's learning rates for them
+        context.train(work, "lottery", [point] if r == 1 else [], context.budget(params), start_step=0 if r == 1 else step)
         sparsities = {n: round_sparsity(spec.sparsity, r, rounds) for n, spec in plan.prune.items()}
         selection = select(work, graph, plan, sparsities, selection, context.calibration, context.loss_fn)
         assert point.state is not None

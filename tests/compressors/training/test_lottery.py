@@ -65,6 +65,31 @@ def test_rewinds_to_early_training_weights(digits):
     assert changed > 10  # those weights are not the initial ones
 
 
+def test_rounds_after_a_rewind_resume_the_schedule_at_the_rewind_step(digits, monkeypatch):
+    """Rewinding to step k resumes training there: later rounds run the remaining 6 − k steps at the
+    learning rates of steps k … 5 of the cosine schedule, not a fresh schedule from step 0."""
+    import math
+
+    task, graph = digits
+    lrs: list[float] = []
+    sgd_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return sgd_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    _, ctx = _ticket(task, graph, 2, FinetuneConfig(lr=0.1, schedule="cosine"))
+    cosine = [0.1 * 0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6)]
+    assert ctx.step_offset == 6 + 4
+    assert lrs == pytest.approx(cosine + cosine[2:])
+    # a start step past the run's end trains nothing; a negative one is an error
+    again = clone_model(task.model)
+    assert finetune(again, task.train_data, FinetuneConfig(steps=3), task.loss_fn, start_step=5).steps == 0
+    with pytest.raises(ValueError, match="start_step must be an integer >= 0, got -1"):
+        finetune(again, task.train_data, FinetuneConfig(steps=3), task.loss_fn, start_step=-1)
+
+
 def test_round_sparsities():
     assert [round_sparsity(0.75, r, 2) for r in (1, 2)] == pytest.approx([0.5, 0.75])
     assert round_sparsity(0.9, 3, 3) == pytest.approx(0.9)
