@@ -211,7 +211,19 @@ def test_pact_clips_and_quantizes() -> None:
     assert float(q.alpha.grad) == 0.0  # +1 from the top clip, -1 from the bottom one
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_dorefa_binarizes_at_one_bit_with_the_layers_mean_absolute_weight() -> None:
+    """DoReFa's 1-bit weights are ``sign(w) · E(|w|)`` (one scalar per layer) with a straight-through gradient."""
+    layer = nn.Conv2d(4, 6, 3)
+    q = quantize_model(layer, {"": (1, None)}, algorithm="dorefa")
+    w = q.layer.weight
+    expected = torch.sign(w.detach()) * w.detach().abs().mean()
+    got = q.quantized_weight()
+    assert torch.equal(got.detach(), expected)
+    got.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # identity, not tanh's derivative
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
 def test_dorefa_weights_lie_on_the_k_bit_grid(bits: int) -> None:
     layer = nn.Conv2d(4, 6, 3)
     q = quantize_model(layer, {"": (bits, None)}, algorithm="dorefa")

@@ -5,8 +5,10 @@ Weights are normalised through ``tanh`` to ``[0, 1]``, ``w' = tanh(w) / (2 max|t
 quantized to ``k = bits_w`` bits, ``round((2^k - 1) w') / (2^k - 1)``, and mapped back to
 ``[-1, 1]`` by ``2 q - 1``; the rounding is straight-through, the ``tanh`` is differentiated. The
 result is multiplied by the layer's ``max|w|`` (detached) so the quantized layer keeps the float
-layer's scale (the paper's networks absorb it in BatchNorm). Activations use the default affine
-fake quantization over the calibrated range.
+layer's scale (the paper's networks absorb it in BatchNorm). At 1 bit the paper binarizes instead:
+``sign(w) · E(|w|)``, one scalar per layer (the mean absolute weight, detached), with the gradient
+passed straight through to ``w`` (no ``tanh``). Activations use the default affine fake
+quantization over the calibrated range.
 
 Example:
     >>> import torch
@@ -42,11 +44,14 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 @register_algorithm("dorefa")
 class DoReFa(QuantAlgorithm):
-    """DoReFa-Net ``tanh``-normalised weight quantization, scaled by the layer's ``max|w|``."""
+    """DoReFa-Net ``tanh``-normalised weight quantization, scaled by the layer's ``max|w|``;
+    ``sign(w) · mean|w|`` at 1 bit."""
 
     requires_training = True
 
     def weight(self, wrapper: QuantWrapper, w: torch.Tensor) -> torch.Tensor:
         if is_float(wrapper.bits_w):
             return w
+        if wrapper.bits_w == 1:
+            return ste(w, torch.sign(w.detach()) * w.detach().abs().mean())
         return dorefa_weight(w, wrapper.bits_w) * w.detach().abs().max()
