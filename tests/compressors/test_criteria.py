@@ -258,6 +258,18 @@ def test_fpgm_uses_all_filters_of_the_layer() -> None:
     torch.testing.assert_close(scores, torch.tensor([1.0 + 10.0, 1.0 + 9.0]))
 
 
+def test_fpgm_leaves_masked_filters_out_of_the_distances() -> None:
+    # filters 3 and 4 are pruned by a mask: the others' scores are their distances to each other
+    # only (with the masked zeros the sums would grow by each filter's norm), the masked ones score 0
+    fc = nn.Linear(1, 5, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[0.0], [1.0], [3.0], [7.0], [9.0]]))
+    prune.custom_from_mask(fc, "weight", torch.tensor([[1.0], [1.0], [1.0], [0.0], [0.0]]))
+    group = Group("c", 5, [Member("", "out", ar(5), ar(5))])
+    scores = score_group(group, "fpgm", CriterionContext(fc))
+    torch.testing.assert_close(scores, torch.tensor([1.0 + 3.0, 1.0 + 2.0, 3.0 + 2.0, 0.0, 0.0]))
+
+
 # ---------------------------------------------------------------------------------------- bn_scale
 def test_bn_scale_is_abs_gamma(net: Net) -> None:
     with torch.no_grad():

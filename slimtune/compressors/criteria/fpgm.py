@@ -5,6 +5,9 @@ Networks Acceleration", CVPR 2019 (https://arxiv.org/abs/1811.00250). Filters cl
 geometric median of their layer can be represented by the others and are redundant. Following
 the paper's implementation, a filter's score is the sum of its distances to all the other
 filters of the same layer: the filter nearest the median has the smallest sum and is pruned first.
+Filters already pruned by a mask (``torch.nn.utils.prune``, as the iterative compressors AGP,
+lottery and ADMM leave them) are not filters of the layer any more: they take no part in the
+others' distances (all at the origin, they would turn the sum toward a norm criterion) and score 0.
 
 For each member with a selected role (by default the producing layers) the layer's filters are
 its flattened rows along the role dimension: *all* of the layer's channels take part in the
@@ -66,7 +69,13 @@ def fpgm(group: Group, ctx: CriterionContext, *, roles: Sequence[str] = PRODUCER
         if w is None:
             continue
         mat = member_matrix(module, m, w, "fpgm")
-        dist = torch.cdist(mat.unsqueeze(0), mat.unsqueeze(0), p=p).squeeze(0).sum(1)
+        mask = getattr(module, "weight_mask", None)
+        alive = (member_matrix(module, m, mask, "fpgm") != 0).any(1) if isinstance(mask, torch.Tensor) else None
+        dist = torch.cdist(mat.unsqueeze(0), mat.unsqueeze(0), p=p).squeeze(0)
+        if alive is not None:  # masked filters: out of the distances, scored 0
+            dist = dist[:, alive].sum(1) * alive
+        else:
+            dist = dist.sum(1)
         values = dist[m.positions.long().to(dist.device)]
         parts.append((scatter_channels(values, m, group.size), carried(m, group.size)))
     return mean_over_members(parts, group, "fpgm", what=f"members with roles {list(roles)} and a weight")
