@@ -45,6 +45,9 @@ A model with :class:`~slimtune.compressors.quantization.QuantWrapper` layers (fr
 layers become int8 (with ``mode="static"``, the wrapped Conv/Linear layers; with ``mode="dynamic"``, the
 wrapped Linear/LSTM/GRU layers), and ``mode="auto"`` is ``"dynamic"`` when every wrapper uses the ``dynamic``
 algorithm, else ``"static"``. Weights fake-quantized below 8 bits are stored in int8 (x86 has no int4 kernels).
+On the FX path each wrapped layer's input keeps the range it was trained or calibrated with (QAT's frozen
+range, PACT's learned ``[0, α]``): the calibration batches set only the other activations' ranges. The
+PT2E path calibrates every range afresh and warns that the learned ones are not kept.
 A float model is exported whole (or the ``layers`` given), ``mode="auto"`` meaning ``"static"``.
 
 Serialization: :func:`save_int8` / :func:`load_int8`. FX and dynamic models go through TorchScript
@@ -221,7 +224,12 @@ def _check_layers(model: nn.Module, layers: Iterable[str], mode: str) -> list[st
 
 
 def _export_fx(
-    model: nn.Module, args: tuple[Any, ...], calibration: Any, backend: str, layers: Sequence[str] | None
+    model: nn.Module,
+    args: tuple[Any, ...],
+    calibration: Any,
+    backend: str,
+    layers: Sequence[str] | None,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> torch.fx.GraphModule:
     from torch.ao.quantization import QConfigMapping, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -247,6 +255,7 @@ def _export_fx(
                 "or leave it out of `layers`"
             ) from exc
         raise QuantExportError(f"export_int8: prepare_fx failed: {type(exc).__name__}: {exc}") from exc
+    _keep_learned_ranges(prepared, ranges or {})
 
     n = 0
     with torch.no_grad():
@@ -265,6 +274,7 @@ def _export_fx(
         quantized = convert_fx(prepared)
     except Exception as exc:  # noqa: BLE001
         raise QuantExportError(f"export_int8: convert_fx failed: {type(exc).__name__}: {exc}") from exc
+    _clip_learned_inputs(quantized, ranges or {})
 
     # Checked on a copy: the x86 int8 kernels adapt a layer's packed weights to the first input shape they see
     # (a digits CNN first run at batch 1 ran ~25 % slower at batch 32), so the returned model stays unrun.
@@ -310,6 +320,72 @@ def _export_dynamic(model: nn.Module, args: tuple[Any, ...], layers: Sequence[st
             f"export_int8: the dynamic int8 model fails on example_inputs: {type(exc).__name__}: {exc}"
         ) from exc
     return quantized
+
+
+def _keep_learned_ranges(prepared: torch.fx.GraphModule, ranges: dict[str, tuple[float, float]]) -> None:
+    """Replace the observer of each listed layer's input by one fixed at the layer's range (QAT's frozen
+    range, PACT's ``α``), before calibration: it clips as the fake-quantized layer did, so the ranges
+    calibrated after it see the values the trained model produces, and the int8 model quantizes
+    that input as the fake-quantized model was trained to."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    if not ranges:
+        return
+    modules = dict(prepared.named_modules())
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or node.target not in ranges or not node.args:
+            continue
+        source = node.args[0]
+        observer = modules.get(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module" else None
+        if not isinstance(observer, ObserverBase) or getattr(observer, "qscheme", None) != torch.per_tensor_affine:
+            continue
+        setattr(prepared, source.target, _fixed_range_observer(observer, *ranges[node.target]))
+
+
+def _clip_learned_inputs(quantized: torch.fx.GraphModule, ranges: dict[str, tuple[float, float]]) -> None:
+    """Clip each listed int8 layer's input to its range (``torch.clamp`` on the quantized tensor): the
+    backend's uint8 holds values past the range's top (x86 quantizes activations to 7 bits), which the
+    fake-quantized layer clipped."""
+    changed = False
+    for node in list(quantized.graph.nodes):
+        if node.op != "call_module" or node.target not in ranges or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        lo, hi = ranges[node.target]
+        with quantized.graph.inserting_before(node):
+            clipped = quantized.graph.call_function(torch.clamp, (node.args[0], lo, hi))
+        node.args = (clipped, *node.args[1:])
+        changed = True
+    if changed:
+        quantized.recompile()
+
+
+def _fixed_range_observer(like: Any, lo: float, hi: float) -> nn.Module:
+    """A min/max observer with ``like``'s dtype and quantization range, fixed at ``[lo, hi]``, that clips its input there."""
+    from torch.ao.quantization.observer import MinMaxObserver
+
+    class FixedRangeObserver(MinMaxObserver):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.clamp(x, float(self.min_val), float(self.max_val))
+
+    fixed = FixedRangeObserver(
+        dtype=like.dtype, qscheme=like.qscheme, reduce_range=like.reduce_range, quant_min=like.quant_min,
+        quant_max=like.quant_max,
+    )  # fmt: skip
+    MinMaxObserver.forward(fixed, torch.tensor([lo, hi]))
+    return fixed
+
+
+def _learned_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """``{layer: (lo, hi)}``: the input range each quantized layer of ``model`` was trained or calibrated with."""
+    from slimtune.compressors.quantization.modules import QuantWrapper
+
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantWrapper):
+            r = m.algorithm.export_range(m)
+            if r is not None:
+                out[name] = r
+    return out
 
 
 def _from_wrappers(model: nn.Module, mode: str) -> tuple[nn.Module, str, list[str] | None]:
@@ -401,6 +477,7 @@ def export_int8(
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_int8: model must be a torch.nn.Module, got {type(model).__name__}")
     args = _as_args(example_inputs)
+    ranges = _learned_ranges(model)
     float_model, mode, wrapped = _from_wrappers(model, mode)
     if isinstance(calibration, (list, tuple)) and not calibration and mode == "static":
         raise QuantExportError("export_int8: calibration is empty; static quantization needs at least one batch")
@@ -430,18 +507,18 @@ def export_int8(
                 f"{', ...' if len(chosen) > 6 else ''}) is only supported with method='fx'"
             )
         if method != "auto" or chosen is not None:
-            return _export_static(method if method != "auto" else "fx", float_model, args, calibration, backend, chosen)
+            return _export_static(method if method != "auto" else "fx", float_model, args, calibration, backend, chosen, ranges)
         # auto: AUTO_METHOD first, the other path as the fallback (PT2E only when torchao is installed).
         fallback = "pt2e" if AUTO_METHOD == "fx" else "fx"
         if isinstance(calibration, Iterator):
             calibration = list(calibration)  # may be consumed twice
         try:
-            return _export_static(AUTO_METHOD, copy.deepcopy(float_model), args, calibration, backend, None)
+            return _export_static(AUTO_METHOD, copy.deepcopy(float_model), args, calibration, backend, None, ranges)
         except QuantExportError as first_error:
             if fallback == "pt2e" and not pt2e_available():
                 raise
             try:
-                result = _export_static(fallback, float_model, args, calibration, backend, None)
+                result = _export_static(fallback, float_model, args, calibration, backend, None, ranges)
             except QuantExportError as second_error:
                 raise QuantExportError(
                     f"{first_error}; the {fallback} fallback failed too: {second_error}"
@@ -454,11 +531,24 @@ def export_int8(
 
 
 def _export_static(
-    method: str, model: nn.Module, args: tuple[Any, ...], calibration: Any, backend: str, layers: Sequence[str] | None
+    method: str,
+    model: nn.Module,
+    args: tuple[Any, ...],
+    calibration: Any,
+    backend: str,
+    layers: Sequence[str] | None,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> nn.Module:
     if method == "pt2e":
+        if ranges:
+            warnings.warn(
+                f"export_int8: the pt2e path calibrates activation ranges afresh; the input ranges fixed on the "
+                f"fake-quantized layers {', '.join(sorted(ranges)[:6])}{', ...' if len(ranges) > 6 else ''} "
+                "(calibrated or learned: QAT, PACT's α) are not kept (method='fx' keeps them)",
+                stacklevel=3,
+            )
         return export_pt2e(model, args, _calibration_args(calibration)).eval()
-    return _export_fx(model, args, calibration, backend, layers).eval()
+    return _export_fx(model, args, calibration, backend, layers, ranges).eval()
 
 
 def exported_size_bytes(model: nn.Module) -> int:

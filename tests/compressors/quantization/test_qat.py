@@ -201,14 +201,57 @@ def test_pact_alpha_gets_a_gradient_and_moves() -> None:
 
 def test_pact_clips_and_quantizes() -> None:
     q = quantize_model(nn.Linear(3, 2), {"": (None, 2)}, algorithm=get_algorithm("pact"))
-    q = freeze(q)  # no calibration: α = 10, signed
-    assert q.alpha.item() == 10.0 and bool(q.act_signed)
+    q = freeze(q)  # no calibration: α = 10, the sign unknown until the first batch
+    assert q.alpha.item() == 10.0 and not bool(q.act_sign_known)
     x = torch.tensor([[-20.0, 3.0, 20.0]], requires_grad=True)
-    xq = q.algorithm.activation(q, x)
+    xq = q.algorithm.activation(q, x)  # a negative input: signed from now on
+    assert bool(q.act_sign_known) and bool(q.act_signed)
     assert xq.detach().tolist() == [[-10.0, 0.0, 10.0]]  # 2 bits signed: levels -α, 0, α
     xq.sum().backward()
     assert x.grad.tolist() == [[0.0, 1.0, 0.0]]
     assert float(q.alpha.grad) == 0.0  # +1 from the top clip, -1 from the bottom one
+
+
+def test_pact_without_calibration_clips_post_relu_inputs_to_0_alpha_with_every_level() -> None:
+    """The paper's PACT clips to [0, α]: inputs that are never negative get all 2^bits levels there
+    (the signed range would spend one bit on negatives that never come)."""
+    q = freeze(quantize_model(nn.Linear(3, 2), {"": (None, 2)}, algorithm="pact"))
+    x = torch.tensor([[0.0, 4.0, 20.0]])
+    xq = q.algorithm.activation(q, x)
+    assert bool(q.act_sign_known) and not bool(q.act_signed)
+    step = 10.0 / 3  # 2 bits unsigned: 0, α/3, 2α/3, α
+    assert xq[0].tolist() == pytest.approx([0.0, step, 10.0])
+    # later batches keep the decision (it is a buffer, saved with the model)
+    q.algorithm.activation(q, torch.tensor([[-1.0, 1.0, 2.0]]))
+    assert not bool(q.act_signed) and "act_sign_known" in q.state_dict()
+
+
+def test_int8_export_keeps_pacts_learned_clip() -> None:
+    """export_int8 quantizes a PACT layer's input over [0, α], the range it was trained with, not over
+    the calibration data's range: the int8 model clips as the fake-quantized one does."""
+    import io
+
+    from slimtune.compressors.quantization import export_int8, load_int8, save_int8
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(256, 4)
+    q = freeze(calibrate(quantize_model(model, {"2": (8, 8)}, algorithm="pact"), [x]))
+    with torch.no_grad():
+        q[2].alpha.mul_(0.3)  # as if training had lowered α: most large inputs are now clipped
+    q.eval()
+    with torch.no_grad():
+        fake, unclipped = q(x), model(x)
+    assert _rel_err(fake, unclipped) > 0.1  # the clip matters
+    int8 = export_int8(q, x[:1], [x], method="fx")
+    with torch.no_grad():
+        out = int8(x)
+    assert _rel_err(out, fake) < 0.02
+    buffer = io.BytesIO()  # the clip survives saving (TorchScript)
+    save_int8(int8, buffer, x[:1])
+    buffer.seek(0)
+    with torch.no_grad():
+        assert torch.equal(load_int8(buffer)(x), out)
 
 
 def test_dorefa_binarizes_at_one_bit_with_the_layers_mean_absolute_weight() -> None:

@@ -58,6 +58,15 @@ class QuantAlgorithm:
         wrapper.act_lo.fill_(lo)
         wrapper.act_hi.fill_(hi)
 
+    def export_range(self, wrapper: QuantWrapper) -> tuple[float, float] | None:
+        """The input range the layer was trained or calibrated with, which an int8 export keeps
+        (``export_int8``, FX path): the frozen ``[act_lo, act_hi]``; None when its inputs stay float
+        or no range was fixed (the export then calibrates one)."""
+        if is_float(wrapper.bits_a) or not self.needs_range(wrapper):
+            return None
+        lo, hi = float(wrapper.act_lo), float(wrapper.act_hi)
+        return (lo, hi) if hi > lo else None
+
     def weight(self, wrapper: QuantWrapper, w: torch.Tensor) -> torch.Tensor:
         """The fake-quantized weight used in the forward pass."""
         return fake_quantize_weight(w, wrapper.bits_w)

@@ -1,13 +1,16 @@
 """``pact``: Parameterized Clipping Activation (Choi et al. 2018, "PACT: Parameterized Clipping
 Activation for Quantized Neural Networks").
 
-Each wrapped layer learns its activation clip ``α``: the input is clipped to ``[0, α]`` (or to
-``[-α, α]`` when calibration saw negative inputs, or without calibration) and quantized
-uniformly on ``bits_a`` bits. The rounding is straight-through, so ``∂y/∂α = 1`` where the input
+Each wrapped layer learns its activation clip ``α``: the input is clipped to ``[0, α]`` as in the
+paper (PACT replaces the ReLU before the layer), or to ``[-α, α]`` when the inputs take negative
+values, and quantized uniformly on ``bits_a`` bits. Whether they do is read from calibration, or,
+without calibration, from the first batch the layer sees (so post-ReLU inputs keep the full
+``2^bits`` levels on ``[0, α]``). The rounding is straight-through, so ``∂y/∂α = 1`` where the input
 is clipped at ``α`` (``-1`` at ``-α``) and 0 elsewhere: ``α`` trains with the other parameters
 (add weight decay to it, as the paper does, through the optimizer). ``α`` starts at the
 calibrated range when there is one, else at ``alpha_init``. Weights use the default per-channel
-fake quantization.
+fake quantization. The int8 export (``export_int8``, FX path) quantizes the layer's input over the
+learned ``[0, α]`` (or ``[-α, α]``), not over a freshly calibrated range.
 
 Example:
     >>> import torch
@@ -52,7 +55,8 @@ class PACT(QuantAlgorithm):
         super().setup(wrapper)
         if not is_float(wrapper.bits_a):
             wrapper.alpha = nn.Parameter(torch.tensor(self.alpha_init))
-            wrapper.register_buffer("act_signed", torch.tensor(True))
+            wrapper.register_buffer("act_signed", torch.tensor(False))
+            wrapper.register_buffer("act_sign_known", torch.tensor(False))  # set by calibration or the first batch
 
     def freeze(self, wrapper: QuantWrapper) -> None:
         if is_float(wrapper.bits_a) or not wrapper.observer.initialized:
@@ -61,11 +65,22 @@ class PACT(QuantAlgorithm):
         with torch.no_grad():
             wrapper.alpha.fill_(max(hi, -lo, _MIN_ALPHA))
             wrapper.act_signed.fill_(lo < 0)
+            wrapper.act_sign_known.fill_(True)
+
+    def export_range(self, wrapper: QuantWrapper) -> tuple[float, float] | None:
+        if is_float(wrapper.bits_a):
+            return None
+        alpha = max(float(wrapper.alpha.detach()), _MIN_ALPHA)
+        return (-alpha if bool(wrapper.act_signed) else 0.0, alpha)
 
     def activation(self, wrapper: QuantWrapper, x: torch.Tensor) -> torch.Tensor:
         bits = wrapper.bits_a
         if is_float(bits):
             return x
+        if not bool(wrapper.act_sign_known):  # no calibration: the first batch tells
+            with torch.no_grad():
+                wrapper.act_signed.fill_(bool((x < 0).any()))
+                wrapper.act_sign_known.fill_(True)
         alpha = wrapper.alpha.clamp_min(_MIN_ALPHA).to(x.dtype)
         if bool(wrapper.act_signed):
             y = torch.minimum(torch.maximum(x, -alpha), alpha)
