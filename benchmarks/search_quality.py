@@ -45,7 +45,7 @@ comparison measures the allocation alone, not what fine-tuning recovers); ``--co
 spec's constraints (``;``-separated, ``""`` for none: one-shot accuracy is far below the spec's 2-point bound).
 
 Usage: ``python benchmarks/search_quality.py [--n-trials N] [--uniform-points N] [--strategies a,b]
-[--targets 0.5,0.25] [--seeds 5] [--finetune-epochs N] [--constraints C] [--spec FILE] [--out NAME]``; a reduced check: ``--n-trials 8``.
+[--targets 0.5,0.25] [--seeds 5] [--finetune-epochs N] [--constraints C] [--spec FILE] [--seed S] [--out NAME]``; a reduced check: ``--n-trials 8``.
 Results are printed and written to ``benchmarks/results/search_quality.md`` / ``.json`` (``--out NAME`` for
 another name).
 """
@@ -308,6 +308,7 @@ def main() -> None:
                         help="fresh fine-tune seeds each judged trial (and uniform's) is re-evaluated with (0: none)")
     parser.add_argument("--constraints", default=None,
                         help="replace the spec's constraints: ';'-separated, '' for none")
+    parser.add_argument("--seed", type=int, default=None, help="override the spec's sampler seed (another search run)")
     parser.add_argument("--out", default="search_quality", help="results file name (without extension)")
     args = parser.parse_args()
 
@@ -324,6 +325,8 @@ def main() -> None:
                 kwargs["constraints"] = [c.strip() for c in args.constraints.split(";") if c.strip()]
             if args.n_trials is not None:
                 kwargs["n_trials"] = args.n_trials
+            if args.seed is not None:
+                kwargs["seed"] = args.seed
             t0 = time.perf_counter()
             searched = slimtune.search(task, **{**kwargs, "progress": False})
             search_s = time.perf_counter() - t0
