@@ -96,6 +96,15 @@ def test_search_kwargs() -> None:
     assert Spec.from_yaml(MINIMAL).search_kwargs()["constraints"] is None
 
 
+def test_space_names_the_quantization_algorithm() -> None:
+    spec = Spec.from_yaml(MINIMAL + "\nspace: {bits_w: [2, 4, 32], quant_algorithm: [ste, slb]}\n")
+    assert spec.space["quant_algorithm"] == ["ste", "slb"]
+    assert Spec.from_yaml(spec.to_yaml()) == spec
+    from slimtune.search_spaces import SpaceOptions
+
+    assert SpaceOptions.from_dict(spec.search_kwargs()["space"]).quant_algorithms == ("ste", "slb")
+
+
 def test_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "study: s\ntask: m:f\n")
     spec = load_spec(path, overrides={"n_trials": 5, "study": "other", "storage": None})
@@ -162,6 +171,8 @@ ERRORS = [
     (BASE + "space: {criterion: l3}\n", "space.criterion", "unknown criterion 'l3'"),
     (BASE + "space: {sensitivity: 1}\n", "space.sensitivity", "expected true or false"),
     (BASE + "space: {groups: [fc, 3]}\n", "space.groups[1]", "expected a string"),
+    (BASE + "space: {bits_w: [2, 8], quant_algorithm: slb}\n", "space.quant_algorithm", "at most 4 bit"),
+    (BASE + "space: {bits_w: [4], quant_algorithm: [ste, sbl]}\n", "space.quant_algorithm", "unknown algorithm"),
 ]
 
 

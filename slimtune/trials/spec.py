@@ -127,6 +127,8 @@ SPACE_FIELDS: dict[str, str] = {
     "bits_w": "weight bit-widths to choose from per layer, e.g. [4, 8, 32] (32 = float; default: none)",
     "bits_a": "activation bit-widths to choose from per layer, e.g. [8, 32] (needs calibration data)",
     "quantize_layers": "layers whose bit-widths are searched (default: every Conv/Linear)",
+    "quant_algorithm": "quantization algorithm of every plan (ste, ptq, pact, dorefa, bnn, slb ...), or a list of "
+    "them searched as the parameter quant/algorithm (default: ste)",
 }
 
 _BACKENDS = ("local", "ray")
