@@ -59,7 +59,12 @@ def test_digits_study_on_ray_is_stored_like_a_local_one(local_ray: Any, digits_t
         space={"levels": [0.5]}, constraints=["accuracy_drop <= 0.05"], progress=False,
         backend="ray", ray={"max_concurrent_trials": 2, "resources_per_trial": {"cpu": 1}},
     )  # fmt: skip
-    trials = study.get_trials(deepcopy=False)
+    stored = study.get_trials(deepcopy=False)
+    # two workers may both ask in the moment the budget runs out: the later trial ends at once as
+    # PRUNED, marked over budget and not counted (trials._Budgeted); every other trial is one of six
+    over = [t for t in stored if t.user_attrs.get("over_budget")]
+    assert all(t.state == TrialState.PRUNED and t.number >= 6 for t in over), over
+    trials = [t for t in stored if t not in over]
     assert sorted(t.number for t in trials) == list(range(6))
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, [t.user_attrs.get("fail_reason") for t in trials]
     node = local_ray.get_runtime_context().get_node_id()
