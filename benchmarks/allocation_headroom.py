@@ -39,7 +39,7 @@ from slimtune.compressors.training import run_compressor
 from slimtune.search_spaces import SearchSpace, SpaceOptions
 from slimtune.strategies._budget import ResourceModel, scale_to_target
 from slimtune.strategies.admm import fixed_allocation
-from slimtune.trials.runner import make_storage, sensitivity_table
+from slimtune.trials import make_storage, sensitivity_table
 from slimtune.trials.spec import load_spec
 
 SPECS = {"cnn": ROOT / "examples" / "digits.yaml", "resnet": ROOT / "benchmarks" / "specs" / "digits_resnet.yaml"}

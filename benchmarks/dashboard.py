@@ -42,7 +42,7 @@ import optuna  # noqa: E402
 
 from dashboard_harness import chromium_path, start_dashboard, stop  # noqa: E402
 from fake_studies import add_study  # noqa: E402
-from slimtune.trials.runner import make_storage  # noqa: E402
+from slimtune.trials import make_storage  # noqa: E402
 
 RESULTS = Path(os.environ.get("SLIMTUNE_BENCH_RESULTS", Path(__file__).parent / "results"))
 STRATEGIES = ["nsga2", "tpe", "random", "simulated_annealing", "netadapt", "cmaes", "uniform", "joint"]

@@ -70,7 +70,7 @@ from slimtune.compressors.plan import CompressionPlan
 from slimtune.compressors.training import run_compressor
 from slimtune.trials.cost import parse_constraint
 from slimtune.trials.objective import rebase_plan
-from slimtune.trials.runner import load_model, trials_table
+from slimtune.trials import load_model, trials_table
 from slimtune.trials.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

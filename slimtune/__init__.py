@@ -17,10 +17,10 @@ from slimtune.trials import (
     pareto_front,
     search,
     sensitivity_table,
+    run_study,
+    SearchConfig,
     studies_summary,
 )
-
-run_study = search
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "CompressionPlan",
     "FinetuneConfig",
     "KDConfig",
+    "SearchConfig",
     "Task",
     "bit_sensitivity_table",
     "export_model",

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from slimtune import __version__
 from slimtune.errors import SlimtuneError
-from slimtune.trials.spec import DEFAULT_STORAGE, Spec, load_spec
+from slimtune.trials.spec import Spec, load_spec
+from slimtune.trials.storage import DEFAULT_STORAGE, check_exists
 
 if TYPE_CHECKING:
     import optuna
@@ -276,7 +277,7 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import pareto_front
+    from slimtune.trials.results import pareto_front
 
     spec = _load_run_spec(args)
     study = _search(spec, join=False, progress=not args.quiet)
@@ -295,17 +296,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     spec = _load_run_spec(args)
-    _check_storage_exists(spec.storage_url)
+    check_exists(spec.storage_url)
     study = _search(spec, join=True, progress=not args.quiet)
     print(f"worker done; {_study_line(study, spec.storage_url)}")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import studies_summary
+    from slimtune.trials.results import studies_summary
 
     storage = args.storage or (load_spec(args.spec).storage_url if args.spec else DEFAULT_STORAGE)
-    _check_storage_exists(storage)
+    check_exists(storage)
     table = studies_summary(storage)
     if table.empty:
         print(f"no studies in {storage}")
@@ -316,7 +317,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import pareto_front
+    from slimtune.trials.results import pareto_front
 
     study = _open_study(args)
     front = pareto_front(study)
@@ -336,7 +337,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import export_model
+    from slimtune.trials.results import export_model
 
     study = _open_study(args)
     try:
@@ -351,7 +352,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from slimtune.trials.runner import bit_sensitivity_table, sensitivity_table
+    from slimtune.trials.sensitivity import bit_sensitivity_table, sensitivity_table
 
     spec = load_spec(args.spec, overrides={"storage": args.storage})
     task = spec.make_task()
@@ -384,7 +385,7 @@ def _write_csv(table: pd.DataFrame, path: str) -> None:
 
 def _dashboard_storage(args: argparse.Namespace) -> str:
     storage = args.storage or (load_spec(args.spec).storage_url if args.spec else DEFAULT_STORAGE)
-    _check_storage_exists(storage)
+    check_exists(storage)
     return storage
 
 
@@ -499,7 +500,7 @@ def _failure_reasons(study: optuna.Study, limit: int = 3) -> str:
 
     from optuna.trial import TrialState
 
-    from slimtune.trials.runner import trials_table
+    from slimtune.trials.results import trials_table
 
     failed = trials_table(study, states=(TrialState.FAIL,))
     if failed.empty or "fail_reason" not in failed.columns:
@@ -544,7 +545,7 @@ def _load_run_spec(args: argparse.Namespace) -> Spec:
             raise SlimtuneError("--ray-address and --max-concurrent-trials apply to the Ray backend, not --backend local")
         from dataclasses import replace
 
-        from slimtune.trials.ray_backend import RayOptions
+        from slimtune.trials.config import RayOptions
 
         merged = {**(spec.ray or {}), **ray}
         try:
@@ -561,7 +562,7 @@ def _search(spec: Spec, join: bool, progress: bool) -> optuna.Study:
     A ``ValueError`` from the search is a setting the spec's checks cannot see without the model
     (e.g. ``space.groups`` naming no prunable group); it is reported as an error of the spec file.
     """
-    from slimtune.trials.runner import search
+    from slimtune.trials.search import search
 
     task = spec.make_task()
     try:
@@ -574,7 +575,7 @@ def _search(spec: Spec, join: bool, progress: bool) -> optuna.Study:
 
 def _open_study(args: argparse.Namespace) -> optuna.Study:
     """The study named by ``SPEC`` and/or ``--storage``/``--study`` (options win over the spec)."""
-    from slimtune.trials.runner import open_study
+    from slimtune.trials.storage import open_study
 
     spec = load_spec(args.spec) if args.spec else None
     storage = args.storage or (spec.storage_url if spec else DEFAULT_STORAGE)
@@ -583,25 +584,8 @@ def _open_study(args: argparse.Namespace) -> optuna.Study:
         raise SlimtuneError(
             f"name the study: give a SPEC file or --study NAME (`slimtune status --storage {storage}` lists them)"
         )
-    _check_storage_exists(storage)
+    check_exists(storage)
     return open_study(storage, name)
-
-
-def _check_storage_exists(url: str) -> None:
-    """Fail clearly when a file storage does not exist (instead of creating an empty one)."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :].split("?", 1)[0]
-        if not path or path == ":memory:":
-            return
-    elif url.startswith("journal:///"):
-        path = url[len("journal://") :]
-    else:
-        return
-    if not os.path.exists(path):
-        raise SlimtuneError(
-            f"storage {url}: no such file {os.path.abspath(path)} (a relative sqlite:/// path is relative to "
-            "the current directory: run this command where `slimtune run` ran, or give --storage)"
-        )
 
 
 def _write_text(path: str, text: str) -> None:

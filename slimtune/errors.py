@@ -6,9 +6,55 @@ what to do about it.
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 
 class SlimtuneError(Exception):
-    """Base class of all errors raised by slimtune."""
+    """Base class of all errors raised by slimtune.
+
+    Attributes:
+        field: The option, spec field or argument at fault as a dotted path (``"space.levels"``,
+            ``"storage"``), or ``None`` when the error is not about one.
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # subclasses take other arguments than the message: rebuild from args and attributes instead
+        # of calling __init__ again (errors cross process boundaries: workers, Ray)
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[SlimtuneError], args: tuple[Any, ...], state: dict[str, Any]) -> SlimtuneError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class ConfigError(SlimtuneError, ValueError):
+    """An option has a bad value; ``field`` names it as a dotted path and the message starts with it.
+
+    Attributes:
+        problem: What is wrong with the value (the message without the field).
+    """
+
+    def __init__(self, problem: str, *, field: str) -> None:
+        self.problem = problem
+        super().__init__(f"{field}: {problem}", field=field)
+
+
+class StorageError(SlimtuneError, ValueError):
+    """A storage URL is invalid or its storage cannot be opened (names the URL and the file)."""
+
+
+class StudyNotFoundError(SlimtuneError, KeyError):
+    """A study (or a trial of it) that does not exist; lists what does."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class PlanError(SlimtuneError, ValueError):
@@ -38,5 +84,118 @@ class SpecError(SlimtuneError, ValueError):
     def __init__(self, problem: str, *, source: str | None = None, field: str | None = None) -> None:
         self.problem = problem
         self.source = source
-        self.field = field
-        super().__init__(": ".join([part for part in (source, field) if part] + [problem]))
+        super().__init__(": ".join([part for part in (source, field) if part] + [problem]), field=field)
+
+
+class TrialFailure(SlimtuneError):
+    """A trial could not produce a valid result (e.g. the metric is NaN); recorded as FAILED."""
+
+
+# ---------------------------------------------------------------------------------------- names
+class UnknownNameError(SlimtuneError, KeyError, ValueError):
+    """A name nothing is registered under (a criterion, strategy, compressor, observer ...).
+
+    The message suggests the closest known name and lists the known ones, e.g.
+    ``unknown criterion 'l11'; did you mean 'l1'? known: apoz, bn_scale, fpgm, l1, ...``
+    (prefixed with ``field: `` when the name comes from an option). Both a ``KeyError`` (what a
+    registry's ``REG[name]`` raises) and a ``ValueError`` (a bad argument).
+
+    Attributes:
+        kind: What was looked up (``"criterion"``, ``"strategy"``).
+        name: The name given.
+        known: The known names, sorted.
+        suggestion: The closest known name, or ``None``.
+    """
+
+    def __init__(self, kind: str, name: object, known: Iterable[str], *, field: str | None = None) -> None:
+        from slimtune.registry import closest_name
+
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        self.suggestion = closest_name(name, self.known)
+        hint = f" did you mean {self.suggestion!r}?" if self.suggestion else ""
+        problem = f"unknown {kind} {name!r};{hint} known: {', '.join(self.known) or 'none'}"
+        super().__init__(f"{field}: {problem}" if field else problem, field=field)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateNameError(SlimtuneError, ValueError):
+    """A name is registered already, by something else (pick another name, or pass ``overwrite=True``)."""
+
+
+class UnknownCriterionError(UnknownNameError, CriterionError):
+    """An unknown pruning-criterion name: an :class:`UnknownNameError` and a :class:`CriterionError`."""
+
+
+# ---------------------------------------------------------------------------------------- compressors
+class PlanConfigError(ConfigError, PlanError):
+    """A plan option has a bad value (a ``finetune`` setting, a compressor parameter): a
+    :class:`ConfigError` whose ``field`` names it (``finetune.lr``, ``plan.compressor_params.rho``)
+    and a :class:`PlanError`."""
+
+
+class UnknownCompressorError(UnknownNameError, PlanError):
+    """An unknown compressor name (field ``plan.compressor``): an :class:`UnknownNameError` and a :class:`PlanError`."""
+
+
+class CompressorError(SlimtuneError, ValueError):
+    """A compressor cannot run (e.g. a training compressor without training data); names the compressor."""
+
+
+class QuantizationError(SlimtuneError, ValueError):
+    """Quantization cannot proceed: bad bit-width, unknown layer / observer / algorithm, or a layer
+    that was never calibrated. The message names the value or the layer and says what to do."""
+
+
+class QuantExportError(QuantizationError, RuntimeError):
+    """A model could not be exported to int8 (names the layer or the reason); a :class:`QuantizationError`."""
+
+
+class UnknownQuantizationNameError(UnknownNameError, QuantizationError):
+    """An unknown observer or quantization-algorithm name: an :class:`UnknownNameError` and a
+    :class:`QuantizationError`."""
+
+
+class SlicingError(SlimtuneError, ValueError):
+    """A layer cannot be sliced as asked (unequal channels kept per conv group ...)."""
+
+
+class SpeedupError(SlimtuneError):
+    """The pruned model could not be rebuilt (names the layer or the failing forward pass)."""
+
+
+class ModelFailsError(TraceError):
+    """The model itself fails on the example inputs (no frontend can help)."""
+
+
+class MeasureError(SlimtuneError, ValueError):
+    """A resource cannot be measured as asked (bad bit-widths, latency options), or a latency table
+    cannot be built, is malformed or does not match the model; the message names the value."""
+
+
+# ---------------------------------------------------------------------------------------- strategies
+class StrategyError(SlimtuneError, ValueError):
+    """A strategy cannot be built with the parameters given. The message names the strategy and the
+    parameter (``strategy 'netadapt': strategy.ratio 2 must be in (0, 1]``); ``field`` is the
+    parameter as ``strategy.<name>`` (``None`` when the error is not about one)."""
+
+
+# ---------------------------------------------------------------------------------------- arguments
+class ArgumentError(SlimtuneError, ValueError):
+    """A function got an argument value it cannot use; the message names the argument and what it accepts."""
+
+
+class ArgumentTypeError(SlimtuneError, TypeError):
+    """A function got an argument of the wrong type; the message names the argument and the type given."""
+
+
+# ---------------------------------------------------------------------------------------- trials, dashboard
+class TrialFailure(SlimtuneError):
+    """A trial could not produce a valid result (e.g. the metric is NaN); recorded as FAILED."""
+
+
+class NotFound(SlimtuneError):
+    """An unknown study, trial or saved model (the dashboard answers 404 with the message)."""

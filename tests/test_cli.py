@@ -100,7 +100,7 @@ def test_pareto_formats(study_dir: Path) -> None:
 
 
 def test_export_writes_a_loadable_model(study_dir: Path) -> None:
-    from slimtune.trials.runner import open_study, pareto_front
+    from slimtune.trials import open_study, pareto_front
 
     trial = int(pareto_front(open_study(f"sqlite:///{study_dir / 'slimtune.db'}", "tiny"))["trial"].iloc[0])
     result = slimtune(study_dir, "export", "tiny.yaml", "--trial", str(trial), "--out", "model.pt")

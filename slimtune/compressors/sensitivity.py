@@ -6,6 +6,10 @@ The table drives the search spaces: sensitive groups get lower sparsity bounds, 
 :func:`analyze_bit_sensitivity` does the same for quantization: one layer at a time at each weight
 bit-width.
 
+Both take the rows already computed (``done``, skipped and returned as given) and a callback for
+each new row (``on_result``), so a caller can store every result as it finishes and resume an
+interrupted analysis (:mod:`slimtune.trials.sensitivity` does so in the study's storage).
+
 Example:
     >>> import torch
     >>> from slimtune.compressors.sensitivity import analyze_sensitivity
@@ -16,13 +20,24 @@ Example:
     >>> table = analyze_sensitivity(model, x[:1], score, levels=(0.25, 0.5), progress=False)
     >>> sorted(table["group"].unique()), len(table)
     (['features.0', 'features.2'], 4)
+
+    Resuming: the rows given as ``done`` are not evaluated again.
+
+    >>> stored = {}
+    >>> first = analyze_sensitivity(model, x[:1], score, levels=(0.25,), progress=False,
+    ...                             on_result=lambda row: stored.setdefault((row["group"], row["level"]), row))
+    >>> calls = []
+    >>> again = analyze_sensitivity(model, x[:1], lambda m: calls.append(1) or score(m), levels=(0.25, 0.5),
+    ...                             baseline=first.attrs["baseline"], done=stored, progress=False)
+    >>> len(calls), len(again), again["metric"].tolist()[::2] == first["metric"].tolist()
+    (2, 4, True)
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -49,6 +64,8 @@ def analyze_sensitivity(
     graph: ModelGraph | None = None,
     baseline: float | None = None,
     progress: bool = True,
+    done: Mapping[tuple[str, float], Mapping[str, Any]] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> pd.DataFrame:
     """Prune one group at a time at each level and record the metric.
 
@@ -62,8 +79,14 @@ def analyze_sensitivity(
         data: Batches for data-driven criteria.
         direction: ``"maximize"`` when a higher metric is better, else ``"minimize"``.
         graph: A ready :func:`trace` of ``model`` (traced here when omitted).
-        baseline: The unpruned model's metric, if already known.
-        progress: Show a progress bar.
+        baseline: The unpruned model's metric, if already known (pass the one ``done`` was
+            computed against when resuming, so every drop is measured from the same baseline).
+        progress: Show a progress bar (the rows of ``done`` count as already done).
+        done: Rows already computed, keyed by ``(group, level)``: those (group, level) are not
+            evaluated again and their rows go into the table as given (keys of other analyses
+            are ignored).
+        on_result: Called with each newly computed row (a dict of the table's columns) right
+            after its evaluation, e.g. to store it.
 
     Returns:
         One row per (group, level): ``group``, ``level``, ``channels`` (group size), ``removed``
@@ -87,6 +110,7 @@ def analyze_sensitivity(
     jobs = [
         (
             f"{name} @ {level:.2f}",
+            (name, level),
             {"group": name, "level": level, "channels": graph.groups[name].size, "removed": graph.groups[name].n_prune(level)},
             CompressionPlan({name: PruneSpec(level, criterion)}),
         )
@@ -102,6 +126,7 @@ def analyze_sensitivity(
         jobs,
         lambda plan: compress(model, plan, example_inputs, speedup=True, data=data, graph=graph),
         evaluate, baseline, direction, progress, "sensitivity", extra=flops_rel,
+        done=_keyed(done, float), on_result=on_result,
     )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["baseline"] = baseline
@@ -125,6 +150,8 @@ def analyze_bit_sensitivity(
     graph: ModelGraph | None = None,
     baseline: float | None = None,
     progress: bool = True,
+    done: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> pd.DataFrame:
     """Quantize one layer at a time at each weight bit-width (static PTQ) and record the metric.
 
@@ -139,8 +166,12 @@ def analyze_bit_sensitivity(
         data: Calibration batches (needed when ``bits_a`` is set).
         direction: ``"maximize"`` when a higher metric is better, else ``"minimize"``.
         graph: A ready :func:`trace` of ``model``.
-        baseline: The unquantized model's metric, if already known.
-        progress: Show a progress bar.
+        baseline: The unquantized model's metric, if already known (pass the one ``done`` was
+            computed against when resuming).
+        progress: Show a progress bar (the rows of ``done`` count as already done).
+        done: Rows already computed, keyed by ``(layer, bits_w)``: not evaluated again, their
+            rows go into the table as given.
+        on_result: Called with each newly computed row right after its evaluation.
 
     Returns:
         One row per (layer, bits): ``layer``, ``bits_w``, ``bits_a``, ``metric``, ``drop``
@@ -159,7 +190,7 @@ def analyze_bit_sensitivity(
     if baseline is None:
         baseline = float(evaluate(model))
     jobs = [
-        (f"{layer} @ {b} bits", {"layer": layer, "bits_w": int(b), "bits_a": bits_a},
+        (f"{layer} @ {b} bits", (layer, int(b)), {"layer": layer, "bits_w": int(b), "bits_a": bits_a},
          CompressionPlan(quantize={layer: QuantSpec(int(b), bits_a)}))
         for layer in names
         for b in bits
@@ -168,6 +199,7 @@ def analyze_bit_sensitivity(
         jobs,
         lambda plan: compress(model, plan, example_inputs, data=data, graph=graph, quant_algorithm="ptq"),
         evaluate, baseline, direction, progress, "bit sensitivity",
+        done=_keyed(done, int), on_result=on_result,
     )
     table = pd.DataFrame(rows, columns=BIT_COLUMNS)
     table.attrs["baseline"] = baseline
@@ -219,7 +251,7 @@ def min_safe_bits(table: pd.DataFrame, tolerance: float) -> dict[str, int]:
 
 
 def _sweep(
-    jobs: list[tuple[str, dict[str, Any], CompressionPlan]],
+    jobs: list[tuple[str, tuple[str, Any], dict[str, Any], CompressionPlan]],
     build: Callable[[CompressionPlan], nn.Module],
     evaluate: Callable[[nn.Module], float],
     baseline: float,
@@ -227,18 +259,30 @@ def _sweep(
     progress: bool,
     desc: str,
     extra: Callable[[nn.Module], dict[str, float]] | None = None,
+    done: Mapping[tuple[str, Any], Mapping[str, Any]] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Build and evaluate one compressed model per job: its row plus metric, drop and seconds."""
+    """Build and evaluate one compressed model per job: its row plus metric, drop and seconds.
+
+    A job whose key is in ``done`` is not evaluated: its row is ``done[key]``, as given.
+    """
+    done = done or {}
     sign = 1.0 if direction == "maximize" else -1.0
-    bar = _progress(len(jobs), progress, desc)
+    bar = _progress(len(jobs), progress, desc, initial=sum(key in done for _, key, _, _ in jobs))
     rows = []
-    for label, row, plan in jobs:
+    for label, key, row, plan in jobs:
+        if key in done:
+            rows.append(dict(done[key]))
+            continue
         start = time.perf_counter()
         compressed = build(plan)
         metric = float(evaluate(compressed))
         drop = sign * (baseline - metric) if math.isfinite(metric) else math.inf
-        rows.append({**row, "metric": metric, "drop": drop, **(extra(compressed) if extra else {}),
-                     "seconds": time.perf_counter() - start})
+        result = {**row, "metric": metric, "drop": drop, **(extra(compressed) if extra else {}),
+                  "seconds": time.perf_counter() - start}
+        rows.append(result)
+        if on_result is not None:
+            on_result(dict(result))
         if bar is not None:
             bar.set_postfix_str(f"{label}: drop {drop:+.4f}")
             bar.update(1)
@@ -247,9 +291,16 @@ def _sweep(
     return rows
 
 
-def _progress(total: int, enabled: bool, desc: str = "sensitivity") -> Any:
+def _keyed(
+    done: Mapping[tuple[str, Any], Mapping[str, Any]] | None, kind: type
+) -> dict[tuple[str, Any], Mapping[str, Any]]:
+    """``done`` with its keys as ``(str, kind)`` (a level 0.5 given as ``"0.5"`` or 1/2 still matches)."""
+    return {(str(name), kind(value)): row for (name, value), row in (done or {}).items()}
+
+
+def _progress(total: int, enabled: bool, desc: str = "sensitivity", initial: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="eval", leave=False)
+    return tqdm(total=total, initial=initial, desc=desc, unit="eval", leave=False)

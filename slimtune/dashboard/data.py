@@ -5,7 +5,7 @@ caches finished trials, so reading again fetches only new and unfinished ones) a
 derived from its trials, recomputed when the study changes (a new trial, a trial finishing, its
 attributes). :meth:`StorageReader.version` is the cheap call a page polls to learn that.
 
-The front is :func:`slimtune.trials.runner.pareto_front`; measures, plans, constraints and failure
+The front is :func:`slimtune.trials.results.pareto_front`; measures, plans, constraints and failure
 reasons are the user attributes each trial stores (:mod:`slimtune.trials.objective`); objectives,
 directions, constraints and the original model's measures (``baseline``) are the study's.
 
@@ -34,17 +34,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from slimtune.errors import SlimtuneError
-from slimtune.trials.objective import (
-    ATTR_ARTIFACT,
-    ATTR_CONSTRAINTS,
-    ATTR_DUPLICATE,
-    ATTR_FAIL,
-    ATTR_MEASURES,
-    ATTR_NODE,
-    ATTR_PLAN,
-    ATTR_TIMES,
-)
-from slimtune.trials.runner import SENSITIVITY_PREFIX, make_storage, pareto_front
+from slimtune.attributes import Trial
+from slimtune.trials.results import pareto_front
+from slimtune.trials.storage import CACHE_PREFIX as SENSITIVITY_PREFIX
+from slimtune.trials.storage import check_exists, make_storage
+
+ATTR_ARTIFACT, ATTR_CONSTRAINTS, ATTR_DUPLICATE, ATTR_FAIL = Trial.ARTIFACT, Trial.CONSTRAINTS, Trial.DUPLICATE_OF, Trial.FAIL_REASON
+ATTR_MEASURES, ATTR_NODE, ATTR_PLAN, ATTR_TIMES = Trial.MEASURES, Trial.HOSTNAME, Trial.PLAN, Trial.TIMES
 
 from slimtune.dashboard.progress import History, objective_directions, reference_point
 from slimtune.dashboard.sensitivity import sensitivity_matrix, uses_table
@@ -71,19 +67,7 @@ class NotFound(SlimtuneError):
 
 def check_storage(url: str) -> None:
     """Fail clearly when a file storage does not exist, instead of creating an empty one."""
-    path = None
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :].split("?", 1)[0]
-        if not path or path == ":memory:" or path.startswith("file:"):
-            return
-    elif url.startswith("journal:"):
-        rest = url[len("journal:") :]
-        path = rest[2:] if rest.startswith("//") else rest
-    if path is not None and not os.path.isfile(path):
-        raise SlimtuneError(
-            f"storage {url}: no such file {os.path.abspath(path)} (a relative sqlite:/// path is relative to "
-            "the current directory)"
-        )
+    check_exists(url)
 
 
 class StorageReader:
@@ -170,7 +154,7 @@ class StorageReader:
         return self._data(name).analysis().trials
 
     def front(self, name: str) -> list[dict[str, Any]]:
-        """The study's Pareto front, the rows of :func:`~slimtune.trials.runner.pareto_front`."""
+        """The study's Pareto front, the rows of :func:`~slimtune.trials.results.pareto_front`."""
         return self._data(name).analysis().front
 
     def progress(self, name: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The sensitivity tables a storage caches, as matrices for the dashboard's heatmaps.
 
-``slimtune.trials.runner.sensitivity_table`` (and the bit-width variant) store each table as the
+``slimtune.trials.sensitivity.sensitivity_table`` (and the bit-width variant) store each table as the
 user attributes of a study named ``slimtune-sensitivity-<key>``: the rows, the original metric
 (``baseline``), the criterion and the metric's direction.
 """

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -33,7 +34,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from slimtune.compressors.criteria import CRITERIA
 from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
 from slimtune.compressors.sensitivity import DEFAULT_LEVELS, max_safe_level, min_safe_bits
-from slimtune.errors import PlanError
+from slimtune.errors import ArgumentError, ConfigError, PlanError, UnknownNameError
+from slimtune.registry import closest_name
 
 if TYPE_CHECKING:
     import optuna
@@ -86,24 +88,31 @@ class SpaceOptions:
     quant_algorithm: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"space.{name}: {why}")
-
-        bad_ = bad
-
+        """Check every option: a :class:`~slimtune.errors.ConfigError` whose ``field`` is ``space.<option>``."""
+        for name in ("max_sparsity", "min_sparsity", "tolerance", "headroom"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise _bad(name, f"{value!r} must be a number")
         if not 0.0 < self.max_sparsity < 1.0:
-            raise bad("max_sparsity", f"{self.max_sparsity!r} must be in (0, 1)")
+            raise _bad("max_sparsity", f"{self.max_sparsity!r} must be in (0, 1)")
         if not 0.0 <= self.min_sparsity < self.max_sparsity:
-            raise bad("min_sparsity", f"{self.min_sparsity!r} must be in [0, max_sparsity)")
+            raise _bad("min_sparsity", f"{self.min_sparsity!r} must be in [0, max_sparsity)")
         if self.tolerance < 0:
-            raise bad("tolerance", f"{self.tolerance!r} must be >= 0")
+            raise _bad("tolerance", f"{self.tolerance!r} must be >= 0")
         if not 0.0 <= self.headroom < 1.0:
-            raise bad("headroom", f"{self.headroom!r} must be in [0, 1)")
-        if not self.levels or any(not 0.0 < float(v) < 1.0 for v in self.levels):
-            raise bad("levels", f"{list(self.levels)!r} must be a non-empty list of sparsities in (0, 1)")
-        if self.criterion not in CRITERIA:
-            raise bad("criterion", f"unknown criterion {self.criterion!r}; known: {', '.join(sorted(CRITERIA))}")
-        object.__setattr__(self, "levels", tuple(float(v) for v in self.levels))
+            raise _bad("headroom", f"{self.headroom!r} must be in [0, 1)")
+        try:
+            levels = tuple(float(v) for v in self.levels)
+        except (TypeError, ValueError):
+            levels = ()
+        if not levels or any(not 0.0 < v < 1.0 for v in levels):
+            shown = list(self.levels) if isinstance(self.levels, (list, tuple)) else self.levels
+            raise _bad("levels", f"{shown!r} must be a non-empty list of sparsities in (0, 1)")
+        try:
+            CRITERIA.get(self.criterion)
+        except UnknownNameError as e:
+            raise _bad("criterion", str(e)) from None
+        object.__setattr__(self, "levels", levels)
         if self.groups is not None:
             object.__setattr__(self, "groups", tuple(self.groups))
         for name in ("bits_w", "bits_a"):
@@ -111,32 +120,34 @@ class SpaceOptions:
             if choices is None:
                 continue
             choices = tuple(choices)
-            bad = [b for b in choices if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == 32)]
-            if not choices or bad:
-                raise bad_(name, f"{list(choices)!r} must be a non-empty list of bit-widths in 1-8 or 32")
+            wrong = [b for b in choices if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == 32)]
+            if not choices or wrong:
+                raise _bad(name, f"{list(choices)!r} must be a non-empty list of bit-widths in 1-8 or 32")
             object.__setattr__(self, name, tuple(sorted(set(choices))))
         if self.quantize_layers is not None:
             object.__setattr__(self, "quantize_layers", tuple(self.quantize_layers))
         if self.quant_algorithm is not None:
-            object.__setattr__(self, "quant_algorithm", self._check_algorithms(bad_))
+            object.__setattr__(self, "quant_algorithm", self._check_algorithms())
 
-    def _check_algorithms(self, bad: Callable[[str, str], ValueError]) -> str | tuple[str, ...]:
+    def _check_algorithms(self) -> str | tuple[str, ...]:
         from slimtune.compressors.quantization.algorithms import ALGORITHMS
 
         value = self.quant_algorithm
         names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
         if not names or any(not isinstance(n, str) for n in names):
-            raise bad("quant_algorithm", f"{value!r} must be an algorithm name or a non-empty list of them")
+            raise _bad("quant_algorithm", f"{value!r} must be an algorithm name or a non-empty list of them")
         unknown = [n for n in names if n not in ALGORITHMS]
         if unknown:
-            raise bad("quant_algorithm", f"unknown algorithm(s) {unknown}; known: {', '.join(sorted(ALGORITHMS))}")
+            close = closest_name(unknown[0], ALGORITHMS)
+            hint = f" did you mean {close!r}?" if close else ""
+            raise _bad("quant_algorithm", f"unknown algorithm(s) {unknown};{hint} known: {', '.join(ALGORITHMS.names())}")
         if not self.bits_w and not self.bits_a:
-            raise bad("quant_algorithm", "quantizes nothing: the space searches no bit-widths (set bits_w or bits_a)")
+            raise _bad("quant_algorithm", "quantizes nothing: the space searches no bit-widths (set bits_w or bits_a)")
         quantized = [b for b in self.bits_w or () if b != 32]
         for n in names:
             limit = ALGORITHMS[n].max_bits_w
             if any(b > limit for b in quantized):
-                raise bad(
+                raise _bad(
                     "quant_algorithm",
                     f"{n!r} quantizes weights to at most {limit} bit(s) but space.bits_w has {[b for b in quantized if b > limit]}",
                 )
@@ -151,11 +162,15 @@ class SpaceOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SpaceOptions:
+        """Options from a mapping (the ``space`` section of a spec); an unknown option is a
+        :class:`~slimtune.errors.ConfigError` naming it (``space.<option>``), with the closest known one."""
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise ValueError(f"space: unknown option(s) {unknown}; known: {sorted(known)}")
+            close = closest_name(unknown[0], known)
+            hint = f" did you mean {close!r}?" if close else ""
+            raise ConfigError(f"unknown option(s) {unknown};{hint} known: {sorted(known)}", field=f"space.{unknown[0]}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,10 +212,12 @@ class SearchSpace:
         if self.options.groups is not None:
             unknown = [g for g in self.options.groups if g not in prunable]
             if unknown:
-                raise ValueError(f"space.groups: {unknown} are not prunable groups; prunable: {prunable}")
+                raise _bad("groups", f"{unknown} are not prunable groups; prunable: {prunable}")
             prunable = [g for g in prunable if g in self.options.groups]
         if not prunable:
-            raise ValueError("the model has no prunable channel group to search over (see trace(model, x).summary())")
+            raise ArgumentError(
+                "the model has no prunable channel group to search over (see trace(model, x).summary())", field="graph"
+            )
         self.groups: list[str] = prunable
         self.sizes = {g: graph.groups[g].size for g in prunable}
         self.quant_layers: list[str] = []
@@ -210,7 +227,7 @@ class SearchSpace:
             if wanted is not None:
                 unknown = [n for n in wanted if n not in quantizable]
                 if unknown:
-                    raise ValueError(f"space.quantize_layers: {unknown} are not quantizable layers; quantizable: {quantizable}")
+                    raise _bad("quantize_layers", f"{unknown} are not quantizable layers; quantizable: {quantizable}")
             self.quant_layers = [n for n in quantizable if wanted is None or n in wanted]
         opt = self.options
         self.safe: dict[str, float] = {}
@@ -419,3 +436,8 @@ def parameter_groups(params: Mapping[str, Any]) -> Sequence[str]:
 
 
 __all__ = ["BITS_A_PREFIX", "BITS_W_PREFIX", "QUANT_ALGORITHM_PARAM", "SPARSITY_PREFIX", "SearchSpace", "SpaceOptions", "parameter_groups"]
+
+
+def _bad(option: str, problem: str) -> ConfigError:
+    """The error of a bad ``space`` option: ``space.<option>: <problem>``."""
+    return ConfigError(problem, field=f"space.{option}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+from slimtune.errors import StrategyError
+from slimtune.registry import Registry, closest_name
+
 if TYPE_CHECKING:
     import optuna
 
@@ -27,7 +30,11 @@ class Strategy:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             known = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"strategy {self.name!r}: unknown parameter(s) {unknown}; known: {known}")
+            close = closest_name(unknown[0], self.defaults)
+            hint = f" did you mean {close!r}?" if close else ""
+            raise StrategyError(
+                f"strategy {self.name!r}: unknown parameter(s) {unknown};{hint} known: {known}", field=f"strategy.{unknown[0]}"
+            )
         self.params = {**self.defaults, **params}
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
@@ -69,24 +76,30 @@ ATTR_FINISHED = "strategy_finished"
 """User attribute of a trial that started after its strategy finished (it was not run)."""
 
 
-STRATEGIES: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+"""Every strategy class by the name a spec's ``strategy`` field uses."""
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator registering a strategy under ``cls.name``."""
+    """Class decorator registering a strategy under ``cls.name``.
+
+    Raises:
+        StrategyError: ``cls`` has no ``name``.
+        DuplicateNameError: Another strategy is registered under that name.
+    """
     if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
-        raise ValueError(f"strategy {cls.name!r} is already registered")
-    STRATEGIES[cls.name] = cls
-    return cls
+        raise StrategyError(f"{cls.__name__} has no name")
+    return STRATEGIES.register(cls.name, cls)
 
 
 def get_strategy(name: str, **params: Any) -> Strategy:
-    """Instantiate the strategy registered as ``name`` with ``params``."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](**params)
+    """Instantiate the strategy registered as ``name`` with ``params``.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the closest known name and the known ones in the message).
+        StrategyError: A parameter is unknown or has a bad value (``field`` names it, ``strategy.<param>``).
+    """
+    return STRATEGIES.get(name)(**params)
 
 
 def record(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str, value: Any) -> None:

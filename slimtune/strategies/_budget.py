@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from slimtune.compressors.plan import CompressionPlan, PruneSpec
+from slimtune.errors import ArgumentError, StrategyError
 
 if TYPE_CHECKING:
     import optuna
@@ -78,11 +79,15 @@ def resolve_budget(
             the message names ``strategy.resource`` / ``strategy.target``.
     """
     if resource is not None and resource not in allowed:
-        raise ValueError(f"strategy {strategy!r}: strategy.resource {resource!r} must be one of {', '.join(allowed)}")
+        raise StrategyError(
+            f"strategy {strategy!r}: strategy.resource {resource!r} must be one of {', '.join(allowed)}",
+            field="strategy.resource",
+        )
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0):
-        raise ValueError(
+        raise StrategyError(
             f"strategy {strategy!r}: strategy.target {target!r} must be in (0, 1]: the resource to keep, "
-            "relative to the original model (0.1 removes 90 %)"
+            "relative to the original model (0.1 removes 90 %)",
+            field="strategy.target",
         )
     found = {k: v for k, v in resource_constraints(constraints).items() if k in allowed}
     if resource is None:
@@ -118,9 +123,9 @@ class ResourceModel:
         self, space: SearchSpace, resource: str, study: optuna.Study | None = None, latency: str = "channels"
     ) -> None:
         if resource not in RESOURCES:
-            raise ValueError(f"resource {resource!r} must be one of {', '.join(RESOURCES)}")
+            raise ArgumentError(f"resource {resource!r} must be one of {', '.join(RESOURCES)}", field="resource")
         if latency not in LATENCY_MODELS:
-            raise ValueError(f"latency {latency!r} must be one of {', '.join(LATENCY_MODELS)}")
+            raise ArgumentError(f"latency {latency!r} must be one of {', '.join(LATENCY_MODELS)}", field="latency")
         self.space = space
         self.resource = resource
         self._predictor = None
@@ -169,7 +174,9 @@ def _bits_latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
 
     layers = list(space.quant_layers)
     if not layers:
-        raise ValueError("a bit-width latency budget needs quantizable layers: set space.bits_w (e.g. [4, 8, 32])")
+        raise StrategyError(
+            "a bit-width latency budget needs quantizable layers: set space.bits_w (e.g. [4, 8, 32])", field="space.bits_w"
+        )
     if study is not None:
         cached = study._storage.get_study_system_attrs(study._study_id).get(_BITS_LUT_ATTR)
         if cached is not None:

@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
+from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, get_strategy, register_strategy
 from slimtune.strategies._budget import RESOURCES, Budget, ResourceModel, check_budget_params, resolve_budget, scale_to_target
@@ -93,11 +94,16 @@ def check_admm_params(strategy: str, value: Any) -> dict[str, Any]:
     from slimtune.compressors.training import check_compressor_params
 
     if not isinstance(value, Mapping):
-        raise ValueError(f"strategy {strategy!r}: strategy.compressor_params must be a mapping, got {value!r}")
+        raise StrategyError(
+            f"strategy {strategy!r}: strategy.compressor_params must be a mapping, got {value!r}",
+            field="strategy.compressor_params",
+        )
     try:
         check_compressor_params("admm", dict(value))
     except ValueError as e:
-        raise ValueError(f"strategy {strategy!r}: strategy.compressor_params: {e}") from None
+        raise StrategyError(
+            f"strategy {strategy!r}: strategy.compressor_params: {e}", field="strategy.compressor_params"
+        ) from None
     return dict(value)
 
 
@@ -169,7 +175,9 @@ def _range(strategy: str, key: str, value: Any, integer: bool) -> tuple[float, f
         ok = ok and (not integer or value[0] >= 1) and (integer or value[0] < value[1])
     if not ok:
         what = "two integers 1 <= low <= high" if integer else "two numbers 0 < low < high"
-        raise ValueError(f"strategy {strategy!r}: strategy.{key} {value!r} must be [low, high], {what}")
+        raise StrategyError(
+            f"strategy {strategy!r}: strategy.{key} {value!r} must be [low, high], {what}", field=f"strategy.{key}"
+        )
     return value[0], value[1]
 
 
@@ -196,16 +204,23 @@ class ADMM(Strategy):
         check_budget_params(self.name, p)
         check_inner(self.name, p)
         if p["allocation"] not in ALLOCATIONS:
-            raise ValueError(f"strategy {self.name!r}: strategy.allocation {p['allocation']!r} must be one of {', '.join(ALLOCATIONS)}")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.allocation {p['allocation']!r} must be one of {', '.join(ALLOCATIONS)}",
+                field="strategy.allocation",
+            )
         self.compressor_params = check_admm_params(self.name, p["compressor_params"])
         tune = p["tune"]
         if isinstance(tune, str) or not isinstance(tune, (list, tuple)) or any(k not in TUNABLE for k in tune):
-            raise ValueError(f"strategy {self.name!r}: strategy.tune {tune!r} must be a list of {', '.join(TUNABLE)}")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.tune {tune!r} must be a list of {', '.join(TUNABLE)}",
+                field="strategy.tune",
+            )
         self.tune = list(dict.fromkeys(tune))
         for knob in self.tune:
             if knob in self.compressor_params:
-                raise ValueError(
-                    f"strategy {self.name!r}: strategy.compressor_params.{knob} is also tuned (strategy.tune): drop one"
+                raise StrategyError(
+                    f"strategy {self.name!r}: strategy.compressor_params.{knob} is also tuned (strategy.tune): drop one",
+                    field=f"strategy.compressor_params.{knob}",
                 )
         self.rho_range = _range(self.name, "rho_range", p["rho_range"], integer=False)
         self.iterations_range = _range(self.name, "iterations_range", p["iterations_range"], integer=True)

@@ -106,6 +106,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
+from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, record, register_strategy
 from slimtune.strategies._budget import Budget, check_budget_params, resolve_budget
@@ -478,34 +479,55 @@ class AutoCompress(Strategy):
         for key in ("rounds", "trials_per_round"):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be an integer >= 1")
+                raise StrategyError(
+                    f"strategy {self.name!r}: strategy.{key} {v!r} must be an integer >= 1", field=f"strategy.{key}"
+                )
         for key in ("start_temperature", "stop_temperature", "perturbation_magnitude"):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
-                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be a number > 0")
+                raise StrategyError(
+                    f"strategy {self.name!r}: strategy.{key} {v!r} must be a number > 0", field=f"strategy.{key}"
+                )
         if p["stop_temperature"] >= p["start_temperature"]:
-            raise ValueError(
+            raise StrategyError(
                 f"strategy {self.name!r}: strategy.stop_temperature {p['stop_temperature']!r} must be below "
-                f"start_temperature {p['start_temperature']!r}"
+                f"start_temperature {p['start_temperature']!r}",
+                field="strategy.stop_temperature",
             )
         if p["initial"] not in _INITIAL:
-            raise ValueError(f"strategy {self.name!r}: strategy.initial {p['initial']!r} must be one of {', '.join(_INITIAL)}")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.initial {p['initial']!r} must be one of {', '.join(_INITIAL)}",
+                field="strategy.initial",
+            )
         if not isinstance(p["carry_weights"], bool):
-            raise ValueError(f"strategy {self.name!r}: strategy.carry_weights {p['carry_weights']!r} must be true or false")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.carry_weights {p['carry_weights']!r} must be true or false",
+                field="strategy.carry_weights",
+            )
         if p["proposals"] not in _PROPOSALS:
-            raise ValueError(f"strategy {self.name!r}: strategy.proposals {p['proposals']!r} must be one of {', '.join(_PROPOSALS)}")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.proposals {p['proposals']!r} must be one of {', '.join(_PROPOSALS)}",
+                field="strategy.proposals",
+            )
         purify = p["purify"]
         if isinstance(purify, bool) or not isinstance(purify, (int, float)) or not purify >= 0:
-            raise ValueError(f"strategy {self.name!r}: strategy.purify {purify!r} must be a number >= 0 (0: off)")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.purify {purify!r} must be a number >= 0 (0: off)", field="strategy.purify"
+            )
         if p["proposal_finetune"] is not None:
             if not isinstance(p["proposal_finetune"], Mapping):
-                raise ValueError(f"strategy {self.name!r}: strategy.proposal_finetune must be a mapping of fine-tune settings")
+                raise StrategyError(
+                    f"strategy {self.name!r}: strategy.proposal_finetune must be a mapping of fine-tune settings",
+                    field="strategy.proposal_finetune",
+                )
             from slimtune.compressors.training import check_finetune_overrides
 
             try:
                 check_finetune_overrides(p["proposal_finetune"])
             except Exception as e:
-                raise ValueError(f"strategy {self.name!r}: strategy.proposal_finetune: {e}") from None
+                raise StrategyError(
+                    f"strategy {self.name!r}: strategy.proposal_finetune: {e}", field="strategy.proposal_finetune"
+                ) from None
         self.compressor_params = {"purify": float(purify), **check_admm_params(self.name, p["compressor_params"])}
         self.schedule = round_schedule(p["start_temperature"], p["stop_temperature"], p["trials_per_round"])
 

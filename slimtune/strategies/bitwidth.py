@@ -20,7 +20,7 @@ hardware feedback is one of two resource models:
   no faster kernels below 8 bits, so 2- and 4-bit layers cost what 8-bit ones do (they still save
   size and cost accuracy), and 32-bit layers run in fp32. Trials measure the latency of
   the deployable model: the int8 export of their quantized layers
-  (:func:`~slimtune.trials.objective.measure_model`).
+  (:func:`~slimtune.compressors.measures.measure_deployable`).
 
 Sensitivity seeds the search: the first trials are each layer at its lowest one-shot-safe
 bit-width (from the bit sensitivity table the runner caches when ``space.bits_w`` lists widths
@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
+from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import BITS_A_PREFIX, BITS_W_PREFIX, QUANT_ALGORITHM_PARAM
 from slimtune.strategies._base import Strategy, get_strategy, register_strategy
 from slimtune.strategies._budget import check_budget_params
@@ -82,24 +83,31 @@ RESOURCES = ("size", "latency")
 def check_inner(strategy: str, params: Mapping[str, Any]) -> None:
     """Validate ``sampler``/``sampler_params`` (errors name the field)."""
     if params["sampler"] not in INNER_SAMPLERS:
-        raise ValueError(
-            f"strategy {strategy!r}: strategy.sampler {params['sampler']!r} must be one of {', '.join(INNER_SAMPLERS)}"
+        raise StrategyError(
+            f"strategy {strategy!r}: strategy.sampler {params['sampler']!r} must be one of {', '.join(INNER_SAMPLERS)}",
+            field="strategy.sampler",
         )
     if not isinstance(params["sampler_params"], Mapping):
-        raise ValueError(f"strategy {strategy!r}: strategy.sampler_params must be a mapping, got {params['sampler_params']!r}")
+        raise StrategyError(
+            f"strategy {strategy!r}: strategy.sampler_params must be a mapping, got {params['sampler_params']!r}",
+            field="strategy.sampler_params",
+        )
     try:
         get_strategy(params["sampler"], **params["sampler_params"])
     except ValueError as e:
-        raise ValueError(f"strategy {strategy!r}: strategy.sampler_params: {e}") from None
+        raise StrategyError(
+            f"strategy {strategy!r}: strategy.sampler_params: {e}", field="strategy.sampler_params"
+        ) from None
 
 
 def bit_names(space: SearchSpace, strategy: str) -> list[str]:
     """The space's ``bits_w/`` and ``bits_a/`` parameters; an error naming ``space.bits_w`` without any."""
     names = [k for k in space.distributions() if k.startswith((BITS_W_PREFIX, BITS_A_PREFIX))]
     if not names:
-        raise ValueError(
+        raise StrategyError(
             f"strategy {strategy!r} searches bit-widths but the space has none: set space.bits_w "
-            "(e.g. bits_w: [2, 4, 8, 32]; 32 = float)"
+            "(e.g. bits_w: [2, 4, 8, 32]; 32 = float)",
+            field="space.bits_w",
         )
     return names
 

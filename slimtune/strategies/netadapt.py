@@ -100,6 +100,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
+from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, record, register_strategy
 from slimtune.strategies._budget import Budget, ResourceModel, check_budget_params, resolve_budget
@@ -521,20 +522,29 @@ class NetAdapt(Strategy):
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
                 also = " or 'auto'" if key == "step" else ""
-                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be in ({lo:g}, {hi:g}]{also}")
+                raise StrategyError(
+                    f"strategy {self.name!r}: strategy.{key} {v!r} must be in ({lo:g}, {hi:g}]{also}",
+                    field=f"strategy.{key}",
+                )
         for key in ("short_term_finetune", "long_term_finetune"):
             v = p[key]
             if v is not None:
                 if not isinstance(v, Mapping):
-                    raise ValueError(f"strategy {self.name!r}: strategy.{key} must be a mapping of fine-tune settings, got {v!r}")
+                    raise StrategyError(
+                        f"strategy {self.name!r}: strategy.{key} must be a mapping of fine-tune settings, got {v!r}",
+                        field=f"strategy.{key}",
+                    )
                 from slimtune.compressors.training import check_finetune_overrides
 
                 try:
                     check_finetune_overrides(v)
                 except Exception as e:
-                    raise ValueError(f"strategy {self.name!r}: strategy.{key}: {e}") from None
+                    raise StrategyError(f"strategy {self.name!r}: strategy.{key}: {e}", field=f"strategy.{key}") from None
         if not isinstance(p["inherit_weights"], bool):
-            raise ValueError(f"strategy {self.name!r}: strategy.inherit_weights {p['inherit_weights']!r} must be true or false")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.inherit_weights {p['inherit_weights']!r} must be true or false",
+                field="strategy.inherit_weights",
+            )
         self._sampler: NetAdaptSampler | None = None
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> NetAdaptSampler:

@@ -83,6 +83,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, record, register_strategy
 from slimtune.strategies._budget import Budget, ResourceModel, check_budget_params, resolve_budget, scale_to_target
@@ -377,22 +378,37 @@ class SimulatedAnnealing(Strategy):
         for key in ("start_temperature", "stop_temperature", "perturbation_magnitude"):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"strategy {self.name!r}: strategy.{key} {v!r} must be a number > 0")
+                raise StrategyError(
+                    f"strategy {self.name!r}: strategy.{key} {v!r} must be a number > 0", field=f"strategy.{key}"
+                )
         if p["stop_temperature"] >= p["start_temperature"]:
-            raise ValueError(
+            raise StrategyError(
                 f"strategy {self.name!r}: strategy.stop_temperature {p['stop_temperature']!r} must be below "
-                f"start_temperature {p['start_temperature']!r}"
+                f"start_temperature {p['start_temperature']!r}",
+                field="strategy.stop_temperature",
             )
         rate = p["cool_down_rate"]
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
-            raise ValueError(f"strategy {self.name!r}: strategy.cool_down_rate {rate!r} must be in (0, 1)")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.cool_down_rate {rate!r} must be in (0, 1)",
+                field="strategy.cool_down_rate",
+            )
         if p["initial"] not in _INITIAL:
-            raise ValueError(f"strategy {self.name!r}: strategy.initial {p['initial']!r} must be one of {', '.join(_INITIAL)}")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.initial {p['initial']!r} must be one of {', '.join(_INITIAL)}",
+                field="strategy.initial",
+            )
         if p["cooling"] not in COOLING:
-            raise ValueError(f"strategy {self.name!r}: strategy.cooling {p['cooling']!r} must be one of {', '.join(COOLING)}")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.cooling {p['cooling']!r} must be one of {', '.join(COOLING)}",
+                field="strategy.cooling",
+            )
         moves = p["moves_per_temperature"]
         if isinstance(moves, bool) or not isinstance(moves, int) or moves < 1:
-            raise ValueError(f"strategy {self.name!r}: strategy.moves_per_temperature {moves!r} must be an integer >= 1")
+            raise StrategyError(
+                f"strategy {self.name!r}: strategy.moves_per_temperature {moves!r} must be an integer >= 1",
+                field="strategy.moves_per_temperature",
+            )
         self.schedule = Schedule(float(p["start_temperature"]), float(p["stop_temperature"]), float(rate), p["cooling"], moves)
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> SimulatedAnnealingSampler:

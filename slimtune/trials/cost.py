@@ -33,6 +33,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from slimtune.errors import ConfigError
+from slimtune.registry import closest_name
+
 OBJECTIVES: dict[str, str | None] = {
     "accuracy": None,  # the task's direction
     "flops": "minimize",
@@ -83,15 +86,50 @@ def parse_constraint(text: str) -> Constraint:
         return text
     m = _CONSTRAINT_RE.match(str(text))
     if not m:
-        raise ValueError(f"constraint {text!r} must look like '<measure> <= <number>' or '<measure> >= <number>'")
+        raise ConfigError(f"constraint {text!r} must look like '<measure> <= <number>' or '<measure> >= <number>'", field="constraints")
     measure, op, bound = m.group(1), m.group(2), m.group(3)
     if measure not in CONSTRAINT_MEASURES:
-        raise ValueError(f"constraint {text!r}: unknown measure {measure!r}; known: {', '.join(CONSTRAINT_MEASURES)}")
+        raise ConfigError(
+            f"constraint {text!r}: unknown measure {measure!r}{did_you_mean(measure, CONSTRAINT_MEASURES)}; "
+            f"known: {', '.join(CONSTRAINT_MEASURES)}",
+            field="constraints",
+        )
     try:
         value = float(bound)
     except ValueError:
-        raise ValueError(f"constraint {text!r}: {bound!r} is not a number") from None
+        raise ConfigError(f"constraint {text!r}: {bound!r} is not a number", field="constraints") from None
     return Constraint(measure, op, value)
+
+
+def check_objectives(objectives: str | Sequence[str]) -> list[str]:
+    """The objectives as a list; a :class:`~slimtune.errors.ConfigError` names a bad one."""
+    names = [objectives] if isinstance(objectives, str) else list(objectives or ())
+    if not names:
+        raise ConfigError(f"must list at least one objective; known: {', '.join(OBJECTIVES)}", field="objectives")
+    for i, name in enumerate(names):
+        if name not in OBJECTIVES:
+            raise ConfigError(
+                f"unknown objective {name!r}{did_you_mean(str(name), OBJECTIVES)}; known: {', '.join(OBJECTIVES)}",
+                field=f"objectives[{i}]",
+            )
+        if name in names[:i]:
+            raise ConfigError(f"objective {name!r} is listed twice", field=f"objectives[{i}]")
+    return names
+
+
+def check_weights(weights: Mapping[str, float], objectives: Sequence[str]) -> dict[str, float]:
+    """One finite weight >= 0 per objective."""
+    if not isinstance(weights, Mapping):
+        raise ConfigError(f"expected a mapping of objective: weight, got {weights!r}", field="weights")
+    missing, extra = set(objectives) - set(weights), set(weights) - set(objectives)
+    if missing or extra:
+        raise ConfigError(
+            f"must give exactly one weight per objective; missing {sorted(missing)}, extra {sorted(extra)}", field="weights"
+        )
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"expected a finite number >= 0, got {w!r}", field=f"weights.{name}")
+    return {name: float(w) for name, w in weights.items()}
 
 
 class Cost:
@@ -112,19 +150,9 @@ class Cost:
         weights: Mapping[str, float] | None = None,
         constraints: Sequence[str | Constraint] | None = None,
     ) -> None:
-        objectives = list(objectives)
-        if not objectives:
-            raise ValueError("objectives: at least one objective is needed")
-        for o in objectives:
-            if o not in OBJECTIVES:
-                raise ValueError(f"objectives: unknown objective {o!r}; known: {', '.join(OBJECTIVES)}")
-        if len(set(objectives)) != len(objectives):
-            raise ValueError(f"objectives: {objectives} lists an objective twice")
+        objectives = check_objectives(objectives)
         if weights is not None:
-            missing = set(objectives) - set(weights)
-            extra = set(weights) - set(objectives)
-            if missing or extra:
-                raise ValueError(f"weights must give exactly one weight per objective; missing {sorted(missing)}, extra {sorted(extra)}")
+            weights = check_weights(weights, objectives)
         self.objectives = objectives
         self.metric_direction = metric_direction
         self.weights = dict(weights) if weights is not None else None
@@ -156,6 +184,22 @@ class Cost:
     def constraint_values(self, measures: Mapping[str, Any]) -> dict[str, float]:
         return {c.text: c.value(measures) for c in self.constraints}
 
+    def check(self, baseline: Mapping[str, Any], metric_direction: str | None = None) -> list[str]:
+        """What is wrong before any trial runs, given the original model's measures: a metric that is
+        finite but absurd, and constraints no compressed model can meet. One sentence each."""
+        problems = []
+        metric = baseline.get("accuracy")
+        if metric is not None and math.isfinite(float(metric)) and abs(float(metric)) > ABSURD_METRIC:
+            problems.append(
+                f"task.evaluate returns {float(metric):g} on the original model: a metric that large is likely a bug "
+                "(a sum instead of a mean, an uninitialised value); trials compare against it"
+            )
+        for c in self.constraints:
+            why = _impossible(c, baseline, metric_direction or self.metric_direction)
+            if why:
+                problems.append(f"constraint '{c.text}' cannot be met: {why}; every trial will be infeasible")
+        return problems
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "objectives": self.objectives,
@@ -163,6 +207,37 @@ class Cost:
             "weights": self.weights,
             "constraints": [c.text for c in self.constraints],
         }
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = closest_name(name, known)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+#: a metric of larger magnitude on the original model gets a warning
+ABSURD_METRIC = 1e12
+#: measures that compression can only lower: relative to the original, in (0, 1]
+_SHRINKING = ("flops", "params", "size")
+
+
+def _impossible(c: Constraint, baseline: Mapping[str, Any], direction: str) -> str | None:
+    """Why constraint ``c`` holds for no compressed model, or None."""
+    if c.measure in _SHRINKING:
+        if c.op == ">=" and c.bound > 1:
+            return f"{c.measure} is relative to the original model, and compression does not make it larger than 1"
+        if c.op == "<=" and c.bound <= 0:
+            return f"{c.measure} is relative to the original model and always above 0"
+    if c.measure in ("latency", "latency_abs", "flops_abs", "params_abs", "size_abs") and c.op == "<=" and c.bound <= 0:
+        return f"{c.measure} is always above 0"
+    metric = baseline.get("accuracy")
+    if c.measure == "accuracy_drop" and metric is not None and 0 <= float(metric) <= 1:
+        # a metric in [0, 1] (accuracy, F1, AUC ...) drops by at most its original value (or rises to 1)
+        low, high = (float(metric) - 1, float(metric)) if direction == "maximize" else (-float(metric), 1 - float(metric))
+        if c.op == ">=" and c.bound > high:
+            return f"the metric is {float(metric):g} on the original model, so it cannot drop by more than {high:g}"
+        if c.op == "<=" and c.bound < low:
+            return f"the drop of a metric in [0, 1] from {float(metric):g} is at least {low:g}"
+    return None
 
 
 def relative_measures(measures: Mapping[str, Any], baseline: Mapping[str, Any], metric_direction: str) -> dict[str, Any]:

@@ -26,10 +26,14 @@ import optuna
 import torch
 import torch.nn as nn
 
-from slimtune.compressors import count_flops, count_params, measure_latency, model_size_bytes, trace
+from slimtune.compressors import trace
+from slimtune.compressors.measures import measure_deployable
 from slimtune.compressors.training import run_compressor
-from slimtune.errors import SlimtuneError
+from slimtune import optuna_internals
+from slimtune.attributes import Trial as T
+from slimtune.errors import SlimtuneError, TrialFailure
 from slimtune.trials.cost import Cost, relative_measures
+from slimtune.trials.results import load_model
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
@@ -41,89 +45,8 @@ if TYPE_CHECKING:
     from slimtune.trials.task import Task
 
 
-class TrialFailure(SlimtuneError):
-    """A trial could not produce a valid result (e.g. the metric is NaN); recorded as FAILED."""
-
-
 logger = logging.getLogger("slimtune")
 
-ATTR_PLAN = "plan"
-ATTR_MEASURES = "measures"
-ATTR_FAIL = "fail_reason"
-ATTR_TIMES = "times"
-ATTR_ARTIFACT = "model_artifact"
-ATTR_NODE = "hostname"
-ATTR_CONSTRAINTS = "constraints"
-ATTR_DUPLICATE = "duplicate_of"
-ATTR_INIT = "init_from"
-ATTR_COMPRESSOR_INFO = "compressor_info"
-
-
-def measure_model(
-    model: nn.Module,
-    example_inputs: Any,
-    latency: bool,
-    latency_batch: int = 32,
-    latency_repeats: int = 20,
-) -> dict[str, Any]:
-    """FLOPs (MACs per sample), parameters, size in bytes (quantized weights at their bit-widths)
-    and (optionally) latency of ``model``.
-
-    A fake-quantized layer counts its weight at its bit-width plus per-channel scales and its
-    range buffers (what :class:`~slimtune.compressors.measures.ResourcePredictor` predicts). An
-    SLB model is measured as deployed (:func:`~slimtune.compressors.quantization.unwrap`: the
-    most probable candidate of each weight), so its per-weight logits are not counted.
-
-    Latency is that of the deployable model too: fake-quantized layers run float kernels plus
-    fake-quant ops, which says nothing about integer kernels, so when the model has layers with
-    at most 8 weight bits, the latency measured is that of
-    :func:`~slimtune.compressors.quantization.export_int8` with those layers in int8 (calibrated
-    on the latency batch: activation ranges do not change kernel time; below 8 bits, x86 has no
-    faster kernels). If the export fails, the fake-quantized model is measured and
-    ``latency_note`` in the result says why.
-
-    Returns:
-        ``{"flops", "params", "size", "latency"}`` (latency None unless asked for), plus
-        ``latency_note`` when the latency of a quantized model could not be measured on its int8 export.
-    """
-    flops = float(count_flops(model, example_inputs)["macs"].sum())
-    from slimtune.compressors.quantization import quant_wrappers, unwrap, weight_bits
-
-    deployable, bits = model, weight_bits(model)
-    if any(hasattr(w, "slb_logits") for w in quant_wrappers(model).values()):
-        # weight_bits names the wrapped layer "<wrapper>.layer"; unwrapped, it is "<wrapper>"
-        bits = {k[: -len(".layer")] if k.endswith(".layer") else "": b for k, b in bits.items()}
-        deployable = unwrap(model)
-    params, _ = count_params(deployable)
-    size = model_size_bytes(deployable, bits=bits or None).total_bytes
-    out: dict[str, Any] = {"flops": flops, "params": params, "size": size, "latency": None}
-    if latency:
-        timed, note = _latency_model(model, example_inputs, latency_batch)
-        out["latency"] = measure_latency(timed, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats).median_ms
-        if note is not None:
-            out["latency_note"] = note
-    return out
-
-
-def _latency_model(model: nn.Module, example_inputs: Any, batch: int) -> tuple[nn.Module, str | None]:
-    """The model whose latency a trial reports: the int8 export of the layers with at most 8 weight
-    bits (none: ``model`` itself), or ``model`` and why the export failed."""
-    from slimtune.compressors.measures.bits_latency import INT8_MAX_BITS
-    from slimtune.compressors.measures.latency import make_batch
-    from slimtune.compressors.quantization import QuantWrapper, export_int8
-
-    layers = sorted(
-        name
-        for name, w in model.named_modules()
-        if isinstance(w, QuantWrapper) and not w.recurrent and w.bits_w is not None and w.bits_w <= INT8_MAX_BITS
-    )
-    if not layers:
-        return model, None
-    try:
-        calibration = [(make_batch(example_inputs, batch),)]
-        return export_int8(model, example_inputs, calibration, layers=layers), None
-    except Exception as e:  # noqa: BLE001 - any export failure: measure the fake-quantized model, say why
-        return model, f"latency of the fake-quantized model: int8 export of {', '.join(layers)} failed: {type(e).__name__}: {e}"
 
 
 class Objective:
@@ -171,14 +94,14 @@ class Objective:
     def __call__(self, trial: optuna.trial.Trial) -> float | list[float]:
         times: dict[str, float] = {}
         start = time.perf_counter()
-        trial.set_user_attr(ATTR_NODE, os.uname().nodename)
+        trial.set_user_attr(T.HOSTNAME, os.uname().nodename)
         try:
             params = self.strategy.suggest(trial, self.space)
             plan = self.task.default_compressor(with_finetune_params(self.strategy.plan(params, self.space), params))
             if plan.compressor == self.task.compressor and self.task.compressor_params:
                 # a strategy naming the task's compressor (admm, autocompress) keeps the task's settings of it
                 plan = dataclasses.replace(plan, compressor_params={**self.task.compressor_params, **plan.compressor_params})
-            trial.set_user_attr(ATTR_PLAN, plan.to_dict())
+            trial.set_user_attr(T.PLAN, plan.to_dict())
             twin = _completed_twin(trial, params)
             if twin is not None:
                 # samplers (NSGA-II especially) re-propose points: reuse that trial's result
@@ -191,7 +114,7 @@ class Objective:
             context = self.task.training_context(plan.finetune, report, start_graph)
             model = run_compressor(start_model, start_plan, self.task.example_inputs, context)
             if context.info:
-                trial.set_user_attr(ATTR_COMPRESSOR_INFO, context.info)
+                trial.set_user_attr(T.COMPRESSOR_INFO, context.info)
             times["compress"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -210,33 +133,33 @@ class Objective:
                 raise TrialFailure(f"evaluate returned {metric}")
 
             t = time.perf_counter()
-            raw = measure_model(model, self.task.example_inputs, self.cost.needs_latency, self.latency_batch)
+            raw = measure_deployable(model, self.task.example_inputs, self.cost.needs_latency, self.latency_batch)
             raw["accuracy"] = metric
             if raw.get("latency_note"):  # latency of the fake-quantized model, not of its int8 export
-                trial.set_user_attr("latency_note", raw["latency_note"])
+                trial.set_user_attr(T.LATENCY_NOTE, raw["latency_note"])
                 logger.warning("trial %d: %s", trial.number, raw["latency_note"])
             measures = relative_measures(raw, self.baseline, self.task.direction)
             times["measure"] = time.perf_counter() - t
-            trial.set_user_attr(ATTR_MEASURES, measures)
+            trial.set_user_attr(T.MEASURES, measures)
             constraints = self.cost.constraint_values(measures)
             for name, value in constraints.items():
                 trial.set_constraint(name, value)
-            trial.set_user_attr(ATTR_CONSTRAINTS, constraints)
+            trial.set_user_attr(T.CONSTRAINTS, constraints)
             values = self.cost.values(measures)
 
             t = time.perf_counter()
             if self.artifact_store is not None:
-                trial.set_user_attr(ATTR_ARTIFACT, _save_model(model, trial, self.artifact_store))
+                trial.set_user_attr(T.ARTIFACT, _save_model(model, trial, self.artifact_store))
             times["save"] = time.perf_counter() - t
         except optuna.TrialPruned:
             raise
         except Exception as e:
-            trial.set_user_attr(ATTR_FAIL, f"{type(e).__name__}: {e}")
+            trial.set_user_attr(T.FAIL_REASON, f"{type(e).__name__}: {e}")
             raise
         finally:
             times["total"] = time.perf_counter() - start
             try:
-                trial.set_user_attr(ATTR_TIMES, times)
+                trial.set_user_attr(T.TIMES, times)
             except Exception:  # the storage itself failing must not hide the first error
                 pass
         return values[0] if self.single_objective else values
@@ -249,11 +172,9 @@ class Objective:
             return self.task.model, plan, self.graph
         study = trial.study
         base_trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-        artifact = base_trial.user_attrs.get(ATTR_ARTIFACT) if base_trial is not None else None
-        key = (study._study_id, number, artifact)
+        artifact = base_trial.user_attrs.get(T.ARTIFACT) if base_trial is not None else None
+        key = (optuna_internals.study_key(study), number, artifact)
         if self._base is None or self._base[0] != key:
-            from slimtune.trials.runner import load_model
-
             try:
                 base = load_model(study, number).eval()
             except SlimtuneError as e:
@@ -264,15 +185,15 @@ class Objective:
             self._base = (key, base, trace(base, self.task.example_inputs), model_digest(base))
         _, base, graph, digest = self._base
         rebased = rebase_plan(plan, self.graph, graph, f"the model of trial {number}")
-        trial.set_user_attr(ATTR_INIT, {"trial": number, "artifact": artifact, "digest": digest, "sparsities": rebased.sparsities()})
+        trial.set_user_attr(T.INIT_FROM, {"trial": number, "artifact": artifact, "digest": digest, "sparsities": rebased.sparsities()})
         return base, rebased, graph
 
     def _reuse(self, trial: optuna.trial.Trial, twin: optuna.trial.FrozenTrial, times: dict[str, float], start: float) -> Any:
-        trial.set_user_attr(ATTR_DUPLICATE, twin.number)
-        for key in (ATTR_MEASURES, ATTR_CONSTRAINTS, ATTR_ARTIFACT):
+        trial.set_user_attr(T.DUPLICATE_OF, twin.number)
+        for key in (T.MEASURES, T.CONSTRAINTS, T.ARTIFACT):
             if key in twin.user_attrs:
                 trial.set_user_attr(key, twin.user_attrs[key])
-        for name, value in (twin.user_attrs.get(ATTR_CONSTRAINTS) or {}).items():
+        for name, value in (twin.user_attrs.get(T.CONSTRAINTS) or {}).items():
             trial.set_constraint(name, value)
         values = list(twin.values)
         return values[0] if self.single_objective else values

@@ -49,139 +49,27 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from slimtune import attributes as attrs
+from slimtune import optuna_internals
 from slimtune.errors import SlimtuneError
+from slimtune.trials.config import RAY_FIELDS, RayOptions, SearchConfig
+from slimtune.trials.driver import adopt_orphans, counts, drive, fail_stale, trial_line, worker_identity
+from slimtune.trials.storage import Heartbeat, open_study, parse_url, url_of
+from slimtune.trials.study import prepare
 
 if TYPE_CHECKING:
     import optuna
 
-    from slimtune.strategies import Strategy
+    from slimtune.trials.study import PreparedStudy
     from slimtune.trials.task import Task
 
-__all__ = ["RAY_FIELDS", "RayOptions", "release_workers", "worker_identity"]
+__all__ = ["RAY_FIELDS", "RayOptions", "check_storage", "release_workers", "requeue", "run_on_ray"]
 
 logger = logging.getLogger("slimtune")
 
-#: Fields of the ``ray`` options (spec section ``ray:``, API argument ``ray=``) and what each holds.
-RAY_FIELDS: dict[str, str] = {
-    "address": "a running Ray cluster, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, else one started with `ray start` on this machine, else a local Ray for the run)",
-    "max_concurrent_trials": "trials running at once, one Ray worker each (default: as many as the cluster's resources hold)",
-    "resources_per_trial": "Ray resources of one trial: cpu, gpu, memory (bytes) or custom resources (default {cpu: 1})",
-    "max_retries": "times Ray restarts a worker whose process died (default 3)",
-}
-
-#: The user attribute holding where a trial ran.
-ATTR_WORKER = "worker"
 #: Seconds an idle Ray worker is kept for this process's next run (``SLIMTUNE_RAY_IDLE``).
 IDLE_TIMEOUT_S = float(os.environ.get("SLIMTUNE_RAY_IDLE", "10"))
 _POLL_S = 1.0
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """How a study runs on Ray (see :data:`RAY_FIELDS`).
-
-    Args:
-        address: A running cluster (``host:port``, ``ray://host:port``, ``auto`` or ``local`` for a
-            new local Ray); ``None`` uses ``$RAY_ADDRESS`` when set, else a cluster started with
-            ``ray start`` on this machine, else a local Ray for the run (stopped after it).
-        max_concurrent_trials: Trials at once (one worker each); ``None``: as many as fit the
-            cluster's resources.
-        resources_per_trial: ``cpu``, ``gpu``, ``memory`` (bytes) and custom resources of one trial.
-        max_retries: Restarts of a worker whose process died.
-
-    Example:
-        >>> RayOptions.from_dict({"max_concurrent_trials": 2, "resources_per_trial": {"cpu": 1}}).max_concurrent_trials
-        2
-        >>> RayOptions.from_dict({"max_retries": -1})
-        Traceback (most recent call last):
-        ...
-        ValueError: ray.max_retries: must be ≥ 0, got -1
-    """
-
-    address: str | None = None
-    max_concurrent_trials: int | None = None
-    resources_per_trial: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0})
-    max_retries: int = 3
-
-    @classmethod
-    def from_value(cls, value: RayOptions | Mapping[str, Any] | None) -> RayOptions:
-        """``value`` as options: a :class:`RayOptions`, a mapping (validated) or ``None`` (defaults)."""
-        if isinstance(value, RayOptions):
-            return value
-        return cls.from_dict(value or {})
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], prefix: str = "ray.") -> RayOptions:
-        """Validate a mapping of :data:`RAY_FIELDS`; a ``ValueError`` names the bad field."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{prefix.rstrip('.')}: expected a mapping of {', '.join(RAY_FIELDS)}, got {type(data).__name__}")
-        for key in data:
-            if key not in RAY_FIELDS:
-                raise ValueError(f"{prefix}{key}: unknown field; known fields: {', '.join(RAY_FIELDS)}")
-        address = data.get("address")
-        if address is not None and (not isinstance(address, str) or not address.strip()):
-            raise ValueError(f"{prefix}address: expected a cluster address such as 127.0.0.1:6379, got {address!r}")
-        concurrent = data.get("max_concurrent_trials")
-        if concurrent is not None:
-            concurrent = _integer(concurrent, f"{prefix}max_concurrent_trials", 1)
-        retries = _integer(data.get("max_retries", 3), f"{prefix}max_retries", 0)
-        resources = data.get("resources_per_trial", {"cpu": 1.0})
-        if not isinstance(resources, Mapping) or not resources:
-            raise ValueError(f"{prefix}resources_per_trial: expected a mapping such as {{cpu: 1, gpu: 0}}, got {resources!r}")
-        checked: dict[str, float] = {}
-        for name, amount in resources.items():
-            where = f"{prefix}resources_per_trial.{name}"
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"{prefix}resources_per_trial: resource names must be strings, got {name!r}")
-            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount) or amount < 0:
-                raise ValueError(f"{where}: expected a number ≥ 0, got {amount!r}")
-            checked[name.lower() if name.lower() in ("cpu", "gpu", "memory") else name] = float(amount)
-        checked.setdefault("cpu", 1.0)
-        if not any(v > 0 for v in checked.values()):
-            raise ValueError(f"{prefix}resources_per_trial: a trial must need some resource (e.g. cpu: 1)")
-        return cls(address.strip() if address else None, concurrent, checked, retries)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as plain data; ``RayOptions.from_dict(o.to_dict()) == o``."""
-        out: dict[str, Any] = {}
-        if self.address is not None:
-            out["address"] = self.address
-        if self.max_concurrent_trials is not None:
-            out["max_concurrent_trials"] = self.max_concurrent_trials
-        out["resources_per_trial"] = dict(self.resources_per_trial)
-        out["max_retries"] = self.max_retries
-        return out
-
-    def actor_options(self) -> dict[str, Any]:
-        """Options of ``ray.remote(...).options(...)`` for one worker."""
-        res = dict(self.resources_per_trial)
-        opts: dict[str, Any] = {"num_cpus": res.pop("cpu", 1.0), "num_gpus": res.pop("gpu", 0.0)}
-        memory = res.pop("memory", 0.0)
-        if memory:
-            opts["memory"] = memory
-        if res:
-            opts["resources"] = res
-        return opts
-
-
-def _integer(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{where}: must be ≥ {minimum}, got {value}")
-    return value
-
-
-def worker_identity() -> dict[str, Any]:
-    """Where this process runs trials: host and pid, plus node, node IP and actor on a Ray worker."""
-    info: dict[str, Any] = {"backend": "local", "host": socket.gethostname(), "pid": os.getpid()}
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ctx = ray.get_runtime_context()
-        actor = ctx.get_actor_id()
-        if actor is not None:
-            info.update(backend="ray", node=ctx.get_node_id(), node_ip=ray.util.get_node_ip_address(), actor=actor)
-    return info
 
 
 # ---------------------------------------------------------------------- the worker (a Ray actor)
@@ -194,10 +82,8 @@ class _Worker:
     first re-queues the trial the dead process left running.
     """
 
-    def run(self, task_blob: bytes, kwargs: dict[str, Any], deadline: float | None, settings: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, task_blob: bytes, config: dict[str, Any], deadline: float | None, settings: Mapping[str, Any]) -> dict[str, Any]:
         from ray import cloudpickle
-
-        from slimtune.trials import runner
 
         _apply(settings)
         me = worker_identity()
@@ -210,26 +96,24 @@ class _Worker:
             ) from e
         # this actor runs one trial at a time and none now: a RUNNING trial of its own is one its
         # previous process was running when it died (Ray restarted the actor)
-        study = runner.open_study(kwargs["storage"], kwargs["study_name"])
+        cfg = SearchConfig.from_dict(config)
+        study = open_study(cfg.storage, cfg.study)
         requeue(study, lambda info: info.get("actor") == me["actor"], "its Ray worker died")
         timeout = None if deadline is None else deadline - time.time()
         if timeout is not None and timeout <= 0:
             return me
-        runner.search(task, **kwargs, timeout=timeout, join=True, backend="local", progress=False)
+        cfg = cfg.replace(timeout=timeout, join=True, backend="local", ray=None, progress=False)
+        prepared = prepare(task, cfg)
+        drive(prepared.study, prepared.objective, cfg.n_trials, cfg.timeout, False, cfg.heartbeat, me)
         return me
 
 
 def _apply(settings: Mapping[str, Any]) -> None:
-    """The driver's settings in a worker: heartbeats, SLIMTUNE_* variables, import path, working
-    directory, threads."""
+    """The driver's settings in a worker: SLIMTUNE_* variables, import path, working directory,
+    threads (the heartbeat settings come with the search configuration)."""
     import optuna
     import torch
 
-    from slimtune.trials import runner
-
-    # heartbeat settings of the driver (SLIMTUNE_HEARTBEAT_INTERVAL / _GRACE_PERIOD there)
-    runner.HEARTBEAT_INTERVAL = int(settings["heartbeat_interval"])
-    runner.GRACE_PERIOD = int(settings["grace_period"])
     os.environ.update(settings["env"])
     for path in settings["sys_path"]:  # where the driver imports the task's modules from
         if os.path.isdir(path) and path not in sys.path:
@@ -327,54 +211,32 @@ def requeue(study: optuna.Study, owned: Any, why: str) -> list[int]:
     parameters, ``failed_trial`` naming the original, retried at most once), without waiting for
     the grace period. Returns the numbers of the trials failed here.
     """
-    import copy
-
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    storage = study._storage
-    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not owned(t.user_attrs.get(ATTR_WORKER) or {}):
-            continue
-        try:  # (a finished trial's attributes are read-only: the reason first)
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"WorkerDied: {why}")
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:  # finished (or failed as stale) meanwhile
-            continue
-        failed.append(t.number)
-        if callback is not None:
-            callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+        if owned(attrs.worker(t)) and optuna_internals.fail_and_retry(study, t, attrs.Trial.FAIL_REASON, f"WorkerDied: {why}"):
+            failed.append(t.number)
     if failed:
         logger.warning("study %s: trial(s) %s failed because %s; queued again", study.study_name, failed, why)
     return failed
 
 
 # ---------------------------------------------------------------------- the driver
-def run_on_ray(
-    task: Task,
-    study: optuna.Study,
-    strategy: Strategy,
-    options: RayOptions,
-    kwargs: dict[str, Any],
-    n_trials: int | None,
-    timeout: float | None,
-    progress: bool,
-) -> None:
-    """Run ``study``'s trials on Ray workers until ``n_trials`` finished trials or ``timeout``.
+def run_on_ray(task: Task, prepared: PreparedStudy) -> None:
+    """Run a prepared study's trials on Ray workers until its budget or timeout is spent.
 
-    ``kwargs`` are :func:`~slimtune.trials.runner.search`'s arguments each worker joins the study
-    with (``storage`` a URL every worker can open).
+    Each worker receives the search configuration (with the storage's absolute URL, which every
+    worker opens) and joins the study.
     """
     ray = _import_ray()
     from ray import cloudpickle
 
-    from slimtune.trials import runner
-
-    url = check_storage(kwargs["storage"])
-    kwargs = {**kwargs, "storage": _absolute_url(url)}
+    study, config = prepared.study, prepared.config
+    options = config.ray if isinstance(config.ray, RayOptions) else RayOptions()
+    n_trials, timeout, progress = config.n_trials, config.timeout, config.progress
+    url = check_storage(config.storage)
+    payload = config.replace(storage=parse_url(url).absolute()).to_dict()
     try:
         blob = cloudpickle.dumps(task)
     except Exception as e:
@@ -385,13 +247,11 @@ def run_on_ray(
     started = _connect(ray, options)
     actors: list[Any] = []
     deadline = None if timeout is None else time.time() + timeout
-    monitor = _Monitor(study, n_trials, progress)
+    monitor = _Monitor(study, n_trials, progress, config.heartbeat)
     try:
         _check_storage_reach(ray, url)
-        count = _worker_count(ray, options, n_trials, runner._counts(study)["done"])
+        count = _worker_count(ray, options, n_trials, counts(study)["done"])
         settings = {
-            "heartbeat_interval": runner.HEARTBEAT_INTERVAL,
-            "grace_period": runner.GRACE_PERIOD,
             "env": {k: v for k, v in os.environ.items() if k.startswith("SLIMTUNE_")},
             "sys_path": [os.path.abspath(p or os.curdir) for p in sys.path if _user_path(p)],
             "cwd": os.getcwd(),
@@ -399,7 +259,7 @@ def run_on_ray(
         }
         blob_ref = ray.put(blob)
         actors = _POOL.take(ray, options, count)
-        pending = {a.run.remote(blob_ref, kwargs, deadline, settings): a for a in actors}
+        pending = {a.run.remote(blob_ref, payload, deadline, settings): a for a in actors}
         logger.info("study %s: %d Ray workers (%s each)", study.study_name, count, _format_resources(options))
         lost, death = 0, ""
         while pending:
@@ -419,10 +279,9 @@ def run_on_ray(
                     raise SlimtuneError(f"a Ray worker stopped: {type(cause).__name__}: {cause}") from e
             monitor.poll()
         monitor.poll()
-        c = runner._counts(study)
+        c = counts(study)
         timed_out = deadline is not None and time.time() >= deadline
-        finished = getattr(strategy, "finished", None)  # an iterative strategy may end before the budget
-        ended = finished is not None and finished(study) is not None
+        ended = prepared.strategy.finished(study) is not None  # an iterative strategy may end before the budget
         if n_trials is not None and c["done"] < n_trials and not timed_out and not ended:
             why = f"{lost} of {count} Ray workers died beyond their restarts (last: {death})" if lost else "the Ray workers stopped"
             raise SlimtuneError(
@@ -456,11 +315,12 @@ def check_storage(storage: Any) -> str:
     """The storage's URL, which every Ray worker opens; an error for storages they cannot share
     (``memory``, a storage object without a URL). Also checks that Ray is installed."""
     _import_ray()
-    url = storage if isinstance(storage, str) else getattr(storage, "url", storage)  # an RDBStorage knows its URL
-    if not isinstance(url, str) or url == "memory" or ":memory:" in url:
+    url = url_of(storage)  # (an RDBStorage knows its URL)
+    if not isinstance(url, str) or not parse_url(url).shareable:
         raise SlimtuneError(
             "backend 'ray' needs a storage every Ray worker can open (sqlite:///file.db on one machine, "
-            f"postgresql://... on a cluster), got {url if isinstance(url, str) else type(url).__name__!r}"
+            f"postgresql://... on a cluster), got {url if isinstance(url, str) else type(storage).__name__!r}",
+            field="storage",
         )
     return url
 
@@ -523,7 +383,7 @@ def _worker_count(ray: Any, options: RayOptions, n_trials: int | None, done: int
 
 def _check_storage_reach(ray: Any, url: str) -> None:
     """Warn when a file storage is used by Ray nodes on other machines (they cannot share the file)."""
-    if not (url.startswith("sqlite") or url.startswith("journal")):
+    if not parse_url(url).is_file:
         return
     ips = {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
     here = ray.util.get_node_ip_address()
@@ -534,19 +394,6 @@ def _check_storage_reach(ray: Any, url: str) -> None:
             url,
             ", ".join(sorted(ips - {here})),
         )
-
-
-def _absolute_url(url: str) -> str:
-    """A relative ``sqlite:///`` or ``journal:`` path made absolute (Ray workers have other working directories)."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        path, sep, query = url[len("sqlite:///") :].partition("?")
-        if path and path != ":memory:":
-            return "sqlite:///" + os.path.abspath(path) + sep + query
-    if url.startswith("journal:"):
-        from slimtune.trials.runner import _journal_path
-
-        return "journal:///" + os.path.abspath(_journal_path(url)).lstrip("/")
-    return url
 
 
 def _user_path(entry: str) -> bool:
@@ -577,11 +424,10 @@ class _Monitor:
     """The driver's view while workers run: one log line per finished trial, a progress bar,
     and the storage's upkeep (trials of dead workers failed and re-queued)."""
 
-    def __init__(self, study: optuna.Study, n_trials: int | None, progress: bool) -> None:
-        from slimtune.trials import runner
-
+    def __init__(self, study: optuna.Study, n_trials: int | None, progress: bool, heartbeat: Heartbeat) -> None:
         self.study = study
         self.progress = progress
+        self.heartbeat = heartbeat
         self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         self.adopted: set[int] = set()
         self.upkeep = time.monotonic()
@@ -589,30 +435,24 @@ class _Monitor:
         if progress and n_trials is not None:
             from tqdm.auto import tqdm
 
-            done = runner._counts(study)["done"]
+            done = counts(study)["done"]
             self.bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=study.study_name, unit="trial")
 
     def poll(self) -> None:
-        import optuna
-
-        from slimtune.trials import runner
-
         for t in self.study.get_trials(deepcopy=False):
             if t.state.is_finished() and t.number not in self.seen:
                 self.seen.add(t.number)
                 if self.progress:
-                    where = t.user_attrs.get(ATTR_WORKER) or {}
+                    where = attrs.worker(t)
                     node = f" on {where.get('node_ip', where.get('host', '?'))} pid {where.get('pid', '?')}" if where else ""
-                    logger.info(runner._trial_line(t) + node)
+                    logger.info(trial_line(t) + node)
         if self.bar is not None:
-            self.bar.n = min(runner._counts(self.study)["done"], self.bar.total)
+            self.bar.n = min(counts(self.study)["done"], self.bar.total)
             self.bar.refresh()
-        if time.monotonic() - self.upkeep >= runner.HEARTBEAT_INTERVAL:
+        if time.monotonic() - self.upkeep >= self.heartbeat.interval:
             self.upkeep = time.monotonic()
-            runner._adopt_orphans(self.study, self.adopted)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
+            adopt_orphans(self.study, self.adopted, self.heartbeat)
+            fail_stale(self.study)
 
     def close(self) -> None:
         if self.bar is not None:

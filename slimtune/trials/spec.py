@@ -268,12 +268,12 @@ class Spec:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     def search_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`slimtune.trials.runner.search` (all but ``task``).
+        """Keyword arguments for :func:`slimtune.trials.search.search` (all but ``task``).
 
         Example:
             .. code-block:: python
 
-                from slimtune.trials.runner import search
+                from slimtune.trials.search import search
                 spec = load_spec("examples/digits.yaml")
                 study = search(spec.make_task(), **spec.search_kwargs())
         """
@@ -517,7 +517,7 @@ class _Validator:
         return data
 
     def ray(self, value: Any) -> dict[str, Any] | None:
-        from slimtune.trials.ray_backend import RAY_FIELDS, RayOptions
+        from slimtune.trials.config import RAY_FIELDS, RayOptions
 
         if value is None:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -19,7 +20,7 @@ from slimtune.compressors.training import (
     finetune,
 )
 
-from slimtune.errors import PlanError
+from slimtune.errors import PlanError, SlimtuneError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
@@ -199,3 +200,14 @@ def _requires_two(fn: Callable[..., Any]) -> bool:
         return False
     required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
     return len([p for p in required[1:] if p.name != "config"]) >= 1
+
+
+def evaluate_original(task: Task) -> float:
+    """``task.evaluate(task.model)``, with a clear error when it fails or is not a finite number."""
+    try:
+        value = float(task.evaluate(task.model))
+    except Exception as e:
+        raise SlimtuneError(f"task.evaluate fails on the original model: {type(e).__name__}: {e}") from e
+    if not math.isfinite(value):
+        raise SlimtuneError(f"task.evaluate returns {value} on the original model; it must return a finite number")
+    return value

@@ -14,7 +14,7 @@ import pytest
 
 from dashboard_harness import ARTIFACT_TRIALS, STUDIES, Server, chromium_path, launch_dashboard, stop, wait_for_url
 from fake_studies import add_sensitivity_cache, add_study
-from slimtune.trials.runner import make_storage
+from slimtune.trials import make_storage
 
 @pytest.fixture(scope="session")
 def storage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

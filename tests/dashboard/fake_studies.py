@@ -20,16 +20,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from slimtune.trials.cost import Cost, relative_measures
-from slimtune.trials.objective import (
-    ATTR_ARTIFACT,
-    ATTR_CONSTRAINTS,
-    ATTR_FAIL,
-    ATTR_MEASURES,
-    ATTR_NODE,
-    ATTR_PLAN,
-    ATTR_TIMES,
-)
-from slimtune.trials.runner import SENSITIVITY_PREFIX, make_storage
+from slimtune.attributes import Trial
+from slimtune.trials import make_storage
+from slimtune.trials.sensitivity import SENSITIVITY_PREFIX
 
 GROUPS = {"conv1": 16, "conv2": 32, "conv3": 64, "fc1": 128}
 """Prunable groups of the fake model and their share of its FLOPs."""
@@ -122,7 +115,7 @@ def add_study(
         if quantize:
             plan["quantize"] = {g: {"bits_w": rng.choice([4, 8]), "bits_a": 8} for g in GROUPS}
         start = START + dt.timedelta(seconds=2 * number)
-        user_attrs: dict[str, Any] = {ATTR_NODE: "fake-host", ATTR_PLAN: plan}
+        user_attrs: dict[str, Any] = {Trial.HOSTNAME: "fake-host", Trial.PLAN: plan}
         params = {f"sparsity/{g}": s for g, s in sparsity.items()}
         if number >= n_trials:
             trials.append(
@@ -139,18 +132,18 @@ def add_study(
         values = None
         system_attrs: dict[str, Any] = {}
         if state == TrialState.FAIL:
-            user_attrs[ATTR_FAIL] = f"RuntimeError: fake failure of trial {number}"
-            user_attrs[ATTR_TIMES] = {"compress": 0.01, "total": 0.02}
+            user_attrs[Trial.FAIL_REASON] = f"RuntimeError: fake failure of trial {number}"
+            user_attrs[Trial.TIMES] = {"compress": 0.01, "total": 0.02}
         elif state == TrialState.COMPLETE:
             measures = fake_measures(sparsity, rng)
             constraint_values = cost.constraint_values(measures)
-            user_attrs[ATTR_MEASURES] = measures
-            user_attrs[ATTR_CONSTRAINTS] = constraint_values
-            user_attrs[ATTR_TIMES] = {"compress": 0.05, "finetune": 1.2, "evaluate": 0.1, "measure": 0.02, "total": 1.4}
+            user_attrs[Trial.MEASURES] = measures
+            user_attrs[Trial.CONSTRAINTS] = constraint_values
+            user_attrs[Trial.TIMES] = {"compress": 0.05, "finetune": 1.2, "evaluate": 0.1, "measure": 0.02, "total": 1.4}
             system_attrs["constraints"] = list(constraint_values.values())
             values = cost.values(measures)
             if store is not None and number in artifact_trials:
-                user_attrs[ATTR_ARTIFACT] = _upload_model(store, study, number)
+                user_attrs[Trial.ARTIFACT] = _upload_model(store, study, number)
         trials.append(
             create_trial(
                 state=state,

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from dashboard_harness import ARTIFACT_TRIALS, STUDIES, Server
 from slimtune.cli import main
 from slimtune.dashboard import StorageReader
-from slimtune.trials.runner import SENSITIVITY_PREFIX, make_storage, open_study, pareto_front
+from slimtune.trials import make_storage, open_study, pareto_front
+from slimtune.trials.sensitivity import SENSITIVITY_PREFIX
 
 
 def _study(url: str, name: str) -> optuna.Study:

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from dashboard_harness import ARTIFACT_TRIALS, Server
 from fake_studies import add_study, fake_measures
-from slimtune.trials.runner import open_study, pareto_front, search
+from slimtune.trials import open_study, pareto_front, search
 
 PLOTTED = """() => {
   const gd = document.getElementById('pareto-plot');

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from dashboard_harness import STUDIES
 from slimtune.cli import main
-from slimtune.trials.runner import open_study, pareto_front
+from slimtune.trials import open_study, pareto_front
 
 
 def test_report_is_self_contained_and_draws_the_same_plots(

@@ -19,7 +19,7 @@ from slimtune.search_spaces import SearchSpace, SpaceOptions
 from slimtune.strategies import get_strategy
 from slimtune.strategies._budget import ResourceModel
 from slimtune.strategies.admm import fixed_allocation
-from slimtune.trials.runner import load_model
+from slimtune.trials import load_model
 
 TESTS = Path(__file__).resolve().parents[1]
 ADMM_RUN = {"steps": 6, "lr": 0.05}

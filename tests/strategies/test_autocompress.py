@@ -27,7 +27,7 @@ from slimtune.strategies.autocompress import (
     round_schedule,
 )
 from slimtune.trials.objective import model_digest, rebase_plan
-from slimtune.trials.runner import load_model
+from slimtune.trials import load_model
 
 TESTS = Path(__file__).resolve().parents[1]
 ADMM_RUN = {"steps": 6, "lr": 0.05}

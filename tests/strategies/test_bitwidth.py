@@ -181,7 +181,7 @@ def test_a_search_trial_with_slb_ends_with_hard_weights_equal_in_training_and_ev
     """space.quant_algorithm chooses SLB per trial; the built-in fine-tune anneals its temperature
     and hardens it at the end, so the saved model's training-mode weights are its evaluated ones."""
     from slimtune.compressors.quantization.algorithms.slb import slb_candidates, slb_layers
-    from slimtune.trials.runner import load_model
+    from slimtune.trials import load_model
 
     task = make_mlp_task(finetune_steps=6)
     study = slimtune.search(

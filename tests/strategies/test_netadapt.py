@@ -99,7 +99,7 @@ def test_progressive_candidates_start_from_the_chosen_network(tmp_path) -> None:
     """As in the paper: iteration i+1's candidates load iteration i's chosen network with its fine-tuned weights
     (checked by the digest of the weights they start from), and the long-term trial trains the last one."""
     from slimtune.trials.objective import model_digest
-    from slimtune.trials.runner import load_model
+    from slimtune.trials import load_model
 
     task = make_mlp_task(hidden=(32, 24, 16), finetune_steps=5)
     study = run(task, f"sqlite:///{tmp_path / 'na.db'}", n_trials=60, save_models="all", inherit_weights=True,

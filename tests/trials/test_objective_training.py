@@ -15,7 +15,7 @@ from slimtune.compressors import CompressionPlan
 from slimtune.compressors.training import FinetuneConfig, FinetuneResult
 from slimtune.errors import PlanError
 from slimtune.trials.objective import with_finetune_params
-from slimtune.trials.runner import search
+from slimtune.trials import search
 from slimtune.trials.spec import Spec
 
 NO_SENS = {"sensitivity": False}

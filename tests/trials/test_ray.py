@@ -20,8 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import slimtune
 from slimtune.errors import SlimtuneError
-from slimtune.trials import runner
-from slimtune.trials.runner import load_model, pareto_front, studies_summary, trials_table
+from slimtune.trials import make_storage, load_model, pareto_front, studies_summary, trials_table
 
 from _scale import slow_task
 
@@ -146,10 +145,10 @@ def load_trials(url: str, name: str) -> list[FrozenTrial] | None:
 def test_ray_worker_killed_mid_trial_is_retried_and_the_study_completes(
     local_ray: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(runner, "GRACE_PERIOD", 4)
+    monkeypatch.setenv("SLIMTUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SLIMTUNE_GRACE_PERIOD", "4")
     url = f"sqlite:///{tmp_path / 'fault.db'}"
-    runner.make_storage(url)  # the schema exists before the test starts looking at it
+    make_storage(url)  # the schema exists before the test starts looking at it
     log, hold = tmp_path / "evaluations.log", tmp_path / "hold"
     # the baseline and the first two trials' evaluations run freely; every later one is held (does not
     # end) while the hold file exists, so the fourth evaluation's worker is caught mid-trial for sure,
@@ -235,7 +234,7 @@ def test_driver_killed_then_the_same_command_resumes_the_study(local_ray: Any, t
     env.update(RAY_ADDRESS=local_ray.get_runtime_context().gcs_address, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]),
                OMP_NUM_THREADS="1", SLIMTUNE_HEARTBEAT_INTERVAL="1", SLIMTUNE_GRACE_PERIOD="3")  # fmt: skip
     url = f"sqlite:///{tmp_path / 'ray.db'}"
-    runner.make_storage(url)  # the schema exists before the test starts looking at it
+    make_storage(url)  # the schema exists before the test starts looking at it
     first = cli(tmp_path, env, "-q", "run", "spec.yaml")
     try:
 

@@ -26,7 +26,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from slimtune.trials.runner import export_model, pareto_front, studies_summary
+from slimtune.trials import export_model, pareto_front, studies_summary
 
 from _scale import free_port, ray_env
 

@@ -240,10 +240,9 @@ def test_trial_orphaned_before_its_first_heartbeat_does_not_block_resuming(tmp_p
 
     import slimtune
     from slimtune.examples.models import mlp
-    from slimtune.trials import runner
 
-    monkeypatch.setattr(runner, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(runner, "GRACE_PERIOD", 2)
+    monkeypatch.setenv("SLIMTUNE_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SLIMTUNE_GRACE_PERIOD", "2")
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -22,18 +22,8 @@ from slimtune.compressors.plan import CompressionPlan
 from slimtune.compressors.sensitivity import max_safe_level, min_safe_bits
 from slimtune.errors import SlimtuneError
 from slimtune.examples.models import mlp
-from slimtune.trials.runner import (
-    SENSITIVITY_PREFIX,
-    bit_sensitivity_table,
-    export_model,
-    load_model,
-    open_study,
-    pareto_front,
-    search,
-    sensitivity_table,
-    studies_summary,
-    trials_table,
-)
+from slimtune.trials import bit_sensitivity_table, export_model, load_model, open_study, pareto_front, search, sensitivity_table, studies_summary, trials_table
+from slimtune.trials.sensitivity import SENSITIVITY_PREFIX
 
 MEASURE_KEYS = {
     "accuracy", "accuracy_drop", "flops", "flops_abs", "params", "params_abs",

@@ -15,14 +15,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from slimtune.trials.runner import make_storage
+from slimtune.trials import make_storage
 
 WORKER = r"""
 import os, sys, time
 
 import optuna
 
-from slimtune.trials.runner import make_storage
+from slimtune.trials import make_storage
 
 url, barrier, count, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 study = optuna.load_study(study_name="queue", storage=make_storage(url))

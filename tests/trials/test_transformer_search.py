@@ -12,7 +12,7 @@ import torch
 
 from slimtune.compressors import count_flops, trace
 from slimtune.examples.text import make_text_task
-from slimtune.trials.runner import load_model, pareto_front, search
+from slimtune.trials import load_model, pareto_front, search
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, TypeVar
 import torch
 from torch import nn
 
-from slimtune.errors import CriterionError
+from slimtune.errors import CriterionError, UnknownCriterionError
+from slimtune.registry import Registry
 
 if TYPE_CHECKING:
     from slimtune.compressors._types import Group
@@ -61,7 +62,7 @@ class Criterion(Protocol):
     def __call__(self, group: Group, ctx: CriterionContext) -> torch.Tensor: ...
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry("criterion", unknown_error=UnknownCriterionError, duplicate_error=CriterionError)
 """Registered criteria by name (the name a plan or a spec writes)."""
 
 _C = TypeVar("_C", bound=Callable[..., torch.Tensor])
@@ -84,19 +85,9 @@ def register_criterion(name: str) -> Callable[[_C], _C]:
         ...     return torch.ones(group.size)
         >>> "doc_ones" in CRITERIA
         True
-        >>> del CRITERIA["doc_ones"]
+        >>> CRITERIA.unregister("doc_ones")
     """
-
-    def deco(fn: _C) -> _C:
-        if name in CRITERIA and _qualname(CRITERIA[name]) != _qualname(fn):
-            raise CriterionError(
-                f"criterion {name!r} is already registered (by {_qualname(CRITERIA[name])}, not "
-                f"{_qualname(fn)}); pick another name"
-            )
-        CRITERIA[name] = fn
-        return fn
-
-    return deco
+    return CRITERIA.register(name)
 
 
 def get_criterion(name: str) -> Criterion:
@@ -106,16 +97,14 @@ def get_criterion(name: str) -> Criterion:
         name: A registered criterion name, e.g. ``"l1"``.
 
     Raises:
-        CriterionError: Unknown name; the message lists the known ones.
+        UnknownCriterionError: Unknown name (a :class:`~slimtune.errors.CriterionError`); the message
+            suggests the closest known name and lists the known ones.
 
     Example:
         >>> get_criterion("l1").__name__
         'l1'
     """
-    try:
-        return CRITERIA[name]
-    except (KeyError, TypeError):
-        raise CriterionError(f"unknown criterion {name!r}; known criteria: {sorted(CRITERIA)}") from None
+    return CRITERIA.get(name)
 
 
 def score_group(group: Group, criterion_name: str, ctx: CriterionContext) -> torch.Tensor:
@@ -152,8 +141,3 @@ def score_group(group: Group, criterion_name: str, ctx: CriterionContext) -> tor
             f"{group.name!r}; expected ({group.size},)"
         )
     return scores
-
-
-def _qualname(obj: object) -> str:
-    mod = getattr(obj, "__module__", "?")
-    return f"{mod}.{getattr(obj, '__qualname__', type(obj).__name__)}"

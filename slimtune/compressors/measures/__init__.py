@@ -10,6 +10,8 @@
 * :class:`BitsLatencyTable` — measured fp32 and int8 latency per layer, predicting a bit-width
   plan's latency (HAQ's hardware-in-the-loop table; ``bits_latency.py``).
 * :func:`measure` — all of the above in one call, as :class:`Measures` (``summary.py``).
+* :func:`measure_deployable` — what a search trial reports: the model as it would ship (SLB by
+  its chosen candidates, fake-quantized layers at their bit-widths and timed as their int8 export).
 * :class:`ResourcePredictor` — a plan's MACs, parameters and size predicted from channel counts,
   without building the model (``resources.py``).
 
@@ -25,6 +27,7 @@ Example:
 from __future__ import annotations
 
 from slimtune.compressors.measures.bits_latency import BitsLatencyTable
+from slimtune.compressors.measures.deployable import measure_deployable
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.latency import LatencyResult, compare_latency, measure_latency
 from slimtune.compressors.measures.lut import LatencyTable
@@ -34,6 +37,7 @@ from slimtune.compressors.measures.summary import Measures, measure
 
 __all__ = [
     "measure",
+    "measure_deployable",
     "Measures",
     "count_flops",
     "count_params",

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-from slimtune.compressors.quantization._errors import QuantExportError, QuantizationError
 from slimtune.compressors.quantization.functional import (
     affine_qparams,
     dequantize_per_channel,
@@ -62,6 +61,7 @@ from slimtune.compressors.quantization.modules import (
     unwrap,
     weight_bits,
 )
+from slimtune.errors import QuantExportError, QuantizationError
 
 __all__ = [
     "ALGORITHMS",

@@ -73,8 +73,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from slimtune.compressors.quantization._errors import QuantExportError
 from slimtune.compressors.quantization.pt2e import PT2EInt8Model, export_pt2e, pt2e_available
+from slimtune.errors import QuantExportError
 
 __all__ = [
     "AUTO_METHOD",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from slimtune.compressors.quantization._errors import QuantizationError
+from slimtune.errors import QuantizationError
 
 FLOAT_BITS = 32
 _EPS = 1e-12

@@ -34,10 +34,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from slimtune.compressors.quantization._errors import QuantizationError
 from slimtune.compressors.quantization.algorithms import QuantAlgorithm, get_algorithm
 from slimtune.compressors.quantization.functional import check_bits, is_float
 from slimtune.compressors.quantization.observers import Observer, make_observer
+from slimtune.errors import QuantizationError
 
 Mode = Literal["calibrating", "frozen"]
 _MODES = ("calibrating", "frozen")

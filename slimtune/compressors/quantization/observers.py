@@ -33,9 +33,12 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 
-from slimtune.compressors.quantization._errors import QuantizationError
+from slimtune.errors import QuantizationError, UnknownQuantizationNameError
+from slimtune.registry import Registry
 
-OBSERVERS: dict[str, type[Observer]] = {}
+OBSERVERS: Registry[type[Observer]] = Registry(
+    "observer", unknown_error=UnknownQuantizationNameError, duplicate_error=QuantizationError
+)
 """Registered observer classes by name."""
 
 _O = TypeVar("_O", bound="type[Observer]")
@@ -45,9 +48,7 @@ def register_observer(name: str) -> Callable[[_O], _O]:
     """Class decorator registering an :class:`Observer` subclass under ``name`` in :data:`OBSERVERS`."""
 
     def deco(cls: _O) -> _O:
-        if name in OBSERVERS and OBSERVERS[name].__qualname__ != cls.__qualname__:
-            raise QuantizationError(f"observer {name!r} is already registered by {OBSERVERS[name].__qualname__}")
-        OBSERVERS[name] = cls
+        OBSERVERS.register(name, cls)
         cls.name = name
         return cls
 
@@ -58,15 +59,12 @@ def make_observer(name: str | Observer, **kwargs: Any) -> Observer:
     """A fresh observer of the registered ``name`` (an :class:`Observer` instance is returned as is).
 
     Raises:
-        QuantizationError: Unknown name; the message lists the known ones.
+        UnknownQuantizationNameError: Unknown name (a :class:`~slimtune.errors.QuantizationError`); the
+            message suggests the closest known name and lists the known ones.
     """
     if isinstance(name, Observer):
         return name
-    try:
-        cls = OBSERVERS[name]
-    except (KeyError, TypeError):
-        raise QuantizationError(f"unknown observer {name!r}; known observers: {sorted(OBSERVERS)}") from None
-    return cls(**kwargs)
+    return OBSERVERS.get(name)(**kwargs)
 
 
 class Observer:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimtune.compressors.quantization._errors import QuantExportError
+from slimtune.errors import QuantExportError
 
 __all__ = ["PT2EInt8Model", "export_pt2e", "pt2e_available"]
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from slimtune.compressors.training.config import FinetuneConfig
-from slimtune.errors import PlanError, SlimtuneError
+from slimtune.errors import CompressorError, PlanConfigError, UnknownCompressorError
+from slimtune.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
     from slimtune.compressors.plan import CompressionPlan
     from slimtune.compressors.training.finetune import FinetuneResult, TrainHook
-
-
-class CompressorError(SlimtuneError, ValueError):
-    """A compressor cannot run (e.g. a training compressor without training data); names the compressor."""
 
 
 Report = Callable[[int, float], Any]
@@ -67,7 +64,9 @@ class CompressorEntry:
     trains: bool
 
 
-COMPRESSORS: dict[str, CompressorEntry] = {}
+COMPRESSORS: Registry[CompressorEntry] = Registry(
+    "compressor", unknown_error=UnknownCompressorError, field="plan.compressor", identity=lambda entry: entry.fn
+)
 """Every compressor by the name a plan's ``compressor`` field (and a spec) uses."""
 
 
@@ -78,29 +77,29 @@ def register_compressor(
     ``compressor_params`` may set only these); ``trains`` marks compressors that need training data."""
 
     def deco(fn: Compressor) -> Compressor:
-        if name in COMPRESSORS and COMPRESSORS[name].fn is not fn:
-            raise ValueError(f"compressor {name!r} is already registered")
-        COMPRESSORS[name] = CompressorEntry(name, fn, dict(defaults or {}), trains)
+        COMPRESSORS.register(name, CompressorEntry(name, fn, dict(defaults or {}), trains))
         return fn
 
     return deco
 
 
 def get_compressor(name: str) -> CompressorEntry:
-    """The compressor registered as ``name``; :class:`~slimtune.errors.PlanError` names the known ones."""
-    try:
-        return COMPRESSORS[name]
-    except (KeyError, TypeError):
-        raise PlanError(f"plan.compressor: unknown compressor {name!r}; known: {sorted(COMPRESSORS)}") from None
+    """The compressor registered as ``name``; an unknown name raises
+    :class:`~slimtune.errors.UnknownCompressorError` (a :class:`~slimtune.errors.PlanError` naming
+    ``plan.compressor``, the closest known name and the known ones)."""
+    return COMPRESSORS.get(name)
 
 
 def check_compressor_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` over the compressor's defaults; unknown parameters raise a PlanError naming them."""
+    """``params`` over the compressor's defaults; unknown parameters raise a
+    :class:`~slimtune.errors.PlanConfigError` (field ``plan.compressor_params``) naming them."""
     entry = get_compressor(name)
     unknown = sorted(set(params) - set(entry.defaults))
     if unknown:
         known = ", ".join(sorted(entry.defaults)) or "none"
-        raise PlanError(f"plan.compressor_params: unknown parameter(s) {unknown} of compressor {name!r}; known: {known}")
+        raise PlanConfigError(
+            f"unknown parameter(s) {unknown} of compressor {name!r}; known: {known}", field="plan.compressor_params"
+        )
     return {**entry.defaults, **params}
 
 
@@ -156,8 +155,8 @@ class TrainingContext:
             return self.config
         try:
             return dataclasses.replace(self.config, **changes)
-        except PlanError as e:
-            raise PlanError(f"plan.compressor_params: {str(e).removeprefix('finetune.')}") from None
+        except PlanConfigError as e:
+            raise PlanConfigError(e.problem, field=f"plan.compressor_params.{e.field.removeprefix('finetune.')}") from None
 
     def train(
         self,

@@ -54,7 +54,7 @@ from slimtune.compressors.pruning import clone_model
 from slimtune.compressors.training._base import TrainingContext, register_compressor
 from slimtune.compressors.training._masks import mask_tensors, prepare, select
 from slimtune.compressors.training.finetune import TrainHook
-from slimtune.errors import PlanError
+from slimtune.errors import PlanConfigError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
@@ -88,11 +88,11 @@ class ADMMHook(TrainHook):
         loss_fn: Any = None,
     ) -> None:
         if not (isinstance(rho, (int, float)) and rho > 0):
-            raise PlanError(f"plan.compressor_params.rho: admm needs rho > 0, got {rho!r}")
+            raise PlanConfigError(f"admm needs rho > 0, got {rho!r}", field="plan.compressor_params.rho")
         if not (isinstance(rho_growth, (int, float)) and rho_growth >= 1):
-            raise PlanError(f"plan.compressor_params.rho_growth: admm needs rho_growth >= 1, got {rho_growth!r}")
+            raise PlanConfigError(f"admm needs rho_growth >= 1, got {rho_growth!r}", field="plan.compressor_params.rho_growth")
         if not isinstance(iterations, int) or iterations < 1:
-            raise PlanError(f"plan.compressor_params.iterations: admm needs a positive integer, got {iterations!r}")
+            raise PlanConfigError(f"admm needs a positive integer, got {iterations!r}", field="plan.compressor_params.iterations")
         self.graph, self.plan = graph, plan
         self.rho, self.rho_growth, self.iterations = float(rho), float(rho_growth), iterations
         self.data, self.loss_fn = data, loss_fn
@@ -171,7 +171,7 @@ def admm(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: 
     selection = select(work, graph, plan, targets, None, context.calibration, context.loss_fn)
     purify = params.get("purify") or 0.0
     if isinstance(purify, bool) or not isinstance(purify, (int, float)) or not purify >= 0:
-        raise PlanError(f"plan.compressor_params.purify: admm needs a number >= 0 (0: off), got {purify!r}")
+        raise PlanConfigError(f"admm needs a number >= 0 (0: off), got {purify!r}", field="plan.compressor_params.purify")
     if purify > 0 and plan.granularity == "channel":
         purified = purify_selection(work, graph, selection, purify)
         context.info["purified"] = {g: n for g, n in purified.items() if n}

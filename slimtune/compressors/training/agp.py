@@ -32,7 +32,7 @@ from slimtune.compressors.compress import finalize
 from slimtune.compressors.training._base import TrainingContext, register_compressor
 from slimtune.compressors.training._masks import Selection, prepare, select, set_masks
 from slimtune.compressors.training.finetune import TrainHook
-from slimtune.errors import PlanError
+from slimtune.errors import PlanConfigError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
@@ -78,11 +78,11 @@ class AGPHook(TrainHook):
         loss_fn: Any = None,
     ) -> None:
         if not 0.0 <= start <= end <= 1.0:
-            raise PlanError(f"plan.compressor_params: agp needs 0 <= start <= end <= 1, got start={start}, end={end}")
+            raise PlanConfigError(f"agp needs 0 <= start <= end <= 1, got start={start}, end={end}", field="plan.compressor_params")
         if frequency is not None and (not isinstance(frequency, int) or frequency < 1):
-            raise PlanError(f"plan.compressor_params.frequency: agp needs a positive integer, got {frequency!r}")
+            raise PlanConfigError(f"agp needs a positive integer, got {frequency!r}", field="plan.compressor_params.frequency")
         if not 0.0 <= initial <= 1.0:
-            raise PlanError(f"plan.compressor_params.initial: agp needs a fraction in [0, 1], got {initial!r}")
+            raise PlanConfigError(f"agp needs a fraction in [0, 1], got {initial!r}", field="plan.compressor_params.initial")
         self.graph, self.plan = graph, plan
         self.start_frac, self.end_frac, self.frequency, self.initial = start, end, frequency, initial
         self.data, self.loss_fn = data, loss_fn

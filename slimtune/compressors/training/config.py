@@ -19,7 +19,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from slimtune.errors import PlanError
+from slimtune.errors import PlanConfigError, PlanError
+from slimtune.registry import closest_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
@@ -57,10 +58,12 @@ class KDConfig:
         _number(self.relation, "kd.relation", 0.0, math.inf)
         if self.feature_layers is not None:
             if isinstance(self.feature_layers, str) or not all(isinstance(n, str) for n in self.feature_layers):
-                raise PlanError(f"finetune.kd.feature_layers: must be a list of module names, got {self.feature_layers!r}")
+                raise PlanConfigError(
+                    f"must be a list of module names, got {self.feature_layers!r}", field="finetune.kd.feature_layers"
+                )
             object.__setattr__(self, "feature_layers", tuple(self.feature_layers))
         if self.relation_layer is not None and not isinstance(self.relation_layer, str):
-            raise PlanError(f"finetune.kd.relation_layer: must be a module name, got {self.relation_layer!r}")
+            raise PlanConfigError(f"must be a module name, got {self.relation_layer!r}", field="finetune.kd.relation_layer")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KDConfig:
@@ -117,9 +120,13 @@ class FinetuneConfig:
         if self.steps is not None:
             _integer(self.steps, "steps", 0)
         if self.optimizer not in OPTIMIZERS:
-            raise PlanError(f"finetune.optimizer: unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+            raise PlanConfigError(
+                f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}", field="finetune.optimizer"
+            )
         if self.schedule not in SCHEDULES:
-            raise PlanError(f"finetune.schedule: unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
+            raise PlanConfigError(
+                f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}", field="finetune.schedule"
+            )
         _number(self.lr, "lr", 0.0, math.inf)
         _number(self.momentum, "momentum", 0.0, 1.0)
         _number(self.weight_decay, "weight_decay", 0.0, math.inf)
@@ -133,11 +140,11 @@ class FinetuneConfig:
             _number(self.slb_final_temperature, "slb_final_temperature", 0.0, math.inf, open_low=True)
         for name in ("shuffle", "freeze_zeros"):
             if not isinstance(getattr(self, name), bool):
-                raise PlanError(f"finetune.{name}: must be true or false, got {getattr(self, name)!r}")
+                raise PlanConfigError(f"must be true or false, got {getattr(self, name)!r}", field=f"finetune.{name}")
         if isinstance(self.kd, Mapping):
             object.__setattr__(self, "kd", KDConfig.from_dict(self.kd))
         elif self.kd is not None and not isinstance(self.kd, KDConfig):
-            raise PlanError(f"finetune.kd: must be a mapping of KD settings or null, got {self.kd!r}")
+            raise PlanConfigError(f"must be a mapping of KD settings or null, got {self.kd!r}", field="finetune.kd")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -192,28 +199,30 @@ class FinetuneConfig:
 
 
 def check_finetune_overrides(overrides: Mapping[str, Any]) -> None:
-    """Raise :class:`~slimtune.errors.PlanError` naming the field when ``overrides`` is not a valid
-    ``plan.finetune`` mapping."""
+    """Raise :class:`~slimtune.errors.PlanConfigError` naming the field (``plan.finetune.<option>``)
+    when ``overrides`` is not a valid ``plan.finetune`` mapping."""
     try:
         FinetuneConfig().merged(overrides)
-    except PlanError as e:
-        raise PlanError(f"plan.{e}") from None
+    except PlanConfigError as e:
+        raise PlanConfigError(e.problem, field=f"plan.{e.field}") from None
 
 
 def _known(data: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
-        raise PlanError(f"{where}: must be a mapping, got {type(data).__name__}")
+        raise PlanConfigError(f"must be a mapping, got {type(data).__name__}", field=where)
     names = [f.name for f in fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise PlanError(f"{where}: unknown field(s) {unknown}; known: {', '.join(names)}")
+        close = closest_name(unknown[0], names)
+        hint = f" did you mean {close!r}?" if close else ""
+        raise PlanConfigError(f"unknown field(s) {unknown};{hint} known: {', '.join(names)}", field=where)
     return dict(data)
 
 
 def _integer(value: Any, name: str, minimum: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise PlanError(f"finetune.{name}: must be an integer{bound}, got {value!r}")
+        raise PlanConfigError(f"must be an integer{bound}, got {value!r}", field=f"finetune.{name}")
 
 
 def _number(value: Any, name: str, low: float, high: float, open_low: bool = False) -> None:
@@ -223,4 +232,4 @@ def _number(value: Any, name: str, low: float, high: float, open_low: bool = Fal
     if not ok:
         lo = "(" if open_low else "["
         hi = "inf)" if math.isinf(high) else f"{high:g}]"
-        raise PlanError(f"finetune.{name}: must be a number in {lo}{low:g}, {hi}, got {value!r}")
+        raise PlanConfigError(f"must be a number in {lo}{low:g}, {hi}, got {value!r}", field=f"finetune.{name}")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune.compressors._outputs import logits
-from slimtune.errors import PlanError
+from slimtune.errors import PlanConfigError
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -105,13 +105,13 @@ class Distiller:
             for n in names:
                 if n not in s_mods or n not in t_mods:
                     where = "student" if n not in s_mods else "teacher"
-                    raise PlanError(f"finetune.kd.feature_layers: no module {n!r} in the {where}")
+                    raise PlanConfigError(f"no module {n!r} in the {where}", field="finetune.kd.feature_layers")
             self._layers = list(names)
         watched = list(self._layers)
         if cfg.relation > 0 and cfg.relation_layer is not None:
             n = cfg.relation_layer
             if n not in s_mods or n not in t_mods:
-                raise PlanError(f"finetune.kd.relation_layer: no module {n!r} in both student and teacher")
+                raise PlanConfigError(f"no module {n!r} in both student and teacher", field="finetune.kd.relation_layer")
             watched.append(n)
         for key, mods in (("s", s_mods), ("t", t_mods)):
             for n in dict.fromkeys(watched):
@@ -126,9 +126,10 @@ class Distiller:
             for n in self._layers:
                 fs, ft = self._feats["s"][n], self._feats["t"][n]
                 if fs.shape[2:] != ft.shape[2:]:
-                    raise PlanError(
-                        f"finetune.kd.feature_layers: layer {n!r} gives student features of shape {tuple(fs.shape)} "
-                        f"but teacher features of shape {tuple(ft.shape)}; only channel counts may differ"
+                    raise PlanConfigError(
+                        f"layer {n!r} gives student features of shape {tuple(fs.shape)} but teacher features of "
+                        f"shape {tuple(ft.shape)}; only channel counts may differ",
+                        field="finetune.kd.feature_layers",
                     )
                 if fs.shape[1] != ft.shape[1]:  # on the student's device, in its dtype
                     adapter = make_adapter(fs.shape[1], ft.shape[1], fs.dim()).to(device=fs.device, dtype=fs.dtype)

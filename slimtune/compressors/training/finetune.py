@@ -40,6 +40,7 @@ from torch.nn.utils import prune as torch_prune
 
 from slimtune.compressors._outputs import default_loss
 from slimtune.compressors.training.config import FinetuneConfig
+from slimtune.errors import ArgumentError, ArgumentTypeError
 
 if TYPE_CHECKING:
     from slimtune.compressors.training._base import Report
@@ -156,7 +157,7 @@ def finetune(
     config = FinetuneConfig.coerce(config)
     loss_fn = loss_fn or default_loss
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-        raise ValueError(f"finetune: start_step must be an integer >= 0, got {start_step!r}")
+        raise ArgumentError(f"finetune: start_step must be an integer >= 0, got {start_step!r}", field="start_step")
     per_epoch = _count(data)
     full = config.total_steps(per_epoch) if per_epoch else 0
     total = max(0, full - start_step)
@@ -288,7 +289,7 @@ def _batches(data: Iterable[Any], config: FinetuneConfig, total: int) -> Iterato
 
 def _split(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"finetune: each training batch must be a pair (inputs, targets), got {type(batch).__name__}"
             + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else "")
         )

@@ -34,7 +34,7 @@ from slimtune.compressors.pruning import make_permanent
 from slimtune.compressors.training._base import TrainingContext, register_compressor
 from slimtune.compressors.training._masks import Selection, prepare, select, set_masks
 from slimtune.compressors.training.finetune import TrainHook
-from slimtune.errors import PlanError
+from slimtune.errors import PlanConfigError
 
 if TYPE_CHECKING:
     from slimtune.compressors.plan import CompressionPlan
@@ -93,9 +93,9 @@ def lottery(model: nn.Module, plan: CompressionPlan, example_inputs: Any, contex
     """Train, prune and rewind a copy of ``model`` ``rounds`` times; returns the rewound ticket."""
     rounds, step = params["rounds"], params["rewind"]
     if not isinstance(rounds, int) or rounds < 1:
-        raise PlanError(f"plan.compressor_params.rounds: lottery needs a positive integer, got {rounds!r}")
+        raise PlanConfigError(f"lottery needs a positive integer, got {rounds!r}", field="plan.compressor_params.rounds")
     if not isinstance(step, int) or step < 0:
-        raise PlanError(f"plan.compressor_params.rewind: lottery needs a step count >= 0, got {step!r}")
+        raise PlanConfigError(f"lottery needs a step count >= 0, got {step!r}", field="plan.compressor_params.rewind")
     work, graph = prepare(model, plan, example_inputs, context.graph)
     point = RewindPoint(step)
     selection: Selection = {}

@@ -41,7 +41,7 @@ from slimtune.compressors.plan import PruneSpec
 from slimtune.compressors.training._base import TrainingContext, register_compressor
 from slimtune.compressors.training._masks import prepare, select
 from slimtune.compressors.training.finetune import TrainHook
-from slimtune.errors import PlanError
+from slimtune.errors import PlanConfigError
 
 if TYPE_CHECKING:
     from slimtune.compressors.plan import CompressionPlan
@@ -52,7 +52,7 @@ class BNPenalty(TrainHook):
 
     def __init__(self, penalty: float) -> None:
         if not (isinstance(penalty, (int, float)) and penalty >= 0):
-            raise PlanError(f"plan.compressor_params.penalty: slimming needs a penalty >= 0, got {penalty!r}")
+            raise PlanConfigError(f"slimming needs a penalty >= 0, got {penalty!r}", field="plan.compressor_params.penalty")
         self.penalty_weight = float(penalty)
         self.scales: list[nn.Parameter] = []
 
@@ -76,9 +76,9 @@ class BNPenalty(TrainHook):
 def slimming(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:
     """Train a copy of ``model`` with the L1 penalty on BN scales, then prune each group to its target."""
     if params["criterion"] not in ("bn_scale", "plan"):
-        raise PlanError(f"plan.compressor_params.criterion: slimming takes 'bn_scale' or 'plan', got {params['criterion']!r}")
+        raise PlanConfigError(f"slimming takes 'bn_scale' or 'plan', got {params['criterion']!r}", field="plan.compressor_params.criterion")
     if params["criterion"] == "bn_scale" and plan.granularity != "channel":
-        raise PlanError("plan.granularity: slimming prunes channels by their BN scale; use granularity 'channel'")
+        raise PlanConfigError("slimming prunes channels by their BN scale; use granularity 'channel'", field="plan.granularity")
     work, graph = prepare(model, plan, example_inputs, context.graph)
     if params["criterion"] == "bn_scale":  # groups without a batch norm keep the plan's criterion
         prune = {

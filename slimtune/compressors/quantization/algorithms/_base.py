@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 
-from slimtune.compressors.quantization._errors import QuantizationError
 from slimtune.compressors.quantization.functional import fake_quantize_activation, fake_quantize_weight, is_float
+from slimtune.errors import QuantizationError, UnknownQuantizationNameError
+from slimtune.registry import Registry
 
 if TYPE_CHECKING:
     from slimtune.compressors.quantization.modules import QuantWrapper
@@ -79,7 +80,9 @@ class QuantAlgorithm:
         return f"{type(self).__name__}()"
 
 
-ALGORITHMS: dict[str, type[QuantAlgorithm]] = {}
+ALGORITHMS: Registry[type[QuantAlgorithm]] = Registry(
+    "quantization algorithm", unknown_error=UnknownQuantizationNameError, duplicate_error=QuantizationError
+)
 """Registered quantization algorithms by name (the name a spec writes)."""
 
 _A = TypeVar("_A", bound="type[QuantAlgorithm]")
@@ -89,9 +92,7 @@ def register_algorithm(name: str) -> Callable[[_A], _A]:
     """Class decorator registering a :class:`QuantAlgorithm` subclass under ``name``."""
 
     def deco(cls: _A) -> _A:
-        if name in ALGORITHMS and ALGORITHMS[name].__qualname__ != cls.__qualname__:
-            raise QuantizationError(f"algorithm {name!r} is already registered by {ALGORITHMS[name].__qualname__}")
-        ALGORITHMS[name] = cls
+        ALGORITHMS.register(name, cls)
         cls.name = name
         return cls
 
@@ -102,13 +103,9 @@ def get_algorithm(algorithm: str | QuantAlgorithm) -> QuantAlgorithm:
     """An instance of the registered algorithm (an instance is returned as is).
 
     Raises:
-        QuantizationError: Unknown name; the message lists the known ones.
+        UnknownQuantizationNameError: Unknown name (a :class:`~slimtune.errors.QuantizationError`); the
+            message suggests the closest known name and lists the known ones.
     """
     if isinstance(algorithm, QuantAlgorithm):
         return algorithm
-    try:
-        return ALGORITHMS[algorithm]()
-    except (KeyError, TypeError):
-        raise QuantizationError(
-            f"unknown quantization algorithm {algorithm!r}; known algorithms: {sorted(ALGORITHMS)}"
-        ) from None
+    return ALGORITHMS.get(algorithm)()

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from slimtune.compressors.quantization._errors import QuantizationError
 from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, register_algorithm
 from slimtune.compressors.quantization.functional import fake_quantize_weight, is_float
+from slimtune.errors import QuantizationError
 
 if TYPE_CHECKING:
     from slimtune.compressors.quantization.modules import QuantWrapper

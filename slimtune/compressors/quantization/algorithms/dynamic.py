@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from slimtune.compressors.quantization._errors import QuantizationError
 from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, register_algorithm
 from slimtune.compressors.quantization.functional import is_float
+from slimtune.errors import QuantizationError
 
 if TYPE_CHECKING:
     from slimtune.compressors.quantization.modules import QuantWrapper

@@ -67,9 +67,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from slimtune.compressors.quantization._errors import QuantizationError
 from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, register_algorithm
 from slimtune.compressors.quantization.functional import is_float
+from slimtune.errors import QuantizationError
 
 if TYPE_CHECKING:
     from slimtune.compressors.quantization.modules import QuantWrapper

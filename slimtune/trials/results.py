@@ -1,0 +1,161 @@
+"""A study's results: the trials table, the Pareto front, saved models, the studies of a storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import optuna
+import pandas as pd
+import torch
+import torch.nn as nn
+from optuna.trial import FrozenTrial, TrialState
+
+from slimtune import attributes as attrs
+from slimtune.compressors.plan import CompressionPlan
+from slimtune.errors import SlimtuneError, StudyNotFoundError
+from slimtune.trials.storage import make_storage, study_names
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+_FRONT_COLUMNS = {
+    "accuracy": "accuracy",
+    "accuracy_drop": "accuracy_drop",
+    "flops_abs": "flops",
+    "flops": "flops_rel",
+    "params_abs": "params",
+    "params": "params_rel",
+    "size_abs": "size_bytes",
+    "size": "size_rel",
+    "latency_abs": "latency_ms",
+    "latency": "latency_rel",
+}
+
+
+def trials_table(study: optuna.Study, states: Sequence[TrialState] = (TrialState.COMPLETE,)) -> pd.DataFrame:
+    """One row per trial in ``states``: number, state, objective values, measures and plan."""
+    objectives = attrs.objectives(study)
+    weighted = attrs.weights(study) is not None
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=tuple(states)):
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
+        if t.values is not None:
+            if weighted:
+                row["cost"] = t.values[0]
+            else:
+                row.update({f"objective:{o}": v for o, v in zip(objectives, t.values)})
+        measures = attrs.measures(t)
+        for key, col in _FRONT_COLUMNS.items():
+            row[col] = measures.get(key)
+        row["feasible"] = attrs.feasible(t)
+        plan = attrs.plan(t)
+        row["plan"] = CompressionPlan.from_dict(plan).summary() if plan else None
+        row["plan_json"] = json.dumps(plan) if plan else None
+        if t.state == TrialState.FAIL:
+            row["fail_reason"] = attrs.fail_reason(t)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pareto_front(study: optuna.Study) -> pd.DataFrame:
+    """The study's best feasible trials: the Pareto front (one best trial if single-objective).
+
+    One row per front trial with the objective values, every measure absolute and relative
+    (``flops`` MACs per sample and ``flops_rel``, ``params``/``params_rel``, ``size_bytes``/
+    ``size_rel``, ``latency_ms``/``latency_rel``), ``accuracy``/``accuracy_drop``, a plan summary
+    and the plan as JSON; sorted by the first objective.
+    """
+    if len(study.directions) > 1:
+        best = study.best_trials
+    else:
+        try:
+            best = [study.best_trial]
+        except ValueError:
+            best = []
+    numbers = {t.number for t in best}
+    table = trials_table(study)
+    if table.empty:
+        return table
+    front = table[table["trial"].isin(numbers)].drop(columns=["state"])
+    first = next((c for c in front.columns if c.startswith("objective:") or c == "cost"), "trial")
+    return front.sort_values(first, ascending=study.directions[0] == optuna.study.StudyDirection.MINIMIZE).reset_index(drop=True)
+
+
+def load_model(study: optuna.Study, trial_number: int) -> nn.Module:
+    """The compressed model of a completed trial (saved as an artifact when it ran)."""
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+    trial = get_trial(study, trial_number)
+    artifact_id = attrs.artifact_id(trial)
+    if artifact_id is None:
+        why = attrs.fail_reason(trial) or "saving was off (save_models='none')"
+        raise SlimtuneError(f"trial {trial_number} of study {study.study_name!r} has no saved model: {why}")
+    adir = attrs.artifacts_dir(study)
+    store = FileSystemArtifactStore(adir)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.pt")
+        try:
+            download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
+        except Exception as e:
+            raise SlimtuneError(f"the saved model of trial {trial_number} is missing from {adir}: {e}") from e
+        return torch.load(path, weights_only=False)
+
+
+def export_model(study: optuna.Study, trial_number: int, path: str | os.PathLike[str]) -> Path:
+    """Write the compressed model of a trial to ``path`` (``torch.save`` of the module)."""
+    model = load_model(study, trial_number)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model, out)
+    return out
+
+
+def get_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial ``number`` of ``study``; the error says how many trials the study has."""
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return t
+    raise StudyNotFoundError(
+        f"study {study.study_name!r} has no trial {number!r} (it has {len(study.get_trials(deepcopy=False))} trials)", field="trial"
+    )
+
+
+def studies_summary(storage: str | BaseStorage | None = None) -> pd.DataFrame:
+    """One row per study of the storage: strategy, objectives, trials by state, front size, best."""
+    st = make_storage(storage)
+    rows = []
+    for name in study_names(st):
+        study = optuna.load_study(study_name=name, storage=st)
+        trials = study.get_trials(deepcopy=False)
+        count = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
+        try:
+            front = pareto_front(study)
+        except Exception:  # a foreign study without slimtune attributes
+            front = pd.DataFrame()
+        best = ""
+        if not front.empty and "accuracy" in front:
+            top = front.sort_values("accuracy", ascending=attrs.metric_direction(study) == "minimize").iloc[0]
+            best = f"accuracy {top['accuracy']:.4f} at flops_rel {top['flops_rel']:.3f}" if top["flops_rel"] is not None else ""
+        rows.append(
+            {
+                "study": name,
+                "strategy": attrs.strategy(study),
+                "objectives": ",".join(study.user_attrs.get(attrs.Study.OBJECTIVES, [])),
+                "complete": count[TrialState.COMPLETE],
+                "pruned": count[TrialState.PRUNED],
+                "fail": count[TrialState.FAIL],
+                "running": count[TrialState.RUNNING],
+                "waiting": count[TrialState.WAITING],
+                "n_trials": attrs.n_trials(study),
+                "front_size": len(front),
+                "best": best,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+__all__ = ["export_model", "get_trial", "load_model", "pareto_front", "studies_summary", "trials_table"]
