@@ -7,6 +7,7 @@ task's metric against FLOPs, latency and size, as an Optuna study.
 from __future__ import annotations
 
 from slimtune.compressors import CompressionPlan, FinetuneConfig, KDConfig, compress, finetune, measure, speedup, trace
+from slimtune.version import __version__
 from slimtune.errors import CriterionError, PlanError, SlimtuneError, TraceError
 from slimtune.trials import (
     Task,
@@ -22,7 +23,6 @@ from slimtune.trials import (
     studies_summary,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CompressionPlan",

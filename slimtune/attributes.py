@@ -89,6 +89,63 @@ class Trial:
     STRATEGY_FINISHED = "strategy_finished"
 
 
+class StrategyState:
+    """Study attributes a strategy keeps so that resumed runs and other workers share them."""
+
+    #: the measured per-layer latency lookup table (``LatencyTable.to_dict``)
+    LATENCY_TABLE = "slimtune:latency_table"
+    #: the measured bit-width latency table (``BitsLatencyTable.to_dict``)
+    BITS_LATENCY_TABLE = "slimtune:bits_latency_table"
+    #: simulated annealing: the seed of the chain's random moves
+    SA_SEED = "slimtune:sa.seed"
+    #: NetAdapt: the first iteration's step chosen by ``step: auto``
+    NETADAPT_STEP = "netadapt.step"
+
+
+class SA:
+    """Trial attributes of simulated annealing (``strategies/simulated_annealing.py``)."""
+
+    STEP = "sa.step"
+    TEMPERATURE = "sa.temperature"
+    BASE = "sa.base"
+    RESOURCE = "sa.resource"
+    TARGET_MET = "sa.target_met"
+    ACCEPTED = "sa.accepted"
+    COST = "sa.cost"
+    DECIDED = "sa.decided_at"
+    CHAIN = "sa.chain"
+
+
+class NetAdapt:
+    """Trial attributes of NetAdapt (``strategies/netadapt.py``)."""
+
+    ITERATION = "netadapt.iteration"
+    CANDIDATE = "netadapt.candidate"
+    BUDGET = "netadapt.budget"
+    RESOURCE = "netadapt.resource"
+    BASE = "netadapt.base"
+    RESULT = "netadapt.result"
+    SPARE = "netadapt.spare"
+
+
+class ADMM:
+    """Trial attributes of the ADMM strategy (``strategies/admm.py``)."""
+
+    RESOURCE = "admm.resource"
+    BUDGET_MET = "admm.budget_met"
+
+
+class AutoCompress:
+    """Trial attributes of AutoCompress (``strategies/autocompress.py``)."""
+
+    ROUND = "autocompress.round"
+    TARGET = "autocompress.target"
+    BASE = "autocompress.base"
+    OUTCOME = "autocompress.admm"
+    PHASE = "autocompress.phase"
+    RESULT = "autocompress.result"
+
+
 # ---------------------------------------------------------------------- trial accessors
 def plan(trial: FrozenTrial) -> dict[str, Any] | None:
     """The trial's plan as stored (``CompressionPlan.from_dict`` rebuilds it)."""
@@ -113,6 +170,11 @@ def feasible(trial: FrozenTrial) -> bool | None:
 
 def fail_reason(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get(Trial.FAIL_REASON)
+
+
+def compressor_info(trial: FrozenTrial) -> dict[str, Any]:
+    """What the trial's training compressor reported (empty for one-shot pruning)."""
+    return dict(trial.user_attrs.get(Trial.COMPRESSOR_INFO) or {})
 
 
 def times(trial: FrozenTrial) -> dict[str, float]:
@@ -179,11 +241,17 @@ def artifacts_dir(study: optuna.Study) -> str | None:
 
 
 __all__ = [
+    "ADMM",
+    "SA",
+    "AutoCompress",
+    "NetAdapt",
+    "StrategyState",
     "Study",
     "Trial",
     "artifact_id",
     "artifacts_dir",
     "baseline",
+    "compressor_info",
     "constraints",
     "fail_reason",
     "feasible",

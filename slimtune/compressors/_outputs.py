@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from slimtune.errors import ArgumentTypeError
+
 
 def logits(outputs: Any) -> torch.Tensor:
     """The tensor a classification loss applies to."""
@@ -27,7 +29,7 @@ def logits(outputs: Any) -> torch.Tensor:
         return value
     if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
         return outputs[0]
-    raise TypeError(
+    raise ArgumentTypeError(
         f"the model returns {type(outputs).__name__}, with no tensor or 'logits' to compute a loss on; "
         "give the task a loss_fn(outputs, targets)"
     )

@@ -59,8 +59,10 @@ def compress(
     range calibrated on ``data``, then frozen). The result trains with straight-through gradients
     and exports to real int8 kernels with :func:`~slimtune.compressors.quantization.export_int8`.
 
-    ``compress`` is the ``oneshot`` compressor: it ignores ``plan.compressor``; to run the compressor a
-    plan names (``agp``, ``admm`` ...) use :func:`slimtune.compressors.training.run_compressor`.
+    ``compress`` is the ``oneshot`` compressor. A plan naming a training compressor (``agp``,
+    ``admm``, ``lottery``, ``slimming``) is refused with a :class:`~slimtune.errors.PlanError`: such
+    a plan is reached by training, with
+    :func:`slimtune.compressors.training.run_compressor`.
 
     Returns:
         The compressed model, in the training mode of ``model``.
@@ -76,6 +78,12 @@ def compress(
     """
     if not isinstance(plan, CompressionPlan):
         plan = CompressionPlan.from_dict(plan)
+    if plan.compressor != "oneshot":
+        raise PlanError(
+            f"plan.compressor is {plan.compressor!r}, a compressor that trains the model to reach the plan: "
+            "run it with slimtune.compressors.training.run_compressor(model, plan, example_inputs, TrainingContext(...)); "
+            "compress() prunes in one shot (plan.compressor 'oneshot')"
+        )
     compressed = clone_model(model)
     if graph is None:
         graph = trace(compressed, example_inputs)

@@ -37,7 +37,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from slimtune.compressors.handlers import handler_for
-from slimtune.errors import TraceError
+from slimtune.errors import ModelFailsError, TraceError
 
 FRONTENDS = ("auto", "fx", "export")
 """Values of ``trace(..., frontend=...)``."""
@@ -100,10 +100,6 @@ def capture(model: nn.Module, inputs: tuple[Any, ...], frontend: str = "auto") -
         except TraceError as e:
             errors.append(str(e))
     raise TraceError("; and ".join(errors))
-
-
-class ModelFailsError(TraceError):
-    """The model itself fails on the example inputs (no frontend can help)."""
 
 
 # ---------------------------------------------------------------------- fx

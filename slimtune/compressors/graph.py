@@ -44,7 +44,7 @@ from slimtune.compressors._propagate import Propagation, shape_of
 from slimtune.compressors._types import Group, LayerInfo, Member, Tap
 from slimtune.compressors.frontends import FRONTENDS, ModelFailsError, capture
 from slimtune.compressors.handlers import get_tensor, handler_for, member_handler
-from slimtune.errors import TraceError
+from slimtune.errors import ArgumentError, TraceError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -312,7 +312,7 @@ def trace(
         A :class:`ModelGraph`.
     """
     if frontend not in FRONTENDS:
-        raise ValueError(f"trace: frontend {frontend!r} is unknown; expected one of {FRONTENDS}")
+        raise ArgumentError(f"trace: frontend {frontend!r} is unknown; expected one of {FRONTENDS}", field="frontend")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with _eval_mode(model):
         try:

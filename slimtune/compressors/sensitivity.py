@@ -47,6 +47,7 @@ from slimtune.compressors.compress import compress
 from slimtune.compressors.graph import ModelGraph, trace
 from slimtune.compressors.measures import count_flops
 from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
+from slimtune.errors import ArgumentError
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COLUMNS = ["group", "level", "channels", "removed", "metric", "drop", "flops_rel", "seconds"]
@@ -95,15 +96,15 @@ def analyze_sensitivity(
         original) and ``seconds``. The baseline is in ``table.attrs["baseline"]``.
     """
     if direction not in ("maximize", "minimize"):
-        raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+        raise ArgumentError(f"direction must be 'maximize' or 'minimize', got {direction!r}", field="direction")
     bad = [lv for lv in levels if not (0.0 < float(lv) < 1.0)]
     if bad:
-        raise ValueError(f"sensitivity levels must be in (0, 1); got {bad}")
+        raise ArgumentError(f"sensitivity levels must be in (0, 1); got {bad}", field="levels")
     graph = graph or trace(model, example_inputs)
     names = list(groups) if groups is not None else [g.name for g in graph.prunable_groups()]
     unknown = [n for n in names if n not in graph.groups or not graph.groups[n].prunable]
     if unknown:
-        raise ValueError(f"not prunable group(s) for sensitivity: {unknown}")
+        raise ArgumentError(f"not prunable group(s) for sensitivity: {unknown}", field="groups")
     if baseline is None:
         baseline = float(evaluate(model))
     base_flops = float(count_flops(model, example_inputs)["macs"].sum())
@@ -178,15 +179,15 @@ def analyze_bit_sensitivity(
         (positive is worse) and ``seconds``; the baseline is in ``table.attrs["baseline"]``.
     """
     if direction not in ("maximize", "minimize"):
-        raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+        raise ArgumentError(f"direction must be 'maximize' or 'minimize', got {direction!r}", field="direction")
     bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8]
     if bad or not bits:
-        raise ValueError(f"bit-widths for sensitivity must be integers in 1-8; got {list(bits)}")
+        raise ArgumentError(f"bit-widths for sensitivity must be integers in 1-8; got {list(bits)}", field="bits")
     graph = graph or trace(model, example_inputs)
     names = list(layers) if layers is not None else graph.quantizable_layers()
     unknown = [n for n in names if n not in graph.quantizable_layers()]
     if unknown:
-        raise ValueError(f"not quantizable layer(s) for sensitivity: {unknown}")
+        raise ArgumentError(f"not quantizable layer(s) for sensitivity: {unknown}", field="layers")
     if baseline is None:
         baseline = float(evaluate(model))
     jobs = [

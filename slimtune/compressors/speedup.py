@@ -28,14 +28,10 @@ import torch.nn as nn
 
 from slimtune.compressors.handlers import PARAM_HANDLER, get_tensor, handler_for, is_parameter, member_handler
 from slimtune.compressors.pruning import clone_model, make_permanent, removed_positions
-from slimtune.errors import SlimtuneError
+from slimtune.errors import SpeedupError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
-
-
-class SpeedupError(SlimtuneError):
-    """The pruned model could not be rebuilt (names the layer or the failing forward pass)."""
 
 
 def speedup(

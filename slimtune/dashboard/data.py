@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from slimtune.errors import SlimtuneError
+from slimtune.errors import NotFound, SlimtuneError
 from slimtune.attributes import Trial
 from slimtune.trials.results import pareto_front
 from slimtune.trials.storage import CACHE_PREFIX as SENSITIVITY_PREFIX
@@ -59,10 +59,6 @@ MEASURES = (
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 _ATTR_OVER = "over_budget"
-
-
-class NotFound(SlimtuneError):
-    """An unknown study, trial or saved model (the dashboard answers 404 with the message)."""
 
 
 def check_storage(url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+from slimtune import attributes, optuna_internals
 from slimtune.errors import StrategyError
 from slimtune.registry import Registry, closest_name
 
@@ -72,7 +73,7 @@ class Strategy:
             raise optuna.TrialPruned(f"strategy {self.name!r} finished: {reason}")
 
 
-ATTR_FINISHED = "strategy_finished"
+ATTR_FINISHED = attributes.Trial.STRATEGY_FINISHED
 """User attribute of a trial that started after its strategy finished (it was not run)."""
 
 
@@ -105,5 +106,4 @@ def get_strategy(name: str, **params: Any) -> Strategy:
 def record(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str, value: Any) -> None:
     """Store a sampler's bookkeeping on the trial being sampled (a user attribute), also on the
     trial object the running :class:`optuna.trial.Trial` holds, so the strategy's ``suggest`` sees it."""
-    study._storage.set_trial_user_attr(trial._trial_id, key, value)
-    trial.user_attrs[key] = value
+    optuna_internals.set_trial_user_attr(study, trial, key, value)

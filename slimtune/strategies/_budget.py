@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from slimtune import attributes
 from slimtune.compressors.plan import CompressionPlan, PruneSpec
 from slimtune.errors import ArgumentError, StrategyError
 
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 
 RESOURCES = ("flops", "params", "size", "latency")
 _CONSTRAINT = re.compile(r"^\s*(flops|params|size|latency)\s*<=\s*([-+0-9.eE]+)\s*$")
-_LUT_ATTR = "slimtune:latency_table"
-_BITS_LUT_ATTR = "slimtune:bits_latency_table"
+_LUT_ATTR = attributes.StrategyState.LATENCY_TABLE
+_BITS_LUT_ATTR = attributes.StrategyState.BITS_LATENCY_TABLE
 LATENCY_MODELS = ("channels", "bits")
 _BISECTION_STEPS = 40
 _BUILD_LOCK = threading.Lock()
@@ -158,12 +159,12 @@ def _latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
     from slimtune.compressors.measures import LatencyTable
 
     if study is not None:
-        cached = study._storage.get_study_system_attrs(study._study_id).get(_LUT_ATTR)
+        cached = study.user_attrs.get(_LUT_ATTR)
         if cached is not None:
             return LatencyTable.from_dict(cached, space.graph)
     table = LatencyTable.build(space.graph, batch_size=32, threads=1)
     if study is not None:
-        study._storage.set_study_system_attr(study._study_id, _LUT_ATTR, table.to_dict())
+        study.set_user_attr(_LUT_ATTR, table.to_dict())
     return table
 
 
@@ -178,7 +179,7 @@ def _bits_latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
             "a bit-width latency budget needs quantizable layers: set space.bits_w (e.g. [4, 8, 32])", field="space.bits_w"
         )
     if study is not None:
-        cached = study._storage.get_study_system_attrs(study._study_id).get(_BITS_LUT_ATTR)
+        cached = study.user_attrs.get(_BITS_LUT_ATTR)
         if cached is not None:
             table = BitsLatencyTable.from_dict(cached)
             if set(table.layers) == set(layers):
@@ -192,7 +193,7 @@ def _bits_latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
         )
     table = BitsLatencyTable.build(space.graph.model, inputs_from_graph(space.graph), layers, batch_size=32, threads=1)
     if study is not None:
-        study._storage.set_study_system_attr(study._study_id, _BITS_LUT_ATTR, table.to_dict())
+        study.set_user_attr(_BITS_LUT_ATTR, table.to_dict())
     return table
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from slimtune import attributes
+
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
@@ -39,7 +41,7 @@ def scalar_cost(study: optuna.Study, values: list[float] | None, constraints: di
     if len(signed) == 1:
         cost = signed[0]
     else:
-        objectives = study.user_attrs.get("objectives") or []
+        objectives = study.user_attrs.get(attributes.Study.OBJECTIVES) or []
         cost = signed[objectives.index("accuracy")] if "accuracy" in objectives else sum(signed)
     violation = sum(max(0.0, float(c)) for c in (constraints or {}).values())
     return float(cost + violation)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
+from slimtune import attributes, optuna_internals
 from slimtune.search_spaces.space import BITS_W_PREFIX, SPARSITY_PREFIX
 from slimtune.strategies._base import record
 from slimtune.strategies._budget import Budget, ResourceModel, resolve_budget, scale_to_target
@@ -88,10 +89,10 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         return f"{self.strategy}.{key}"
 
     def budget(self, study: optuna.Study) -> tuple[Budget | None, ResourceModel | None]:
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._models:
             budget = resolve_budget(
-                self.strategy, self.resource, self.target, study.user_attrs.get("constraints") or [], None, None, self.allowed
+                self.strategy, self.resource, self.target, attributes.study_constraints(study), None, None, self.allowed
             )
             model = ResourceModel(self.space, budget.resource, study, self.latency) if budget is not None else None
             self._models[key] = (budget, model)
@@ -146,7 +147,7 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         budget, model = self.budget(study)
         if not self.allocate or budget is None or model is None:
             return self.priors
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._allocations:
             groups = [n[len(SPARSITY_PREFIX) :] for n in self.dists if n.startswith(SPARSITY_PREFIX)]
             bits = {k: v for k, v in self.space.uniform(0.0).items() if not k.startswith(SPARSITY_PREFIX) and k in self.dists}

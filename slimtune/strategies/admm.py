@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
+from slimtune import attributes, optuna_internals
 from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, get_strategy, register_strategy
@@ -84,8 +85,8 @@ RHO = "admm/rho"
 ITERATIONS = "admm/iterations"
 ALLOCATIONS = ("search", "uniform", "sensitivity")
 TUNABLE = {"rho": RHO, "iterations": ITERATIONS}
-ATTR_RESOURCE = "admm.resource"
-ATTR_BUDGET_MET = "admm.budget_met"
+ATTR_RESOURCE = attributes.ADMM.RESOURCE
+ATTR_BUDGET_MET = attributes.ADMM.BUDGET_MET
 _BISECTION_STEPS = 40
 
 
@@ -158,9 +159,9 @@ class _Repair(BudgetRepairSampler):
     first resource constraint's resource, else at FLOPs (no budget without either)."""
 
     def budget(self, study: optuna.Study) -> tuple[Budget | None, ResourceModel | None]:
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._models:
-            constraints = study.user_attrs.get("constraints") or []
+            constraints = attributes.study_constraints(study)
             default = "flops" if self.target is not None else None
             budget = resolve_budget(self.strategy, self.resource, self.target, constraints, default, None, self.allowed)
             self._models[key] = (budget, ResourceModel(self.space, budget.resource, study) if budget is not None else None)
@@ -237,10 +238,10 @@ class ADMM(Strategy):
     def allocation(self, study: optuna.Study, space: SearchSpace) -> tuple[dict[str, float], float, bool]:
         """The fixed allocation of this study (``allocation`` uniform or sensitivity): ``({group:
         sparsity}, relative resource, met)`` at the budget (parameters, else constraints, else flops 0.5)."""
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._fixed:
             budget = resolve_budget(
-                self.name, self.params["resource"], self.params["target"], study.user_attrs.get("constraints") or [],
+                self.name, self.params["resource"], self.params["target"], attributes.study_constraints(study),
                 "flops", 0.5,
             )  # fmt: skip
             assert budget is not None

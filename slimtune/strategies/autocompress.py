@@ -106,6 +106,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
+from slimtune import attributes, optuna_internals
 from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, record, register_strategy
@@ -128,18 +129,15 @@ if TYPE_CHECKING:
     from slimtune.compressors.plan import CompressionPlan
     from slimtune.search_spaces import SearchSpace
 
-ATTR_ROUND = "autocompress.round"
-ATTR_TARGET = "autocompress.target"
-ATTR_BASE = "autocompress.base"
-ATTR_OUTCOME = "autocompress.admm"
-ATTR_PHASE = "autocompress.phase"
-RESULT_ATTR = "autocompress.result"
+ATTR_ROUND = attributes.AutoCompress.ROUND
+ATTR_TARGET = attributes.AutoCompress.TARGET
+ATTR_BASE = attributes.AutoCompress.BASE
+ATTR_OUTCOME = attributes.AutoCompress.OUTCOME
+ATTR_PHASE = attributes.AutoCompress.PHASE
+RESULT_ATTR = attributes.AutoCompress.RESULT
 INIT_PARAM = "autocompress/init_from_trial"
 PHASE_PARAM = "autocompress/phase"
 PROPOSAL, ADMM = "proposal", "admm"
-_ARTIFACT = "model_artifact"  # slimtune.trials.objective.ATTR_ARTIFACT (trials sit above strategies)
-_INFO = "compressor_info"  # slimtune.trials.objective.ATTR_COMPRESSOR_INFO
-_FAIL = "fail_reason"  # slimtune.trials.objective.ATTR_FAIL
 _INITIAL = ("greedy", "sensitivity", "uniform")
 _PROPOSALS = ("oneshot", "admm")
 _POLL_S = 0.5
@@ -250,7 +248,7 @@ def autocompress_state(
                 running = [t.number for t in admm if not t.state.is_finished()]
                 failed = [t for t in admm if t.state.is_finished()]
                 if failed and not running:
-                    why = failed[-1].user_attrs.get(_FAIL) or failed[-1].state.name.lower()
+                    why = attributes.fail_reason(failed[-1]) or failed[-1].state.name.lower()
                     state.current, state.reason = None, f"round {k}'s ADMM trial {failed[-1].number} failed: {why}"
                     return state
                 state.current, state.steps, state.phase = k, len(decided), ADMM
@@ -260,7 +258,7 @@ def autocompress_state(
         if space is not None:
             params = purified_params(result, space)
         state.done.append(Round(k, [t.number for t in counted], result.number, params, base, best.number))
-        if carry_weights and k + 1 < rounds and _ARTIFACT not in result.user_attrs:
+        if carry_weights and k + 1 < rounds and attributes.artifact_id(result) is None:
             state.current = None
             state.reason = (
                 f"round {k}'s result, trial {result.number}, has no saved model, and the next round starts from it: "
@@ -275,7 +273,7 @@ def autocompress_state(
 def purified_params(trial: FrozenTrial, space: SearchSpace) -> dict[str, float]:
     """A trial's ``sparsity/<group>`` parameters with the channels purification removed counted as pruned."""
     params = {n: float(v) for n, v in trial.params.items() if n.startswith(SPARSITY_PREFIX)}
-    purified = ((trial.user_attrs.get(_INFO) or {}).get("purified")) or {}
+    purified = attributes.compressor_info(trial).get("purified") or {}
     for group, extra in purified.items():
         name = space.param_name(group)
         g = space.graph.groups.get(group)
@@ -335,10 +333,10 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
     # ------------------------------------------------------------------ study-derived state
     def budget(self, study: optuna.Study) -> Budget:
         """The final budget: parameters, else the study's constraints, else flops 0.5."""
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._budgets:
             budget = resolve_budget(
-                "autocompress", self.resource, self.target, study.user_attrs.get("constraints") or [], "flops", 0.5
+                "autocompress", self.resource, self.target, attributes.study_constraints(study), "flops", 0.5
             )
             assert budget is not None
             self._budgets[key] = budget
@@ -353,7 +351,7 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
     def chain(self, study: optuna.Study, k: int, base: Round | None) -> SimulatedAnnealingSampler:
         """Round ``k``'s annealing sampler: at the round's target, starting from (and bounded
         below by) the previous round's best allocation."""
-        key = (study._study_id, k, base.best if base is not None else None)
+        key = (optuna_internals.study_key(study), k, base.best if base is not None else None)
         if key not in self._chains:
             start: str | dict[str, float] = self.initial
             if base is not None:
@@ -432,19 +430,19 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
         k = trial.user_attrs.get(ATTR_ROUND)
         if k is None or ATTR_OUTCOME in trial.user_attrs:
             return
-        decider = next((c for (s, r, _), c in self._chains.items() if s == study._study_id and r == k), None)
+        decider = next((c for (s, r, _), c in self._chains.items() if s == optuna_internals.study_key(study) and r == k), None)
         if decider is None:  # another process proposed it: any sampler of the chain decides alike
             decider = SimulatedAnnealingSampler(self.space, self.schedule, seed=self._seed, chain=chain_name(int(k)))
         decider.after_trial(study, trial, state, values)
         outcome: dict[str, Any] = {"state": state.name, "target": trial.user_attrs.get(ATTR_TARGET)}
-        measures = trial.user_attrs.get("measures")
+        measures = trial.user_attrs.get(attributes.Trial.MEASURES)
         if state == TrialState.COMPLETE and measures:
             resource = self.budget(study).resource
             measured = measures.get(resource)
             outcome.update(resource=resource, measured=measured, accuracy=measures.get("accuracy"))
             outcome["met"] = measured is not None and outcome["target"] is not None and measured <= outcome["target"] + 1e-9
-        elif trial.user_attrs.get("fail_reason"):
-            outcome["reason"] = trial.user_attrs["fail_reason"]
+        elif attributes.fail_reason(trial):
+            outcome["reason"] = attributes.fail_reason(trial)
         record(study, trial, ATTR_OUTCOME, outcome)
 
     def reseed_rng(self) -> None:
@@ -596,12 +594,12 @@ def autocompress_history(study: optuna.Study) -> pd.DataFrame:
     tagged = [t for t in study.get_trials(deepcopy=False) if ATTR_ROUND in t.user_attrs]
     for t in tagged:
         outcome = t.user_attrs.get(ATTR_OUTCOME) or {}
-        purified = ((t.user_attrs.get(_INFO) or {}).get("purified")) or {}
+        purified = attributes.compressor_info(t).get("purified") or {}
         rows.append({
             "round": int(t.user_attrs[ATTR_ROUND]), "phase": t.user_attrs.get(ATTR_PHASE, PROPOSAL),
-            "step": t.user_attrs.get("sa.step"), "trial": t.number,
+            "step": t.user_attrs.get(attributes.SA.STEP), "trial": t.number,
             "state": t.state.name, "target": t.user_attrs.get(ATTR_TARGET), "base": t.user_attrs.get(ATTR_BASE),
-            "predicted": t.user_attrs.get("sa.resource"), "measured": outcome.get("measured"),
+            "predicted": t.user_attrs.get(attributes.SA.RESOURCE), "measured": outcome.get("measured"),
             "cost": t.user_attrs.get(ATTR_COST), "accepted": t.user_attrs.get(ATTR_ACCEPTED),
             "purified": int(sum(purified.values())),
         })  # fmt: skip

@@ -100,6 +100,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
+from slimtune import attributes, optuna_internals
 from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, record, register_strategy
@@ -113,19 +114,18 @@ if TYPE_CHECKING:
     from slimtune.compressors.plan import CompressionPlan
     from slimtune.search_spaces import SearchSpace
 
-ATTR_ITERATION = "netadapt.iteration"
-ATTR_CANDIDATE = "netadapt.candidate"
-ATTR_BUDGET = "netadapt.budget"
-ATTR_RESOURCE = "netadapt.resource"
-ATTR_BASE = "netadapt.base"
+ATTR_ITERATION = attributes.NetAdapt.ITERATION
+ATTR_CANDIDATE = attributes.NetAdapt.CANDIDATE
+ATTR_BUDGET = attributes.NetAdapt.BUDGET
+ATTR_RESOURCE = attributes.NetAdapt.RESOURCE
+ATTR_BASE = attributes.NetAdapt.BASE
 PHASE = "netadapt/phase"
 SHORT, LONG = "short_term", "long_term"
 FINAL = "final"
-RESULT_ATTR = "netadapt.result"
-STEP_ATTR = "netadapt.step"
-ATTR_SPARE = "netadapt.spare"
+RESULT_ATTR = attributes.NetAdapt.RESULT
+STEP_ATTR = attributes.StrategyState.NETADAPT_STEP
+ATTR_SPARE = attributes.NetAdapt.SPARE
 INIT_PARAM = "netadapt/init_from_trial"
-_ARTIFACT = "model_artifact"  # slimtune.trials.objective.ATTR_ARTIFACT (trials sit above strategies)
 logger = logging.getLogger("slimtune")
 _POLL_S = 0.5
 _EPS = 1e-9
@@ -201,11 +201,11 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
 
     # ------------------------------------------------------------------ budget and candidates
     def budget(self, study: optuna.Study) -> tuple[Budget, ResourceModel]:
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._models:
             budget = resolve_budget(
                 "netadapt", self.params.get("resource"), self.params.get("target"),
-                study.user_attrs.get("constraints") or [], "flops", 0.5,
+                attributes.study_constraints(study), "flops", 0.5,
             )  # fmt: skip
             assert budget is not None
             self._models[key] = (budget, ResourceModel(self.space, budget.resource, study))
@@ -217,12 +217,12 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
         so that resumed runs and other workers replay the same schedule."""
         if self.params["step"] != "auto":
             return float(self.params["step"])
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._auto_steps:
             stored = study.user_attrs.get(STEP_ATTR)
             if stored is None:
                 study.set_user_attr(STEP_ATTR, self.auto_step(study))
-                stored = study._storage.get_study_user_attrs(key)[STEP_ATTR]  # a racing worker's, if it won
+                stored = study.user_attrs[STEP_ATTR]  # a racing worker's, if it won
             self._auto_steps[key] = float(stored)
         return self._auto_steps[key]
 
@@ -285,9 +285,9 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
 
     def check_budget(self, study: optuna.Study) -> None:
         """Warn (once per study and process) when the trial budget looks too small to reach the target."""
-        if self.n_trials is None or study._study_id in self._checked:
+        if self.n_trials is None or optuna_internals.study_key(study) in self._checked:
             return
-        self._checked.add(study._study_id)
+        self._checked.add(optuna_internals.study_key(study))
         iterations, needed = self.schedule(study)
         if needed > self.n_trials:
             budget, _ = self.budget(study)
@@ -390,7 +390,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             done.append(it)
             i += 1
             chosen = next(t for trials in it.claims.values() for t in trials if t.number == it.chosen)
-            if self.inherit and _ARTIFACT not in chosen.user_attrs and (resource > budget.target + _EPS or self.long_term):
+            if self.inherit and attributes.artifact_id(chosen) is None and (resource > budget.target + _EPS or self.long_term):
                 reason = (
                     f"iteration {i - 1}'s chosen trial {it.chosen} has no saved model, and the next step starts from "
                     "it: run with save_models='all' (or strategy.inherit_weights: false)"

@@ -83,6 +83,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from slimtune import attributes, optuna_internals
 from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, record, register_strategy
@@ -94,16 +95,16 @@ if TYPE_CHECKING:
 
     from slimtune.search_spaces import SearchSpace
 
-ATTR_STEP = "sa.step"
-ATTR_TEMPERATURE = "sa.temperature"
-ATTR_BASE = "sa.base"
-ATTR_RESOURCE = "sa.resource"
-ATTR_TARGET_MET = "sa.target_met"
-ATTR_ACCEPTED = "sa.accepted"
-ATTR_COST = "sa.cost"
-ATTR_DECIDED = "sa.decided_at"
-ATTR_CHAIN = "sa.chain"
-_SEED_ATTR = "slimtune:sa.seed"
+ATTR_STEP = attributes.SA.STEP
+ATTR_TEMPERATURE = attributes.SA.TEMPERATURE
+ATTR_BASE = attributes.SA.BASE
+ATTR_RESOURCE = attributes.SA.RESOURCE
+ATTR_TARGET_MET = attributes.SA.TARGET_MET
+ATTR_ACCEPTED = attributes.SA.ACCEPTED
+ATTR_COST = attributes.SA.COST
+ATTR_DECIDED = attributes.SA.DECIDED
+ATTR_CHAIN = attributes.SA.CHAIN
+_SEED_ATTR = attributes.StrategyState.SA_SEED
 
 
 def metropolis(delta: float, temperature: float, u: float) -> bool:
@@ -248,21 +249,21 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
     # ------------------------------------------------------------------ study-derived state
     def budget(self, study: optuna.Study) -> tuple[Budget, ResourceModel]:
         """The budget (parameters, else the study's constraints, else flops 0.5) and its model."""
-        key = study._study_id
+        key = optuna_internals.study_key(study)
         if key not in self._models:
             budget = resolve_budget(
-                "simulated_annealing", self.resource, self.target, study.user_attrs.get("constraints") or [], "flops", 0.5
+                "simulated_annealing", self.resource, self.target, attributes.study_constraints(study), "flops", 0.5
             )
             assert budget is not None
             self._models[key] = (budget, ResourceModel(self.space, budget.resource, study))
         return self._models[key]
 
     def study_seed(self, study: optuna.Study) -> int:
-        attrs = study._storage.get_study_system_attrs(study._study_id)
-        if _SEED_ATTR not in attrs:
-            study._storage.set_study_system_attr(study._study_id, _SEED_ATTR, self._seed)
-            return self._seed
-        return int(attrs[_SEED_ATTR])
+        stored = study.user_attrs.get(_SEED_ATTR)
+        if stored is None:
+            study.set_user_attr(_SEED_ATTR, self._seed)
+            stored = study.user_attrs[_SEED_ATTR]  # a racing worker's, if it won
+        return int(stored)
 
     def state(self, study: optuna.Study, exclude: int | None = None) -> AnnealingState:
         return annealing_state(study, self.schedule, exclude, self.chain)

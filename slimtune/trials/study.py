@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-import slimtune
 from slimtune import attributes as attrs
 from slimtune.compressors import trace
 from slimtune.compressors.measures import measure_deployable
@@ -32,6 +31,7 @@ from slimtune.trials.objective import Objective
 from slimtune.trials.sensitivity import bit_sensitivity_table, sensitivity_table
 from slimtune.trials.storage import artifacts_dir, make_storage, url_of
 from slimtune.trials.task import evaluate_original
+from slimtune.version import __version__
 
 if TYPE_CHECKING:
     from slimtune.strategies import Strategy
@@ -156,7 +156,7 @@ def _init_study(
         study.set_user_attr(key, value)
     for params in strat.seeds(space):
         study.enqueue_trial(params, skip_if_exists=True)
-    study.set_user_attr(S.VERSION, slimtune.__version__)  # last: marks the study as initialised
+    study.set_user_attr(S.VERSION, __version__)  # last: marks the study as initialised
     return baseline
 
 

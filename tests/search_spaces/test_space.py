@@ -243,7 +243,7 @@ def test_unknown_criterion_lists_known() -> None:
 
 
 def test_from_dict_unknown_option() -> None:
-    with pytest.raises(ValueError, match=r"space: unknown option\(s\) \['max_sparse'\]"):
+    with pytest.raises(ValueError, match=r"space.max_sparse: unknown option\(s\) \['max_sparse'\]; did you mean 'max_sparsity'\?"):
         SpaceOptions.from_dict({"max_sparse": 0.5})
 
 

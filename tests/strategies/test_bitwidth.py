@@ -164,7 +164,7 @@ def test_bitwidth_respects_a_latency_constraint_predicted_from_the_measured_int8
         constraints=[f"latency <= {bound}"],
     )  # fmt: skip
     # the table was measured once and cached in the study, as the channel-pruning table is
-    table = BitsLatencyTable.from_dict(study._storage.get_study_system_attrs(study._study_id)["slimtune:bits_latency_table"])
+    table = BitsLatencyTable.from_dict(study.user_attrs["slimtune:bits_latency_table"])
     assert table.layers == layers and table.relative({n: 8 for n in layers}) < bound < 1.0
     assert [t.user_attrs.get("bitwidth.prior") for t in study.trials[:1]] == [0]
     assert study.trials[0].user_attrs["bitwidth.repaired"]  # every layer at 32 bits, repaired to the budget

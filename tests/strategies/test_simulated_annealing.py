@@ -98,7 +98,7 @@ def test_chain_follows_the_metropolis_rule_and_ends_when_cold(mlp_task: slimtune
     assert accepted - 1 == 4  # four cooling steps from 1e-5 take the temperature below 2.5e-6
     assert any(not t.user_attrs["sa.accepted"] for t in trials)  # a run with rejections
     assert trials[0].user_attrs["sa.base"] is None and trials[0].user_attrs["sa.accepted"]
-    seed = study._storage.get_study_system_attrs(study._study_id)["slimtune:sa.seed"]
+    seed = study.user_attrs["slimtune:sa.seed"]
     current = trials[0]
     for t in trials[1:]:
         # every proposal perturbs the current point: the last accepted trial before it
@@ -194,7 +194,7 @@ def test_latency_target_uses_a_lookup_table_kept_in_the_study(tmp_path) -> None:
     for t in study.trials:  # predicted by the table (measured latency of so small a model is mostly noise)
         assert t.user_attrs["sa.target_met"] and t.user_attrs["sa.resource"] <= 0.97
         assert t.user_attrs["measures"]["latency"] is not None
-    stored = study._storage.get_study_system_attrs(study._study_id)["slimtune:latency_table"]
+    stored = study.user_attrs["slimtune:latency_table"]
     # another process reads the same table from the study instead of measuring again
     from slimtune.strategies._budget import ResourceModel
 

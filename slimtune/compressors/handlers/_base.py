@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 from torch import nn
 
+from slimtune.errors import DuplicateNameError
+
 if TYPE_CHECKING:
     from slimtune.compressors._propagate import Propagation
     from slimtune.compressors._values import LayerCall
@@ -242,7 +244,7 @@ def register_handler(handler: LayerHandler) -> LayerHandler:
     """
     for h in _HANDLERS:
         if h.name == handler.name and type(h) is not type(handler):
-            raise ValueError(f"a layer handler named {handler.name!r} is already registered ({type(h).__name__})")
+            raise DuplicateNameError(f"a layer handler named {handler.name!r} is already registered ({type(h).__name__})")
     _HANDLERS[:] = [h for h in _HANDLERS if h.name != handler.name]
     _HANDLERS.insert(0, handler)
     return handler

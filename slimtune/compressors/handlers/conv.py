@@ -29,14 +29,11 @@ from torch import nn
 
 from slimtune.compressors._values import Chan
 from slimtune.compressors.handlers._base import Axis, LayerHandler, Removed, keep_indices, register_handler, set_tensor
+from slimtune.errors import SlicingError
 
 if TYPE_CHECKING:
     from slimtune.compressors._propagate import Propagation
     from slimtune.compressors._values import LayerCall
-
-
-class SlicingError(ValueError):
-    """A layer cannot be sliced as asked (unequal groups ...)."""
 
 
 def _conv_input(p: Propagation, call: LayerCall, what: str) -> tuple[Chan | None, int, int]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from slimtune.compressors.measures.latency import make_batch
+from slimtune.errors import MeasureError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
@@ -351,14 +352,18 @@ def inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
         return tuple(kept)
     gm = getattr(graph, "gm", None)
     if gm is None:
-        raise ValueError("LatencyTable.build needs example_inputs: the graph has no traced input shapes")
+        raise MeasureError(
+            "LatencyTable.build needs example_inputs: the graph has no traced input shapes", field="example_inputs"
+        )
     out = []
     for node in gm.graph.nodes:
         if node.op != "placeholder":
             continue
         meta = node.meta.get("tensor_meta")
         if meta is None:
-            raise ValueError(f"LatencyTable.build needs example_inputs: no shape known for input {node.name!r}")
+            raise MeasureError(
+                f"LatencyTable.build needs example_inputs: no shape known for input {node.name!r}", field="example_inputs"
+            )
         out.append(torch.randn(tuple(meta.shape)).to(meta.dtype))
     return tuple(out)
 

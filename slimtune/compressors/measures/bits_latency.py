@@ -66,6 +66,7 @@ from slimtune.compressors.measures.latency import (
     stabilize_allocator,
     time_interleaved,
 )
+from slimtune.errors import MeasureError
 
 if TYPE_CHECKING:
     from slimtune.compressors.plan import CompressionPlan
@@ -153,10 +154,12 @@ class BitsLatencyTable:
 
         for key, value in (("batch_size", batch_size), ("threads", threads), ("repeats", repeats), ("burst", burst)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BitsLatencyTable.build: {key} must be a positive int, got {value!r}")
+                raise MeasureError(f"BitsLatencyTable.build: {key} must be a positive int, got {value!r}", field=key)
         clock = clock or ("cpu" if threads == 1 else "wall")
         if clock == "cpu" and threads != 1:
-            raise ValueError(f"BitsLatencyTable.build: clock='cpu' measures one thread; it needs threads=1, got {threads}")
+            raise MeasureError(
+                f"BitsLatencyTable.build: clock='cpu' measures one thread; it needs threads=1, got {threads}", field="clock"
+            )
         t_start = time.perf_counter()
         float_model = copy.deepcopy(model).eval()
         modules = dict(float_model.named_modules())
@@ -236,7 +239,7 @@ class BitsLatencyTable:
             bits = {layer: spec.bits_w for layer, spec in bits.quantize.items()}  # type: ignore[union-attr]
         unknown = [layer for layer in bits if layer not in self.fp32]
         if unknown:
-            raise ValueError(
+            raise MeasureError(
                 f"bit-width latency table: layer(s) {', '.join(map(repr, unknown))} are not in the table "
                 f"(tabulated: {', '.join(self.fp32)}); rebuild it for this model"
             )
@@ -280,7 +283,7 @@ class BitsLatencyTable:
             ValueError: ``data`` is not a bit-width latency table or is malformed.
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise ValueError(f"not a slimtune bit-width latency table (expected format {_FORMAT!r})")
+            raise MeasureError(f"not a slimtune bit-width latency table (expected format {_FORMAT!r})")
         try:
             table = cls(
                 batch_size=int(data["batch_size"]),
@@ -292,9 +295,9 @@ class BitsLatencyTable:
                 meta=dict(data.get("meta") or {}),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise ValueError(f"bit-width latency table is malformed: missing or invalid field {e}") from None
+            raise MeasureError(f"bit-width latency table is malformed: missing or invalid field {e}") from None
         if set(table.fp32) != set(table.int8):
-            raise ValueError("bit-width latency table is malformed: the fp32 and int8 entries name different layers")
+            raise MeasureError("bit-width latency table is malformed: the fp32 and int8 entries name different layers")
         return table
 
 
@@ -345,7 +348,7 @@ def _capture(
             h.remove()
     missing = [n for n in names if n not in inputs]
     if missing:
-        raise ValueError(
+        raise MeasureError(
             f"BitsLatencyTable: layer(s) {', '.join(map(repr, missing))} did not run in the model's forward pass"
         )
     return inputs, calls

@@ -53,6 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimtune.compressors.handlers import handler_for
 from slimtune.compressors.measures.latency import as_tuple, batch_dim
+from slimtune.errors import ArgumentTypeError
 
 __all__ = ["count_flops", "COLUMNS"]
 
@@ -276,7 +277,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
         [2048, 0, 320]
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}", field="model")
     args = as_tuple(example_inputs)
     n = batch_dim(args)
     rows: dict[str, dict[str, Any]] = {}

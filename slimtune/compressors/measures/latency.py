@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune.errors import ArgumentTypeError, MeasureError
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -122,7 +124,7 @@ def make_batch(example_inputs: Any, batch_size: int | None) -> tuple[Any, ...]:
     if batch_size is None:
         return args
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        raise MeasureError(f"batch_size must be a positive int or None, got {batch_size!r}", field="batch_size")
     n = batch_dim(args)
     out = []
     for x in args:
@@ -180,7 +182,7 @@ def measurement_context(models: Sequence[nn.Module], threads: int | None) -> Ite
     garbage collector's state.
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        raise MeasureError(f"threads must be a positive int or None, got {threads!r}", field="threads")
     flags = [(m, m.training) for model in models for m in model.modules()]
     old_threads = torch.get_num_threads()
     gc_was_enabled = gc.isenabled()
@@ -231,11 +233,11 @@ def time_interleaved(
             :func:`measure_latency`).
     """
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+        raise MeasureError(f"repeats must be >= 1, got {repeats!r}", field="repeats")
     if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup!r}")
+        raise MeasureError(f"warmup must be >= 0, got {warmup!r}", field="warmup")
     if burst < 1 or burst_warmup < 0:
-        raise ValueError(f"burst must be >= 1 and burst_warmup >= 0, got {burst!r}, {burst_warmup!r}")
+        raise MeasureError(f"burst must be >= 1 and burst_warmup >= 0, got {burst!r}, {burst_warmup!r}", field="burst")
     if max_repeats is None:
         max_repeats = 20 * repeats
     max_repeats = max(max_repeats, repeats)
@@ -272,12 +274,12 @@ def _timer(clock: str) -> Callable[[], float]:
         return time.perf_counter
     if clock == "cpu":
         return time.thread_time
-    raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    raise MeasureError(f"clock must be 'wall' or 'cpu', got {clock!r}", field="clock")
 
 
 def _check_threads(threads: int) -> None:
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+        raise MeasureError(f"threads must be a positive int, got {threads!r}", field="threads")
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -368,17 +370,21 @@ def compare_latency(
         >>> ratio = res["narrow"].median_ms / res["wide"].median_ms
     """
     if not models:
-        raise ValueError("compare_latency needs at least one model")
+        raise MeasureError("compare_latency needs at least one model", field="models")
     _check_threads(threads)
     _timer(clock)
     if clock == "cpu" and threads != 1:
-        raise ValueError(f"clock='cpu' measures the calling thread only; it needs threads=1, got threads={threads}")
+        raise MeasureError(
+            f"clock='cpu' measures the calling thread only; it needs threads=1, got threads={threads}", field="clock"
+        )
     if stable_allocator:
         stabilize_allocator()
     names = list(models)
     for name in names:
         if not isinstance(models[name], nn.Module):
-            raise TypeError(f"models[{name!r}] is a {type(models[name]).__name__}, not a torch.nn.Module")
+            raise ArgumentTypeError(
+                f"models[{name!r}] is a {type(models[name]).__name__}, not a torch.nn.Module", field="models"
+            )
     args = make_batch(example_inputs, batch_size)
     fns = [_caller(models[n], args) for n in names]
     with measurement_context([models[n] for n in names], threads):

@@ -97,6 +97,7 @@ from slimtune.compressors.measures._lut_parts import (
     statistic,
 )
 from slimtune.compressors.measures.latency import Clock, measurement_context, stabilize_allocator, time_interleaved
+from slimtune.errors import MeasureError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
@@ -209,18 +210,18 @@ class LatencyTable:
                 positive, ``quantile`` is outside (0, 1), ``clock="cpu"`` with several threads.
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise MeasureError(f"batch_size must be a positive int, got {batch_size!r}", field="batch_size")
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be a positive int, got {threads!r}")
+            raise MeasureError(f"threads must be a positive int, got {threads!r}", field="threads")
         if not 0.0 < quantile < 1.0:
-            raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+            raise MeasureError(f"quantile must be in (0, 1), got {quantile!r}", field="quantile")
         ratios = sorted({float(r) for r in grid} | {1.0})
         for r in ratios:
             if not 0.0 < r <= 1.0:
-                raise ValueError(f"grid ratio {r!r} is outside (0, 1]")
+                raise MeasureError(f"grid ratio {r!r} is outside (0, 1]", field="grid")
         clock = clock or ("cpu" if threads == 1 else "wall")
         if clock == "cpu" and threads != 1:
-            raise ValueError(f"clock='cpu' measures one thread; it needs threads=1, got threads={threads}")
+            raise MeasureError(f"clock='cpu' measures one thread; it needs threads=1, got threads={threads}", field="clock")
         settings = Settings(warmup, repeats, burst, quantile, clock, min_time_s)
         if stable_allocator:
             stabilize_allocator()
@@ -444,7 +445,7 @@ class LatencyTable:
             counts = {}
             for name, value in plan_or_counts.items():
                 if name not in self.layers and name not in self.products:
-                    raise ValueError(
+                    raise MeasureError(
                         f"layer {name!r} is not in the latency table; its Conv/Linear layers are: "
                         f"{_preview(list(self.layers))}" + (f"; its attention products: {_preview(list(self.products))}"
                                                             if self.products else "")
@@ -452,15 +453,20 @@ class LatencyTable:
                 try:
                     cin, cout = (int(v) for v in value)
                 except (TypeError, ValueError):
-                    raise ValueError(f"counts[{name!r}] must be (in_channels, out_channels), got {value!r}") from None
+                    raise MeasureError(
+                        f"counts[{name!r}] must be (in_channels, out_channels), got {value!r}", field="counts"
+                    ) from None
                 if cin < 1 or cout < 1:
-                    raise ValueError(f"counts[{name!r}] = {value!r}: channel counts must be >= 1")
+                    raise MeasureError(f"counts[{name!r}] = {value!r}: channel counts must be >= 1", field="counts")
                 counts[name] = (cin, cout)
             return counts
         graph = graph if graph is not None else self.graph
         if graph is None:
-            raise ValueError("predicting from a plan needs the model graph: pass graph= (the table was loaded "
-                             "without one), or pass {layer: (in, out)} counts")
+            raise MeasureError(
+                "predicting from a plan needs the model graph: pass graph= (the table was loaded without one), "
+                "or pass {layer: (in, out)} counts",
+                field="graph",
+            )
         counts = {n: c for n, c in graph.channel_counts(plan_or_counts).items() if n in self.layers}
         if self.products:
             heads = graph.product_heads(plan_or_counts) if hasattr(graph, "product_heads") else {}
@@ -506,7 +512,7 @@ class LatencyTable:
                 ``graph`` lacks (the table belongs to another model: rebuild it).
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise ValueError(f"not a slimtune latency table (expected format {_FORMAT!r})")
+            raise MeasureError(f"not a slimtune latency table (expected format {_FORMAT!r})")
         try:
             layers = {
                 n: LayerRef(n, d["key"], (int(d["orig"][0]), int(d["orig"][1])), int(d["calls"]),
@@ -536,15 +542,15 @@ class LatencyTable:
                 products_ms=float(data.get("products_ms", 0.0)),
             )
         except (KeyError, TypeError, IndexError, ValueError) as e:
-            raise ValueError(f"latency table is malformed: missing or invalid field {e}") from None
+            raise MeasureError(f"latency table is malformed: missing or invalid field {e}") from None
         missing = {l.key for l in list(layers.values()) + list(table.products.values())} - set(entries)
         if missing:
-            raise ValueError(f"latency table is malformed: no entries for configuration(s) {sorted(missing)}")
+            raise MeasureError(f"latency table is malformed: no entries for configuration(s) {sorted(missing)}")
         if graph is not None:
             unknown = [n for n in layers if n not in graph.layers]
             if unknown:
-                raise ValueError(f"latency table does not match the graph: layer(s) {_preview(unknown)} "
-                                 "are not in the model; rebuild the table")
+                raise MeasureError(f"latency table does not match the graph: layer(s) {_preview(unknown)} "
+                                   "are not in the model; rebuild the table")
         return table
 
     @classmethod
@@ -553,7 +559,7 @@ class LatencyTable:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"latency table is not valid JSON: {e}") from None
+            raise MeasureError(f"latency table is not valid JSON: {e}") from None
         return cls.from_dict(data, graph)
 
     def save(self, path: str | os.PathLike[str]) -> None:

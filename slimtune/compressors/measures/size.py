@@ -47,6 +47,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from slimtune.errors import ArgumentTypeError, MeasureError
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -184,19 +186,21 @@ def _check_bits(bits: Mapping[str, int] | None, model: nn.Module) -> dict[str, i
     if bits is None:
         return {}
     if not hasattr(bits, "items"):
-        raise TypeError(f"bits must be a mapping from layer name to bit-width, got {type(bits).__name__}")
+        raise ArgumentTypeError(
+            f"bits must be a mapping from layer name to bit-width, got {type(bits).__name__}", field="bits"
+        )
     modules = dict(model.named_modules())
     out = {}
     for layer, b in bits.items():
         if layer not in modules:
-            raise ValueError(f"bits: unknown layer {layer!r}; it is not a module name of the model")
+            raise MeasureError(f"bits: unknown layer {layer!r}; it is not a module name of the model", field="bits")
         m = modules[layer]
         if not (hasattr(m, "weight_orig") or isinstance(getattr(m, "weight", None), torch.Tensor)):
-            raise ValueError(f"bits: layer {layer!r} ({type(m).__name__}) has no weight tensor to quantize")
+            raise MeasureError(f"bits: layer {layer!r} ({type(m).__name__}) has no weight tensor to quantize", field="bits")
         if b is None:
             continue
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:
-            raise ValueError(f"bits[{layer!r}] = {b!r}; a bit-width must be an int in 1..32 (or None)")
+            raise MeasureError(f"bits[{layer!r}] = {b!r}; a bit-width must be an int in 1..32 (or None)", field="bits")
         out[layer] = b
     return out
 
@@ -238,7 +242,7 @@ def model_size_bytes(
         2448
     """
     if sparse_format not in ("bitmap", "dense"):
-        raise ValueError(f"sparse_format must be 'bitmap' or 'dense', got {sparse_format!r}")
+        raise MeasureError(f"sparse_format must be 'bitmap' or 'dense', got {sparse_format!r}", field="sparse_format")
     layer_bits = _check_bits(bits, model)
     rows: list[dict[str, Any]] = []
     for e in _iter_tensors(model):

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from slimtune.compressors.quantization.pt2e import PT2EInt8Model, export_pt2e, pt2e_available
-from slimtune.errors import QuantExportError
+from slimtune.errors import ArgumentError, ArgumentTypeError, QuantExportError
 
 __all__ = [
     "AUTO_METHOD",
@@ -148,8 +148,9 @@ def _calibration_args(calibration: Any) -> Iterator[tuple[Any, ...]]:
         yield (calibration,)
         return
     if not isinstance(calibration, Iterable):
-        raise TypeError(
-            f"export_int8: calibration must be a tensor or an iterable of batches, got {type(calibration).__name__}"
+        raise ArgumentTypeError(
+            f"export_int8: calibration must be a tensor or an iterable of batches, got {type(calibration).__name__}",
+            field="calibration",
         )
     for batch in calibration:
         if isinstance(batch, torch.Tensor):
@@ -159,9 +160,10 @@ def _calibration_args(calibration: Any) -> Iterator[tuple[Any, ...]]:
         elif isinstance(batch, dict) and "inputs" in batch:
             yield _as_args(batch["inputs"])
         else:
-            raise TypeError(
+            raise ArgumentTypeError(
                 "export_int8: a calibration batch must be a tensor or an (inputs, targets) pair, "
-                f"got {type(batch).__name__}"
+                f"got {type(batch).__name__}",
+                field="calibration",
             )
 
 
@@ -471,11 +473,11 @@ def export_int8(
         True
     """
     if method not in ("auto", "fx", "pt2e"):
-        raise ValueError(f"export_int8: method must be 'auto', 'fx' or 'pt2e', got {method!r}")
+        raise ArgumentError(f"export_int8: method must be 'auto', 'fx' or 'pt2e', got {method!r}", field="method")
     if mode not in ("auto", "static", "dynamic"):
-        raise ValueError(f"export_int8: mode must be 'auto', 'static' or 'dynamic', got {mode!r}")
+        raise ArgumentError(f"export_int8: mode must be 'auto', 'static' or 'dynamic', got {mode!r}", field="mode")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"export_int8: model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"export_int8: model must be a torch.nn.Module, got {type(model).__name__}", field="model")
     args = _as_args(example_inputs)
     ranges = _learned_ranges(model)
     float_model, mode, wrapped = _from_wrappers(model, mode)

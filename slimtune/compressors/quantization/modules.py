@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from slimtune.compressors.quantization.algorithms import QuantAlgorithm, get_algorithm
 from slimtune.compressors.quantization.functional import check_bits, is_float
 from slimtune.compressors.quantization.observers import Observer, make_observer
-from slimtune.errors import QuantizationError
+from slimtune.errors import ArgumentTypeError, QuantizationError
 
 Mode = Literal["calibrating", "frozen"]
 _MODES = ("calibrating", "frozen")
@@ -184,7 +184,7 @@ class QuantWrapper(nn.Module):
             params.update(self.quantized_weights())
             return torch.func.functional_call(self.layer, params, (x, *rest))
         if rest:
-            raise TypeError(f"layer {self.name!r} ({type(self.layer).__name__}) takes one input, got {1 + len(rest)}")
+            raise ArgumentTypeError(f"layer {self.name!r} ({type(self.layer).__name__}) takes one input, got {1 + len(rest)}")
         if self.mode == "calibrating" and self.algorithm.needs_range(self):
             self.observer.observe(x)
         else:

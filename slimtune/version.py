@@ -1,0 +1,3 @@
+"""slimtune's version (written into every study it creates)."""
+
+__version__ = "0.1.0"
