@@ -194,6 +194,15 @@ def over_budget(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get(Trial.OVER_BUDGET))
 
 
+def duplicate_of(trial: FrozenTrial) -> int | None:
+    """The earlier trial whose result this one reuses (same plan), or None."""
+    return trial.user_attrs.get(Trial.DUPLICATE_OF)
+
+
+def hostname(trial: FrozenTrial) -> str | None:
+    return trial.user_attrs.get(Trial.HOSTNAME)
+
+
 # ---------------------------------------------------------------------- study accessors
 def initialised(study: optuna.Study) -> bool:
     """The study was created by slimtune and its set-up finished."""
@@ -253,8 +262,10 @@ __all__ = [
     "baseline",
     "compressor_info",
     "constraints",
+    "duplicate_of",
     "fail_reason",
     "feasible",
+    "hostname",
     "initialised",
     "measures",
     "metric_direction",

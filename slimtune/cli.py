@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from slimtune import __version__
+from slimtune import attributes
 from slimtune.errors import SlimtuneError
 from slimtune.trials.spec import Spec, load_spec
 from slimtune.trials.storage import DEFAULT_STORAGE, check_exists
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
-__all__ = ["build_parser", "format_front", "main"]
+__all__ = ["build_parser", "format_front", "format_legend", "main"]
 
 #: Columns of the Pareto table ``run`` and ``pareto`` print, with their number formats.
 TABLE_COLUMNS: dict[str, str] = {
@@ -159,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_pareto,
         "print or save the Pareto front of a study",
         "The Pareto front of a study: the best feasible trials for the study's objectives. The table "
-        "shows key columns; csv and json hold every measure and each plan (json: plan_json as an object).",
+        "shows key columns and a legend (the original model's metric and FLOPs, what relative means, the "
+        "constraints, the trials not shown and why); csv and json hold every measure and each plan "
+        "(json: plan_json as an object).",
     )
     _add_study_options(pareto)
     pareto.add_argument(
@@ -281,9 +284,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     spec = _load_run_spec(args)
     study = _search(spec, join=False, progress=not args.quiet)
-    print(_study_line(study, spec.storage_url))
+    print(_study_line(study, spec.storage_url, spec.n_trials))
     front = pareto_front(study)
     print(format_front(front) if not front.empty else "the Pareto front is empty: no complete (feasible) trial")
+    print(format_legend(study, front))
     reasons = _failure_reasons(study) if front.empty else ""
     if reasons:
         print(reasons)
@@ -298,7 +302,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     spec = _load_run_spec(args)
     check_exists(spec.storage_url)
     study = _search(spec, join=True, progress=not args.quiet)
-    print(f"worker done; {_study_line(study, spec.storage_url)}")
+    print(f"worker done; {_study_line(study, spec.storage_url, spec.n_trials)}")
     return 0
 
 
@@ -311,19 +315,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if table.empty:
         print(f"no studies in {storage}")
         return 0
+    if "n_trials" in table.columns:  # the budget of the latest run (attributes.n_trials); "-": none
+        table["n_trials"] = [_fmt(v, "{:d}") for v in table["n_trials"]]
     print(f"studies in {storage}:")
     print(table.to_string(index=False))
+    print("n_trials: the budget of finished trials the study's latest run asked for")
     return 0
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
     from slimtune.trials.results import pareto_front
 
+    if args.out:
+        _check_file_path(args.out, "--out", "front." + ("txt" if args.format == "table" else args.format))
     study = _open_study(args)
     front = pareto_front(study)
     if args.format == "table":
-        text = format_front(front) if not front.empty else f"study {study.study_name!r} has no complete trial yet"
-        text += "\n"
+        if not front.empty:
+            text = format_front(front)
+        elif _n_complete(study):
+            text = f"study {study.study_name!r} has no feasible complete trial: its Pareto front is empty"
+        else:
+            text = f"study {study.study_name!r} has no complete trial yet"
+        text += "\n" + format_legend(study, front) + "\n"
     elif args.format == "csv":
         text = front.to_csv(index=False)
     else:
@@ -339,6 +353,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from slimtune.trials.results import export_model
 
+    _check_file_path(args.out, "--out", "model.pt")
     study = _open_study(args)
     try:
         path = export_model(study, args.trial, args.out)
@@ -354,6 +369,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from slimtune.trials.sensitivity import bit_sensitivity_table, sensitivity_table
 
+    _check_file_path(args.out, "--out", "sensitivity.csv")
     spec = load_spec(args.spec, overrides={"storage": args.storage})
     task = spec.make_task()
     table = sensitivity_table(task, storage=spec.storage_url, space=spec.space, progress=not args.quiet)
@@ -412,6 +428,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     _require("plotly")
     from slimtune.dashboard.report import write_report
 
+    _check_file_path(args.out, "--out", "report.html")
     storage = _dashboard_storage(args)
     path = write_report(storage, args.out, studies=args.study, details=args.trials)
     size = path.stat().st_size / 1e6
@@ -483,15 +500,82 @@ def _front_records(front: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
-def _study_line(study: optuna.Study, storage: str) -> str:
+def _study_line(study: optuna.Study, storage: str, n_trials: int | None = None) -> str:
+    """The end-of-run summary: the finished trials the budget counts, by state, as the progress bar
+    counts them (:func:`slimtune.trials.driver.counts`: a failed trial that was retried after its
+    worker died, and a trial asked for after the budget was used, are not counted)."""
     from optuna.trial import TrialState
 
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    counts = {s: states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    return (
-        f"study {study.study_name!r} in {storage}: {counts[TrialState.COMPLETE]} complete, "
-        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed trials"
+    from slimtune import optuna_internals
+    from slimtune.trials.driver import counts
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {optuna_internals.retried_from(t) for t in trials} - {None}
+    counted = [t for t in trials if t.state.is_finished() and t.number not in retried and not attributes.over_budget(t)]
+    by_state = {s: sum(1 for t in counted if t.state == s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    done = counts(study)["done"]  # == len(counted): the progress bar's count
+    line = (
+        f"study {study.study_name!r} in {storage}: {by_state[TrialState.COMPLETE]} complete, "
+        f"{by_state[TrialState.PRUNED]} pruned, {by_state[TrialState.FAIL]} failed trials"
     )
+    line += f" ({done} of {n_trials} finished)" if n_trials is not None else f" ({done} finished)"
+    not_counted = [
+        f"{n} {what}"
+        for n, what in (
+            (sum(1 for t in trials if t.number in retried), "failed and retried (worker died)"),
+            (sum(1 for t in trials if attributes.over_budget(t)), "over budget (pruned at once)"),
+        )
+        if n
+    ]
+    if not_counted:
+        line += "; not counted: " + ", ".join(not_counted)
+    return line
+
+
+def _n_complete(study: optuna.Study) -> int:
+    """The number of COMPLETE trials of ``study``."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def format_legend(study: optuna.Study, front: pd.DataFrame) -> str:
+    """What the Pareto table shows: the original model, what "relative" means, the study's
+    constraints and the trials the table leaves out (and why)."""
+    from optuna.trial import TrialState
+
+    base = attributes.baseline(study)
+    metric = attributes.metric_name(study)
+    direction = attributes.metric_direction(study)
+    original = []
+    if base.get("accuracy") is not None:
+        original.append(f"{metric} {_fmt(base['accuracy'], '{:.4f}')}")
+    for key, fmt in (("flops", "{:,.0f} FLOPs (MACs per sample)"), ("params", "{:,.0f} params"),
+                     ("size", "{:,.0f} bytes"), ("latency", "latency {:.3f} ms")):  # fmt: skip
+        if base.get(key) is not None:
+            original.append(_fmt(base[key], fmt))
+    lines = [
+        "original model: " + (", ".join(original) or "not recorded (a study slimtune did not create)"),
+        f"accuracy: the task's metric ({metric}, {'higher' if direction == 'maximize' else 'lower'} is better)",
+        "*_rel: relative, the ratio to the original model (1.000 = as large, 0.500 = half); size_bytes, latency_ms: absolute",
+    ]
+    constraints = attributes.study_constraints(study)
+    lines.append("constraints: " + ("; ".join(constraints) if constraints else "none"))
+    shown = set(int(n) for n in front["trial"]) if not front.empty else set()
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number not in shown]
+    infeasible = sum(1 for t in complete if attributes.feasible(t) is False)
+    dominated = len(complete) - infeasible
+    hidden = [f"{dominated} complete but {'not the best' if len(study.directions) == 1 else 'dominated'}"]
+    if constraints:
+        hidden.append(f"{infeasible} complete but infeasible")
+    for state, what in ((TrialState.FAIL, "failed"), (TrialState.PRUNED, "pruned"),
+                        (TrialState.RUNNING, "running"), (TrialState.WAITING, "waiting")):  # fmt: skip
+        n = sum(1 for t in trials if t.state == state)
+        if n or state in (TrialState.FAIL, TrialState.PRUNED):
+            hidden.append(f"{n} {what}")
+    lines.append(f"not shown: {len(trials) - len(shown)} of {len(trials)} trials ({', '.join(hidden)})")
+    return "\n".join(lines)
 
 
 def _failure_reasons(study: optuna.Study, limit: int = 3) -> str:
@@ -500,12 +584,10 @@ def _failure_reasons(study: optuna.Study, limit: int = 3) -> str:
 
     from optuna.trial import TrialState
 
-    from slimtune.trials.results import trials_table
-
-    failed = trials_table(study, states=(TrialState.FAIL,))
-    if failed.empty or "fail_reason" not in failed.columns:
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not failed:
         return ""
-    reasons = Counter(str(r) for r in failed["fail_reason"].fillna("unknown"))
+    reasons = Counter(str(attributes.fail_reason(t) or "unknown") for t in failed)
     lines = [f"{len(failed)} failed trials; reasons:"]
     lines += [f"  {count} × {reason}" for reason, count in reasons.most_common(limit)]
     return "\n".join(lines)
@@ -586,6 +668,15 @@ def _open_study(args: argparse.Namespace) -> optuna.Study:
         )
     check_exists(storage)
     return open_study(storage, name)
+
+
+def _check_file_path(path: str, option: str, name: str) -> None:
+    """``path`` names a file to write, not a directory (checked before any work)."""
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        raise SlimtuneError(
+            f"{option} {path}: is a directory; {option} expects a file path, e.g. {os.path.join(path, name)}",
+            field=option.lstrip("-"),
+        )
 
 
 def _write_text(path: str, text: str) -> None:

@@ -192,10 +192,6 @@ class ArgumentTypeError(SlimtuneError, TypeError):
     """A function got an argument of the wrong type; the message names the argument and the type given."""
 
 
-# ---------------------------------------------------------------------------------------- trials, dashboard
-class TrialFailure(SlimtuneError):
-    """A trial could not produce a valid result (e.g. the metric is NaN); recorded as FAILED."""
-
-
+# ---------------------------------------------------------------------------------------- dashboard
 class NotFound(SlimtuneError):
     """An unknown study, trial or saved model (the dashboard answers 404 with the message)."""

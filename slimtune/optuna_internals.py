@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
+    from optuna.study._frozen import FrozenStudy
     from optuna.trial import FrozenTrial
 
 #: system attribute Optuna's RetryHeartbeatStaleTrialCallback sets on the copy of a stale trial
@@ -45,6 +46,12 @@ def storage(study: optuna.Study) -> BaseStorage:
 def study_key(study: optuna.Study) -> Hashable:
     """A key for per-study caches of a strategy (unique per storage and study)."""
     return (id(study._storage), study._study_id)
+
+
+def frozen_study_id(study: FrozenStudy) -> int:
+    """The storage's id of a study listed by ``storage.get_all_studies()`` (a new id means the
+    study of that name was deleted and created again)."""
+    return study._study_id
 
 
 def trial_id(trial: FrozenTrial | optuna.trial.Trial) -> int:
@@ -117,6 +124,7 @@ def grace_period(study: optuna.Study) -> int | None:
 __all__ = [
     "constraint_values",
     "fail_and_retry",
+    "frozen_study_id",
     "grace_period",
     "record_heartbeat",
     "retried_from",

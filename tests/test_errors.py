@@ -64,6 +64,11 @@ def test_no_exception_class_outside_errors_py() -> None:
     assert outside == [], "public exception classes belong in slimtune/errors.py"
 
 
+def test_errors_py_defines_each_class_once() -> None:
+    names = [n.name for n in ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)]
+    assert sorted(names) == sorted(set(names))
+
+
 def test_every_error_is_a_slimtune_error() -> None:
     defined = [obj for obj in vars(errors).values() if inspect.isclass(obj) and obj.__module__ == errors.__name__]
     assert len(defined) >= 20

@@ -17,7 +17,8 @@ Endpoints (``NAME`` is a study's name, URL-encoded; all answers are JSON unless 
 ``GET /api/sensitivity``                           the sensitivity tables cached in the storage
 =================================================  ==================================================
 
-An unknown study, trial or model answers 404 with ``{"error": "<message>"}``; a storage that fails
+An unknown study, trial (or a trial ``N`` that is no number) or model answers 404 with
+``{"error": "<message>"}`` naming it; a storage that fails
 while the server runs answers 503 the same way.
 
 Example (serves until Ctrl-C):
@@ -52,9 +53,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 logger = logging.getLogger("slimtune")
 
+# (a trial "number" that is no integer reaches the reader, whose 404 names it)
 _STUDY_PATHS = [
-    (re.compile(r"^(?P<name>.+)/trials/(?P<number>\d+)/model$"), "model"),
-    (re.compile(r"^(?P<name>.+)/trials/(?P<number>\d+)$"), "trial"),
+    (re.compile(r"^(?P<name>.+)/trials/(?P<number>[^/]+)/model$"), "model"),
+    (re.compile(r"^(?P<name>.+)/trials/(?P<number>[^/]+)$"), "trial"),
     (re.compile(r"^(?P<name>.+)/trials$"), "trials"),
     (re.compile(r"^(?P<name>.+)/front$"), "front"),
     (re.compile(r"^(?P<name>.+)/progress$"), "progress"),
@@ -105,10 +107,10 @@ def create_app(reader: StorageReader, poll_seconds: float = 1.5, warm: bool = Tr
                 continue
             name = m.group("name")
             if kind == "model":
-                path, filename = reader.artifact(name, int(m.group("number")))
+                path, filename = reader.artifact(name, m.group("number"))
                 return FileResponse(path, media_type="application/octet-stream", filename=filename)
             if kind == "trial":
-                return _json(reader.trial(name, int(m.group("number"))))
+                return _json(reader.trial(name, m.group("number")))
             return _json(getattr(reader, kind)(name))
         return _json(reader.study(rest))  # raises NotFound with the list of studies
 

@@ -6,8 +6,8 @@ derived from its trials, recomputed when the study changes (a new trial, a trial
 attributes). :meth:`StorageReader.version` is the cheap call a page polls to learn that.
 
 The front is :func:`slimtune.trials.results.pareto_front`; measures, plans, constraints and failure
-reasons are the user attributes each trial stores (:mod:`slimtune.trials.objective`); objectives,
-directions, constraints and the original model's measures (``baseline``) are the study's.
+reasons are the user attributes each trial stores, objectives, directions, constraints and the
+original model's measures (``baseline``) the study's, all read through :mod:`slimtune.attributes`.
 
 Example:
     >>> import os, tempfile, optuna
@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import threading
 from pathlib import Path
@@ -33,21 +34,19 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from slimtune import attributes, optuna_internals
+from slimtune.attributes import Study, Trial
+from slimtune.dashboard.progress import History, objective_directions, reference_point
+from slimtune.dashboard.sensitivity import sensitivity_matrix, uses_table
 from slimtune.errors import NotFound, SlimtuneError
-from slimtune.attributes import Trial
 from slimtune.trials.results import pareto_front
 from slimtune.trials.storage import CACHE_PREFIX as SENSITIVITY_PREFIX
 from slimtune.trials.storage import check_exists, make_storage
 
-ATTR_ARTIFACT, ATTR_CONSTRAINTS, ATTR_DUPLICATE, ATTR_FAIL = Trial.ARTIFACT, Trial.CONSTRAINTS, Trial.DUPLICATE_OF, Trial.FAIL_REASON
-ATTR_MEASURES, ATTR_NODE, ATTR_PLAN, ATTR_TIMES = Trial.MEASURES, Trial.HOSTNAME, Trial.PLAN, Trial.TIMES
-
-from slimtune.dashboard.progress import History, objective_directions, reference_point
-from slimtune.dashboard.sensitivity import sensitivity_matrix, uses_table
-
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
-    from optuna.study import FrozenStudy
+
+    from slimtune.optuna_internals import FrozenStudy
 
 __all__ = ["MEASURES", "NotFound", "StorageReader", "check_storage"]
 
@@ -58,7 +57,6 @@ MEASURES = (
 """The measures every trial stores (absolute ``*_abs``, relative to the original, the metric drop)."""
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-_ATTR_OVER = "over_budget"
 
 
 def check_storage(url: str) -> None:
@@ -110,10 +108,11 @@ class StorageReader:
                 raise NotFound(f"study {name!r} does not exist in {self.url}; studies there: {names or 'none'}")
         with self._lock:
             data = self._studies.get(name)
-            if data is None or data.study_id != frozen._study_id:
+            if data is None or data.study_id != optuna_internals.frozen_study_id(frozen):
                 data = _StudyData(self, frozen)
                 self._studies[name] = data
             else:
+                data.frozen = frozen
                 data.attrs = dict(frozen.user_attrs)
             return data
 
@@ -157,22 +156,26 @@ class StorageReader:
         """Hypervolume and best-so-far per objective after each completed trial."""
         return self._data(name).analysis().progress
 
-    def trial(self, name: str, number: int) -> dict[str, Any]:
-        """One trial: state, plan per layer, measures against the original, parameters, error."""
+    def trial(self, name: str, number: int | str) -> dict[str, Any]:
+        """One trial: state, plan per layer, measures against the original, parameters, error.
+
+        ``number`` may be the text of a URL: anything but an integer is a :class:`NotFound` naming it.
+        """
         data = self._data(name)
         return data.trial_detail(data.get_trial(number), data.analysis())
 
-    def artifact(self, name: str, number: int) -> tuple[Path, str]:
+    def artifact(self, name: str, number: int | str) -> tuple[Path, str]:
         """The file holding a trial's compressed model and a download name for it."""
         data = self._data(name)
         t = data.get_trial(number)
-        artifact_id = t.user_attrs.get(ATTR_ARTIFACT)
+        number = t.number
+        artifact_id = attributes.artifact_id(t)
         if not artifact_id:
-            why = t.user_attrs.get(ATTR_FAIL) or (
+            why = attributes.fail_reason(t) or (
                 "saving was off (save_models: none)" if t.state == TrialState.COMPLETE else f"it is {t.state.name}"
             )
             raise NotFound(f"trial {number} of study {name!r} has no saved model: {why}")
-        base = data.attrs.get("artifacts_dir") or ""
+        base = attributes.artifacts_dir(data.frozen) or ""
         path = Path(base) / str(artifact_id)
         if os.sep in str(artifact_id) or not base or not path.is_file():
             raise NotFound(f"the saved model of trial {number} of study {name!r} is missing from {base or '(no artifacts_dir)'}")
@@ -248,7 +251,8 @@ class _StudyData:
     def __init__(self, reader: StorageReader, frozen: FrozenStudy) -> None:
         self.reader = reader
         self.name = frozen.study_name
-        self.study_id = frozen._study_id
+        self.study_id = optuna_internals.frozen_study_id(frozen)
+        self.frozen = frozen  # the study's attributes as last listed (attributes.* read them)
         self.attrs = dict(frozen.user_attrs)
         self.study = optuna.load_study(study_name=self.name, storage=reader.storage)
         self.lock = threading.Lock()
@@ -278,8 +282,17 @@ class _StudyData:
                 self._token = token
             return self._analysis
 
-    def get_trial(self, number: int) -> FrozenTrial:
+    def get_trial(self, number: int | str) -> FrozenTrial:
+        """Trial ``number`` (an int, or the text of a URL); :class:`NotFound` naming it otherwise."""
         trials = self._trials()
+        if isinstance(number, str):
+            text = number.strip()
+            if not re.fullmatch(r"[+-]?\d+", text):
+                raise NotFound(
+                    f"study {self.name!r} has no trial {number!r}: a trial is named by its number "
+                    f"(0 to {len(trials) - 1})" if trials else f"study {self.name!r} has no trial {number!r}: it has no trials"
+                )
+            number = int(text)
         if 0 <= number < len(trials) and trials[number].number == number:
             return trials[number]
         for t in trials:
@@ -289,27 +302,27 @@ class _StudyData:
 
     # ------------------------------------------------------------------ the analysis
     def meta(self) -> dict[str, Any]:
-        a = self.attrs
+        s, a = self.frozen, self.attrs
         study_directions = [d.name.lower() for d in self.study.directions]
-        objectives = list(a.get("objectives") or [f"value_{i}" for i in range(len(study_directions))])
-        metric_direction = a.get("metric_direction", "maximize")
+        objectives = attributes.objectives(s)
+        metric_direction = attributes.metric_direction(s)
         return {
             "name": self.name,
             "id": self.study_id,
-            "slimtune": "slimtune" in a,
-            "task": a.get("task"),
-            "strategy": a.get("strategy"),
-            "strategy_params": a.get("strategy_params") or {},
+            "slimtune": attributes.initialised(s),
+            "task": a.get(Study.TASK),
+            "strategy": a.get(Study.STRATEGY),
+            "strategy_params": a.get(Study.STRATEGY_PARAMS) or {},
             "objectives": objectives,
             "directions": objective_directions(objectives, metric_direction, study_directions),
             "study_directions": study_directions,
-            "weights": a.get("weights"),
-            "constraints": list(a.get("constraints") or []),
-            "metric_name": a.get("metric_name", "accuracy"),
+            "weights": attributes.weights(s),
+            "constraints": attributes.study_constraints(s),
+            "metric_name": attributes.metric_name(s),
             "metric_direction": metric_direction,
-            "baseline": a.get("baseline") or {},
-            "n_trials": a.get("n_trials"),
-            "space": a.get("space"),
+            "baseline": attributes.baseline(s),
+            "n_trials": attributes.n_trials(s),
+            "space": a.get(Study.SPACE),
         }
 
     def _analyse(self, trials: Sequence[FrozenTrial], token: str) -> _Analysis:
@@ -324,10 +337,11 @@ class _StudyData:
         measures: dict[str, list[Any]] = {k: [] for k in MEASURES}
         points: list[tuple[FrozenTrial, list[float | None] | None]] = []
         counts = dict.fromkeys(STATES, 0)
-        finished = 0
+        finished = 0  # as the budget counts them (slimtune.trials.driver.counts): not retried, not over budget
+        retried = {optuna_internals.retried_from(t) for t in trials} - {None}
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-            if t.state.is_finished() and _ATTR_OVER not in t.user_attrs:
+            if t.state.is_finished() and t.number not in retried and not attributes.over_budget(t):
                 finished += 1
             m = _measures(t, objectives)
             feasible = _feasible(t)
@@ -335,7 +349,7 @@ class _StudyData:
             columns["state"].append(t.state.name)
             columns["feasible"].append(feasible)
             columns["front"].append(t.number in front_set)
-            columns["duplicate_of"].append(t.user_attrs.get(ATTR_DUPLICATE))
+            columns["duplicate_of"].append(attributes.duplicate_of(t))
             columns["datetime_start"].append(_iso(t.datetime_start))
             columns["datetime_complete"].append(_iso(t.datetime_complete))
             columns["values"].append(_clean(t.values) if t.values is not None else None)
@@ -409,8 +423,7 @@ class _StudyData:
 
     def trial_detail(self, t: FrozenTrial, analysis: _Analysis, downloads: bool = True) -> dict[str, Any]:
         meta = analysis.summary
-        attrs = t.user_attrs
-        plan = attrs.get(ATTR_PLAN) or {}
+        plan = attributes.plan(t) or {}
         baseline = meta.get("baseline") or {}
         m = _measures(t, meta["objectives"])
         rows = []
@@ -425,7 +438,7 @@ class _StudyData:
             if key not in MEASURES:
                 rows.append(_measure_row(key, value, None, None, key))
         url = self.reader.url
-        artifact_id = attrs.get(ATTR_ARTIFACT)
+        artifact_id = attributes.artifact_id(t)
         out_name = f"{self.name}-trial{t.number}.pt".replace("/", "_")
         export = (
             f"slimtune export --storage {shlex.quote(url)} --study {shlex.quote(self.name)} "
@@ -434,7 +447,8 @@ class _StudyData:
         duration = None
         if t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
-        known = {ATTR_PLAN, ATTR_MEASURES, ATTR_CONSTRAINTS, ATTR_TIMES, ATTR_FAIL, ATTR_ARTIFACT, ATTR_NODE, ATTR_DUPLICATE}
+        known = {Trial.PLAN, Trial.MEASURES, Trial.CONSTRAINTS, Trial.TIMES, Trial.FAIL_REASON, Trial.ARTIFACT,
+                 Trial.HOSTNAME, Trial.DUPLICATE_OF}  # fmt: skip
         return {
             "study": self.name,
             "number": t.number,
@@ -454,16 +468,16 @@ class _StudyData:
                 for n, q in (plan.get("quantize") or {}).items()
             ],
             "measures": rows,
-            "constraints": _clean_map(attrs.get(ATTR_CONSTRAINTS) or {}),
-            "times": _clean_map(attrs.get(ATTR_TIMES) or {}),
-            "hostname": attrs.get(ATTR_NODE),
-            "duplicate_of": attrs.get(ATTR_DUPLICATE),
-            "fail_reason": attrs.get(ATTR_FAIL),
+            "constraints": _clean_map(attributes.constraints(t) or {}),
+            "times": _clean_map(attributes.times(t)),
+            "hostname": attributes.hostname(t),
+            "duplicate_of": attributes.duplicate_of(t),
+            "fail_reason": attributes.fail_reason(t),
             "datetime_start": _iso(t.datetime_start),
             "datetime_complete": _iso(t.datetime_complete),
             "duration": duration,
             "intermediate": {str(k): _number(v) for k, v in t.intermediate_values.items()},
-            "user_attrs": {k: _jsonable(v) for k, v in attrs.items() if k not in known},
+            "user_attrs": {k: _jsonable(v) for k, v in t.user_attrs.items() if k not in known},
             "artifact": artifact_id,
             "download": (
                 f"api/studies/{_quote(self.name)}/trials/{t.number}/model" if artifact_id and downloads else None
@@ -474,7 +488,7 @@ class _StudyData:
 
 # ---------------------------------------------------------------------- helpers
 def _measures(t: FrozenTrial, objectives: Sequence[str]) -> dict[str, Any]:
-    m = t.user_attrs.get(ATTR_MEASURES)
+    m = t.user_attrs.get(Trial.MEASURES)  # (not attributes.measures: a malformed value is no mapping)
     if isinstance(m, Mapping):
         return dict(m)
     if t.values is not None and objectives and objectives[0].startswith("value_"):
@@ -483,10 +497,10 @@ def _measures(t: FrozenTrial, objectives: Sequence[str]) -> dict[str, Any]:
 
 
 def _feasible(t: FrozenTrial) -> bool | None:
-    constraints = t.user_attrs.get(ATTR_CONSTRAINTS)
+    constraints = attributes.constraints(t)
     if isinstance(constraints, Mapping):
         return all(float(v) <= 0 for v in constraints.values())
-    values = t.system_attrs.get("constraints")
+    values = optuna_internals.constraint_values(t)  # a study slimtune did not create
     if values is not None:
         return all(float(v) <= 0 for v in values)
     return None

@@ -205,6 +205,8 @@ def test_worker_killed_mid_trial_loses_nothing_and_the_study_resumes(tmp_path: P
         assert len(by_number) == len(trials)  # every trial stored once
         # the killed trial went stale and failed; nothing is left running or waiting
         assert by_number[killed.number].state == TrialState.FAIL
+        reason = by_number[killed.number].user_attrs.get("fail_reason", "")
+        assert reason.startswith("WorkerDied: its worker stopped sending heartbeats"), reason
         assert count(trials, TrialState.RUNNING) == 0 and count(trials, TrialState.WAITING) == 0
         # it was retried once, with the same parameters, and the retry completed
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]

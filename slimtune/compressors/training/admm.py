@@ -90,9 +90,13 @@ class ADMMHook(TrainHook):
         if not (isinstance(rho, (int, float)) and rho > 0):
             raise PlanConfigError(f"admm needs rho > 0, got {rho!r}", field="plan.compressor_params.rho")
         if not (isinstance(rho_growth, (int, float)) and rho_growth >= 1):
-            raise PlanConfigError(f"admm needs rho_growth >= 1, got {rho_growth!r}", field="plan.compressor_params.rho_growth")
+            raise PlanConfigError(
+                f"admm needs rho_growth >= 1, got {rho_growth!r}", field="plan.compressor_params.rho_growth"
+            )
         if not isinstance(iterations, int) or iterations < 1:
-            raise PlanConfigError(f"admm needs a positive integer, got {iterations!r}", field="plan.compressor_params.iterations")
+            raise PlanConfigError(
+                f"admm needs a positive integer, got {iterations!r}", field="plan.compressor_params.iterations"
+            )
         self.graph, self.plan = graph, plan
         self.rho, self.rho_growth, self.iterations = float(rho), float(rho_growth), iterations
         self.data, self.loss_fn = data, loss_fn

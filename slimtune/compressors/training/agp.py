@@ -78,9 +78,13 @@ class AGPHook(TrainHook):
         loss_fn: Any = None,
     ) -> None:
         if not 0.0 <= start <= end <= 1.0:
-            raise PlanConfigError(f"agp needs 0 <= start <= end <= 1, got start={start}, end={end}", field="plan.compressor_params")
+            raise PlanConfigError(
+                f"agp needs 0 <= start <= end <= 1, got start={start}, end={end}", field="plan.compressor_params"
+            )
         if frequency is not None and (not isinstance(frequency, int) or frequency < 1):
-            raise PlanConfigError(f"agp needs a positive integer, got {frequency!r}", field="plan.compressor_params.frequency")
+            raise PlanConfigError(
+                f"agp needs a positive integer, got {frequency!r}", field="plan.compressor_params.frequency"
+            )
         if not 0.0 <= initial <= 1.0:
             raise PlanConfigError(f"agp needs a fraction in [0, 1], got {initial!r}", field="plan.compressor_params.initial")
         self.graph, self.plan = graph, plan

@@ -76,9 +76,13 @@ class BNPenalty(TrainHook):
 def slimming(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:
     """Train a copy of ``model`` with the L1 penalty on BN scales, then prune each group to its target."""
     if params["criterion"] not in ("bn_scale", "plan"):
-        raise PlanConfigError(f"slimming takes 'bn_scale' or 'plan', got {params['criterion']!r}", field="plan.compressor_params.criterion")
+        raise PlanConfigError(
+            f"slimming takes 'bn_scale' or 'plan', got {params['criterion']!r}", field="plan.compressor_params.criterion"
+        )
     if params["criterion"] == "bn_scale" and plan.granularity != "channel":
-        raise PlanConfigError("slimming prunes channels by their BN scale; use granularity 'channel'", field="plan.granularity")
+        raise PlanConfigError(
+            "slimming prunes channels by their BN scale; use granularity 'channel'", field="plan.granularity"
+        )
     work, graph = prepare(model, plan, example_inputs, context.graph)
     if params["criterion"] == "bn_scale":  # groups without a batch norm keep the plan's criterion
         prune = {
