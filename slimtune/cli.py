@@ -35,8 +35,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from slimtune import __version__
-from slimtune import attributes
+from slimtune import __version__, attributes
 from slimtune.errors import SlimtuneError
 from slimtune.trials.spec import Spec, load_spec
 from slimtune.trials.storage import DEFAULT_STORAGE, check_exists
@@ -512,7 +511,8 @@ def _study_line(study: optuna.Study, storage: str, n_trials: int | None = None) 
     trials = study.get_trials(deepcopy=False)
     retried = {optuna_internals.retried_from(t) for t in trials} - {None}
     counted = [t for t in trials if t.state.is_finished() and t.number not in retried and not attributes.over_budget(t)]
-    by_state = {s: sum(1 for t in counted if t.state == s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    by_state = {s: sum(1 for t in counted if t.state == s) for s in states}
     done = counts(study)["done"]  # == len(counted): the progress bar's count
     line = (
         f"study {study.study_name!r} in {storage}: {by_state[TrialState.COMPLETE]} complete, "
@@ -557,7 +557,8 @@ def format_legend(study: optuna.Study, front: pd.DataFrame) -> str:
     lines = [
         "original model: " + (", ".join(original) or "not recorded (a study slimtune did not create)"),
         f"accuracy: the task's metric ({metric}, {'higher' if direction == 'maximize' else 'lower'} is better)",
-        "*_rel: relative, the ratio to the original model (1.000 = as large, 0.500 = half); size_bytes, latency_ms: absolute",
+        "*_rel: relative, the ratio to the original model (1.000 = as large, 0.500 = half); "
+        "size_bytes, latency_ms: absolute",
     ]
     constraints = attributes.study_constraints(study)
     lines.append("constraints: " + ("; ".join(constraints) if constraints else "none"))

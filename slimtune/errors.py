@@ -6,7 +6,8 @@ what to do about it.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class SlimtuneError(Exception):

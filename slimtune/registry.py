@@ -21,10 +21,10 @@ Example:
     Traceback (most recent call last):
     ...
     slimtune.errors.UnknownNameError: unknown shape 'sqare'; did you mean 'square'? known: cube, square
-    >>> SHAPES.register("square", cube)
+    >>> SHAPES.register("square", cube)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    slimtune.errors.DuplicateNameError: shape 'square' is already registered (by slimtune.registry.square); pick another name or pass overwrite=True
+    slimtune.errors.DuplicateNameError: shape 'square' is already registered (by ...square); pick another name ...
 """
 
 from __future__ import annotations

@@ -245,12 +245,11 @@ def _fake_study(url: str, name: str = "fake") -> optuna.Study:
         study.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for acc, flops, feasible in ((0.89, 0.5, True), (0.87, 0.3, True), (0.86, 0.6, True), (0.5, 0.9, False)):
+        for acc, flops in ((0.89, 0.5), (0.87, 0.3), (0.86, 0.6), (0.5, 0.9)):  # the last one infeasible
             measures = {"accuracy": acc, "flops": flops, "flops_abs": flops * 123456, "accuracy_drop": 0.9 - acc}
-            study.add_trial(create_trial(
-                values=[acc, flops], user_attrs={Trial.MEASURES: measures, Trial.CONSTRAINTS: {"accuracy_drop <= 0.05": 0.9 - acc - 0.05}},
-                system_attrs={"constraints": [0.9 - acc - 0.05]},
-            ))  # fmt: skip
+            violation = 0.9 - acc - 0.05
+            user_attrs = {Trial.MEASURES: measures, Trial.CONSTRAINTS: {"accuracy_drop <= 0.05": violation}}
+            study.add_trial(create_trial(values=[acc, flops], user_attrs=user_attrs, system_attrs={"constraints": [violation]}))
         study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={Trial.FAIL_REASON: "RuntimeError: boom"}))
         study.add_trial(create_trial(state=TrialState.PRUNED))
     return study
@@ -344,26 +343,15 @@ assert len(study.trials) == 2
 """
 
 
-@pytest.mark.parametrize(
-    "sensitivity",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                reason="slimtune/trials/sensitivity.py creates its cache study outside quiet_optuna: "
-                "Optuna logs 'A new study created'",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("sensitivity", [False, True])
 def test_no_optuna_log_lines_from_the_api(tmp_path: Path, sensitivity: bool) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SLIMTUNE_ARTIFACTS"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)])
     env.setdefault("OMP_NUM_THREADS", "1")
     code = _NO_OPTUNA_LOGS.replace("SENSITIVITY", str(sensitivity))
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     logs = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("[I ")]
     assert not logs, logs

@@ -15,7 +15,9 @@ from slimtune import errors
 from slimtune.errors import ConfigError, PlanError, SlimtuneError
 
 PACKAGE = Path(slimtune.__file__).parent
-BUILTIN_EXCEPTIONS = {name for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)}
+BUILTIN_EXCEPTIONS = {
+    n for n, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)
+}
 
 
 def _base_name(node: ast.expr) -> str | None:
@@ -65,7 +67,8 @@ def test_no_exception_class_outside_errors_py() -> None:
 
 
 def test_errors_py_defines_each_class_once() -> None:
-    names = [n.name for n in ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)]
+    tree = ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8"))
+    names = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     assert sorted(names) == sorted(set(names))
 
 
@@ -103,7 +106,16 @@ def test_old_import_paths_still_work() -> None:
     from slimtune.dashboard.data import NotFound
     from slimtune.trials.objective import TrialFailure
 
-    assert (ModelFailsError, SlicingError, QuantExportError, QuantizationError, SpeedupError, CompressorError, NotFound, TrialFailure) == (
+    assert (
+        ModelFailsError,
+        SlicingError,
+        QuantExportError,
+        QuantizationError,
+        SpeedupError,
+        CompressorError,
+        NotFound,
+        TrialFailure,
+    ) == (
         errors.ModelFailsError,
         errors.SlicingError,
         errors.QuantExportError,

@@ -131,7 +131,9 @@ def test_unregister(shapes: Registry) -> None:
 def test_field_prefixes_the_message() -> None:
     reg: Registry = Registry("compressor", field="plan.compressor")
     reg.register("admm", square)
-    with pytest.raises(UnknownNameError, match=r"^plan\.compressor: unknown compressor 'amdm'; did you mean 'admm'\?") as info:
+    with pytest.raises(
+        UnknownNameError, match=r"^plan\.compressor: unknown compressor 'amdm'; did you mean 'admm'\?"
+    ) as info:
         reg.get("amdm")
     assert info.value.field == "plan.compressor"
 
@@ -140,7 +142,13 @@ def test_unknown_name_error_pickles() -> None:
     e = UnknownNameError("strategy", "nsga", ["nsga2", "tpe"], field="strategy.name")
     back = pickle.loads(pickle.dumps(e))
     assert type(back) is UnknownNameError and str(back) == str(e)
-    assert (back.kind, back.name, back.known, back.suggestion, back.field) == ("strategy", "nsga", ["nsga2", "tpe"], "nsga2", "strategy.name")
+    assert (back.kind, back.name, back.known, back.suggestion, back.field) == (
+        "strategy",
+        "nsga",
+        ["nsga2", "tpe"],
+        "nsga2",
+        "strategy.name",
+    )
 
 
 def test_closest_name() -> None:
@@ -163,7 +171,9 @@ def test_every_registry_is_a_registry() -> None:
 
 
 def test_criteria_did_you_mean() -> None:
-    with pytest.raises(UnknownNameError, match=r"^unknown criterion 'l11'; did you mean 'l1'\? known: apoz, bn_scale, fpgm, l1, ") as info:
+    with pytest.raises(
+        UnknownNameError, match=r"^unknown criterion 'l11'; did you mean 'l1'\? known: apoz, bn_scale, fpgm, l1, "
+    ) as info:
         get_criterion("l11")
     assert isinstance(info.value, CriterionError)  # the criteria's own error type too
     with pytest.raises(CriterionError, match="did you mean 'fpgm'"):
@@ -176,26 +186,34 @@ def test_criteria_duplicate_is_a_criterion_error() -> None:
 
 
 def test_algorithms_did_you_mean() -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown quantization algorithm 'pacts'; did you mean 'pact'\?") as info:
+    with pytest.raises(
+        UnknownNameError, match=r"unknown quantization algorithm 'pacts'; did you mean 'pact'\?"
+    ) as info:
         get_algorithm("pacts")
     assert isinstance(info.value, QuantizationError)
 
 
 def test_observers_did_you_mean() -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown observer 'min_max'; did you mean 'minmax'\? known: kl, minmax") as info:
+    with pytest.raises(
+        UnknownNameError, match=r"unknown observer 'min_max'; did you mean 'minmax'\? known: kl, minmax"
+    ) as info:
         make_observer("min_max")
     assert isinstance(info.value, QuantizationError)
 
 
 def test_compressors_did_you_mean() -> None:
-    with pytest.raises(UnknownNameError, match=r"^plan\.compressor: unknown compressor 'amdm'; did you mean 'admm'\?") as info:
+    with pytest.raises(
+        UnknownNameError, match=r"^plan\.compressor: unknown compressor 'amdm'; did you mean 'admm'\?"
+    ) as info:
         get_compressor("amdm")
     assert isinstance(info.value, PlanError) and info.value.field == "plan.compressor"
     assert get_compressor("agp") is COMPRESSORS["agp"] and COMPRESSORS["agp"].trains
 
 
 def test_strategies_did_you_mean() -> None:
-    with pytest.raises(UnknownNameError, match=r"^unknown strategy 'nsga'; did you mean 'nsga2'\? known: admm, ") as info:
+    with pytest.raises(
+        UnknownNameError, match=r"^unknown strategy 'nsga'; did you mean 'nsga2'\? known: admm, "
+    ) as info:
         get_strategy("nsga")
     assert isinstance(info.value, ValueError)
     assert get_strategy("nsga2").name == "nsga2"

@@ -267,7 +267,7 @@ class Propagation:
             elif not multi and isinstance(value, list):
                 value = value[0] if value else None
             return value
-        for types, rule in _MODULE_RULES:
+        for types, rule in MODULE_RULES:
             if isinstance(module, types):
                 return rule(self, node, module)
         return _fallback(self, node, f"module {name!r} ({type(module).__name__})", module=module)
@@ -1423,7 +1423,7 @@ _POOL_MODULES = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
 )
-_MODULE_RULES: list[tuple[Any, Callable[..., Any]]] = [
+MODULE_RULES: list[tuple[Any, Callable[..., Any]]] = [
     (nn.PReLU, _prelu_module),
     (_ACT_MODULES, _passthrough_module(activation=True)),
     (_PASS_MODULES, _passthrough_module(activation=False)),

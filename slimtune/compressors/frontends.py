@@ -109,10 +109,10 @@ _RULED_MODULES: tuple[type, ...] = ()
 def _ruled_modules() -> tuple[type, ...]:
     global _RULED_MODULES
     if not _RULED_MODULES:
-        from slimtune.compressors._propagate import _MODULE_RULES
+        from slimtune.compressors._propagate import MODULE_RULES
 
         types: list[type] = []
-        for t, _ in _MODULE_RULES:
+        for t, _ in MODULE_RULES:
             types.extend(t if isinstance(t, tuple) else (t,))
         _RULED_MODULES = tuple(types)
     return _RULED_MODULES
@@ -192,18 +192,19 @@ class _Outputs(nn.Module):
         self.model = model
 
     def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(_tensors(self.model(*args)))
+        return tuple(output_tensors(self.model(*args)))
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def output_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (nested tuples, lists, dicts, dataclasses and HF ModelOutputs)."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in output_tensors(v)]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in output_tensors(v)]
     if hasattr(value, "__dict__"):
-        return [t for v in vars(value).values() for t in _tensors(v)]
+        return [t for v in vars(value).values() for t in output_tensors(v)]
     return []
 
 

@@ -608,7 +608,7 @@ def _check(graph: ModelGraph, inputs: tuple[Any, ...]) -> None:
 
 def _try_groups(graph: ModelGraph, inputs: tuple[Any, ...], names: list[str]) -> str | None:
     from slimtune.compressors.compress import compress
-    from slimtune.compressors.frontends import _tensors
+    from slimtune.compressors.frontends import output_tensors
     from slimtune.compressors.plan import CompressionPlan, PruneSpec
 
     plan = CompressionPlan({n: PruneSpec(0.5, "l1") for n in names if graph.groups[n].n_prune(0.5) > 0})
@@ -619,7 +619,7 @@ def _try_groups(graph: ModelGraph, inputs: tuple[Any, ...], names: list[str]) ->
             warnings.simplefilter("ignore")
             masked = compress(graph.model, plan, inputs, speedup=False, graph=graph).eval()
             small = compress(graph.model, plan, inputs, speedup=True, graph=graph).eval()
-            ym, ys = _tensors(masked(*inputs)), _tensors(small(*inputs))
+            ym, ys = output_tensors(masked(*inputs)), output_tensors(small(*inputs))
     except Exception as e:  # noqa: BLE001 - the reason of the pin
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if len(ym) != len(ys) or any(a.shape != b.shape for a, b in zip(ym, ys)):

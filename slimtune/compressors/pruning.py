@@ -50,11 +50,11 @@ def select_channels(graph: ModelGraph, plan: CompressionPlan, ctx: CriterionCont
         if n == 0:
             continue
         scores = score_group(group, spec.criterion, ctx)
-        pruned[name] = _lowest(group, scores, n)
+        pruned[name] = lowest_scores(group, scores, n)
     return pruned
 
 
-def _lowest(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
+def lowest_scores(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
     """The ``n`` lowest-scoring channels, equally many per block, never emptying a layer.
 
     When the group's producers each hold only some of its channels (the pieces of a split, say),

@@ -288,10 +288,8 @@ class _StudyData:
         if isinstance(number, str):
             text = number.strip()
             if not re.fullmatch(r"[+-]?\d+", text):
-                raise NotFound(
-                    f"study {self.name!r} has no trial {number!r}: a trial is named by its number "
-                    f"(0 to {len(trials) - 1})" if trials else f"study {self.name!r} has no trial {number!r}: it has no trials"
-                )
+                which = f"(0 to {len(trials) - 1})" if trials else "(it has no trials)"
+                raise NotFound(f"study {self.name!r} has no trial {number!r}: a trial is named by its number {which}")
             number = int(text)
         if 0 <= number < len(trials) and trials[number].number == number:
             return trials[number]

@@ -120,7 +120,9 @@ class SpaceOptions:
             if choices is None:
                 continue
             choices = tuple(choices)
-            wrong = [b for b in choices if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == 32)]
+            wrong = [
+                b for b in choices if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == 32)
+            ]
             if not choices or wrong:
                 raise _bad(name, f"{list(choices)!r} must be a non-empty list of bit-widths in 1-8 or 32")
             object.__setattr__(self, name, tuple(sorted(set(choices))))
@@ -140,7 +142,8 @@ class SpaceOptions:
         if unknown:
             close = closest_name(unknown[0], ALGORITHMS)
             hint = f" did you mean {close!r}?" if close else ""
-            raise _bad("quant_algorithm", f"unknown algorithm(s) {unknown};{hint} known: {', '.join(ALGORITHMS.names())}")
+            known = ", ".join(ALGORITHMS.names())
+            raise _bad("quant_algorithm", f"unknown algorithm(s) {unknown};{hint} known: {known}")
         if not self.bits_w and not self.bits_a:
             raise _bad("quant_algorithm", "quantizes nothing: the space searches no bit-widths (set bits_w or bits_a)")
         quantized = [b for b in self.bits_w or () if b != 32]

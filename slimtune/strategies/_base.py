@@ -34,7 +34,8 @@ class Strategy:
             close = closest_name(unknown[0], self.defaults)
             hint = f" did you mean {close!r}?" if close else ""
             raise StrategyError(
-                f"strategy {self.name!r}: unknown parameter(s) {unknown};{hint} known: {known}", field=f"strategy.{unknown[0]}"
+                f"strategy {self.name!r}: unknown parameter(s) {unknown};{hint} known: {known}",
+                field=f"strategy.{unknown[0]}",
             )
         self.params = {**self.defaults, **params}
 

@@ -176,7 +176,8 @@ def _bits_latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
     layers = list(space.quant_layers)
     if not layers:
         raise StrategyError(
-            "a bit-width latency budget needs quantizable layers: set space.bits_w (e.g. [4, 8, 32])", field="space.bits_w"
+            "a bit-width latency budget needs quantizable layers: set space.bits_w (e.g. [4, 8, 32])",
+            field="space.bits_w",
         )
     if study is not None:
         cached = study.user_attrs.get(_BITS_LUT_ATTR)

@@ -206,7 +206,8 @@ class ADMM(Strategy):
         check_inner(self.name, p)
         if p["allocation"] not in ALLOCATIONS:
             raise StrategyError(
-                f"strategy {self.name!r}: strategy.allocation {p['allocation']!r} must be one of {', '.join(ALLOCATIONS)}",
+                f"strategy {self.name!r}: strategy.allocation {p['allocation']!r} must be one of "
+                f"{', '.join(ALLOCATIONS)}",
                 field="strategy.allocation",
             )
         self.compressor_params = check_admm_params(self.name, p["compressor_params"])
@@ -220,7 +221,8 @@ class ADMM(Strategy):
         for knob in self.tune:
             if knob in self.compressor_params:
                 raise StrategyError(
-                    f"strategy {self.name!r}: strategy.compressor_params.{knob} is also tuned (strategy.tune): drop one",
+                    f"strategy {self.name!r}: strategy.compressor_params.{knob} is also tuned (strategy.tune): "
+                    "drop one",
                     field=f"strategy.compressor_params.{knob}",
                 )
         self.rho_range = _range(self.name, "rho_range", p["rho_range"], integer=False)

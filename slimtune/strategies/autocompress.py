@@ -510,7 +510,8 @@ class AutoCompress(Strategy):
         purify = p["purify"]
         if isinstance(purify, bool) or not isinstance(purify, (int, float)) or not purify >= 0:
             raise StrategyError(
-                f"strategy {self.name!r}: strategy.purify {purify!r} must be a number >= 0 (0: off)", field="strategy.purify"
+                f"strategy {self.name!r}: strategy.purify {purify!r} must be a number >= 0 (0: off)",
+                field="strategy.purify",
             )
         if p["proposal_finetune"] is not None:
             if not isinstance(p["proposal_finetune"], Mapping):

@@ -539,7 +539,9 @@ class NetAdapt(Strategy):
                 try:
                     check_finetune_overrides(v)
                 except Exception as e:
-                    raise StrategyError(f"strategy {self.name!r}: strategy.{key}: {e}", field=f"strategy.{key}") from None
+                    raise StrategyError(
+                        f"strategy {self.name!r}: strategy.{key}: {e}", field=f"strategy.{key}"
+                    ) from None
         if not isinstance(p["inherit_weights"], bool):
             raise StrategyError(
                 f"strategy {self.name!r}: strategy.inherit_weights {p['inherit_weights']!r} must be true or false",

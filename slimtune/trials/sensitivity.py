@@ -54,6 +54,7 @@ from slimtune.compressors.graph import trace
 from slimtune.compressors.sensitivity import analyze_bit_sensitivity, analyze_sensitivity
 from slimtune.errors import SlimtuneError
 from slimtune.search_spaces import SpaceOptions
+from slimtune.trials.driver import quiet_optuna
 from slimtune.trials.storage import CACHE_PREFIX, make_storage
 from slimtune.trials.task import evaluate_original
 
@@ -165,7 +166,8 @@ def _cached_table(
     """The table cached in study ``name`` of the storage, or ``compute(baseline, done, on_result)``
     stored there, row by row (``done``: the rows already stored, keyed by ``row_key``'s columns).
     """
-    cache = optuna.create_study(study_name=name, storage=make_storage(storage), load_if_exists=True)
+    with quiet_optuna():  # Optuna's "A new study created" line: the analysis logs its own
+        cache = optuna.create_study(study_name=name, storage=make_storage(storage), load_if_exists=True)
     attrs = cache.user_attrs
     cached = attrs.get("table")
     if cached is not None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from slimtune.compressors import CompressionPlan, compress, trace
-from slimtune.compressors.frontends import _tensors
+from slimtune.compressors.frontends import output_tensors
 from slimtune.compressors.handlers import handler_for
 from slimtune.examples.zoo import ZOO
 
@@ -74,7 +74,7 @@ def test_zoo_smaller_equals_masked(traced, name, criterion):
         with torch.no_grad():
             y_masked, y_small = masked(*fresh), small(*fresh)
         assert type(y_small) is type(reference)  # the output type is the model's own
-        diff = _relative_diff(_tensors(y_masked), _tensors(y_small))
+        diff = _relative_diff(output_tensors(y_masked), output_tensors(y_small))
         assert diff <= 1e-4, (name, criterion, s, diff)
         # the layers have the counts the graph predicts
         for layer, counts in graph.channel_counts(plan).items():
@@ -199,7 +199,7 @@ def test_activation_criteria_on_exported_graphs(traced, name):
     masked = compress(model, plan, inputs, speedup=False, data=data, graph=graph).eval()
     small = compress(model, plan, inputs, data=data, graph=graph).eval()
     with torch.no_grad():
-        assert _relative_diff(_tensors(masked(*inputs)), _tensors(small(*inputs))) <= 1e-4
+        assert _relative_diff(output_tensors(masked(*inputs)), output_tensors(small(*inputs))) <= 1e-4
 
 
 def test_masks_applied_twice_keep_the_intersection_in_layer_norms(traced):

@@ -159,6 +159,15 @@ def test_bad_requests_are_404_with_a_message(server: Server) -> None:
     assert status == 404 and "'nobody'" in body["error"]
     status, body = server.get("api/studies/nsga2-a/trials/9999")
     assert status == 404 and body["error"] == "study 'nsga2-a' has no trial 9999 (it has 41 trials, numbered from 0)"
+    status, body = server.get("api/studies/nsga2-a/trials/-1")
+    assert status == 404 and "has no trial -1" in body["error"]
+    for path in ("api/studies/nsga2-a/trials/abc", "api/studies/nsga2-a/trials/abc/model"):
+        status, body = server.get(path)
+        assert status == 404 and body["error"] == (
+            "study 'nsga2-a' has no trial 'abc': a trial is named by its number (0 to 40)"
+        ), (path, body)
+    status, body = server.get("api/studies/nobody/trials/abc")
+    assert status == 404 and "study 'nobody' does not exist" in body["error"]
     status, body = server.get("api/studies/tpe-b/trials/0/model")
     assert status == 404 and "has no saved model" in body["error"]
     status, body = server.get("api/nothing")
@@ -229,7 +238,8 @@ def test_start_up_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
     assert "slimtune: error: storage sqlite:///missing.db: no such file" in err and not (tmp_path / "missing.db").exists()
     (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
     assert main(["dashboard", "--storage", "sqlite:///junk.db"]) == 2
-    assert "slimtune: error: storage 'sqlite:///junk.db' cannot be opened" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "slimtune: error: storage sqlite:///junk.db: the SQLite file" in err and "is corrupt" in err
     assert main(["report", "--storage", "journal:///nothere.log", "--out", "r.html"]) == 2
     assert "no such file" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
 
@@ -274,3 +284,24 @@ def test_bit_width_sensitivity_tables() -> None:
     assert not uses_table({"baseline": {"accuracy": 0.9}, "space": {"bits_w": [2, 8]}}, table)
     assert not uses_table({"baseline": {"accuracy": 0.8}, "space": {"bits_w": [4, 8]}}, table)
     assert sensitivity_matrix(SENSITIVITY_PREFIX + "y", {}) is None  # a cache whose table is still computed
+
+
+def test_finished_counts_as_the_budget_does(tmp_path: Path) -> None:
+    """A trial retried after its worker died, and one asked for once the budget was used, are not
+    counted as finished (as slimtune.trials.driver.counts and the progress bar count)."""
+    import warnings
+
+    from fake_studies import add_study
+    from slimtune.attributes import Trial
+    from slimtune.trials.driver import counts
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = add_study(url, "c", 3)  # budget (n_trials) 3: 3 finished trials
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={Trial.FAIL_REASON: "WorkerDied"}))
+        study.add_trial(optuna.trial.create_trial(values=[0.9, 0.5], system_attrs={"failed_trial": 3}))
+        study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={Trial.OVER_BUDGET: True}))
+    summary = StorageReader.open(url).study("c")
+    assert summary["finished"] == counts(study)["done"] == 4
+    assert summary["n_trials"] == 3 and summary["status"] == "finished"

@@ -62,7 +62,9 @@ class Criterion(Protocol):
     def __call__(self, group: Group, ctx: CriterionContext) -> torch.Tensor: ...
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion", unknown_error=UnknownCriterionError, duplicate_error=CriterionError)
+CRITERIA: Registry[Criterion] = Registry(
+    "criterion", unknown_error=UnknownCriterionError, duplicate_error=CriterionError
+)
 """Registered criteria by name (the name a plan or a spec writes)."""
 
 _C = TypeVar("_C", bound=Callable[..., torch.Tensor])

@@ -244,7 +244,9 @@ def register_handler(handler: LayerHandler) -> LayerHandler:
     """
     for h in _HANDLERS:
         if h.name == handler.name and type(h) is not type(handler):
-            raise DuplicateNameError(f"a layer handler named {handler.name!r} is already registered ({type(h).__name__})")
+            raise DuplicateNameError(
+                f"a layer handler named {handler.name!r} is already registered ({type(h).__name__})"
+            )
     _HANDLERS[:] = [h for h in _HANDLERS if h.name != handler.name]
     _HANDLERS.insert(0, handler)
     return handler

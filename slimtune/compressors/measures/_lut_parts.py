@@ -362,7 +362,8 @@ def inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
         meta = node.meta.get("tensor_meta")
         if meta is None:
             raise MeasureError(
-                f"LatencyTable.build needs example_inputs: no shape known for input {node.name!r}", field="example_inputs"
+                f"LatencyTable.build needs example_inputs: no shape known for input {node.name!r}",
+                field="example_inputs",
             )
         out.append(torch.randn(tuple(meta.shape)).to(meta.dtype))
     return tuple(out)

@@ -158,7 +158,8 @@ class BitsLatencyTable:
         clock = clock or ("cpu" if threads == 1 else "wall")
         if clock == "cpu" and threads != 1:
             raise MeasureError(
-                f"BitsLatencyTable.build: clock='cpu' measures one thread; it needs threads=1, got {threads}", field="clock"
+                f"BitsLatencyTable.build: clock='cpu' measures one thread; it needs threads=1, got {threads}",
+                field="clock",
             )
         t_start = time.perf_counter()
         float_model = copy.deepcopy(model).eval()

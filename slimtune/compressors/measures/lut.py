@@ -221,7 +221,9 @@ class LatencyTable:
                 raise MeasureError(f"grid ratio {r!r} is outside (0, 1]", field="grid")
         clock = clock or ("cpu" if threads == 1 else "wall")
         if clock == "cpu" and threads != 1:
-            raise MeasureError(f"clock='cpu' measures one thread; it needs threads=1, got threads={threads}", field="clock")
+            raise MeasureError(
+                f"clock='cpu' measures one thread; it needs threads=1, got threads={threads}", field="clock"
+            )
         settings = Settings(warmup, repeats, burst, quantile, clock, min_time_s)
         if stable_allocator:
             stabilize_allocator()

@@ -196,7 +196,9 @@ def _check_bits(bits: Mapping[str, int] | None, model: nn.Module) -> dict[str, i
             raise MeasureError(f"bits: unknown layer {layer!r}; it is not a module name of the model", field="bits")
         m = modules[layer]
         if not (hasattr(m, "weight_orig") or isinstance(getattr(m, "weight", None), torch.Tensor)):
-            raise MeasureError(f"bits: layer {layer!r} ({type(m).__name__}) has no weight tensor to quantize", field="bits")
+            raise MeasureError(
+                f"bits: layer {layer!r} ({type(m).__name__}) has no weight tensor to quantize", field="bits"
+            )
         if b is None:
             continue
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:

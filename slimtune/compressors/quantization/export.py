@@ -477,7 +477,9 @@ def export_int8(
     if mode not in ("auto", "static", "dynamic"):
         raise ArgumentError(f"export_int8: mode must be 'auto', 'static' or 'dynamic', got {mode!r}", field="mode")
     if not isinstance(model, nn.Module):
-        raise ArgumentTypeError(f"export_int8: model must be a torch.nn.Module, got {type(model).__name__}", field="model")
+        raise ArgumentTypeError(
+            f"export_int8: model must be a torch.nn.Module, got {type(model).__name__}", field="model"
+        )
     args = _as_args(example_inputs)
     ranges = _learned_ranges(model)
     float_model, mode, wrapped = _from_wrappers(model, mode)

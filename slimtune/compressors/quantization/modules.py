@@ -184,7 +184,9 @@ class QuantWrapper(nn.Module):
             params.update(self.quantized_weights())
             return torch.func.functional_call(self.layer, params, (x, *rest))
         if rest:
-            raise ArgumentTypeError(f"layer {self.name!r} ({type(self.layer).__name__}) takes one input, got {1 + len(rest)}")
+            raise ArgumentTypeError(
+                f"layer {self.name!r} ({type(self.layer).__name__}) takes one input, got {1 + len(rest)}"
+            )
         if self.mode == "calibrating" and self.algorithm.needs_range(self):
             self.observer.observe(x)
         else:

@@ -156,7 +156,8 @@ class TrainingContext:
         try:
             return dataclasses.replace(self.config, **changes)
         except PlanConfigError as e:
-            raise PlanConfigError(e.problem, field=f"plan.compressor_params.{e.field.removeprefix('finetune.')}") from None
+            option = e.field.removeprefix("finetune.")
+            raise PlanConfigError(e.problem, field=f"plan.compressor_params.{option}") from None
 
     def train(
         self,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from slimtune.compressors.criteria import CriterionContext, score_group
-from slimtune.compressors.pruning import _lowest, apply_channel_masks, clone_model, make_permanent
+from slimtune.compressors.pruning import lowest_scores, apply_channel_masks, clone_model, make_permanent
 from slimtune.errors import PlanError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def select(
         scores = score_group(group, plan.prune[name].criterion, ctx).clone()
         if name in previous and len(previous[name]):
             scores[previous[name]] = -math.inf
-        out[name] = _lowest(group, scores, n)
+        out[name] = lowest_scores(group, scores, n)
     return out
 
 

@@ -175,7 +175,9 @@ def admm(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: 
     selection = select(work, graph, plan, targets, None, context.calibration, context.loss_fn)
     purify = params.get("purify") or 0.0
     if isinstance(purify, bool) or not isinstance(purify, (int, float)) or not purify >= 0:
-        raise PlanConfigError(f"admm needs a number >= 0 (0: off), got {purify!r}", field="plan.compressor_params.purify")
+        raise PlanConfigError(
+            f"admm needs a number >= 0 (0: off), got {purify!r}", field="plan.compressor_params.purify"
+        )
     if purify > 0 and plan.granularity == "channel":
         purified = purify_selection(work, graph, selection, purify)
         context.info["purified"] = {g: n for g, n in purified.items() if n}

@@ -86,7 +86,9 @@ class AGPHook(TrainHook):
                 f"agp needs a positive integer, got {frequency!r}", field="plan.compressor_params.frequency"
             )
         if not 0.0 <= initial <= 1.0:
-            raise PlanConfigError(f"agp needs a fraction in [0, 1], got {initial!r}", field="plan.compressor_params.initial")
+            raise PlanConfigError(
+                f"agp needs a fraction in [0, 1], got {initial!r}", field="plan.compressor_params.initial"
+            )
         self.graph, self.plan = graph, plan
         self.start_frac, self.end_frac, self.frequency, self.initial = start, end, frequency, initial
         self.data, self.loss_fn = data, loss_fn

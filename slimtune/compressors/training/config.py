@@ -63,7 +63,9 @@ class KDConfig:
                 )
             object.__setattr__(self, "feature_layers", tuple(self.feature_layers))
         if self.relation_layer is not None and not isinstance(self.relation_layer, str):
-            raise PlanConfigError(f"must be a module name, got {self.relation_layer!r}", field="finetune.kd.relation_layer")
+            raise PlanConfigError(
+                f"must be a module name, got {self.relation_layer!r}", field="finetune.kd.relation_layer"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KDConfig:

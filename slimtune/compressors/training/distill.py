@@ -111,7 +111,9 @@ class Distiller:
         if cfg.relation > 0 and cfg.relation_layer is not None:
             n = cfg.relation_layer
             if n not in s_mods or n not in t_mods:
-                raise PlanConfigError(f"no module {n!r} in both student and teacher", field="finetune.kd.relation_layer")
+                raise PlanConfigError(
+                    f"no module {n!r} in both student and teacher", field="finetune.kd.relation_layer"
+                )
             watched.append(n)
         for key, mods in (("s", s_mods), ("t", t_mods)):
             for n in dict.fromkeys(watched):

@@ -93,7 +93,9 @@ def lottery(model: nn.Module, plan: CompressionPlan, example_inputs: Any, contex
     """Train, prune and rewind a copy of ``model`` ``rounds`` times; returns the rewound ticket."""
     rounds, step = params["rounds"], params["rewind"]
     if not isinstance(rounds, int) or rounds < 1:
-        raise PlanConfigError(f"lottery needs a positive integer, got {rounds!r}", field="plan.compressor_params.rounds")
+        raise PlanConfigError(
+            f"lottery needs a positive integer, got {rounds!r}", field="plan.compressor_params.rounds"
+        )
     if not isinstance(step, int) or step < 0:
         raise PlanConfigError(f"lottery needs a step count >= 0, got {step!r}", field="plan.compressor_params.rewind")
     work, graph = prepare(model, plan, example_inputs, context.graph)

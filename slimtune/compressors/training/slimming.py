@@ -52,7 +52,9 @@ class BNPenalty(TrainHook):
 
     def __init__(self, penalty: float) -> None:
         if not (isinstance(penalty, (int, float)) and penalty >= 0):
-            raise PlanConfigError(f"slimming needs a penalty >= 0, got {penalty!r}", field="plan.compressor_params.penalty")
+            raise PlanConfigError(
+                f"slimming needs a penalty >= 0, got {penalty!r}", field="plan.compressor_params.penalty"
+            )
         self.penalty_weight = float(penalty)
         self.scales: list[nn.Parameter] = []
 
@@ -77,7 +79,8 @@ def slimming(model: nn.Module, plan: CompressionPlan, example_inputs: Any, conte
     """Train a copy of ``model`` with the L1 penalty on BN scales, then prune each group to its target."""
     if params["criterion"] not in ("bn_scale", "plan"):
         raise PlanConfigError(
-            f"slimming takes 'bn_scale' or 'plan', got {params['criterion']!r}", field="plan.compressor_params.criterion"
+            f"slimming takes 'bn_scale' or 'plan', got {params['criterion']!r}",
+            field="plan.compressor_params.criterion",
         )
     if params["criterion"] == "bn_scale" and plan.granularity != "channel":
         raise PlanConfigError(
