@@ -32,8 +32,9 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from slimtune import __version__, attributes
 from slimtune.errors import SlimtuneError
@@ -213,7 +214,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", metavar="URL", help="override the spec's storage (an Optuna storage URL)")
     parser.add_argument("--study", metavar="NAME", help="override the spec's study name")
     parser.add_argument(
-        "--backend", choices=("local", "ray"), help="override the spec's backend: trials in this process or on Ray workers"
+        "--backend",
+        choices=("local", "ray"),
+        help="override the spec's backend: trials in this process or on Ray workers",
     )
     parser.add_argument(
         "--ray-address",
@@ -241,11 +244,21 @@ def _add_dashboard_commands(command: Callable[..., argparse.ArgumentParser]) -> 
         "Needs the dashboard extra: pip install 'slimtune[dashboard]'.",
     )
     dashboard.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file whose storage to show")
-    dashboard.add_argument("--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
-    dashboard.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine only)")
-    dashboard.add_argument("--port", type=_int_at_least(0), default=8080, help="the port (default: 8080; 0: any free port)")
     dashboard.add_argument(
-        "--poll", type=_positive_float, default=1.5, metavar="SECONDS", help="how often the page checks for changes (default: 1.5)"
+        "--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})"
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    dashboard.add_argument(
+        "--port", type=_int_at_least(0), default=8080, help="the port (default: 8080; 0: any free port)"
+    )
+    dashboard.add_argument(
+        "--poll",
+        type=_positive_float,
+        default=1.5,
+        metavar="SECONDS",
+        help="how often the page checks for changes (default: 1.5)",
     )
     report = command(
         "report",
@@ -255,13 +268,17 @@ def _add_dashboard_commands(command: Callable[..., argparse.ArgumentParser]) -> 
         "included: it opens offline, without slimtune). Needs plotly (pip install 'slimtune[dashboard]').",
     )
     report.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file whose storage to report")
-    report.add_argument("--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
+    report.add_argument(
+        "--storage", metavar="URL", help=f"an Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})"
+    )
     report.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write (e.g. report.html)")
     report.add_argument(
         "--study", action="append", metavar="NAME", help="include only this study (repeat for several; default: all)"
     )
     report.add_argument(
-        "--trials", choices=("all", "front", "none"), default="all",
+        "--trials",
+        choices=("all", "front", "none"),
+        default="all",
         help="which trials get a trial view in the file (default: all; front keeps the file small)",
     )
 
@@ -444,9 +461,7 @@ def format_front(front: pd.DataFrame) -> str:
 
     ``latency_ms`` is shown only when measured; missing values print as ``-``.
     """
-    columns = [
-        c for c in TABLE_COLUMNS if c in front.columns and not (c == "latency_ms" and front[c].isna().all())
-    ]
+    columns = [c for c in TABLE_COLUMNS if c in front.columns and not (c == "latency_ms" and front[c].isna().all())]
     table = front[columns].copy()
     for column in columns:
         fmt = TABLE_COLUMNS[column]
@@ -464,9 +479,7 @@ def format_sensitivity(table: pd.DataFrame) -> str:
         return "(no prunable groups)"
     groups = list(dict.fromkeys(table["group"]))
     pivot = table.pivot(index="group", columns="level", values="drop").reindex(groups)
-    pivot.columns = [
-        f"{level:.0%}" if round(level * 100, 9).is_integer() else f"{level:g}" for level in pivot.columns
-    ]
+    pivot.columns = [f"{level:.0%}" if round(level * 100, 9).is_integer() else f"{level:g}" for level in pivot.columns]
     if "channels" in table.columns:
         pivot.insert(0, "channels", table.groupby("group")["channels"].first().reindex(groups))
     width = max(len("group"), *(len(g) for g in groups))
@@ -617,7 +630,10 @@ def _load_run_spec(args: argparse.Namespace) -> Spec:
     spec = load_spec(
         args.spec,
         overrides={
-            "n_trials": args.n_trials, "timeout": args.timeout, "storage": args.storage, "study": args.study,
+            "n_trials": args.n_trials,
+            "timeout": args.timeout,
+            "storage": args.storage,
+            "study": args.study,
             "backend": args.backend,
         },
     )
@@ -625,7 +641,9 @@ def _load_run_spec(args: argparse.Namespace) -> Spec:
     ray = {key: value for key, value in ray.items() if value is not None}
     if ray:
         if args.backend == "local":
-            raise SlimtuneError("--ray-address and --max-concurrent-trials apply to the Ray backend, not --backend local")
+            raise SlimtuneError(
+                "--ray-address and --max-concurrent-trials apply to the Ray backend, not --backend local"
+            )
         from dataclasses import replace
 
         from slimtune.trials.config import RayOptions

@@ -21,7 +21,8 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Hashable
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState

@@ -33,8 +33,9 @@ import re
 import socket
 import sys
 import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -133,7 +134,10 @@ def create_app(reader: StorageReader, poll_seconds: float = 1.5, warm: bool = Tr
         NotFound: lambda request, exc: _json({"error": str(exc)}, 404),
         SlimtuneError: lambda request, exc: _json({"error": str(exc)}, 503),
         HTTPException: lambda request, exc: _json(
-            {"error": f"{request.url.path}: {exc.detail}" + ("; the API lives under /api/" if exc.status_code == 404 else "")},
+            {
+                "error": f"{request.url.path}: {exc.detail}"
+                + ("; the API lives under /api/" if exc.status_code == 404 else "")
+            },
             exc.status_code,
         ),
         Exception: lambda request, exc: _json({"error": f"{type(exc).__name__}: {exc}"}, 503),
@@ -153,7 +157,9 @@ def _warm(reader: StorageReader) -> None:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(to_json(data), status_code=status, media_type="application/json", headers={"Cache-Control": "no-store"})
+    return Response(
+        to_json(data), status_code=status, media_type="application/json", headers={"Cache-Control": "no-store"}
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -170,7 +176,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as e:
         sock.close()
-        raise SlimtuneError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port (0: any free port)") from None
+        raise SlimtuneError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port (0: any free port)"
+        ) from None
     sock.set_inheritable(True)
     return sock
 

@@ -28,8 +28,9 @@ import os
 import re
 import shlex
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -178,7 +179,9 @@ class StorageReader:
         base = attributes.artifacts_dir(data.frozen) or ""
         path = Path(base) / str(artifact_id)
         if os.sep in str(artifact_id) or not base or not path.is_file():
-            raise NotFound(f"the saved model of trial {number} of study {name!r} is missing from {base or '(no artifacts_dir)'}")
+            raise NotFound(
+                f"the saved model of trial {number} of study {name!r} is missing from {base or '(no artifacts_dir)'}"
+            )
         return path, f"{name}-trial{number}.pt"
 
     # ------------------------------------------------------------------ sensitivity
@@ -367,7 +370,11 @@ class _StudyData:
         ref = reference_point(objectives, directions, meta["baseline"], meta["constraints"], observed)
         progress = {"objectives": objectives, "directions": directions, "reference": ref}
         for order in ("number", "time"):
-            key = (lambda tp: tp[0].number) if order == "number" else (lambda tp: (_ts(tp[0].datetime_complete), tp[0].number))
+            key = (
+                (lambda tp: tp[0].number)
+                if order == "number"
+                else (lambda tp: (_ts(tp[0].datetime_complete), tp[0].number))
+            )
             hist = History(directions, ref)
             steps: dict[str, list[Any]] = {"number": [], "elapsed": [], "datetime": [], "hypervolume": []}
             best: dict[str, list[Any]] = {o: [] for o in objectives}
@@ -427,7 +434,9 @@ class _StudyData:
         rows = []
         if "accuracy" in m:
             orig = baseline.get("accuracy")
-            rows.append(_measure_row(meta["metric_name"], m.get("accuracy"), orig, _ratio(m.get("accuracy"), orig), "accuracy"))
+            rows.append(
+                _measure_row(meta["metric_name"], m.get("accuracy"), orig, _ratio(m.get("accuracy"), orig), "accuracy")
+            )
             rows.append(_measure_row(meta["metric_name"] + " drop", m.get("accuracy_drop"), 0.0, None, "accuracy_drop"))
         for key in ("flops", "params", "size", "latency"):
             if m.get(key) is not None or m.get(key + "_abs") is not None:

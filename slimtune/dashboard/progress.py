@@ -23,7 +23,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG hypervolume (optuna >= 4.0)
@@ -33,7 +34,9 @@ from slimtune.trials.cost import OBJECTIVES, parse_constraint
 __all__ = ["History", "hypervolume", "objective_directions", "reference_point"]
 
 
-def objective_directions(objectives: Sequence[str], metric_direction: str, study_directions: Sequence[str]) -> list[str]:
+def objective_directions(
+    objectives: Sequence[str], metric_direction: str, study_directions: Sequence[str]
+) -> list[str]:
     """The direction of each objective (a weighted study stores one direction for its scalar)."""
     if len(study_directions) == len(objectives):
         return list(study_directions)

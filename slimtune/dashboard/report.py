@@ -20,8 +20,8 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from slimtune.dashboard._page import STATIC, page_html, plotly_js_source, script_json
 from slimtune.dashboard.data import StorageReader
@@ -29,9 +29,8 @@ from slimtune.errors import SlimtuneError
 
 __all__ = ["build_report", "write_report"]
 
-def build_report(
-    storage: str | StorageReader, studies: Sequence[str] | None = None, details: str = "all"
-) -> str:
+
+def build_report(storage: str | StorageReader, studies: Sequence[str] | None = None, details: str = "all") -> str:
     """The report's HTML.
 
     Args:

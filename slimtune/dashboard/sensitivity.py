@@ -8,7 +8,8 @@ user attributes of a study named ``slimtune-sensitivity-<key>``: the rows, the o
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["sensitivity_matrix", "uses_table"]
 
@@ -60,7 +61,9 @@ def uses_table(study_attrs: Mapping[str, Any], table: Mapping[str, Any]) -> bool
     space = study_attrs.get("space") or {}
     if table["kind"] == "pruning":
         levels = [float(v) for v in space.get("levels") or []]
-        return space.get("criterion") == table.get("criterion") and sorted(levels) == [float(c) for c in table["columns"]]
+        return space.get("criterion") == table.get("criterion") and sorted(levels) == [
+            float(c) for c in table["columns"]
+        ]
     bits = [b for b in space.get("bits_w") or [] if b != 32]
     return sorted(bits) == [int(c) for c in table["columns"]]
 

@@ -20,8 +20,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from slimtune.errors import ConfigError, SlimtuneError
 from slimtune.search_spaces import SpaceOptions
@@ -93,7 +94,9 @@ class SearchConfig:
             set_(self, "weights", check_weights(self.weights, self.objectives))
         if self.n_trials is None and self.timeout is None:
             raise ConfigError("give n_trials or timeout (or both)", field="n_trials")
-        if self.n_trials is not None and (isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1):
+        if self.n_trials is not None and (
+            isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1
+        ):
             raise ConfigError(f"must be >= 1, got {self.n_trials!r}", field="n_trials")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or not self.timeout > 0):
             raise ConfigError(f"must be a number of seconds > 0, got {self.timeout!r}", field="timeout")
@@ -143,7 +146,11 @@ class SearchConfig:
             "progress": self.progress,
             "backend": self.backend,
             "ray": self.ray.to_dict() if isinstance(self.ray, RayOptions) else None,
-            "heartbeat": {"interval": self.heartbeat.interval, "grace_period": self.heartbeat.grace_period, "max_retry": self.heartbeat.max_retry},
+            "heartbeat": {
+                "interval": self.heartbeat.interval,
+                "grace_period": self.heartbeat.grace_period,
+                "max_retry": self.heartbeat.max_retry,
+            },
         }
 
     @classmethod
@@ -170,7 +177,10 @@ def _study_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"expected a non-empty name, got {name!r}", field="study_name")
     if len(name) > MAX_STUDY_NAME:
-        raise ConfigError(f"{len(name)} characters; at most {MAX_STUDY_NAME} (it names folders, URLs and log lines)", field="study_name")
+        raise ConfigError(
+            f"{len(name)} characters; at most {MAX_STUDY_NAME} (it names folders, URLs and log lines)",
+            field="study_name",
+        )
     if any(ch in name for ch in "\n\r\t\x00"):
         raise ConfigError(f"must be one line of printable characters, got {name!r}", field="study_name")
     return name
@@ -178,12 +188,14 @@ def _study_name(name: Any) -> str:
 
 #: Fields of the ``ray`` options (spec section ``ray:``, API argument ``ray=``) and what each holds.
 RAY_FIELDS: dict[str, str] = {
-    "address": "a running Ray cluster, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, else one started with `ray start` on this machine, else a local Ray for the run)",
-    "max_concurrent_trials": "trials running at once, one Ray worker each (default: as many as the cluster's resources hold)",
-    "resources_per_trial": "Ray resources of one trial: cpu, gpu, memory (bytes) or custom resources (default {cpu: 1})",
+    "address": "a running Ray cluster, e.g. 127.0.0.1:6379 (default: $RAY_ADDRESS, else one started with "
+    "`ray start` on this machine, else a local Ray for the run)",
+    "max_concurrent_trials": "trials running at once, one Ray worker each "
+    "(default: as many as the cluster's resources hold)",
+    "resources_per_trial": "Ray resources of one trial: cpu, gpu, memory (bytes) or custom resources "
+    "(default {cpu: 1})",
     "max_retries": "times Ray restarts a worker whose process died (default 3)",
 }
-
 
 
 @dataclass(frozen=True)
@@ -224,31 +236,44 @@ class RayOptions:
     def from_dict(cls, data: Mapping[str, Any], prefix: str = "ray.") -> RayOptions:
         """Validate a mapping of :data:`RAY_FIELDS`; a :class:`~slimtune.errors.ConfigError` names the bad field."""
         if not isinstance(data, Mapping):
-            raise ConfigError(f"expected a mapping of {', '.join(RAY_FIELDS)}, got {type(data).__name__}", field=f"{prefix.rstrip('.')}")
+            raise ConfigError(
+                f"expected a mapping of {', '.join(RAY_FIELDS)}, got {type(data).__name__}",
+                field=f"{prefix.rstrip('.')}",
+            )
         for key in data:
             if key not in RAY_FIELDS:
                 raise ConfigError(f"unknown field; known fields: {', '.join(RAY_FIELDS)}", field=f"{prefix}{key}")
         address = data.get("address")
         if address is not None and (not isinstance(address, str) or not address.strip()):
-            raise ConfigError(f"expected a cluster address such as 127.0.0.1:6379, got {address!r}", field=f"{prefix}address")
+            raise ConfigError(
+                f"expected a cluster address such as 127.0.0.1:6379, got {address!r}", field=f"{prefix}address"
+            )
         concurrent = data.get("max_concurrent_trials")
         if concurrent is not None:
             concurrent = _integer(concurrent, f"{prefix}max_concurrent_trials", 1)
         retries = _integer(data.get("max_retries", 3), f"{prefix}max_retries", 0)
         resources = data.get("resources_per_trial", {"cpu": 1.0})
         if not isinstance(resources, Mapping) or not resources:
-            raise ConfigError(f"expected a mapping such as {{cpu: 1, gpu: 0}}, got {resources!r}", field=f"{prefix}resources_per_trial")
+            raise ConfigError(
+                f"expected a mapping such as {{cpu: 1, gpu: 0}}, got {resources!r}",
+                field=f"{prefix}resources_per_trial",
+            )
         checked: dict[str, float] = {}
         for name, amount in resources.items():
             where = f"{prefix}resources_per_trial.{name}"
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"resource names must be strings, got {name!r}", field=f"{prefix}resources_per_trial")
-            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount) or amount < 0:
+            if (
+                isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or not math.isfinite(amount)
+                or amount < 0
+            ):
                 raise ConfigError(f"expected a number ≥ 0, got {amount!r}", field=f"{where}")
             checked[name.lower() if name.lower() in ("cpu", "gpu", "memory") else name] = float(amount)
         checked.setdefault("cpu", 1.0)
         if not any(v > 0 for v in checked.values()):
-            raise ConfigError(f"a trial must need some resource (e.g. cpu: 1)", field=f"{prefix}resources_per_trial")
+            raise ConfigError("a trial must need some resource (e.g. cpu: 1)", field=f"{prefix}resources_per_trial")
         return cls(address.strip() if address else None, concurrent, checked, retries)
 
     def to_dict(self) -> dict[str, Any]:

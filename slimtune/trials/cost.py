@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from slimtune.errors import ConfigError
 from slimtune.registry import closest_name
@@ -86,7 +87,10 @@ def parse_constraint(text: str) -> Constraint:
         return text
     m = _CONSTRAINT_RE.match(str(text))
     if not m:
-        raise ConfigError(f"constraint {text!r} must look like '<measure> <= <number>' or '<measure> >= <number>'", field="constraints")
+        raise ConfigError(
+            f"constraint {text!r} must look like '<measure> <= <number>' or '<measure> >= <number>'",
+            field="constraints",
+        )
     measure, op, bound = m.group(1), m.group(2), m.group(3)
     if measure not in CONSTRAINT_MEASURES:
         raise ConfigError(
@@ -124,7 +128,8 @@ def check_weights(weights: Mapping[str, float], objectives: Sequence[str]) -> di
     missing, extra = set(objectives) - set(weights), set(weights) - set(objectives)
     if missing or extra:
         raise ConfigError(
-            f"must give exactly one weight per objective; missing {sorted(missing)}, extra {sorted(extra)}", field="weights"
+            f"must give exactly one weight per objective; missing {sorted(missing)}, extra {sorted(extra)}",
+            field="weights",
         )
     for name, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
@@ -232,7 +237,9 @@ def _impossible(c: Constraint, baseline: Mapping[str, Any], direction: str) -> s
     metric = baseline.get("accuracy")
     if c.measure == "accuracy_drop" and metric is not None and 0 <= float(metric) <= 1:
         # a metric in [0, 1] (accuracy, F1, AUC ...) drops by at most its original value (or rises to 1)
-        low, high = (float(metric) - 1, float(metric)) if direction == "maximize" else (-float(metric), 1 - float(metric))
+        low, high = (
+            (float(metric) - 1, float(metric)) if direction == "maximize" else (-float(metric), 1 - float(metric))
+        )
         if c.op == ">=" and c.bound > high:
             return f"the metric is {float(metric):g} on the original model, so it cannot drop by more than {high:g}"
         if c.op == "<=" and c.bound < low:
@@ -240,7 +247,9 @@ def _impossible(c: Constraint, baseline: Mapping[str, Any], direction: str) -> s
     return None
 
 
-def relative_measures(measures: Mapping[str, Any], baseline: Mapping[str, Any], metric_direction: str) -> dict[str, Any]:
+def relative_measures(
+    measures: Mapping[str, Any], baseline: Mapping[str, Any], metric_direction: str
+) -> dict[str, Any]:
     """All measures of a trial: absolute (``*_abs``), relative to ``baseline`` and the metric drop."""
     out: dict[str, Any] = {"accuracy": measures["accuracy"]}
     sign = 1.0 if metric_direction == "maximize" else -1.0

@@ -15,7 +15,8 @@ import socket
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -68,7 +69,9 @@ class Progress:
         if progress and n_trials is not None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=n_trials, initial=min(counts(study)["done"], n_trials), desc=study.study_name, unit="trial")
+            self.bar = tqdm(
+                total=n_trials, initial=min(counts(study)["done"], n_trials), desc=study.study_name, unit="trial"
+            )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         c = counts(study)
@@ -77,7 +80,9 @@ class Progress:
             self.bar.refresh()
         if self.progress:
             logger.info(trial_line(trial))
-        if self.n_trials is not None and (c["done"] >= self.n_trials or (c["done"] + c["running"] >= self.n_trials and not c["waiting"])):
+        if self.n_trials is not None and (
+            c["done"] >= self.n_trials or (c["done"] + c["running"] >= self.n_trials and not c["waiting"])
+        ):
             study.stop()
 
     def close(self) -> None:
@@ -89,7 +94,13 @@ def trial_line(t: FrozenTrial) -> str:
     """One log line for a finished trial: state, measures, the reason of a failure, its time."""
     m = attrs.measures(t)
     parts = [f"trial {t.number:>3} {t.state.name:<8}"]
-    for key, fmt in (("accuracy", "{:.4f}"), ("flops", "{:.3f}"), ("params", "{:.3f}"), ("size", "{:.3f}"), ("latency", "{:.3f}")):
+    for key, fmt in (
+        ("accuracy", "{:.4f}"),
+        ("flops", "{:.3f}"),
+        ("params", "{:.3f}"),
+        ("size", "{:.3f}"),
+        ("latency", "{:.3f}"),
+    ):
         if m.get(key) is not None:
             parts.append(f"{key}={fmt.format(m[key])}")
     if t.state == TrialState.FAIL:
@@ -228,4 +239,14 @@ class quiet_optuna:
         optuna.logging.set_verbosity(self.level)
 
 
-__all__ = ["Budgeted", "Progress", "adopt_orphans", "counts", "drive", "fail_stale", "quiet_optuna", "trial_line", "worker_identity"]
+__all__ = [
+    "Budgeted",
+    "Progress",
+    "adopt_orphans",
+    "counts",
+    "drive",
+    "fail_stale",
+    "quiet_optuna",
+    "trial_line",
+    "worker_identity",
+]

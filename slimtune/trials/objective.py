@@ -20,17 +20,18 @@ import math
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
 import torch.nn as nn
 
+from slimtune import optuna_internals
+from slimtune.attributes import Trial as T
 from slimtune.compressors import trace
 from slimtune.compressors.measures import measure_deployable
 from slimtune.compressors.training import run_compressor
-from slimtune import optuna_internals
-from slimtune.attributes import Trial as T
 from slimtune.errors import SlimtuneError, TrialFailure
 from slimtune.trials.cost import Cost, relative_measures
 from slimtune.trials.results import load_model
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger("slimtune")
-
 
 
 class Objective:
@@ -100,7 +100,9 @@ class Objective:
             plan = self.task.default_compressor(with_finetune_params(self.strategy.plan(params, self.space), params))
             if plan.compressor == self.task.compressor and self.task.compressor_params:
                 # a strategy naming the task's compressor (admm, autocompress) keeps the task's settings of it
-                plan = dataclasses.replace(plan, compressor_params={**self.task.compressor_params, **plan.compressor_params})
+                plan = dataclasses.replace(
+                    plan, compressor_params={**self.task.compressor_params, **plan.compressor_params}
+                )
             trial.set_user_attr(T.PLAN, plan.to_dict())
             twin = _completed_twin(trial, params)
             if twin is not None:
@@ -185,10 +187,14 @@ class Objective:
             self._base = (key, base, trace(base, self.task.example_inputs), model_digest(base))
         _, base, graph, digest = self._base
         rebased = rebase_plan(plan, self.graph, graph, f"the model of trial {number}")
-        trial.set_user_attr(T.INIT_FROM, {"trial": number, "artifact": artifact, "digest": digest, "sparsities": rebased.sparsities()})
+        trial.set_user_attr(
+            T.INIT_FROM, {"trial": number, "artifact": artifact, "digest": digest, "sparsities": rebased.sparsities()}
+        )
         return base, rebased, graph
 
-    def _reuse(self, trial: optuna.trial.Trial, twin: optuna.trial.FrozenTrial, times: dict[str, float], start: float) -> Any:
+    def _reuse(
+        self, trial: optuna.trial.Trial, twin: optuna.trial.FrozenTrial, times: dict[str, float], start: float
+    ) -> Any:
         trial.set_user_attr(T.DUPLICATE_OF, twin.number)
         for key in (T.MEASURES, T.CONSTRAINTS, T.ARTIFACT):
             if key in twin.user_attrs:
@@ -235,7 +241,9 @@ def with_finetune_params(plan: CompressionPlan, params: Mapping[str, Any]) -> Co
     return dataclasses.replace(plan, finetune=finetune)
 
 
-def rebase_plan(plan: CompressionPlan, graph: ModelGraph, base_graph: ModelGraph, base: str = "the base model") -> CompressionPlan:
+def rebase_plan(
+    plan: CompressionPlan, graph: ModelGraph, base_graph: ModelGraph, base: str = "the base model"
+) -> CompressionPlan:
     """``plan``, whose sparsities are relative to the original model (``graph``), as a plan for a
     channel-pruned version of it (``base_graph``): every group keeps the channels the plan keeps of the
     original, so compressing the smaller model with the result gives the shapes the plan gives the
@@ -275,7 +283,9 @@ def rebase_plan(plan: CompressionPlan, graph: ModelGraph, base_graph: ModelGraph
                 "left (pruned channels cannot come back): give it a sparsity that keeps at most that many"
             )
         if keep % now.blocks:
-            raise PlanError(f"group {name!r}: {keep} channels cannot be split evenly over its {now.blocks} blocks in {base}")
+            raise PlanError(
+                f"group {name!r}: {keep} channels cannot be split evenly over its {now.blocks} blocks in {base}"
+            )
         per_block = now.size // now.blocks
         remove = per_block - keep // now.blocks
         prune[name] = PruneSpec(remove / per_block, spec.criterion)
@@ -308,6 +318,8 @@ def _save_model(model: nn.Module, trial: optuna.trial.Trial, store: ArtifactStor
     os.close(fd)
     try:
         torch.save(model, path)
-        return upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial, mimetype="application/x-pytorch")
+        return upload_artifact(
+            artifact_store=store, file_path=path, study_or_trial=trial, mimetype="application/x-pytorch"
+        )
     finally:
         os.unlink(path)

@@ -39,15 +39,12 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import os
-import socket
 import sys
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from slimtune import attributes as attrs
 from slimtune import optuna_internals
@@ -82,7 +79,9 @@ class _Worker:
     first re-queues the trial the dead process left running.
     """
 
-    def run(self, task_blob: bytes, config: dict[str, Any], deadline: float | None, settings: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, task_blob: bytes, config: dict[str, Any], deadline: float | None, settings: Mapping[str, Any]
+    ) -> dict[str, Any]:
         from ray import cloudpickle
 
         _apply(settings)
@@ -92,7 +91,8 @@ class _Worker:
         except Exception as e:
             raise SlimtuneError(
                 f"the Ray worker on {me['node_ip']} cannot load the task: {type(e).__name__}: {e} "
-                "(the task's modules must be importable on every Ray node: install them there or put them on PYTHONPATH)"
+                "(the task's modules must be importable on every Ray node: install them there or put them on "
+                "PYTHONPATH)"
             ) from e
         # this actor runs one trial at a time and none now: a RUNNING trial of its own is one its
         # previous process was running when it died (Ray restarted the actor)
@@ -175,7 +175,9 @@ class _Pool:
     @staticmethod
     def _key(ray: Any, options: RayOptions) -> tuple[str, str]:
         ctx = ray.get_runtime_context()  # this session: job and node ids are new for every Ray started
-        return f"{ctx.get_job_id()}@{ctx.get_node_id()}", repr((sorted(options.actor_options().items()), options.max_retries))
+        return f"{ctx.get_job_id()}@{ctx.get_node_id()}", repr(
+            (sorted(options.actor_options().items()), options.max_retries)
+        )
 
 
 def _kill(ray: Any, actor: Any) -> None:
@@ -215,7 +217,9 @@ def requeue(study: optuna.Study, owned: Any, why: str) -> list[int]:
 
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if owned(attrs.worker(t)) and optuna_internals.fail_and_retry(study, t, attrs.Trial.FAIL_REASON, f"WorkerDied: {why}"):
+        if owned(attrs.worker(t)) and optuna_internals.fail_and_retry(
+            study, t, attrs.Trial.FAIL_REASON, f"WorkerDied: {why}"
+        ):
             failed.append(t.number)
     if failed:
         logger.warning("study %s: trial(s) %s failed because %s; queued again", study.study_name, failed, why)
@@ -271,7 +275,9 @@ def run_on_ray(task: Task, prepared: PreparedStudy) -> None:
                 except ray.exceptions.RayActorError as e:
                     lost += 1
                     death = _last_line(e)
-                    logger.warning("a Ray worker died %d times and was not restarted again: %s", options.max_retries + 1, death)
+                    logger.warning(
+                        "a Ray worker died %d times and was not restarted again: %s", options.max_retries + 1, death
+                    )
                 except ray.exceptions.RayTaskError as e:
                     cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
                     if isinstance(cause, SlimtuneError):
@@ -283,7 +289,11 @@ def run_on_ray(task: Task, prepared: PreparedStudy) -> None:
         timed_out = deadline is not None and time.time() >= deadline
         ended = prepared.strategy.finished(study) is not None  # an iterative strategy may end before the budget
         if n_trials is not None and c["done"] < n_trials and not timed_out and not ended:
-            why = f"{lost} of {count} Ray workers died beyond their restarts (last: {death})" if lost else "the Ray workers stopped"
+            why = (
+                f"{lost} of {count} Ray workers died beyond their restarts (last: {death})"
+                if lost
+                else "the Ray workers stopped"
+            )
             raise SlimtuneError(
                 f"study {study.study_name!r}: {why} with {c['done']} of {n_trials} trials finished "
                 "(they are kept in the storage: run the same command again to resume)"
@@ -347,7 +357,11 @@ def _connect(ray: Any, options: RayOptions) -> bool:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
     except Exception as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        hint = " (is the cluster running? `ray start --head` prints its address; see the token note in the README)" if address else ""
+        hint = (
+            " (is the cluster running? `ray start --head` prints its address; see the token note in the README)"
+            if address
+            else ""
+        )
         raise SlimtuneError(f"cannot connect to {where}: {type(e).__name__}: {_first_line(e)}{hint}") from e
     return True
 
@@ -365,9 +379,10 @@ def _worker_count(ray: Any, options: RayOptions, n_trials: int | None, done: int
     limit = min(f[2] for f in fits) if fits else 1
     if limit < 1:
         key, amount, _ = min(fits, key=lambda f: f[2])
+        listed = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if not k.startswith("node:"))
         raise SlimtuneError(
             f"ray.resources_per_trial: a trial needs {amount:g} {key} but the Ray cluster has {total.get(key, 0.0):g} "
-            f"(cluster resources: {', '.join(f'{k}={v:g}' for k, v in sorted(total.items()) if not k.startswith('node:'))})"
+            f"(cluster resources: {listed})"
         )
     count = options.max_concurrent_trials or limit
     if options.max_concurrent_trials and options.max_concurrent_trials > limit:
@@ -444,7 +459,11 @@ class _Monitor:
                 self.seen.add(t.number)
                 if self.progress:
                     where = attrs.worker(t)
-                    node = f" on {where.get('node_ip', where.get('host', '?'))} pid {where.get('pid', '?')}" if where else ""
+                    node = (
+                        f" on {where.get('node_ip', where.get('host', '?'))} pid {where.get('pid', '?')}"
+                        if where
+                        else ""
+                    )
                     logger.info(trial_line(t) + node)
         if self.bar is not None:
             self.bar.n = min(counts(self.study)["done"], self.bar.total)

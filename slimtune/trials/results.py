@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -82,7 +83,9 @@ def pareto_front(study: optuna.Study) -> pd.DataFrame:
         return table
     front = table[table["trial"].isin(numbers)].drop(columns=["state"])
     first = next((c for c in front.columns if c.startswith("objective:") or c == "cost"), "trial")
-    return front.sort_values(first, ascending=study.directions[0] == optuna.study.StudyDirection.MINIMIZE).reset_index(drop=True)
+    return front.sort_values(first, ascending=study.directions[0] == optuna.study.StudyDirection.MINIMIZE).reset_index(
+        drop=True
+    )
 
 
 def load_model(study: optuna.Study, trial_number: int) -> nn.Module:
@@ -120,7 +123,8 @@ def get_trial(study: optuna.Study, number: int) -> FrozenTrial:
         if t.number == number:
             return t
     raise StudyNotFoundError(
-        f"study {study.study_name!r} has no trial {number!r} (it has {len(study.get_trials(deepcopy=False))} trials)", field="trial"
+        f"study {study.study_name!r} has no trial {number!r} (it has {len(study.get_trials(deepcopy=False))} trials)",
+        field="trial",
     )
 
 
@@ -139,7 +143,11 @@ def studies_summary(storage: str | BaseStorage | None = None) -> pd.DataFrame:
         best = ""
         if not front.empty and "accuracy" in front:
             top = front.sort_values("accuracy", ascending=attrs.metric_direction(study) == "minimize").iloc[0]
-            best = f"accuracy {top['accuracy']:.4f} at flops_rel {top['flops_rel']:.3f}" if top["flops_rel"] is not None else ""
+            best = (
+                f"accuracy {top['accuracy']:.4f} at flops_rel {top['flops_rel']:.3f}"
+                if top["flops_rel"] is not None
+                else ""
+            )
         rows.append(
             {
                 "study": name,

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -131,13 +132,23 @@ def run(task: Task, config: SearchConfig) -> optuna.Study:
     if config.backend == "ray":
         run_on_ray(task, prepared)
     else:
-        drive(study, prepared.objective, config.n_trials, config.timeout, config.progress, config.heartbeat, worker_identity())
+        drive(
+            study,
+            prepared.objective,
+            config.n_trials,
+            config.timeout,
+            config.progress,
+            config.heartbeat,
+            worker_identity(),
+        )
     return study
 
 
 def run_study(task: Task, *args: Any, **kwargs: Any) -> optuna.Study:
     """Deprecated name of :func:`search` (removed in a later release)."""
-    warnings.warn("slimtune.run_study is deprecated; use slimtune.search (the same function)", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "slimtune.run_study is deprecated; use slimtune.search (the same function)", DeprecationWarning, stacklevel=2
+    )
     return search(task, *args, **kwargs)
 
 

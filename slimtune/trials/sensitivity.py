@@ -44,7 +44,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -131,7 +132,9 @@ def bit_sensitivity_table(
     if not bits:
         raise SlimtuneError("space.bits_w has no bit-width below 32 to analyse (e.g. bits_w: [4, 8, 32])")
     layers = options.quantize_layers
-    key = f"{task.fingerprint()}-w{'_'.join(map(str, bits))}" + (f"-{hashlib.sha1(','.join(layers).encode()).hexdigest()[:12]}" if layers else "")
+    key = f"{task.fingerprint()}-w{'_'.join(map(str, bits))}" + (
+        f"-{hashlib.sha1(','.join(layers).encode()).hexdigest()[:12]}" if layers else ""
+    )
 
     def compute(baseline: float, done: Rows, on_result: Callable[[dict[str, Any]], None]) -> pd.DataFrame:
         graph = trace(task.model, task.example_inputs)

@@ -4,7 +4,8 @@ A spec is what ``slimtune run SPEC`` reads; :func:`load_spec` loads and validate
 :meth:`Spec.make_task` builds the :class:`~slimtune.trials.task.Task` it names. Every error is a
 :class:`~slimtune.errors.SpecError` whose message names the file and the field as a dotted path::
 
-    examples/digits.yaml: strategy.name: unknown strategy 'foo'; known: admm, autocompress, bitwidth, joint, netadapt, nsga2, random, simulated_annealing, tpe, uniform
+    examples/digits.yaml: strategy.name: unknown strategy 'foo'; known: admm, autocompress, bitwidth,
+    joint, netadapt, nsga2, random, simulated_annealing, tpe, uniform
 
 Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` and/or ``timeout``):
 
@@ -72,7 +73,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
-from slimtune.errors import SpecError
+from slimtune.errors import SlimtuneError, SpecError
 
 if TYPE_CHECKING:
     from slimtune.trials.task import Task
@@ -354,10 +355,7 @@ class Spec:
         except Exception as exc:
             fail(f"'{self.task}' raised {type(exc).__name__}: {exc}", cause=exc)
         if not isinstance(result, Task):
-            fail(
-                f"'{self.task}' returned {_describe(result)}, expected a slimtune Task "
-                "(slimtune.trials.task.Task)"
-            )
+            fail(f"'{self.task}' returned {_describe(result)}, expected a slimtune Task (slimtune.trials.task.Task)")
         if self.finetune:  # the spec's fine-tune settings and compressor reach every trial through the task
             result.finetune_config = result.effective_finetune_config(self.finetune)
         if self.compressor:
@@ -414,6 +412,14 @@ class _Validator:
     def fail(self, fld: str | None, problem: str) -> NoReturn:
         raise SpecError(problem, source=self.source, field=fld)
 
+    def owner_error(self, exc: SlimtuneError, section: str) -> NoReturn:
+        """Report an error a section's owner raised (its ``field`` names the option)."""
+        fld = exc.field if exc.field and exc.field.split(".")[0].split("[")[0] == section else section
+        problem = getattr(exc, "problem", None) or str(exc)
+        if not getattr(exc, "problem", None) and exc.field and problem.startswith(f"{exc.field}: "):
+            problem = problem[len(exc.field) + 2 :]
+        self.fail(fld, problem)
+
     # -- the whole spec -------------------------------------------------------------------------
 
     def spec(self, data: Any) -> Spec:
@@ -429,9 +435,7 @@ class _Validator:
         study = self.string(data["study"], "study")
         task = self.string(data["task"], "task")
         if not _TASK_RE.match(task):
-            self.fail(
-                "task", f"expected 'module:function' (e.g. slimtune.examples.digits:make_task), got {task!r}"
-            )
+            self.fail("task", f"expected 'module:function' (e.g. slimtune.examples.digits:make_task), got {task!r}")
         task_args = self.mapping(data.get("task_args"), "task_args")
         storage = self.storage(data.get("storage"))
         strategy_name, strategy_params = self.strategy(data.get("strategy", DEFAULT_STRATEGY))
@@ -504,16 +508,14 @@ class _Validator:
 
     def finetune(self, value: Any) -> dict[str, Any] | None:
         from slimtune.compressors.training import FinetuneConfig
-        from slimtune.errors import PlanError
 
         if value is None:
             return None
         data = self.mapping(value, "finetune")
-        try:
+        try:  # the fine-tune configuration checks its own fields
             FinetuneConfig().merged(data)
-        except PlanError as exc:
-            fld, sep, problem = str(exc).partition(": ")
-            self.fail(fld if sep and " " not in fld else "finetune", problem if sep else str(exc))
+        except SlimtuneError as exc:
+            self.owner_error(exc, "finetune")
         return data
 
     def ray(self, value: Any) -> dict[str, Any] | None:
@@ -523,11 +525,10 @@ class _Validator:
             return None
         data = self.mapping(value, "ray")
         self.unknown_keys(data, RAY_FIELDS, prefix="ray.")
-        try:
+        try:  # the Ray options check their own fields
             RayOptions.from_dict(data)
-        except ValueError as exc:
-            fld, sep, problem = str(exc).partition(": ")
-            self.fail(fld if sep else "ray", problem if sep else str(exc))
+        except SlimtuneError as exc:
+            self.owner_error(exc, "ray")
         return data
 
     def storage(self, value: Any) -> str | None:
@@ -567,9 +568,7 @@ class _Validator:
             )
         if name not in STRATEGIES:
             known = sorted(STRATEGIES)
-            self.fail(
-                name_field, f"unknown strategy {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}"
-            )
+            self.fail(name_field, f"unknown strategy {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}")
         for key in params:
             if key in _SEARCH_ARGS:
                 self.fail(
@@ -603,9 +602,7 @@ class _Validator:
             space["min_sparsity"] = self.number(space["min_sparsity"], "space.min_sparsity", 0.0, 1.0, False, True)
             upper = space.get("max_sparsity", 0.9)
             if space["min_sparsity"] >= upper:
-                self.fail(
-                    "space.min_sparsity", f"must be below max_sparsity ({upper}), got {space['min_sparsity']}"
-                )
+                self.fail("space.min_sparsity", f"must be below max_sparsity ({upper}), got {space['min_sparsity']}")
         if "tolerance" in space:
             space["tolerance"] = self.number(space["tolerance"], "space.tolerance", low=0.0)
         if "headroom" in space:
@@ -632,19 +629,14 @@ class _Validator:
         if "groups" in space:
             groups = self.as_list(space["groups"], "space.groups")
             if not groups:
-                self.fail(
-                    "space.groups", "must name at least one group (leave it out to search every prunable group)"
-                )
+                self.fail("space.groups", "must name at least one group (leave it out to search every prunable group)")
             space["groups"] = [self.string(g, f"space.groups[{i}]") for i, g in enumerate(groups)]
         from slimtune.search_spaces import SpaceOptions
 
         try:  # the search space's own checks, in case they are stricter than the ones above
             SpaceOptions.from_dict(space)
-        except (TypeError, ValueError) as exc:
-            fld, sep, problem = str(exc).partition(": ")
-            if sep and fld.startswith("space."):
-                self.fail(fld, problem)
-            self.fail("space", str(exc))
+        except SlimtuneError as exc:
+            self.owner_error(exc, "space")
         return space
 
     def objectives(self, value: Any) -> list[str]:

@@ -87,7 +87,12 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4) if len(cost.directions) == 1 else None
     with quiet_optuna():  # Optuna's "A new study created ..." line: slimtune logs its own
         study = optuna.create_study(
-            study_name=config.study, storage=st, directions=cost.directions, sampler=sampler, pruner=pruner, load_if_exists=True
+            study_name=config.study,
+            storage=st,
+            directions=cost.directions,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
         )
     baseline = _init_study(study, task, strat, cost, space, url, config)
     store = None
@@ -106,7 +111,13 @@ def _fresh_seed(seed: int) -> int:
 
 
 def _init_study(
-    study: optuna.Study, task: Task, strat: Strategy, cost: Cost, space: SearchSpace, url: str | None, config: SearchConfig
+    study: optuna.Study,
+    task: Task,
+    strat: Strategy,
+    cost: Cost,
+    space: SearchSpace,
+    url: str | None,
+    config: SearchConfig,
 ) -> dict[str, Any]:
     """The original's metric and measures; on a new study also its settings and seed trials,
     on an existing one a check that it was created with the same settings."""
@@ -120,10 +131,13 @@ def _init_study(
             S.WEIGHTS: cost.weights,
             S.DIRECTIONS: cost.directions,
         }
-        mismatch = [f"{key} {stored.get(key)!r} (asked: {value!r})" for key, value in asked.items() if stored.get(key) != value]
+        mismatch = [
+            f"{key} {stored.get(key)!r} (asked: {value!r})" for key, value in asked.items() if stored.get(key) != value
+        ]
         if mismatch:
             raise SlimtuneError(
-                f"study {study.study_name!r} was created with {', '.join(mismatch)}; use another study name or the same settings"
+                f"study {study.study_name!r} was created with {', '.join(mismatch)}; "
+                "use another study name or the same settings"
             )
         baseline = attrs.baseline(study)
         if cost.needs_latency and baseline.get("latency") is None:

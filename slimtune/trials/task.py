@@ -6,8 +6,9 @@ import dataclasses
 import hashlib
 import inspect
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,6 @@ from slimtune.compressors.training import (
     check_compressor_params,
     finetune,
 )
-
 from slimtune.errors import PlanError, SlimtuneError
 
 if TYPE_CHECKING:
@@ -175,7 +175,11 @@ class Task:
         for key, value in self.model.state_dict().items():
             h.update(key.encode())
             if isinstance(value, torch.Tensor):
-                h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+                h.update(
+                    value.detach().cpu().contiguous().numpy().tobytes()
+                    if value.dtype != torch.bfloat16
+                    else value.float().numpy().tobytes()
+                )
         return h.hexdigest()[:16]
 
 
