@@ -7,22 +7,21 @@ task's metric against FLOPs, latency and size, as an Optuna study.
 from __future__ import annotations
 
 from slimtune.compressors import CompressionPlan, FinetuneConfig, KDConfig, compress, finetune, measure, speedup, trace
-from slimtune.version import __version__
 from slimtune.errors import CriterionError, PlanError, SlimtuneError, TraceError
 from slimtune.trials import (
+    SearchConfig,
     Task,
     bit_sensitivity_table,
     export_model,
     load_model,
     open_study,
     pareto_front,
+    run_study,
     search,
     sensitivity_table,
-    run_study,
-    SearchConfig,
     studies_summary,
 )
-
+from slimtune.version import __version__
 
 __all__ = [
     "CompressionPlan",

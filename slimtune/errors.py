@@ -6,6 +6,7 @@ what to do about it.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -109,8 +110,6 @@ class UnknownNameError(SlimtuneError, KeyError, ValueError):
     """
 
     def __init__(self, kind: str, name: object, known: Iterable[str], *, field: str | None = None) -> None:
-        from slimtune.registry import closest_name
-
         self.kind = kind
         self.name = name
         self.known = sorted(known)
@@ -196,3 +195,15 @@ class ArgumentTypeError(SlimtuneError, TypeError):
 # ---------------------------------------------------------------------------------------- dashboard
 class NotFound(SlimtuneError):
     """An unknown study, trial or saved model (the dashboard answers 404 with the message)."""
+
+
+def closest_name(name: object, known: Iterable[str]) -> str | None:
+    """The known name closest to ``name`` (:func:`difflib.get_close_matches`), or None: what a
+    "did you mean" hint suggests.
+
+    Example:
+        >>> closest_name("nsga", ["nsga2", "random", "tpe"]), closest_name("xyz", ["nsga2"])
+        ('nsga2', None)
+    """
+    close = difflib.get_close_matches(name, list(known), n=1) if isinstance(name, str) else []
+    return close[0] if close else None

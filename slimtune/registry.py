@@ -29,11 +29,12 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar, overload
 
-from slimtune.errors import DuplicateNameError, SlimtuneError, UnknownNameError
+from slimtune.errors import DuplicateNameError, SlimtuneError, UnknownNameError, closest_name
+
+__all__ = ["Registry", "closest_name"]
 
 T = TypeVar("T")
 _S = TypeVar("_S")
@@ -157,18 +158,6 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
-
-
-def closest_name(name: object, known: Iterable[str]) -> str | None:
-    """The known name closest to ``name`` (:func:`difflib.get_close_matches`), or None: what a
-    "did you mean" hint suggests.
-
-    Example:
-        >>> closest_name("nsga", ["nsga2", "random", "tpe"]), closest_name("xyz", ["nsga2"])
-        ('nsga2', None)
-    """
-    close = difflib.get_close_matches(name, list(known), n=1) if isinstance(name, str) else []
-    return close[0] if close else None
 
 
 def _definition(obj: Any) -> tuple[str, str] | None:

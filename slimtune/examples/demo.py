@@ -59,7 +59,10 @@ def run(
         r = row(f"{criterion} {s:.0%}", small.eval(), time.perf_counter() - start)
         r["one_shot_accuracy"] = one_shot
         rows.append(r)
-        print(f"sparsity {s:.0%}: one-shot {one_shot:.4f} -> fine-tuned {r['accuracy']:.4f}, {r['flops']:,} MACs", flush=True)
+        print(
+            f"sparsity {s:.0%}: one-shot {one_shot:.4f} -> fine-tuned {r['accuracy']:.4f}, {r['flops']:,} MACs",
+            flush=True,
+        )
     df = pd.DataFrame(rows)
     base = df.iloc[0]
     for col in ("flops", "params", "size_kb", "latency_ms"):
@@ -76,7 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("slimtune-demo.csv"), help="CSV file for the table")
     args = parser.parse_args(argv)
     df = run(args.arch, tuple(args.sparsities), args.criterion, args.finetune_epochs)
-    cols = ["model", "accuracy", "one_shot_accuracy", "flops_rel", "params_rel", "size_kb", "latency_ms", "latency_ms_rel"]
+    cols = [
+        "model",
+        "accuracy",
+        "one_shot_accuracy",
+        "flops_rel",
+        "params_rel",
+        "size_kb",
+        "latency_ms",
+        "latency_ms_rel",
+    ]
     print()
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     df.to_csv(args.out, index=False)

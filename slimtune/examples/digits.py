@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from slimtune.examples.models import BasicBlock
 
 if TYPE_CHECKING:
-    from slimtune.trials.task import Task
     from collections.abc import Callable, Iterator
+
+    from slimtune.trials.task import Task
 
 __all__ = [
     "ARCHITECTURES",
@@ -369,9 +370,7 @@ def pretrained(arch: str = "cnn", cache_dir: str | os.PathLike[str] | None = Non
             model.load_state_dict(state)
             return model.eval()
         except Exception as exc:  # noqa: BLE001 - any unreadable or mismatching file means "retrain"
-            logger.warning(
-                "pretrained: ignoring the cache file %s (%s: %s); retraining", path, type(exc).__name__, exc
-            )
+            logger.warning("pretrained: ignoring the cache file %s (%s: %s); retraining", path, type(exc).__name__, exc)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = config.factory()

@@ -43,7 +43,9 @@ def load_token_data(val_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDat
 
     digits = load_digits()
     pixels = torch.tensor(digits.data, dtype=torch.long)  # 0..16
-    ids = torch.cat([torch.zeros(len(pixels), 1, dtype=torch.long), 1 + torch.arange(64) * LEVELS + pixels * LEVELS // 17], 1)
+    ids = torch.cat(
+        [torch.zeros(len(pixels), 1, dtype=torch.long), 1 + torch.arange(64) * LEVELS + pixels * LEVELS // 17], 1
+    )
     labels = torch.tensor(digits.target, dtype=torch.long)
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_val = int(round(val_fraction * len(labels)))
@@ -56,9 +58,16 @@ def tiny_bert(hidden: int = 32, layers: int = 2, heads: int = 4, intermediate: i
     import transformers
 
     config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate, max_position_embeddings=65, num_labels=10, initializer_range=0.1,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=65,
+        num_labels=10,
+        initializer_range=0.1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.BertForSequenceClassification(config)
 
@@ -75,7 +84,9 @@ def evaluate_accuracy(model: nn.Module, dataset: TensorDataset) -> float:
         return float((logits(model(ids)).argmax(-1) == labels).float().mean())
 
 
-def train_text_model(model: nn.Module, train_set: TensorDataset, epochs: int = 10, lr: float = 3e-3, seed: int = 0) -> nn.Module:
+def train_text_model(
+    model: nn.Module, train_set: TensorDataset, epochs: int = 10, lr: float = 3e-3, seed: int = 0
+) -> nn.Module:
     """AdamW, batch 64, shuffled with ``seed``; returns the model in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     batches = train_batches(train_set)

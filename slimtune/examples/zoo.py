@@ -27,8 +27,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,9 +69,12 @@ class ShuffleUnit(nn.Module):
         super().__init__()
         half = c // 2
         self.branch = nn.Sequential(
-            nn.Conv2d(half, half, 1, bias=False), _bn_act(half),
-            nn.Conv2d(half, half, 3, padding=1, groups=half, bias=False), nn.BatchNorm2d(half),
-            nn.Conv2d(half, half, 1, bias=False), _bn_act(half),
+            nn.Conv2d(half, half, 1, bias=False),
+            _bn_act(half),
+            nn.Conv2d(half, half, 3, padding=1, groups=half, bias=False),
+            nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False),
+            _bn_act(half),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +103,9 @@ class MixedConv(nn.Module):
         super().__init__()
         n = len(kernels)
         self.splits = [c // n + (1 if i < c % n else 0) for i in range(n)]
-        self.convs = nn.ModuleList(nn.Conv2d(s, s, k, padding=k // 2, groups=s, bias=False) for s, k in zip(self.splits, kernels))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(s, s, k, padding=k // 2, groups=s, bias=False) for s, k in zip(self.splits, kernels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([conv(piece) for piece, conv in zip(torch.split(x, self.splits, 1), self.convs)], 1)
@@ -155,8 +161,9 @@ class GhostModule(nn.Module):
         self.oup = oup
         init = math.ceil(oup / ratio)
         self.primary = nn.Sequential(nn.Conv2d(inp, init, 1, bias=False), _bn_act(init))
-        self.cheap = nn.Sequential(nn.Conv2d(init, init * (ratio - 1), 3, padding=1, groups=init, bias=False),
-                                   _bn_act(init * (ratio - 1)))
+        self.cheap = nn.Sequential(
+            nn.Conv2d(init, init * (ratio - 1), 3, padding=1, groups=init, bias=False), _bn_act(init * (ratio - 1))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.primary(x)
@@ -278,10 +285,17 @@ class TinyViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
         self.blocks = nn.ModuleList()
         for _ in range(depth):
-            self.blocks.append(nn.ModuleDict({
-                "norm1": nn.LayerNorm(dim), "attn": TimmStyleAttention(dim, heads), "norm2": nn.LayerNorm(dim),
-                "fc1": nn.Linear(dim, dim * 2), "fc2": nn.Linear(dim * 2, dim),
-            }))
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "norm1": nn.LayerNorm(dim),
+                        "attn": TimmStyleAttention(dim, heads),
+                        "norm2": nn.LayerNorm(dim),
+                        "fc1": nn.Linear(dim, dim * 2),
+                        "fc2": nn.Linear(dim * 2, dim),
+                    }
+                )
+            )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
@@ -343,29 +357,102 @@ ZOO: dict[str, ZooEntry] = {
     "vit_timm_style": ZooEntry(TinyViT, lambda b: (torch.randn(b, 3, 16, 16),), "transformer"),
     "torch_transformer": ZooEntry(TorchTransformer, lambda b: (_ids(b),), "transformer"),
     "hf_bert": ZooEntry(
-        lambda: _hf("bert", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, max_position_embeddings=64, num_labels=3),
-        lambda b: (_ids(b),), "transformer", "transformers"),
+        lambda: _hf(
+            "bert",
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=3,
+        ),
+        lambda b: (_ids(b),),
+        "transformer",
+        "transformers",
+    ),
     "hf_gpt2": ZooEntry(
-        lambda: _hf("gpt2", vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, use_cache=False,
-                    bos_token_id=0, eos_token_id=0),
-        lambda b: (_ids(b),), "transformer", "transformers"),
+        lambda: _hf(
+            "gpt2",
+            vocab_size=100,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            use_cache=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        lambda b: (_ids(b),),
+        "transformer",
+        "transformers",
+    ),
     "hf_vit": ZooEntry(
-        lambda: _hf("vit", image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                    num_attention_heads=4, intermediate_size=64, num_labels=5),
-        lambda b: (torch.randn(b, 3, 16, 16),), "transformer", "transformers"),
+        lambda: _hf(
+            "vit",
+            image_size=16,
+            patch_size=4,
+            num_channels=3,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=5,
+        ),
+        lambda b: (torch.randn(b, 3, 16, 16),),
+        "transformer",
+        "transformers",
+    ),
     "hf_llama_gqa": ZooEntry(
-        lambda: _hf("llama", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, use_cache=False),
-        lambda b: (_ids(b),), "transformer", "transformers"),
+        lambda: _hf(
+            "llama",
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            use_cache=False,
+        ),
+        lambda b: (_ids(b),),
+        "transformer",
+        "transformers",
+    ),
     "hf_bart": ZooEntry(
-        lambda: _hf("bart", vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-                    decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                    num_labels=3, use_cache=False),
-        _bart_ids, "transformer", "transformers"),
+        lambda: _hf(
+            "bart",
+            vocab_size=100,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=64,
+            num_labels=3,
+            use_cache=False,
+        ),
+        _bart_ids,
+        "transformer",
+        "transformers",
+    ),
     "hf_t5": ZooEntry(
-        lambda: _hf("t5", vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, use_cache=False,
-                    decoder_start_token_id=0),
-        lambda b: (_ids(b), None, _ids(b)), "transformer", "transformers"),
+        lambda: _hf(
+            "t5",
+            vocab_size=100,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            use_cache=False,
+            decoder_start_token_id=0,
+        ),
+        lambda b: (_ids(b), None, _ids(b)),
+        "transformer",
+        "transformers",
+    ),
 }
 """The zoo by name."""

@@ -26,8 +26,9 @@ Example:
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
@@ -92,22 +93,37 @@ class SpaceOptions:
         for name in ("max_sparsity", "min_sparsity", "tolerance", "headroom"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise _bad(name, f"{value!r} must be a number")
+                raise _bad(name, f"expected a number, got {value!r}")
         if not 0.0 < self.max_sparsity < 1.0:
             raise _bad("max_sparsity", f"{self.max_sparsity!r} must be in (0, 1)")
         if not 0.0 <= self.min_sparsity < self.max_sparsity:
-            raise _bad("min_sparsity", f"{self.min_sparsity!r} must be in [0, max_sparsity)")
+            raise _bad(
+                "min_sparsity", f"{self.min_sparsity!r} must be in [0, 1) and below max_sparsity ({self.max_sparsity})"
+            )
         if self.tolerance < 0:
-            raise _bad("tolerance", f"{self.tolerance!r} must be >= 0")
+            raise _bad("tolerance", f"{self.tolerance!r} must be ≥ 0")
         if not 0.0 <= self.headroom < 1.0:
             raise _bad("headroom", f"{self.headroom!r} must be in [0, 1)")
-        try:
-            levels = tuple(float(v) for v in self.levels)
-        except (TypeError, ValueError):
-            levels = ()
-        if not levels or any(not 0.0 < v < 1.0 for v in levels):
-            shown = list(self.levels) if isinstance(self.levels, (list, tuple)) else self.levels
-            raise _bad("levels", f"{shown!r} must be a non-empty list of sparsities in (0, 1)")
+        if isinstance(self.levels, (str, bytes)) or not isinstance(self.levels, Iterable):
+            raise _bad("levels", f"expected a list of sparsities in (0, 1), got {self.levels!r}")
+        levels = tuple(self.levels)
+        if not levels:
+            raise _bad("levels", "must list at least one sparsity level, e.g. [0.25, 0.5, 0.75]")
+        for i, v in enumerate(levels):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < v < 1.0:
+                raise _bad(f"levels[{i}]", f"{v!r} must be in (0, 1)")
+        levels = tuple(float(v) for v in levels)
+        if not isinstance(self.sensitivity, bool):
+            raise _bad("sensitivity", f"expected true or false, got {self.sensitivity!r}")
+        for name in ("groups", "quantize_layers"):
+            names = getattr(self, name)
+            if names is None:
+                continue
+            if isinstance(names, str) or not isinstance(names, Iterable) or not list(names):
+                raise _bad(name, f"expected a non-empty list of names, got {names!r}")
+            for i, n in enumerate(names):
+                if not isinstance(n, str):
+                    raise _bad(f"{name}[{i}]", f"expected a string, got {n!r}")
         try:
             CRITERIA.get(self.criterion)
         except UnknownNameError as e:
@@ -152,7 +168,8 @@ class SpaceOptions:
             if any(b > limit for b in quantized):
                 raise _bad(
                     "quant_algorithm",
-                    f"{n!r} quantizes weights to at most {limit} bit(s) but space.bits_w has {[b for b in quantized if b > limit]}",
+                    f"{n!r} quantizes weights to at most {limit} bit(s) but space.bits_w has "
+                    f"{[b for b in quantized if b > limit]}",
                 )
         names = list(dict.fromkeys(names))
         return names[0] if len(names) == 1 else tuple(names)
@@ -300,15 +317,15 @@ class SearchSpace:
                         raise PlanError(f"parameter {key!r} names no quantizable layer of this search space")
                     b = int(value)
                     bits.setdefault(layer, {})[attr] = None if b == 32 else b
-        quantize = {
-            layer: QuantSpec(**q) for layer, q in bits.items() if any(v is not None for v in q.values())
-        }
+        quantize = {layer: QuantSpec(**q) for layer, q in bits.items() if any(v is not None for v in q.values())}
         algorithm = None
         if self.options.quant_algorithm is not None and quantize:
             algorithm = str(params.get(QUANT_ALGORITHM_PARAM, self.options.quant_algorithms[0]))
             if algorithm not in self.options.quant_algorithms:
-                raise PlanError(f"parameter {QUANT_ALGORITHM_PARAM!r}: {algorithm!r} is not one of space.quant_algorithm "
-                                f"{list(self.options.quant_algorithms)}")
+                raise PlanError(
+                    f"parameter {QUANT_ALGORITHM_PARAM!r}: {algorithm!r} is not one of space.quant_algorithm "
+                    f"{list(self.options.quant_algorithms)}"
+                )
         return CompressionPlan(prune, quantize, quant_algorithm=algorithm)
 
     def uniform(self, sparsity: float, clip: bool = True) -> dict[str, Any]:
@@ -339,9 +356,7 @@ class SearchSpace:
         seeds = [self.uniform(0.5 * (self.options.min_sparsity + self.options.max_sparsity))]
         if self.safe or self.safe_bits:
             lo = self.options.min_sparsity
-            safe_sparsity = {
-                self.param_name(g): min(max(self.safe.get(g, lo), lo), self.upper[g]) for g in self.groups
-            }
+            safe_sparsity = {self.param_name(g): min(max(self.safe.get(g, lo), lo), self.upper[g]) for g in self.groups}
             seeds.append({**safe_sparsity, **self.safe_bits_params()})
         return seeds
 
@@ -429,7 +444,10 @@ class SearchSpace:
         import pandas as pd
 
         return pd.DataFrame(
-            [{"group": g, "channels": self.sizes[g], "safe": self.safe.get(g), "upper": self.upper[g]} for g in self.groups]
+            [
+                {"group": g, "channels": self.sizes[g], "safe": self.safe.get(g), "upper": self.upper[g]}
+                for g in self.groups
+            ]
         )
 
 
@@ -438,7 +456,15 @@ def parameter_groups(params: Mapping[str, Any]) -> Sequence[str]:
     return [k[len(SPARSITY_PREFIX) :] for k in params if k.startswith(SPARSITY_PREFIX)]
 
 
-__all__ = ["BITS_A_PREFIX", "BITS_W_PREFIX", "QUANT_ALGORITHM_PARAM", "SPARSITY_PREFIX", "SearchSpace", "SpaceOptions", "parameter_groups"]
+__all__ = [
+    "BITS_A_PREFIX",
+    "BITS_W_PREFIX",
+    "QUANT_ALGORITHM_PARAM",
+    "SPARSITY_PREFIX",
+    "SearchSpace",
+    "SpaceOptions",
+    "parameter_groups",
+]
 
 
 def _bad(option: str, problem: str) -> ConfigError:

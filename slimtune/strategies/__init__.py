@@ -29,7 +29,6 @@ A new strategy is one module with a :class:`Strategy` subclass decorated with
 
 from __future__ import annotations
 
-from slimtune.strategies._base import STRATEGIES, Strategy, get_strategy, register_strategy
 from slimtune.strategies import (  # noqa: F401  (registration)
     admm,
     autocompress,
@@ -42,5 +41,6 @@ from slimtune.strategies import (  # noqa: F401  (registration)
     tpe,
     uniform,
 )
+from slimtune.strategies._base import STRATEGIES, Strategy, get_strategy, register_strategy
 
 __all__ = ["STRATEGIES", "Strategy", "get_strategy", "register_strategy"]

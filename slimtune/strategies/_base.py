@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from slimtune import attributes, optuna_internals
 from slimtune.errors import StrategyError
@@ -39,7 +40,9 @@ class Strategy:
             )
         self.params = {**self.defaults, **params}
 
-    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+    def sampler(
+        self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None
+    ) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
 
     def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, float]:

@@ -12,7 +12,8 @@ MACs, parameters and size from channel counts
 bit-widths (``latency="bits"``), from a
 :class:`~slimtune.compressors.measures.BitsLatencyTable` (per-layer fp32 and int8 times, HAQ's
 hardware-in-the-loop table). Either table is measured once per study and kept in the study's
-system attributes so every worker and every resumed run uses the same table. :func:`scale_to_target` moves a sparsity vector along one line until it just meets
+attributes (``slimtune.attributes.StrategyState``) so every worker and every resumed run uses the
+same table. :func:`scale_to_target` moves a sparsity vector along one line until it just meets
 the target: a bisection with a fixed number of steps, so it always ends, also for targets that
 cannot be reached (it then returns the most compressed vector and says so).
 """
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from slimtune import attributes
 from slimtune.compressors.plan import CompressionPlan, PruneSpec
@@ -84,7 +86,9 @@ def resolve_budget(
             f"strategy {strategy!r}: strategy.resource {resource!r} must be one of {', '.join(allowed)}",
             field="strategy.resource",
         )
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0):
+    if target is not None and (
+        isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0
+    ):
         raise StrategyError(
             f"strategy {strategy!r}: strategy.target {target!r} must be in (0, 1]: the resource to keep, "
             "relative to the original model (0.1 removes 90 %)",

@@ -23,7 +23,8 @@ Everything is recorded on the trial (``<strategy>.prior``, ``.resource``, ``.rep
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
@@ -107,7 +108,9 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        inner_space = {k: d for k, d in self.inner.infer_relative_search_space(study, trial).items() if k in search_space}
+        inner_space = {
+            k: d for k, d in self.inner.infer_relative_search_space(study, trial).items() if k in search_space
+        }
         x = dict(self.inner.sample_relative(study, trial, inner_space)) if inner_space else {}
         priors = self._priors(study)
         prior = self._next_prior(study, trial, len(priors))
@@ -150,7 +153,11 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         key = optuna_internals.study_key(study)
         if key not in self._allocations:
             groups = [n[len(SPARSITY_PREFIX) :] for n in self.dists if n.startswith(SPARSITY_PREFIX)]
-            bits = {k: v for k, v in self.space.uniform(0.0).items() if not k.startswith(SPARSITY_PREFIX) and k in self.dists}
+            bits = {
+                k: v
+                for k, v in self.space.uniform(0.0).items()
+                if not k.startswith(SPARSITY_PREFIX) and k in self.dists
+            }
 
             def relative(sp: dict[str, float]) -> float:
                 return model.relative(self.space.plan({**bits, **{self.space.param_name(g): v for g, v in sp.items()}}))
@@ -159,7 +166,9 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
             prior: dict[str, Any] | None = None
             if x is not None:
                 lower = {g: self.space.options.min_sparsity for g in groups}
-                x, _, _ = scale_to_target({g: x[g] for g in groups}, lower, {g: self.space.upper[g] for g in groups}, relative, budget.target)
+                x, _, _ = scale_to_target(
+                    {g: x[g] for g in groups}, lower, {g: self.space.upper[g] for g in groups}, relative, budget.target
+                )
                 prior = {**bits, **{self.space.param_name(g): v for g, v in x.items()}}
             self._allocations[key] = prior
         prior = self._allocations[key]
@@ -170,14 +179,14 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         if not n_priors:
             return None
         taken = {
-            t.user_attrs.get(self.attr("prior"))
-            for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number
+            t.user_attrs.get(self.attr("prior")) for t in study.get_trials(deepcopy=False) if t.number != trial.number
         }
         return next((i for i in range(n_priors) if i not in taken), None)
 
     # ------------------------------------------------------------------ repair
-    def repair(self, x: dict[str, Any], model: ResourceModel, target: float) -> tuple[dict[str, Any], float, bool, bool]:
+    def repair(
+        self, x: dict[str, Any], model: ResourceModel, target: float
+    ) -> tuple[dict[str, Any], float, bool, bool]:
         """``(params, relative resource, repaired, met)``: sparsities raised, then bit-widths
         lowered, until the predicted resource meets ``target``."""
         rel = lambda p: model.relative(self.space.plan(p))  # noqa: E731
@@ -212,7 +221,9 @@ class BudgetRepairSampler(optuna.samplers.BaseSampler):
         sp, r, met = scale_to_target(sp, lower, upper, relative, target)
         return {**rest, **{self.space.param_name(g): s for g, s in sp.items()}}, r, met
 
-    def _lower_bits(self, x: dict[str, Any], rel: Callable[[dict[str, Any]], float], target: float) -> tuple[dict[str, Any], float, bool]:
+    def _lower_bits(
+        self, x: dict[str, Any], rel: Callable[[dict[str, Any]], float], target: float
+    ) -> tuple[dict[str, Any], float, bool]:
         """HAQ's rule: lower one layer's weight bits a step at a time until the budget is met, each
         time where the bit sensitivity costs least per unit of resource saved. A step goes to the
         widest narrower choice that saves anything (choices that save nothing are skipped)."""

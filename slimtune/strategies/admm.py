@@ -65,7 +65,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -73,7 +74,14 @@ from slimtune import attributes, optuna_internals
 from slimtune.errors import StrategyError
 from slimtune.search_spaces.space import SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, get_strategy, register_strategy
-from slimtune.strategies._budget import RESOURCES, Budget, ResourceModel, check_budget_params, resolve_budget, scale_to_target
+from slimtune.strategies._budget import (
+    RESOURCES,
+    Budget,
+    ResourceModel,
+    check_budget_params,
+    resolve_budget,
+    scale_to_target,
+)
 from slimtune.strategies._repair import BudgetRepairSampler
 from slimtune.strategies.bitwidth import check_inner
 
@@ -108,7 +116,9 @@ def check_admm_params(strategy: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def admm_plan(plan: CompressionPlan, params: Mapping[str, Any], compressor_params: Mapping[str, Any]) -> CompressionPlan:
+def admm_plan(
+    plan: CompressionPlan, params: Mapping[str, Any], compressor_params: Mapping[str, Any]
+) -> CompressionPlan:
     """``plan`` compressed by ADMM: ``compressor_params`` with the trial's tuned ``admm/rho`` and
     ``admm/iterations``."""
     cp = dict(compressor_params)
@@ -119,7 +129,9 @@ def admm_plan(plan: CompressionPlan, params: Mapping[str, Any], compressor_param
     return dataclasses.replace(plan, compressor="admm", compressor_params=cp)
 
 
-def fixed_allocation(space: SearchSpace, model: ResourceModel, target: float, kind: str) -> tuple[dict[str, float], float, bool]:
+def fixed_allocation(
+    space: SearchSpace, model: ResourceModel, target: float, kind: str
+) -> tuple[dict[str, float], float, bool]:
     """``({group: sparsity}, relative resource, met)``: the ``uniform`` or ``sensitivity`` allocation at ``target``.
 
     ``uniform``: the smallest single sparsity (capped at each group's upper bound) that meets the
@@ -164,7 +176,10 @@ class _Repair(BudgetRepairSampler):
             constraints = attributes.study_constraints(study)
             default = "flops" if self.target is not None else None
             budget = resolve_budget(self.strategy, self.resource, self.target, constraints, default, None, self.allowed)
-            self._models[key] = (budget, ResourceModel(self.space, budget.resource, study) if budget is not None else None)
+            self._models[key] = (
+                budget,
+                ResourceModel(self.space, budget.resource, study) if budget is not None else None,
+            )
         return self._models[key]
 
 
@@ -229,8 +244,12 @@ class ADMM(Strategy):
         self.iterations_range = _range(self.name, "iterations_range", p["iterations_range"], integer=True)
         self._fixed: dict[int, tuple[dict[str, float], float, bool]] = {}
 
-    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
-        inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(space, n_objectives, seed, n_trials)
+    def sampler(
+        self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None
+    ) -> optuna.samplers.BaseSampler:
+        inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(
+            space, n_objectives, seed, n_trials
+        )
         if self.params["allocation"] != "search":
             return inner  # it searches only the tuned knobs; the allocation is fixed
         names = [k for k in space.distributions() if k.startswith(SPARSITY_PREFIX)]

@@ -88,7 +88,9 @@ Example:
     ...                         space={"sensitivity": False}, progress=False)
     >>> history = autocompress_history(study)
     >>> [(int(r), p, b) for r, p, b in zip(history["round"], history["phase"], history["base"])]
-    [(0, 'proposal', None), (0, 'proposal', None), (0, 'admm', None), (1, 'proposal', 2), (1, 'proposal', 2), (1, 'admm', 2)]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [(0, 'proposal', None), (0, 'proposal', None), (0, 'admm', None),
+     (1, 'proposal', 2), (1, 'proposal', 2), (1, 'admm', 2)]
     >>> admm = history[history.phase == "admm"]   # each round's ADMM trial meets the round's target
     >>> bool((admm["measured"] <= admm["target"] + 1e-9).all())
     True
@@ -99,8 +101,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -237,7 +240,10 @@ def autocompress_state(
         if not scored:
             state.current, state.reason = None, f"every trial of round {k} failed"
             return state
-        best = min(scored, key=lambda t: (not t.user_attrs.get(ATTR_TARGET_MET, False), float(t.user_attrs[ATTR_COST]), t.number))
+        best = min(
+            scored,
+            key=lambda t: (not t.user_attrs.get(ATTR_TARGET_MET, False), float(t.user_attrs[ATTR_COST]), t.number),
+        )
         params = {n: float(v) for n, v in best.params.items() if n.startswith(SPARSITY_PREFIX)}
         base = state.base.best if state.base is not None else None
         result = best
@@ -346,7 +352,9 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
         return round_targets(self.budget(study).target, self.rounds)
 
     def state(self, study: optuna.Study, exclude: int | None = None) -> AutoCompressState:
-        return autocompress_state(study, self.rounds, self.schedule.steps, self.carry_weights, exclude, self.proposals, self.space)
+        return autocompress_state(
+            study, self.rounds, self.schedule.steps, self.carry_weights, exclude, self.proposals, self.space
+        )
 
     def chain(self, study: optuna.Study, k: int, base: Round | None) -> SimulatedAnnealingSampler:
         """Round ``k``'s annealing sampler: at the round's target, starting from (and bounded
@@ -368,7 +376,9 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
 
     # ------------------------------------------------------------------ BaseSampler
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        dists: dict[str, BaseDistribution] = {k: d for k, d in self.space.distributions().items() if k.startswith(SPARSITY_PREFIX)}
+        dists: dict[str, BaseDistribution] = {
+            k: d for k, d in self.space.distributions().items() if k.startswith(SPARSITY_PREFIX)
+        }
         dists[PHASE_PARAM] = CategoricalDistribution([PROPOSAL, ADMM])
         return dists
 
@@ -430,7 +440,9 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
         k = trial.user_attrs.get(ATTR_ROUND)
         if k is None or ATTR_OUTCOME in trial.user_attrs:
             return
-        decider = next((c for (s, r, _), c in self._chains.items() if s == optuna_internals.study_key(study) and r == k), None)
+        decider = next(
+            (c for (s, r, _), c in self._chains.items() if s == optuna_internals.study_key(study) and r == k), None
+        )
         if decider is None:  # another process proposed it: any sampler of the chain decides alike
             decider = SimulatedAnnealingSampler(self.space, self.schedule, seed=self._seed, chain=chain_name(int(k)))
         decider.after_trial(study, trial, state, values)
@@ -440,7 +452,9 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
             resource = self.budget(study).resource
             measured = measures.get(resource)
             outcome.update(resource=resource, measured=measured, accuracy=measures.get("accuracy"))
-            outcome["met"] = measured is not None and outcome["target"] is not None and measured <= outcome["target"] + 1e-9
+            outcome["met"] = (
+                measured is not None and outcome["target"] is not None and measured <= outcome["target"] + 1e-9
+            )
         elif attributes.fail_reason(trial):
             outcome["reason"] = attributes.fail_reason(trial)
         record(study, trial, ATTR_OUTCOME, outcome)
@@ -451,7 +465,8 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
 
 @register_strategy
 class AutoCompress(Strategy):
-    """AutoCompress (Liu et al. 2020): annealing rounds at falling targets, ADMM on each round's choice (module docstring)."""
+    """AutoCompress (Liu et al. 2020): annealing rounds at falling targets, ADMM on each round's choice
+    (see the module docstring)."""
 
     name = "autocompress"
     defaults = {
@@ -569,7 +584,9 @@ class AutoCompress(Strategy):
 
     def finished(self, study: optuna.Study) -> str | None:
         p = self.params
-        state = autocompress_state(study, p["rounds"], self.schedule.steps, p["carry_weights"], proposals=p["proposals"])
+        state = autocompress_state(
+            study, p["rounds"], self.schedule.steps, p["carry_weights"], proposals=p["proposals"]
+        )
         if state.reason is None:
             return None
         if RESULT_ATTR not in study.user_attrs:
@@ -605,8 +622,20 @@ def autocompress_history(study: optuna.Study) -> pd.DataFrame:
             "purified": int(sum(purified.values())),
         })  # fmt: skip
     rows.sort(key=lambda r: (r["round"], r["phase"] == ADMM, r["trial"]))
-    columns = ["round", "phase", "step", "trial", "state", "target", "base", "predicted", "measured", "cost", "accepted",
-               "purified"]
+    columns = [
+        "round",
+        "phase",
+        "step",
+        "trial",
+        "state",
+        "target",
+        "base",
+        "predicted",
+        "measured",
+        "cost",
+        "accepted",
+        "purified",
+    ]
     df = pd.DataFrame(rows, columns=columns)
     df["base"] = pd.Series([r["base"] for r in rows], dtype=object)  # None in round 0, not NaN
     bests = {t.user_attrs.get(ATTR_BASE) for t in tagged} | {(study.user_attrs.get(RESULT_ATTR) or {}).get("trial")}

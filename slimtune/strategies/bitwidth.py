@@ -62,7 +62,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -126,14 +127,23 @@ class Bitwidth(Strategy):
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> BudgetRepairSampler:
         names = bit_names(space, self.name)
-        inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(space, n_objectives, seed, n_trials)
+        inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(
+            space, n_objectives, seed, n_trials
+        )
         widest = {k: max(d.choices) for k, d in space.distributions().items() if k in names}  # type: ignore[attr-defined]
         priors = []
         if getattr(space, "safe_bits", None):
             priors.append({**widest, **{BITS_W_PREFIX + layer: b for layer, b in space.safe_bits.items()}})
         priors.append(widest)
         return BudgetRepairSampler(
-            inner, space, names, self.name, self.params["resource"], self.params["target"], RESOURCES, priors,
+            inner,
+            space,
+            names,
+            self.name,
+            self.params["resource"],
+            self.params["target"],
+            RESOURCES,
+            priors,
             latency="bits",
         )
 

@@ -66,9 +66,18 @@ class Joint(Strategy):
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> BudgetRepairSampler:
         bits = bit_names(space, self.name)
         names = [k for k in space.distributions() if k.startswith(SPARSITY_PREFIX)] + bits
-        inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(space, n_objectives, seed, n_trials)
+        inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(
+            space, n_objectives, seed, n_trials
+        )
         return BudgetRepairSampler(
-            inner, space, names, self.name, self.params["resource"], self.params["target"], RESOURCES, space.seeds(),
+            inner,
+            space,
+            names,
+            self.name,
+            self.params["resource"],
+            self.params["target"],
+            RESOURCES,
+            space.seeds(),
             allocate=True,
         )
 

@@ -93,8 +93,9 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -317,7 +318,7 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             if kmax <= k0:
                 continue
 
-            def resource(k: int) -> float:
+            def resource(k: int, g: str = g, per_block: int = per_block) -> float:
                 return model.relative({**base, g: k / per_block})
 
             r_max = resource(kmax)
@@ -390,7 +391,11 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             done.append(it)
             i += 1
             chosen = next(t for trials in it.claims.values() for t in trials if t.number == it.chosen)
-            if self.inherit and attributes.artifact_id(chosen) is None and (resource > budget.target + _EPS or self.long_term):
+            if (
+                self.inherit
+                and attributes.artifact_id(chosen) is None
+                and (resource > budget.target + _EPS or self.long_term)
+            ):
                 reason = (
                     f"iteration {i - 1}'s chosen trial {it.chosen} has no saved model, and the next step starts from "
                     "it: run with save_models='all' (or strategy.inherit_weights: false)"
@@ -451,11 +456,19 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
                 return self._spare(study, trial, state.final, search_space)
             self._wait(study, trial)
 
-    def _spare(self, study: optuna.Study, trial: FrozenTrial, base: dict[str, float], search_space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+    def _spare(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        base: dict[str, float],
+        search_space: Mapping[str, BaseDistribution],
+    ) -> dict[str, Any]:
         record(study, trial, ATTR_SPARE, True)
         return self._params(base, SHORT, search_space)
 
-    def _claim(self, study: optuna.Study, trial: FrozenTrial, claim: dict[str, Any], iteration: int, candidate: str) -> bool:
+    def _claim(
+        self, study: optuna.Study, trial: FrozenTrial, claim: dict[str, Any], iteration: int, candidate: str
+    ) -> bool:
         """Record the claim on the trial, then check no lower-numbered running trial holds it too."""
         for key, value in claim.items():
             record(study, trial, key, value)
@@ -478,7 +491,9 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
 
-    def _params(self, sparsities: Mapping[str, float], phase: str, search_space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+    def _params(
+        self, sparsities: Mapping[str, float], phase: str, search_space: Mapping[str, BaseDistribution]
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for g, s in sparsities.items():
             name = self.space.param_name(g)

@@ -23,7 +23,9 @@ class NSGA2(Strategy):
     name = "nsga2"
     defaults = {"population_size": 8, "mutation_prob": None, "crossover_prob": 0.9}
 
-    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+    def sampler(
+        self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None
+    ) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(
             population_size=int(self.params["population_size"]),
             mutation_prob=self.params["mutation_prob"],

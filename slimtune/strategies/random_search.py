@@ -18,5 +18,7 @@ class Random(Strategy):
 
     name = "random"
 
-    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+    def sampler(
+        self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None
+    ) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)

@@ -75,8 +75,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -153,7 +154,8 @@ class Schedule:
 
     @property
     def steps(self) -> int:
-        """Number of cooling steps until the temperature falls below ``stop`` (the smallest ``k`` with ``T_k < stop``)."""
+        """Number of cooling steps until the temperature falls below ``stop`` (the smallest ``k`` with
+        ``T_k < stop``)."""
         return max(1, math.floor(math.log(self.stop / self.start) / math.log(self.rate) + 1e-9) + 1)
 
 
@@ -268,10 +270,15 @@ class SimulatedAnnealingSampler(optuna.samplers.BaseSampler):
     def state(self, study: optuna.Study, exclude: int | None = None) -> AnnealingState:
         return annealing_state(study, self.schedule, exclude, self.chain)
 
-    def initial_point(self, relative: Callable[[dict[str, float]], float] | None = None, target: float | None = None) -> dict[str, float]:
+    def initial_point(
+        self, relative: Callable[[dict[str, float]], float] | None = None, target: float | None = None
+    ) -> dict[str, float]:
         """The chain's start, before it is rescaled to the target (``relative``: the resource model)."""
         if isinstance(self.initial, Mapping):
-            return {g: min(max(float(self.initial.get(g, self.lower[g])), self.lower[g]), self.upper[g]) for g in self.space.groups}
+            return {
+                g: min(max(float(self.initial.get(g, self.lower[g])), self.lower[g]), self.upper[g])
+                for g in self.space.groups
+            }
         if self.initial == "greedy" and relative is not None and target is not None:
             x = self.space.allocate(relative, target)
             if x is not None:
@@ -410,9 +417,13 @@ class SimulatedAnnealing(Strategy):
                 f"strategy {self.name!r}: strategy.moves_per_temperature {moves!r} must be an integer >= 1",
                 field="strategy.moves_per_temperature",
             )
-        self.schedule = Schedule(float(p["start_temperature"]), float(p["stop_temperature"]), float(rate), p["cooling"], moves)
+        self.schedule = Schedule(
+            float(p["start_temperature"]), float(p["stop_temperature"]), float(rate), p["cooling"], moves
+        )
 
-    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> SimulatedAnnealingSampler:
+    def sampler(
+        self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None
+    ) -> SimulatedAnnealingSampler:
         return SimulatedAnnealingSampler(
             space,
             self.schedule,
@@ -437,6 +448,8 @@ class SimulatedAnnealing(Strategy):
     def finished(self, study: optuna.Study) -> str | None:
         state = annealing_state(study, self.schedule)
         if state.finished:
-            return (f"cooled to {state.temperature:.3g} < stop_temperature {self.schedule.stop:g} after {state.steps} steps "
-                    f"({len(state.accepted)} accepted)")
+            return (
+                f"cooled to {state.temperature:.3g} < stop_temperature {self.schedule.stop:g} "
+                f"after {state.steps} steps ({len(state.accepted)} accepted)"
+            )
         return None

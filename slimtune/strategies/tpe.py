@@ -24,7 +24,9 @@ class TPE(Strategy):
     name = "tpe"
     defaults = {"n_startup_trials": 6, "multivariate": True}
 
-    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+    def sampler(
+        self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None
+    ) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=int(self.params["n_startup_trials"]),

@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -39,7 +40,9 @@ class Uniform(Strategy):
         high = self.params["high"] if self.params["high"] is not None else space.options.max_sparsity
         return float(self.params["low"]), float(high)
 
-    def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+    def sampler(
+        self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None
+    ) -> optuna.samplers.BaseSampler:
         low, high = self._range(space)
         points = int(self.params["points"] or n_trials or 10)
         grid = [round(float(v), 4) for v in np.linspace(low, high, max(points, 1))]

@@ -59,7 +59,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import math
@@ -74,6 +73,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import yaml
 
 from slimtune.errors import SlimtuneError, SpecError
+from slimtune.trials.cost import did_you_mean
 
 if TYPE_CHECKING:
     from slimtune.trials.task import Task
@@ -338,7 +338,7 @@ class Spec:
             if not hasattr(obj, attr):
                 owner = f"module '{module_name}'" if i == 0 else f"'{module_name}:{'.'.join(parts[:i])}'"
                 names = [n for n in dir(obj) if not n.startswith("_")]
-                fail(f"{owner} has no attribute '{attr}'{_did_you_mean(attr, names)}")
+                fail(f"{owner} has no attribute '{attr}'{did_you_mean(attr, names)}")
             obj = getattr(obj, attr)
         if not callable(obj):
             fail(f"'{self.task}' is not callable (it is {_describe(obj)}); name a function returning a Task")
@@ -492,7 +492,7 @@ class _Validator:
         known = sorted(COMPRESSORS)
         if name not in COMPRESSORS:
             self.fail(
-                "compressor.name", f"unknown compressor {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}"
+                "compressor.name", f"unknown compressor {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
             )
         params = {k: v for k, v in data.items() if k != "name"}
         accepted = sorted(COMPRESSORS[name].defaults)
@@ -500,7 +500,7 @@ class _Validator:
             if key not in accepted:
                 self.fail(
                     f"compressor.{key}",
-                    f"unknown parameter of compressor {name!r}{_did_you_mean(str(key), accepted)}; "
+                    f"unknown parameter of compressor {name!r}{did_you_mean(str(key), accepted)}; "
                     f"known: {', '.join(accepted) or 'none'}",
                 )
         check_compressor_params(name, params)
@@ -568,7 +568,7 @@ class _Validator:
             )
         if name not in STRATEGIES:
             known = sorted(STRATEGIES)
-            self.fail(name_field, f"unknown strategy {name!r}{_did_you_mean(name, known)}; known: {', '.join(known)}")
+            self.fail(name_field, f"unknown strategy {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
         for key in params:
             if key in _SEARCH_ARGS:
                 self.fail(
@@ -581,7 +581,7 @@ class _Validator:
                     known = ", ".join(sorted(accepted)) or "none"
                     self.fail(
                         f"strategy.{key}",
-                        f"unknown parameter of strategy {name!r}{_did_you_mean(key, accepted)}; known: {known}",
+                        f"unknown parameter of strategy {name!r}{did_you_mean(key, accepted)}; known: {known}",
                     )
         return name, params
 
@@ -590,50 +590,12 @@ class _Validator:
             return None
         space = dict(self.mapping(value, "space"))
         self.unknown_keys(space, SPACE_FIELDS, prefix="space.")
-        for key in ("bits_w", "bits_a", "quantize_layers"):
-            if key in space:
+        for key in ("levels", "bits_w", "bits_a", "groups", "quantize_layers"):
+            if key in space:  # YAML may give one value where a list is meant
                 space[key] = self.as_list(space[key], f"space.{key}")
-        for key in ("max_sparsity", "min_sparsity", "tolerance", "headroom"):
-            if key in space and space[key] is None:
-                self.fail(f"space.{key}", f"expected a number, got null ({SPACE_FIELDS[key]})")
-        if "max_sparsity" in space:
-            space["max_sparsity"] = self.number(space["max_sparsity"], "space.max_sparsity", 0.0, 1.0, True, True)
-        if "min_sparsity" in space:
-            space["min_sparsity"] = self.number(space["min_sparsity"], "space.min_sparsity", 0.0, 1.0, False, True)
-            upper = space.get("max_sparsity", 0.9)
-            if space["min_sparsity"] >= upper:
-                self.fail("space.min_sparsity", f"must be below max_sparsity ({upper}), got {space['min_sparsity']}")
-        if "tolerance" in space:
-            space["tolerance"] = self.number(space["tolerance"], "space.tolerance", low=0.0)
-        if "headroom" in space:
-            space["headroom"] = self.number(space["headroom"], "space.headroom", 0.0, 1.0, False, True)
-        if "levels" in space:
-            levels = self.as_list(space["levels"], "space.levels")
-            if not levels:
-                self.fail("space.levels", "must list at least one sparsity level, e.g. [0.25, 0.5, 0.75]")
-            space["levels"] = [
-                self.number(lv, f"space.levels[{i}]", 0.0, 1.0, True, True) for i, lv in enumerate(levels)
-            ]
-        if "criterion" in space:
-            from slimtune.compressors import CRITERIA
-
-            criterion = self.string(space["criterion"], "space.criterion")
-            if criterion not in CRITERIA:
-                known = sorted(CRITERIA)
-                self.fail(
-                    "space.criterion",
-                    f"unknown criterion {criterion!r}{_did_you_mean(criterion, known)}; known: {', '.join(known)}",
-                )
-        if "sensitivity" in space and not isinstance(space["sensitivity"], bool):
-            self.fail("space.sensitivity", f"expected true or false, got {_describe(space['sensitivity'])}")
-        if "groups" in space:
-            groups = self.as_list(space["groups"], "space.groups")
-            if not groups:
-                self.fail("space.groups", "must name at least one group (leave it out to search every prunable group)")
-            space["groups"] = [self.string(g, f"space.groups[{i}]") for i, g in enumerate(groups)]
         from slimtune.search_spaces import SpaceOptions
 
-        try:  # the search space's own checks, in case they are stricter than the ones above
+        try:  # the search space checks its own options
             SpaceOptions.from_dict(space)
         except SlimtuneError as exc:
             self.owner_error(exc, "space")
@@ -651,8 +613,7 @@ class _Validator:
             if name not in OBJECTIVES:
                 self.fail(
                     f"objectives[{i}]",
-                    f"unknown objective {name!r}{_did_you_mean(name, list(OBJECTIVES))}; "
-                    f"known: {', '.join(OBJECTIVES)}",
+                    f"unknown objective {name!r}{did_you_mean(name, list(OBJECTIVES))}; known: {', '.join(OBJECTIVES)}",
                 )
             if name in seen:
                 self.fail(f"objectives[{i}]", f"objective {name!r} is listed twice")
@@ -684,7 +645,7 @@ class _Validator:
             if key not in known:
                 self.fail(
                     f"{prefix}{key}",
-                    f"unknown field{_did_you_mean(key, list(known))}; known fields: {', '.join(known)}",
+                    f"unknown field{did_you_mean(key, list(known))}; known fields: {', '.join(known)}",
                 )
 
     def string(self, value: Any, fld: str) -> str:
@@ -743,7 +704,7 @@ class _Validator:
     def choice(self, value: Any, fld: str, choices: tuple[str, ...], what: str) -> str:
         text = self.string(value, fld)
         if text not in choices:
-            suggestion = _did_you_mean(text, list(choices))
+            suggestion = did_you_mean(text, list(choices))
             self.fail(fld, f"unknown {what} {text!r}{suggestion}; known: {', '.join(choices)}")
         return text
 
@@ -798,11 +759,6 @@ def _strategy_params(cls: Any) -> set[str] | None:
     if any(p.kind == p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def _did_you_mean(word: str, candidates: Any) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _describe(value: Any) -> str:

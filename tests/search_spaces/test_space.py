@@ -223,8 +223,8 @@ def test_uniform_params(graph) -> None:
         ({"headroom": 1.0}, "space.headroom"),
         ({"headroom": -0.1}, "space.headroom"),
         ({"levels": ()}, "space.levels"),
-        ({"levels": (0.5, 1.0)}, "space.levels"),
-        ({"levels": (0.0, 0.5)}, "space.levels"),
+        ({"levels": (0.5, 1.0)}, "space.levels[1]"),
+        ({"levels": (0.0, 0.5)}, "space.levels[0]"),
         ({"criterion": "nope"}, "space.criterion"),
     ],
 )

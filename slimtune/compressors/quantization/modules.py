@@ -34,7 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from slimtune.compressors.quantization.algorithms import QuantAlgorithm, get_algorithm
+# (from _base, not the algorithms package, which imports ptq and slb, which import this module; the
+# algorithms are registered by the quantization package, which imports them before this module)
+from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, get_algorithm
 from slimtune.compressors.quantization.functional import check_bits, is_float
 from slimtune.compressors.quantization.observers import Observer, make_observer
 from slimtune.errors import ArgumentTypeError, QuantizationError

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, register_algorithm
+from slimtune.compressors.quantization.modules import calibrate, freeze, quantize_model
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,8 +53,6 @@ def post_training_quantize(
         observer: Observer name (``minmax``, ``moving_average``, ``percentile``, ``kl``).
         max_batches: Use at most this many batches.
     """
-    from slimtune.compressors.quantization.modules import calibrate, freeze, quantize_model
-
     q = quantize_model(model, layers, observer=observer, algorithm="ptq")
     if batches is not None:
         calibrate(q, batches, max_batches=max_batches)

@@ -62,17 +62,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, register_algorithm
 from slimtune.compressors.quantization.functional import is_float
+from slimtune.compressors.quantization.modules import QuantWrapper
 from slimtune.errors import QuantizationError
-
-if TYPE_CHECKING:
-    from slimtune.compressors.quantization.modules import QuantWrapper
 
 MAX_BITS = 4
 """Largest weight bit-width SLB accepts (``2^b`` logits per weight)."""
@@ -136,8 +132,6 @@ class SLB(QuantAlgorithm):
 # ---------------------------------------------------------------------- helpers
 def slb_layers(model: nn.Module) -> list[QuantWrapper]:
     """The layers of ``model`` whose weights are quantized by ``slb`` (empty when none)."""
-    from slimtune.compressors.quantization.modules import QuantWrapper
-
     return [
         m for m in model.modules() if isinstance(m, QuantWrapper) and isinstance(m.algorithm, SLB) and hasattr(m, "slb_logits")
     ]
