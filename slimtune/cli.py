@@ -563,8 +563,12 @@ def format_legend(study: optuna.Study, front: pd.DataFrame) -> str:
     original = []
     if base.get("accuracy") is not None:
         original.append(f"{metric} {_fmt(base['accuracy'], '{:.4f}')}")
-    for key, fmt in (("flops", "{:,.0f} FLOPs (MACs per sample)"), ("params", "{:,.0f} params"),
-                     ("size", "{:,.0f} bytes"), ("latency", "latency {:.3f} ms")):  # fmt: skip
+    for key, fmt in (
+        ("flops", "{:,.0f} FLOPs (MACs per sample)"),
+        ("params", "{:,.0f} params"),
+        ("size", "{:,.0f} bytes"),
+        ("latency", "latency {:.3f} ms"),
+    ):
         if base.get(key) is not None:
             original.append(_fmt(base[key], fmt))
     lines = [
@@ -583,8 +587,12 @@ def format_legend(study: optuna.Study, front: pd.DataFrame) -> str:
     hidden = [f"{dominated} complete but {'not the best' if len(study.directions) == 1 else 'dominated'}"]
     if constraints:
         hidden.append(f"{infeasible} complete but infeasible")
-    for state, what in ((TrialState.FAIL, "failed"), (TrialState.PRUNED, "pruned"),
-                        (TrialState.RUNNING, "running"), (TrialState.WAITING, "waiting")):  # fmt: skip
+    for state, what in (
+        (TrialState.FAIL, "failed"),
+        (TrialState.PRUNED, "pruned"),
+        (TrialState.RUNNING, "running"),
+        (TrialState.WAITING, "waiting"),
+    ):
         n = sum(1 for t in trials if t.state == state)
         if n or state in (TrialState.FAIL, TrialState.PRUNED):
             hidden.append(f"{n} {what}")

@@ -52,9 +52,17 @@ if TYPE_CHECKING:
 __all__ = ["MEASURES", "NotFound", "StorageReader", "check_storage"]
 
 MEASURES = (
-    "accuracy", "accuracy_drop", "flops", "flops_abs", "params", "params_abs",
-    "size", "size_abs", "latency", "latency_abs",
-)  # fmt: skip
+    "accuracy",
+    "accuracy_drop",
+    "flops",
+    "flops_abs",
+    "params",
+    "params_abs",
+    "size",
+    "size_abs",
+    "latency",
+    "latency_abs",
+)
 """The measures every trial stores (absolute ``*_abs``, relative to the original, the metric drop)."""
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -239,8 +247,14 @@ class StorageReader:
 class _Analysis:
     """What is derived from a study's trials at one moment."""
 
-    def __init__(self, summary: dict[str, Any], trials: dict[str, Any], front: list[dict[str, Any]],
-                 progress: dict[str, Any], front_numbers: list[int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        summary: dict[str, Any],
+        trials: dict[str, Any],
+        front: list[dict[str, Any]],
+        progress: dict[str, Any],
+        front_numbers: list[int],
+    ) -> None:
         self.summary = summary
         self.trials = trials
         self.front = front
@@ -333,8 +347,19 @@ class _StudyData:
         front_numbers = [int(n) for n in front_table["trial"]] if not front_table.empty else []
         front_set = set(front_numbers)
 
-        columns: dict[str, list[Any]] = {k: [] for k in ("number", "state", "feasible", "front", "duplicate_of",
-                                                          "datetime_start", "datetime_complete", "values")}  # fmt: skip
+        columns: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "number",
+                "state",
+                "feasible",
+                "front",
+                "duplicate_of",
+                "datetime_start",
+                "datetime_complete",
+                "values",
+            )
+        }
         measures: dict[str, list[Any]] = {k: [] for k in MEASURES}
         points: list[tuple[FrozenTrial, list[float | None] | None]] = []
         counts = dict.fromkeys(STATES, 0)
@@ -454,8 +479,16 @@ class _StudyData:
         duration = None
         if t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
-        known = {Trial.PLAN, Trial.MEASURES, Trial.CONSTRAINTS, Trial.TIMES, Trial.FAIL_REASON, Trial.ARTIFACT,
-                 Trial.HOSTNAME, Trial.DUPLICATE_OF}  # fmt: skip
+        known = {
+            Trial.PLAN,
+            Trial.MEASURES,
+            Trial.CONSTRAINTS,
+            Trial.TIMES,
+            Trial.FAIL_REASON,
+            Trial.ARTIFACT,
+            Trial.HOSTNAME,
+            Trial.DUPLICATE_OF,
+        }
         return {
             "study": self.name,
             "number": t.number,

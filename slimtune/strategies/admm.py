@@ -262,9 +262,13 @@ class ADMM(Strategy):
         key = optuna_internals.study_key(study)
         if key not in self._fixed:
             budget = resolve_budget(
-                self.name, self.params["resource"], self.params["target"], attributes.study_constraints(study),
-                "flops", 0.5,
-            )  # fmt: skip
+                self.name,
+                self.params["resource"],
+                self.params["target"],
+                attributes.study_constraints(study),
+                "flops",
+                0.5,
+            )
             assert budget is not None
             model = ResourceModel(space, budget.resource, study)
             self._fixed[key] = fixed_allocation(space, model, budget.target, self.params["allocation"])

@@ -215,9 +215,14 @@ class AutoCompressState:
 
 
 def autocompress_state(
-    study: optuna.Study, rounds: int, steps: int, carry_weights: bool = True, exclude: int | None = None,
-    proposals: str = "oneshot", space: SearchSpace | None = None,
-) -> AutoCompressState:  # fmt: skip
+    study: optuna.Study,
+    rounds: int,
+    steps: int,
+    carry_weights: bool = True,
+    exclude: int | None = None,
+    proposals: str = "oneshot",
+    space: SearchSpace | None = None,
+) -> AutoCompressState:
     """Fold the study's trials into rounds (deterministic: every worker agrees).
 
     Round ``k``'s proposals are decided when its chain has ``steps`` decided trials; its best proposal
@@ -365,9 +370,15 @@ class AutoCompressSampler(optuna.samplers.BaseSampler):
             if base is not None:
                 start = {g: base.best_params.get(self.space.param_name(g), 0.0) for g in self.space.groups}
             sa = SimulatedAnnealingSampler(
-                self.space, self.schedule, self.magnitude, self.budget(study).resource, self.targets(study)[k],
-                initial=start, seed=self._seed, chain=chain_name(k),
-            )  # fmt: skip
+                self.space,
+                self.schedule,
+                self.magnitude,
+                self.budget(study).resource,
+                self.targets(study)[k],
+                initial=start,
+                seed=self._seed,
+                chain=chain_name(k),
+            )
             if isinstance(start, dict):  # pruned channels do not come back: no group below its last sparsity
                 sa.lower = {g: max(sa.lower[g], start[g]) for g in self.space.groups}
                 sa.upper = {g: max(sa.upper[g], sa.lower[g]) for g in self.space.groups}
@@ -548,9 +559,17 @@ class AutoCompress(Strategy):
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> AutoCompressSampler:
         p = self.params
         return AutoCompressSampler(
-            space, p["rounds"], self.schedule, p["perturbation_magnitude"], p["resource"], p["target"], p["initial"],
-            p["carry_weights"], seed, p["proposals"],
-        )  # fmt: skip
+            space,
+            p["rounds"],
+            self.schedule,
+            p["perturbation_magnitude"],
+            p["resource"],
+            p["target"],
+            p["initial"],
+            p["carry_weights"],
+            seed,
+            p["proposals"],
+        )
 
     def suggest(self, trial: optuna.trial.Trial, space: SearchSpace) -> dict[str, Any]:
         self._stop_if_finished(trial)
@@ -590,10 +609,15 @@ class AutoCompress(Strategy):
         if state.reason is None:
             return None
         if RESULT_ATTR not in study.user_attrs:
-            study.set_user_attr(RESULT_ATTR, {
-                "trial": state.done[-1].best if state.done else None, "rounds": len(state.done), "reason": state.reason,
-                "bests": [r.best for r in state.done],
-            })  # fmt: skip
+            study.set_user_attr(
+                RESULT_ATTR,
+                {
+                    "trial": state.done[-1].best if state.done else None,
+                    "rounds": len(state.done),
+                    "reason": state.reason,
+                    "bests": [r.best for r in state.done],
+                },
+            )
         return state.reason
 
 
@@ -613,14 +637,22 @@ def autocompress_history(study: optuna.Study) -> pd.DataFrame:
     for t in tagged:
         outcome = t.user_attrs.get(ATTR_OUTCOME) or {}
         purified = attributes.compressor_info(t).get("purified") or {}
-        rows.append({
-            "round": int(t.user_attrs[ATTR_ROUND]), "phase": t.user_attrs.get(ATTR_PHASE, PROPOSAL),
-            "step": t.user_attrs.get(attributes.SA.STEP), "trial": t.number,
-            "state": t.state.name, "target": t.user_attrs.get(ATTR_TARGET), "base": t.user_attrs.get(ATTR_BASE),
-            "predicted": t.user_attrs.get(attributes.SA.RESOURCE), "measured": outcome.get("measured"),
-            "cost": t.user_attrs.get(ATTR_COST), "accepted": t.user_attrs.get(ATTR_ACCEPTED),
-            "purified": int(sum(purified.values())),
-        })  # fmt: skip
+        rows.append(
+            {
+                "round": int(t.user_attrs[ATTR_ROUND]),
+                "phase": t.user_attrs.get(ATTR_PHASE, PROPOSAL),
+                "step": t.user_attrs.get(attributes.SA.STEP),
+                "trial": t.number,
+                "state": t.state.name,
+                "target": t.user_attrs.get(ATTR_TARGET),
+                "base": t.user_attrs.get(ATTR_BASE),
+                "predicted": t.user_attrs.get(attributes.SA.RESOURCE),
+                "measured": outcome.get("measured"),
+                "cost": t.user_attrs.get(ATTR_COST),
+                "accepted": t.user_attrs.get(ATTR_ACCEPTED),
+                "purified": int(sum(purified.values())),
+            }
+        )
     rows.sort(key=lambda r: (r["round"], r["phase"] == ADMM, r["trial"]))
     columns = [
         "round",

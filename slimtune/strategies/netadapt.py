@@ -182,9 +182,13 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
     current iteration (or the final network), waiting while other workers finish an iteration."""
 
     def __init__(
-        self, space: SearchSpace, params: Mapping[str, Any], seed: int | None = None, wait: bool = True,
+        self,
+        space: SearchSpace,
+        params: Mapping[str, Any],
+        seed: int | None = None,
+        wait: bool = True,
         n_trials: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.space = space
         self.n_trials = n_trials  # the study's budget, for the warning of :meth:`check_budget`
         self._checked: set[int] = set()
@@ -205,9 +209,13 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
         key = optuna_internals.study_key(study)
         if key not in self._models:
             budget = resolve_budget(
-                "netadapt", self.params.get("resource"), self.params.get("target"),
-                attributes.study_constraints(study), "flops", 0.5,
-            )  # fmt: skip
+                "netadapt",
+                self.params.get("resource"),
+                self.params.get("target"),
+                attributes.study_constraints(study),
+                "flops",
+                0.5,
+            )
             assert budget is not None
             self._models[key] = (budget, ResourceModel(self.space, budget.resource, study))
         return self._models[key]
@@ -295,10 +303,14 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             logger.warning(
                 "netadapt: reaching %s %g takes about %d trials (%d iterations%s) but the budget is "
                 "n_trials %d: the study may end above the target%s; raise n_trials or strategy.step (or step: auto)",
-                budget.resource, budget.target, needed, iterations,
-                " + the long-term fine-tune" if self.long_term else "", self.n_trials,
+                budget.resource,
+                budget.target,
+                needed,
+                iterations,
+                " + the long-term fine-tune" if self.long_term else "",
+                self.n_trials,
                 " and without the long-term fine-tune" if self.long_term else "",
-            )  # fmt: skip
+            )
 
     def _step(self, i: int, first: float) -> float:
         p = self.params
@@ -430,9 +442,13 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
             if state.phase == "final":
                 running = [t for t in state.final_trials if t.state == TrialState.RUNNING]
                 if not running:
-                    claim = {ATTR_ITERATION: n, ATTR_CANDIDATE: FINAL, ATTR_BUDGET: None,
-                             ATTR_RESOURCE: self.budget(study)[1].relative(state.final),
-                             ATTR_BASE: state.iterations[-1].chosen if state.iterations else None}  # fmt: skip
+                    claim = {
+                        ATTR_ITERATION: n,
+                        ATTR_CANDIDATE: FINAL,
+                        ATTR_BUDGET: None,
+                        ATTR_RESOURCE: self.budget(study)[1].relative(state.final),
+                        ATTR_BASE: state.iterations[-1].chosen if state.iterations else None,
+                    }
                     if self._claim(study, trial, claim, n, FINAL):
                         return self._params(state.final, LONG, search_space)
                     continue
@@ -442,8 +458,13 @@ class NetAdaptSampler(optuna.samplers.BaseSampler):
                 for g, (s, r) in it.candidates.items():
                     if it.done(g) or any(t.state == TrialState.RUNNING for t in it.claims.get(g, [])):
                         continue
-                    claim = {ATTR_ITERATION: it.index, ATTR_CANDIDATE: g, ATTR_BUDGET: it.budget,
-                             ATTR_RESOURCE: r, ATTR_BASE: it.base_trial}  # fmt: skip
+                    claim = {
+                        ATTR_ITERATION: it.index,
+                        ATTR_CANDIDATE: g,
+                        ATTR_BUDGET: it.budget,
+                        ATTR_RESOURCE: r,
+                        ATTR_BASE: it.base_trial,
+                    }
                     if self._claim(study, trial, claim, it.index, g):
                         return self._params({**it.base, g: s}, SHORT, search_space)
                     break  # another worker took it: look again
@@ -606,10 +627,16 @@ class NetAdapt(Strategy):
         if RESULT_ATTR not in study.user_attrs:
             last = state.iterations[-1].chosen if state.iterations else None
             final = next((t.number for t in state.final_trials if t.state == TrialState.COMPLETE), None)
-            study.set_user_attr(RESULT_ATTR, {
-                "trial": last, "final_trial": final, "iterations": len(state.iterations), "reason": state.reason,
-                "sparsities": state.final,
-            })  # fmt: skip
+            study.set_user_attr(
+                RESULT_ATTR,
+                {
+                    "trial": last,
+                    "final_trial": final,
+                    "iterations": len(state.iterations),
+                    "reason": state.reason,
+                    "sparsities": state.final,
+                },
+            )
         return state.reason
 
 
@@ -624,21 +651,26 @@ def netadapt_history(study: optuna.Study) -> pd.DataFrame:
     import pandas as pd
 
     tagged = [
-        t for t in study.get_trials(deepcopy=False)
+        t
+        for t in study.get_trials(deepcopy=False)
         if ATTR_ITERATION in t.user_attrs and t.user_attrs.get(ATTR_CANDIDATE) is not None
-    ]  # fmt: skip
+    ]
     chosen = {t.user_attrs.get(ATTR_BASE) for t in tagged} - {None}
     result = study.user_attrs.get(RESULT_ATTR) or {}
     if result.get("trial") is not None:
         chosen.add(result["trial"])
     rows = [
         {
-            "iteration": int(t.user_attrs[ATTR_ITERATION]), "budget": t.user_attrs.get(ATTR_BUDGET),
-            "candidate": t.user_attrs[ATTR_CANDIDATE], "trial": t.number, "state": t.state.name,
-            "cost": trial_cost(study, t), "resource": t.user_attrs.get(ATTR_RESOURCE),
+            "iteration": int(t.user_attrs[ATTR_ITERATION]),
+            "budget": t.user_attrs.get(ATTR_BUDGET),
+            "candidate": t.user_attrs[ATTR_CANDIDATE],
+            "trial": t.number,
+            "state": t.state.name,
+            "cost": trial_cost(study, t),
+            "resource": t.user_attrs.get(ATTR_RESOURCE),
             "chosen": t.user_attrs[ATTR_CANDIDATE] != FINAL and t.number in chosen,
         }
         for t in tagged
-    ]  # fmt: skip
+    ]
     columns = ["iteration", "budget", "candidate", "trial", "state", "cost", "resource", "chosen"]
     return pd.DataFrame(rows, columns=columns).sort_values(["iteration", "trial"]).reset_index(drop=True)

@@ -101,14 +101,25 @@ def sensitivity_table(
         total = len(levels) * len(groups)
         logger.info(
             "sensitivity analysis: %s levels x %s prunable groups = %s evaluations (cached in the storage)",
-            len(levels), len(groups), total,
-        )  # fmt: skip
+            len(levels),
+            len(groups),
+            total,
+        )
         _log_resume(sum((g, lv) in done for g in groups for lv in levels), total)
         return analyze_sensitivity(
-            task.model, task.example_inputs, task.evaluate, levels=levels, criterion=options.criterion,
-            data=task.calibration, direction=task.direction, graph=graph, baseline=baseline, progress=progress,
-            done=done, on_result=on_result,
-        )  # fmt: skip
+            task.model,
+            task.example_inputs,
+            task.evaluate,
+            levels=levels,
+            criterion=options.criterion,
+            data=task.calibration,
+            direction=task.direction,
+            graph=graph,
+            baseline=baseline,
+            progress=progress,
+            done=done,
+            on_result=on_result,
+        )
 
     table = _cached_table(task, storage, SENSITIVITY_PREFIX + key, compute, ("group", "level", float))
     table.attrs.setdefault("criterion", options.criterion)
@@ -142,14 +153,25 @@ def bit_sensitivity_table(
         total = len(bits) * len(names)
         logger.info(
             "bit-width sensitivity: %s bit-widths x %s quantizable layers = %s evaluations (cached in the storage)",
-            len(bits), len(names), total,
-        )  # fmt: skip
+            len(bits),
+            len(names),
+            total,
+        )
         _log_resume(sum((n, int(b)) in done for n in names for b in bits), total)
         return analyze_bit_sensitivity(
-            task.model, task.example_inputs, task.evaluate, bits=bits, layers=layers, data=task.calibration,
-            direction=task.direction, graph=graph, baseline=baseline, progress=progress, done=done,
+            task.model,
+            task.example_inputs,
+            task.evaluate,
+            bits=bits,
+            layers=layers,
+            data=task.calibration,
+            direction=task.direction,
+            graph=graph,
+            baseline=baseline,
+            progress=progress,
+            done=done,
             on_result=on_result,
-        )  # fmt: skip
+        )
 
     return _cached_table(task, storage, BIT_SENSITIVITY_PREFIX + key, compute, ("layer", "bits_w", int))
 
@@ -188,8 +210,11 @@ def _cached_table(
         if baseline is not None:
             logger.warning(
                 "sensitivity cache %s: the original model now scores %r, its stored rows were measured against %r; "
-                "recomputing them", name, current, baseline,
-            )  # fmt: skip
+                "recomputing them",
+                name,
+                current,
+                baseline,
+            )
         baseline = current
         cache.set_user_attr("baseline", baseline)
         cache.set_user_attr("direction", task.direction)

@@ -136,9 +136,23 @@ _BACKENDS = ("local", "ray")
 _SAVE_MODELS = ("all", "none")
 # keyword arguments of ``search`` that a strategy parameter must not shadow
 _SEARCH_ARGS = (
-    "task", "strategy", "objectives", "constraints", "n_trials", "timeout", "storage", "study_name",
-    "space", "seed", "save_models", "join", "progress", "weights", "backend", "ray",
-)  # fmt: skip
+    "task",
+    "strategy",
+    "objectives",
+    "constraints",
+    "n_trials",
+    "timeout",
+    "storage",
+    "study_name",
+    "space",
+    "seed",
+    "save_models",
+    "join",
+    "progress",
+    "weights",
+    "backend",
+    "ray",
+)
 _TASK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
