@@ -268,7 +268,8 @@ class CompressionPlan:
 
     def _validate_training(self) -> None:
         """Check ``compressor``, ``compressor_params`` and ``finetune`` (errors name the field)."""
-        from slimtune.compressors.training import COMPRESSORS, check_compressor_params, check_finetune_overrides
+        from slimtune.compressors.training.config import check_finetune_overrides
+        from slimtune.compressors.training.registry import COMPRESSORS, check_compressor_params
 
         if not isinstance(self.compressor, str) or self.compressor not in COMPRESSORS:
             raise PlanError(f"plan.compressor: unknown compressor {self.compressor!r}; known: {sorted(COMPRESSORS)}")

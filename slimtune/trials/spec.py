@@ -616,23 +616,15 @@ class _Validator:
         return space
 
     def objectives(self, value: Any) -> list[str]:
-        from slimtune.trials.cost import OBJECTIVES
+        from slimtune.trials.cost import check_objectives
 
         names = self.as_list(value, "objectives")
-        if not names:
-            self.fail("objectives", f"must list at least one objective; known: {', '.join(OBJECTIVES)}")
-        seen: set[str] = set()
         for i, name in enumerate(names):
-            name = self.string(name, f"objectives[{i}]")
-            if name not in OBJECTIVES:
-                self.fail(
-                    f"objectives[{i}]",
-                    f"unknown objective {name!r}{did_you_mean(name, list(OBJECTIVES))}; known: {', '.join(OBJECTIVES)}",
-                )
-            if name in seen:
-                self.fail(f"objectives[{i}]", f"objective {name!r} is listed twice")
-            seen.add(name)
-        return list(names)
+            self.string(name, f"objectives[{i}]")
+        try:  # the cost checks its own objectives
+            return check_objectives(names)
+        except SlimtuneError as exc:
+            self.owner_error(exc, "objectives")
 
     def constraints(self, value: Any) -> list[str]:
         from slimtune.trials.cost import parse_constraint
@@ -640,15 +632,13 @@ class _Validator:
         if value is None:
             return []
         items = self.as_list(value, "constraints")
-        out = []
         for i, text in enumerate(items):
-            text = self.string(text, f"constraints[{i}]")
-            try:
+            self.string(text, f"constraints[{i}]")
+            try:  # the cost parses its own constraints
                 parse_constraint(text)
-            except ValueError as exc:
-                self.fail(f"constraints[{i}]", str(exc))
-            out.append(text)
-        return out
+            except SlimtuneError as exc:
+                self.fail(f"constraints[{i}]", getattr(exc, "problem", str(exc)))
+        return list(items)
 
     # -- types ----------------------------------------------------------------------------------
 

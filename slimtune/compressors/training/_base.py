@@ -26,11 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from slimtune.compressors.training.config import FinetuneConfig
-from slimtune.errors import CompressorError, PlanConfigError, UnknownCompressorError
-from slimtune.registry import Registry
+from slimtune.compressors.training.registry import (
+    COMPRESSORS,
+    Compressor,
+    CompressorEntry,
+    check_compressor_params,
+    get_compressor,
+    register_compressor,
+)
+from slimtune.errors import CompressorError, PlanConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -40,67 +47,23 @@ if TYPE_CHECKING:
     from slimtune.compressors.plan import CompressionPlan
     from slimtune.compressors.training.finetune import FinetuneResult, TrainHook
 
+__all__ = [
+    "COMPRESSORS",
+    "Compressor",
+    "CompressorEntry",
+    "CompressorError",
+    "Report",
+    "TrainingContext",
+    "check_compressor_params",
+    "get_compressor",
+    "oneshot_plan",
+    "register_compressor",
+    "run_compressor",
+]
 
 Report = Callable[[int, float], Any]
 """``report(step, value)``: receives the evaluated metric during training; a true return value stops the
 run early; raising (e.g. ``optuna.TrialPruned``) aborts it."""
-
-
-class Compressor(Protocol):
-    """``compressor(model, plan, example_inputs, context, **params) -> compressed model``."""
-
-    def __call__(
-        self, model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any
-    ) -> nn.Module: ...
-
-
-@dataclass(frozen=True)
-class CompressorEntry:
-    """A registered compressor: its function, its parameters with defaults, whether it trains."""
-
-    name: str
-    fn: Compressor
-    defaults: Mapping[str, Any]
-    trains: bool
-
-
-COMPRESSORS: Registry[CompressorEntry] = Registry(
-    "compressor", unknown_error=UnknownCompressorError, field="plan.compressor", identity=lambda entry: entry.fn
-)
-"""Every compressor by the name a plan's ``compressor`` field (and a spec) uses."""
-
-
-def register_compressor(
-    name: str, defaults: Mapping[str, Any] | None = None, trains: bool = False
-) -> Callable[[Compressor], Compressor]:
-    """Decorator registering a compressor under ``name``; ``defaults`` lists its parameters (a plan's
-    ``compressor_params`` may set only these); ``trains`` marks compressors that need training data."""
-
-    def deco(fn: Compressor) -> Compressor:
-        COMPRESSORS.register(name, CompressorEntry(name, fn, dict(defaults or {}), trains))
-        return fn
-
-    return deco
-
-
-def get_compressor(name: str) -> CompressorEntry:
-    """The compressor registered as ``name``; an unknown name raises
-    :class:`~slimtune.errors.UnknownCompressorError` (a :class:`~slimtune.errors.PlanError` naming
-    ``plan.compressor``, the closest known name and the known ones)."""
-    return COMPRESSORS.get(name)
-
-
-def check_compressor_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` over the compressor's defaults; unknown parameters raise a
-    :class:`~slimtune.errors.PlanConfigError` (field ``plan.compressor_params``) naming them."""
-    entry = get_compressor(name)
-    unknown = sorted(set(params) - set(entry.defaults))
-    if unknown:
-        known = ", ".join(sorted(entry.defaults)) or "none"
-        raise PlanConfigError(
-            f"unknown parameter(s) {unknown} of compressor {name!r}; known: {known}", field="plan.compressor_params"
-        )
-    return {**entry.defaults, **params}
 
 
 @dataclass
