@@ -17,13 +17,10 @@ Public entry points:
 from __future__ import annotations
 
 from slimtune.compressors._types import Group, LayerInfo, Member, Tap
+from slimtune.compressors.compress import compress
 from slimtune.compressors.criteria import CRITERIA, CriterionContext, register_criterion, score_group
 from slimtune.compressors.graph import ModelGraph, trace
 from slimtune.compressors.handlers import LayerHandler, handler_for, register_handler
-from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
-from slimtune.compressors.compress import compress
-from slimtune.compressors.speedup import SpeedupError, speedup
-from slimtune.compressors.pruning import apply_channel_masks, apply_unstructured_masks, make_permanent
 from slimtune.compressors.measures import (
     LatencyResult,
     LatencyTable,
@@ -35,6 +32,9 @@ from slimtune.compressors.measures import (
     measure_latency,
     model_size_bytes,
 )
+from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
+from slimtune.compressors.pruning import apply_channel_masks, apply_unstructured_masks, make_permanent
+from slimtune.compressors.speedup import SpeedupError, speedup
 from slimtune.compressors.training import COMPRESSORS, FinetuneConfig, KDConfig, finetune, run_compressor
 
 __all__ = [

@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -258,8 +259,13 @@ class Propagation:
             if tm_multi:
                 n_out = len(tm)
             call = LayerCall(
-                name, module, node, [self.value(a) for a in tensors], [shape_of(a) for a in tensors],
-                out_shapes[0] if out_shapes else None, n_out,
+                name,
+                module,
+                node,
+                [self.value(a) for a in tensors],
+                [shape_of(a) for a in tensors],
+                out_shapes[0] if out_shapes else None,
+                n_out,
             )
             value = handler.propagate(self, call)
             if multi and not isinstance(value, list):
@@ -282,8 +288,12 @@ class Propagation:
 
 def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
     """Nodes that the outputs depend on, or that mutate in place (and what those depend on)."""
-    roots = [n for n in graph.nodes if n.op == "output" or (n.op in ("call_function", "call_method") and _op_name(n).endswith("_")
-                                                                and not _op_name(n).startswith("_"))]
+    roots = [
+        n
+        for n in graph.nodes
+        if n.op == "output"
+        or (n.op in ("call_function", "call_method") and _op_name(n).endswith("_") and not _op_name(n).startswith("_"))
+    ]
     live: set[fx.Node] = set()
     stack = list(roots)
     while stack:
@@ -551,9 +561,30 @@ def _binary(p: Propagation, node: fx.Node) -> Any:
 
 
 _ACTIVATION_NAMES = {
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "gelu", "silu", "silu_",
-    "mish", "hardswish", "hardswish_", "hardsigmoid", "hardtanh", "hardtanh_", "sigmoid", "sigmoid_", "tanh",
-    "tanh_", "softplus", "prelu",
+    "relu",
+    "relu_",
+    "relu6",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "selu",
+    "celu",
+    "gelu",
+    "silu",
+    "silu_",
+    "mish",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardtanh",
+    "hardtanh_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "softplus",
+    "prelu",
 }
 
 
@@ -653,7 +684,9 @@ def _cat(p: Propagation, node: fx.Node) -> Any:
             if isinstance(v, ParamRef) and v.dims[dim] is not None:
                 labels = p.new_source(None, size, f"parameter {v.layer}.{v.attr} concatenated at {p.where(node)}")
             else:
-                labels = p.new_source(None, size, f"fixed tensor {getattr(t, 'name', t)!r} concatenated at {p.where(node)}")
+                labels = p.new_source(
+                    None, size, f"fixed tensor {getattr(t, 'name', t)!r} concatenated at {p.where(node)}"
+                )
             parts.append(labels)
         return Chan(np.concatenate(parts), cdim, nd)
     # along another dim: every operand holds the same channels
@@ -672,7 +705,10 @@ def _cat(p: Propagation, node: fx.Node) -> Any:
             shape = shape_of(t)
             d = cdim - (nd - len(shape)) if shape is not None else -1
             if shape is not None and 0 <= d < len(shape) and shape[d] > 1:
-                p.pin(base.labels, f"fixed tensor {getattr(t, 'name', t)!r} concatenated with the channels at {p.where(node)}")
+                p.pin(
+                    base.labels,
+                    f"fixed tensor {getattr(t, 'name', t)!r} concatenated with the channels at {p.where(node)}",
+                )
     return Chan(base.labels, cdim, nd)
 
 
@@ -757,11 +793,21 @@ def _split(p: Propagation, node: fx.Node) -> Any:
     if not shapes:
         p.pin(x.labels, f"split with unknown pieces at {p.where(node)}")
         return None
-    literal = node.args[1] if len(node.args) > 1 else next(
-        (node.kwargs[k] for k in ("split_size_or_sections", "split_size", "split_sizes", "chunks", "sections") if k in node.kwargs),
-        None,
+    literal = (
+        node.args[1]
+        if len(node.args) > 1
+        else next(
+            (
+                node.kwargs[k]
+                for k in ("split_size_or_sections", "split_size", "split_sizes", "chunks", "sections")
+                if k in node.kwargs
+            ),
+            None,
+        )
     )
-    if isinstance(literal, fx.Node) or (isinstance(literal, (list, tuple)) and any(isinstance(s, fx.Node) for s in literal)):
+    if isinstance(literal, fx.Node) or (
+        isinstance(literal, (list, tuple)) and any(isinstance(s, fx.Node) for s in literal)
+    ):
         if dim == x.cdim:
             p.pin(x.labels, f"split with sizes computed in the forward at {p.where(node)}")
             return [None for _ in shapes]
@@ -844,7 +890,9 @@ def _index_param(v: ParamRef, node: fx.Node, index: Any) -> Any:
         elif isinstance(i, int):
             k += 1
         else:  # a slice: the dim is kept only when it is whole
-            full = i == slice(None) or (i.start in (None, 0) and (i.stop is None or (isinstance(i.stop, int) and i.stop >= v.shape[k])))
+            full = i == slice(None) or (
+                i.start in (None, 0) and (i.stop is None or (isinstance(i.stop, int) and i.stop >= v.shape[k]))
+            )
             dims.append(v.dims[k] if full else None)
             k += 1
     dims.extend(v.dims[k:])
@@ -983,11 +1031,16 @@ def _reshape(p: Propagation, node: fx.Node) -> Any:
     # 1) the channel dim survives whole (possibly with size-1 dims added or removed around it)
     suffix = math.prod(in_shape[c + 1 :])
     candidates = [
-        d for d in range(len(out_shape))
-        if out_shape[d] == size and (
+        d
+        for d in range(len(out_shape))
+        if out_shape[d] == size
+        and (
             (math.prod(out_shape[:d]) == prefix and min(in_shape[:c] + out_shape[:d], default=1) >= 0)
-            or (math.prod(out_shape[d + 1 :]) == suffix and min(in_shape[c + 1 :] + out_shape[d + 1 :], default=1) >= 0
-                and (-1 in in_shape[:c] or -1 in out_shape[:d]))
+            or (
+                math.prod(out_shape[d + 1 :]) == suffix
+                and min(in_shape[c + 1 :] + out_shape[d + 1 :], default=1) >= 0
+                and (-1 in in_shape[:c] or -1 in out_shape[:d])
+            )
         )
     ]
     for d in candidates:
@@ -1002,7 +1055,10 @@ def _reshape(p: Propagation, node: fx.Node) -> Any:
         for a in range(c + 1):
             if math.prod(in_shape[:a]) != pre:
                 continue
-            b = next((b for b in range(c + 1, len(in_shape) + 1) if math.prod(in_shape[a:b]) == out_shape[d] and b - a >= 2), None)
+            b = next(
+                (b for b in range(c + 1, len(in_shape) + 1) if math.prod(in_shape[a:b]) == out_shape[d] and b - a >= 2),
+                None,
+            )
             if b is None:
                 continue
             if d in literal:
@@ -1038,7 +1094,13 @@ def _split_factors(in_shape: tuple[int, ...], out_shape: tuple[int, ...], c: int
 
 
 def _split_channels(
-    p: Propagation, node: fx.Node, v: Chan, first: int, factors: list[int], sizes: list[Any] | None, out_shape: tuple[int, ...]
+    p: Propagation,
+    node: fx.Node,
+    v: Chan,
+    first: int,
+    factors: list[int],
+    sizes: list[Any] | None,
+    out_shape: tuple[int, ...],
 ) -> Any:
     """The channel dim split into ``factors`` (output dims ``first, first+1, ...``)."""
     written = sizes[first : first + len(factors)] if sizes is not None and len(sizes) == len(out_shape) else None
@@ -1054,8 +1116,11 @@ def _split_channels(
                 unit = k
                 break
     if unit is None:
-        p.pin(v.labels, f"reshape splits the channel dim into {factors} with fixed sizes at {p.where(node)}; "
-                        "write the number of heads as -1 or bind it to a module attribute")
+        p.pin(
+            v.labels,
+            f"reshape splits the channel dim into {factors} with fixed sizes at {p.where(node)}; "
+            "write the number of heads as -1 or bind it to a module attribute",
+        )
         return None
     grid = v.labels.reshape(factors)
     moved = np.moveaxis(grid, unit, 0).reshape(factors[unit], -1)
@@ -1411,17 +1476,51 @@ def _bind_heads(p: Propagation, node: fx.Node, q: Chan, k: Chan) -> None:
 
 # ---------------------------------------------------------------------- rule tables
 _ACT_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
 )
 _PASS_MODULES = (
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Upsample,
-    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d,
 )
 _POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
 )
 MODULE_RULES: list[tuple[Any, Callable[..., Any]]] = [
     (nn.PReLU, _prelu_module),
@@ -1433,24 +1532,86 @@ MODULE_RULES: list[tuple[Any, Callable[..., Any]]] = [
 ]
 
 _ACT_FUNCS = [
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, torch.relu, torch.sigmoid, torch.tanh,
-    F.relu_, F.leaky_relu_, F.elu_, F.hardtanh_, torch.relu_,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.sigmoid,
+    F.tanh,
+    F.softplus,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.relu_,
+    F.leaky_relu_,
+    F.elu_,
+    F.hardtanh_,
+    torch.relu_,
 ]
 _ELEMENTWISE_FUNCS = [
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.interpolate, F.upsample,
-    torch.exp, torch.abs, torch.neg, torch.clamp, torch.clip, torch.sqrt, torch.square, operator.neg,
-    operator.pos, torch.rsqrt, torch.log, torch.sin, torch.cos, torch.erf,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.interpolate,
+    F.upsample,
+    torch.exp,
+    torch.abs,
+    torch.neg,
+    torch.clamp,
+    torch.clip,
+    torch.sqrt,
+    torch.square,
+    operator.neg,
+    operator.pos,
+    torch.rsqrt,
+    torch.log,
+    torch.sin,
+    torch.cos,
+    torch.erf,
 ]
 _BINARY_FUNCS = [
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-    operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
-    torch.maximum, torch.minimum, torch.pow, operator.pow,
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.maximum,
+    torch.minimum,
+    torch.pow,
+    operator.pow,
 ]
 _POOL_FUNCS = [
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.lp_pool1d, F.lp_pool2d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.lp_pool1d,
+    F.lp_pool2d,
 ]
 
 _FUNCTION_RULES: dict[Any, Callable[[Propagation, fx.Node], Any]] = {}
@@ -1497,13 +1658,46 @@ _METHOD_RULES: dict[str, Callable[[Propagation, fx.Node], Any]] = {
     **{
         m: _elementwise
         for m in (
-            "contiguous", "clone", "detach", "float", "half", "double", "to", "type_as", "exp", "abs",
-            "neg", "clamp", "clamp_", "clip", "sqrt", "square", "rsqrt", "pow", "log", "sin", "cos",
+            "contiguous",
+            "clone",
+            "detach",
+            "float",
+            "half",
+            "double",
+            "to",
+            "type_as",
+            "exp",
+            "abs",
+            "neg",
+            "clamp",
+            "clamp_",
+            "clip",
+            "sqrt",
+            "square",
+            "rsqrt",
+            "pow",
+            "log",
+            "sin",
+            "cos",
         )
     },
     **{m: _binary for m in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum")},
     **{m: _reduce for m in ("mean", "sum", "amax", "amin")},
-    **{m: _reshape for m in ("view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "unflatten", "expand", "expand_as")},
+    **{
+        m: _reshape
+        for m in (
+            "view",
+            "reshape",
+            "flatten",
+            "squeeze",
+            "unsqueeze",
+            "view_as",
+            "reshape_as",
+            "unflatten",
+            "expand",
+            "expand_as",
+        )
+    },
     "permute": _permute,
     "transpose": _transpose,
     "split": _split,

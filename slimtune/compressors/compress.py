@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import prune as torch_prune
 
 from slimtune.compressors.criteria import CriterionContext
-from slimtune.compressors.graph import ModelGraph, trace
+from slimtune.compressors.graph import ModelGraph, apply_channel_selection, trace
 from slimtune.compressors.plan import CompressionPlan
 from slimtune.compressors.pruning import (
-    apply_channel_masks,
     apply_unstructured_masks,
     clone_model,
     make_permanent,
     select_channels,
 )
-from slimtune.compressors.speedup import apply_speedup, check_forward
 from slimtune.errors import PlanError
 
 
@@ -81,7 +80,8 @@ def compress(
     if plan.compressor != "oneshot":
         raise PlanError(
             f"plan.compressor is {plan.compressor!r}, a compressor that trains the model to reach the plan: "
-            "run it with slimtune.compressors.training.run_compressor(model, plan, example_inputs, TrainingContext(...)); "
+            "run it with slimtune.compressors.training.run_compressor(model, plan, example_inputs, "
+            "TrainingContext(...)); "
             "compress() prunes in one shot (plan.compressor 'oneshot')"
         )
     compressed = clone_model(model)
@@ -92,7 +92,9 @@ def compress(
     if plan.granularity == "channel":
         ctx = CriterionContext(compressed, graph, data, loss_fn, max_batches)
         pruned = select_channels(graph, plan, ctx)
-    return finalize(compressed, plan, example_inputs, graph, pruned, speedup, data, max_batches, observer, quant_algorithm)
+    return finalize(
+        compressed, plan, example_inputs, graph, pruned, speedup, data, max_batches, observer, quant_algorithm
+    )
 
 
 def finalize(
@@ -121,11 +123,8 @@ def finalize(
         else:
             for layer, keep in pruned.items():
                 torch_prune.custom_from_mask(model.get_submodule(layer), "weight", keep)
-    elif not speedup:
-        apply_channel_masks(model, graph, dict(pruned or {}))
     else:
-        apply_speedup(model, graph, dict(pruned or {}))
-        check_forward(model, example_inputs)
+        apply_channel_selection(model, graph, pruned or {}, example_inputs, speedup)
     if plan.quantize:
         algorithm = quant_algorithm or plan.quant_algorithm or "ste"
         _quantize(model, plan, data, max_batches, observer, algorithm)

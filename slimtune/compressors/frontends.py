@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -230,8 +231,9 @@ def _export(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, str]:
             if "pytree" in str(e) or "not a known type" in str(e):
                 prefix, target = "model.", _Outputs(model)
                 try:
-                    return torch.export.export(target, inputs, dynamic_shapes=_dynamic(inputs) if dynamic else None,
-                                               strict=False), prefix
+                    return torch.export.export(
+                        target, inputs, dynamic_shapes=_dynamic(inputs) if dynamic else None, strict=False
+                    ), prefix
                 except Exception as e2:  # noqa: BLE001
                     last = e2
     assert last is not None
@@ -289,7 +291,11 @@ def _normalise(ep: Any, model: nn.Module, prefix: str) -> fx.Graph:
     constants = set(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
 
     def strip(path: str) -> str:
-        return path[len(prefix) :] if prefix and path.startswith(prefix) else ("" if prefix and path == prefix[:-1] else path)
+        return (
+            path[len(prefix) :]
+            if prefix and path.startswith(prefix)
+            else ("" if prefix and path == prefix[:-1] else path)
+        )
 
     # the outermost handled module on each node's stack: (stack key, path)
     region: dict[fx.Node, tuple[str, str]] = {}
@@ -361,7 +367,9 @@ def shape_of_val(node: Any) -> tuple[int, ...] | None:
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
-def _collapse(out: fx.Graph, env: dict[fx.Node, fx.Node], body: list[fx.Node], path: str, params: dict[str, str]) -> None:
+def _collapse(
+    out: fx.Graph, env: dict[fx.Node, fx.Node], body: list[fx.Node], path: str, params: dict[str, str]
+) -> None:
     """Replace the nodes of one layer call by one ``call_module`` node."""
     inside = set(body)
     args: list[fx.Node] = []
@@ -395,4 +403,3 @@ def _collapse(out: fx.Graph, env: dict[fx.Node, fx.Node], body: list[fx.Node], p
         g = out.call_function(operator.getitem, (cm, k))
         g.meta = dict(r.meta)
         env[r] = g
-

@@ -32,8 +32,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -174,8 +175,13 @@ class ModelGraph:
                 continue
             info = self.layers.get(name)
             row: dict[str, Any] = {
-                "layer": name, "type": type(module).__name__, "calls": info.calls if info else 0,
-                "params": sum(p.numel() for p in module.parameters()), "out": "", "in": "", "reason": "",
+                "layer": name,
+                "type": type(module).__name__,
+                "calls": info.calls if info else 0,
+                "params": sum(p.numel() for p in module.parameters()),
+                "out": "",
+                "in": "",
+                "reason": "",
             }
             reasons = []
             for col, roles in (("out", ("out", "dw", "norm", "mha")), ("in", ("in",))):
@@ -197,9 +203,12 @@ class ModelGraph:
         """
         if not self.traced:
             return [f"the model could not be traced ({self.trace_error}): only unstructured pruning is possible"]
-        lines = [f"traced with {self.frontend}" + (f" ({self.note})" if self.note else "")
-                 + f": {len(self.prunable_groups())} of {len(self.groups)} channel groups prunable, "
-                 f"coverage {self.coverage():.2f} of the Conv/Linear weights"]
+        lines = [
+            f"traced with {self.frontend}"
+            + (f" ({self.note})" if self.note else "")
+            + f": {len(self.prunable_groups())} of {len(self.groups)} channel groups prunable, "
+            f"coverage {self.coverage():.2f} of the Conv/Linear weights"
+        ]
         for g in self.groups.values():
             if not g.prunable:
                 lines.append(f"group {g.name!r} ({g.size} channels) cannot be pruned: {g.reason}")
@@ -207,7 +216,8 @@ class ModelGraph:
         for _, row in report.iterrows():
             kind = getattr(handler_for(self.model.get_submodule(row["layer"])), "kind", "")
             if not row["out"] and not row["in"] and kind in _COUNTED_KINDS + ("embedding",):
-                lines.append(f"layer {row['layer']!r} ({row['type']}) is in no prunable group: {row['reason'] or 'its channels reach no prunable group'}")
+                why = row["reason"] or "its channels reach no prunable group"
+                lines.append(f"layer {row['layer']!r} ({row['type']}) is in no prunable group: {why}")
         return lines
 
     def coverage(self) -> float:
@@ -336,12 +346,24 @@ def trace(
     batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.ndim), 1) or 1
     compute_macs = {c.node: (c.layer, c.macs / batch, len(c.labels)) for c in prop.computes}
     products = {
-        c.node: {"layer": c.layer, "kind": c.kind, "heads": len(c.labels),
-                 "operands": [[list(shape), axis] for shape, axis in c.operands]}
+        c.node: {
+            "layer": c.layer,
+            "kind": c.kind,
+            "heads": len(c.labels),
+            "operands": [[list(shape), axis] for shape, axis in c.operands],
+        }
         for c in prop.computes
     }
-    graph = ModelGraph(model, cap.gm, groups, layers, frontend=cap.frontend, bindings=bindings,
-                       compute_macs=compute_macs, note=cap.note)
+    graph = ModelGraph(
+        model,
+        cap.gm,
+        groups,
+        layers,
+        frontend=cap.frontend,
+        bindings=bindings,
+        compute_macs=compute_macs,
+        note=cap.note,
+    )
     graph.example_inputs = inputs
     graph.products = products
     if check and cap.frontend == "export" and graph.prunable_groups():
@@ -437,8 +459,10 @@ def _tie_shared_tensors(prop: Propagation, model: nn.Module) -> None:
                 if len(other) == len(rec.labels):
                     prop.union(other, rec.labels)
                 else:
-                    prop.pin(np.concatenate([other, rec.labels]), f"tensor {rec.layer}.{ax.tensor} is shared by layers "
-                                                                   "that use it with different channels")
+                    prop.pin(
+                        np.concatenate([other, rec.labels]),
+                        f"tensor {rec.layer}.{ax.tensor} is shared by layers that use it with different channels",
+                    )
             else:
                 seen[key] = rec.labels
 
@@ -554,7 +578,7 @@ def _apply_blocks(prop: Propagation, groups: dict[int, Group], split: Callable[.
     """Grouped convolutions and norms: channels pruned by the same number in each of ``blocks`` blocks."""
     for rec in prop.blocks:
         parts = split(rec.labels)
-        for gid, (pos, ch) in parts.items():
+        for gid, (_pos, ch) in parts.items():
             g = groups[gid]
             if not g.prunable:
                 continue
@@ -607,7 +631,6 @@ def _check(graph: ModelGraph, inputs: tuple[Any, ...]) -> None:
 
 
 def _try_groups(graph: ModelGraph, inputs: tuple[Any, ...], names: list[str]) -> str | None:
-    from slimtune.compressors.compress import compress
     from slimtune.compressors.frontends import output_tensors
     from slimtune.compressors.plan import CompressionPlan, PruneSpec
 
@@ -617,8 +640,8 @@ def _try_groups(graph: ModelGraph, inputs: tuple[Any, ...], names: list[str]) ->
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            masked = compress(graph.model, plan, inputs, speedup=False, graph=graph).eval()
-            small = compress(graph.model, plan, inputs, speedup=True, graph=graph).eval()
+            masked = _pruned_copy(graph, plan, inputs, speedup=False).eval()
+            small = _pruned_copy(graph, plan, inputs, speedup=True).eval()
             ym, ys = output_tensors(masked(*inputs)), output_tensors(small(*inputs))
     except Exception as e:  # noqa: BLE001 - the reason of the pin
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -628,5 +651,35 @@ def _try_groups(graph: ModelGraph, inputs: tuple[Any, ...], names: list[str]) ->
         if a.is_floating_point():
             scale = a.abs().max().clamp_min(1e-6)
             if ((a - b).abs().max() / scale).item() > 1e-3:
-                return f"the rebuilt model differs from the masked one by {((a - b).abs().max() / scale).item():.2g} (relative)"
+                gap = ((a - b).abs().max() / scale).item()
+                return f"the rebuilt model differs from the masked one by {gap:.2g} (relative)"
     return None
+
+
+def _pruned_copy(graph: ModelGraph, plan: CompressionPlan, inputs: tuple[Any, ...], speedup: bool) -> nn.Module:
+    """What ``compress(graph.model, plan, inputs, speedup=speedup, graph=graph)`` returns for a one-shot
+    channel plan without quantization, from the steps below ``compress`` (which traces, so sits above)."""
+    from slimtune.compressors.criteria import CriterionContext
+    from slimtune.compressors.pruning import clone_model, make_permanent, select_channels
+
+    model = clone_model(graph.model)
+    plan.validate(graph)
+    pruned = select_channels(graph, plan, CriterionContext(model, graph, None, None, None))
+    make_permanent(model)
+    apply_channel_selection(model, graph, pruned, inputs, speedup)
+    return model
+
+
+def apply_channel_selection(
+    model: nn.Module, graph: ModelGraph, pruned: Mapping[str, torch.Tensor], inputs: Any, speedup: bool
+) -> None:
+    """Prune ``{group: channel ids}`` from ``model`` in place: rebuilt smaller (and checked on
+    ``inputs``) with ``speedup``, else masked to zero at its full shapes."""
+    from slimtune.compressors.pruning import apply_channel_masks
+    from slimtune.compressors.resize import apply_speedup, check_forward
+
+    if speedup:
+        apply_speedup(model, graph, dict(pruned))
+        check_forward(model, inputs)
+    else:
+        apply_channel_masks(model, graph, dict(pruned))

@@ -21,8 +21,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from slimtune.errors import PlanError
 
@@ -32,7 +33,16 @@ if TYPE_CHECKING:
 Granularity = Literal["channel", "unstructured"]
 _GRANULARITIES = ("channel", "unstructured")
 _FLOAT_BITS = 32
-_FIELDS = ("granularity", "prune", "quantize", "compressor", "compressor_params", "finetune", "init_from_trial", "quant_algorithm")
+_FIELDS = (
+    "granularity",
+    "prune",
+    "quantize",
+    "compressor",
+    "compressor_params",
+    "finetune",
+    "init_from_trial",
+    "quant_algorithm",
+)
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,11 @@ class CompressionPlan:
             reasons = sorted({f"{g.name}: {g.reason}" for g in graph.groups.values() if g.reason})
             raise PlanError(
                 "no channel group of this model can be pruned"
-                + (f" ({_preview(reasons, 5)})" if reasons else " (it has no Conv/Linear layer whose channels propagation reaches)")
+                + (
+                    f" ({_preview(reasons, 5)})"
+                    if reasons
+                    else " (it has no Conv/Linear layer whose channels propagation reaches)"
+                )
             )
         plan = cls({n: PruneSpec(float(sparsity), criterion) for n in names}, {}, granularity)
         plan.validate(graph)
@@ -197,8 +211,15 @@ class CompressionPlan:
             extra[key] = copy.deepcopy(dict(value))
         init = data.get("init_from_trial")
         algorithm = data.get("quant_algorithm")
-        return cls(prune, quant, data.get("granularity", "channel"), compressor, **extra, init_from_trial=init,
-                   quant_algorithm=algorithm)
+        return cls(
+            prune,
+            quant,
+            data.get("granularity", "channel"),
+            compressor,
+            **extra,
+            init_from_trial=init,
+            quant_algorithm=algorithm,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> CompressionPlan:
@@ -230,16 +251,13 @@ class CompressionPlan:
             if not isinstance(s, (int, float)) or isinstance(s, bool) or math.isnan(s) or not (0.0 <= s < 1.0):
                 raise PlanError(f"{kind} {name!r}: sparsity {s!r} is outside [0, 1)")
             if spec.criterion not in CRITERIA:
-                raise PlanError(
-                    f"{kind} {name!r}: unknown criterion {spec.criterion!r}; known: {sorted(CRITERIA)}"
-                )
+                raise PlanError(f"{kind} {name!r}: unknown criterion {spec.criterion!r}; known: {sorted(CRITERIA)}")
             if names is not None and name not in names:
                 why = ""
                 if self.granularity == "channel" and name in graph.groups:
                     why = f" (it is not prunable: {graph.groups[name].reason})"
                 raise PlanError(
-                    f"unknown {kind} {name!r} in plan.prune{why}; prunable {kind}s are: "
-                    f"{_preview(sorted(names))}"
+                    f"unknown {kind} {name!r} in plan.prune{why}; prunable {kind}s are: {_preview(sorted(names))}"
                 )
         self._validate_training()
         qnames = set(graph.quantizable_layers()) if graph is not None else None
@@ -248,7 +266,9 @@ class CompressionPlan:
             from slimtune.compressors.quantization.algorithms import ALGORITHMS
 
             if not isinstance(self.quant_algorithm, str) or self.quant_algorithm not in ALGORITHMS:
-                raise PlanError(f"plan.quant_algorithm: unknown algorithm {self.quant_algorithm!r}; known: {sorted(ALGORITHMS)}")
+                raise PlanError(
+                    f"plan.quant_algorithm: unknown algorithm {self.quant_algorithm!r}; known: {sorted(ALGORITHMS)}"
+                )
             max_bits = ALGORITHMS[self.quant_algorithm].max_bits_w
         for name, q in self.quantize.items():
             if q.bits_w is not None and q.bits_w != _FLOAT_BITS and isinstance(q.bits_w, int) and q.bits_w > max_bits:
@@ -258,7 +278,9 @@ class CompressionPlan:
                 )
             for attr in ("bits_w", "bits_a"):
                 b = getattr(q, attr)
-                if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == _FLOAT_BITS)):
+                if b is not None and (
+                    isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= 8 or b == _FLOAT_BITS)
+                ):
                     raise PlanError(f"layer {name!r}: {attr} {b!r} must be 1-8, 32 or None")
             if qnames is not None and name not in qnames:
                 raise PlanError(

@@ -208,6 +208,7 @@ def clone_model(model: nn.Module) -> nn.Module:
     A masked weight is a computed (non-leaf) tensor that deepcopy refuses; it is detached for the
     copy and recomputed from ``weight_orig`` × mask afterwards, in the original and in the copy.
     """
+
     def masked_hooks(m: nn.Module) -> list[tuple[nn.Module, torch_prune.BasePruningMethod]]:
         return [
             (sub, hook)

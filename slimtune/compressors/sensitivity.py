@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -112,7 +113,12 @@ def analyze_sensitivity(
         (
             f"{name} @ {level:.2f}",
             (name, level),
-            {"group": name, "level": level, "channels": graph.groups[name].size, "removed": graph.groups[name].n_prune(level)},
+            {
+                "group": name,
+                "level": level,
+                "channels": graph.groups[name].size,
+                "removed": graph.groups[name].n_prune(level),
+            },
             CompressionPlan({name: PruneSpec(level, criterion)}),
         )
         for name in names
@@ -126,8 +132,14 @@ def analyze_sensitivity(
     rows = _sweep(
         jobs,
         lambda plan: compress(model, plan, example_inputs, speedup=True, data=data, graph=graph),
-        evaluate, baseline, direction, progress, "sensitivity", extra=flops_rel,
-        done=_keyed(done, float), on_result=on_result,
+        evaluate,
+        baseline,
+        direction,
+        progress,
+        "sensitivity",
+        extra=flops_rel,
+        done=_keyed(done, float),
+        on_result=on_result,
     )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["baseline"] = baseline
@@ -191,16 +203,25 @@ def analyze_bit_sensitivity(
     if baseline is None:
         baseline = float(evaluate(model))
     jobs = [
-        (f"{layer} @ {b} bits", (layer, int(b)), {"layer": layer, "bits_w": int(b), "bits_a": bits_a},
-         CompressionPlan(quantize={layer: QuantSpec(int(b), bits_a)}))
+        (
+            f"{layer} @ {b} bits",
+            (layer, int(b)),
+            {"layer": layer, "bits_w": int(b), "bits_a": bits_a},
+            CompressionPlan(quantize={layer: QuantSpec(int(b), bits_a)}),
+        )
         for layer in names
         for b in bits
     ]
     rows = _sweep(
         jobs,
         lambda plan: compress(model, plan, example_inputs, data=data, graph=graph, quant_algorithm="ptq"),
-        evaluate, baseline, direction, progress, "bit sensitivity",
-        done=_keyed(done, int), on_result=on_result,
+        evaluate,
+        baseline,
+        direction,
+        progress,
+        "bit sensitivity",
+        done=_keyed(done, int),
+        on_result=on_result,
     )
     table = pd.DataFrame(rows, columns=BIT_COLUMNS)
     table.attrs["baseline"] = baseline
@@ -279,8 +300,13 @@ def _sweep(
         compressed = build(plan)
         metric = float(evaluate(compressed))
         drop = sign * (baseline - metric) if math.isfinite(metric) else math.inf
-        result = {**row, "metric": metric, "drop": drop, **(extra(compressed) if extra else {}),
-                  "seconds": time.perf_counter() - start}
+        result = {
+            **row,
+            "metric": metric,
+            "drop": drop,
+            **(extra(compressed) if extra else {}),
+            "seconds": time.perf_counter() - start,
+        }
         rows.append(result)
         if on_result is not None:
             on_result(dict(result))

@@ -389,7 +389,8 @@ class _StudyData:
                 points.append((t, point))
         for k in measures:
             measures[k] += [None] * (len(columns["number"]) - len(measures[k]))
-        columns["measures"] = {k: v for k, v in measures.items() if any(x is not None for x in v)}  # type: ignore[assignment]
+        kept = {k: v for k, v in measures.items() if any(x is not None for x in v)}
+        columns["measures"] = kept  # type: ignore[assignment]
 
         observed = [p for _, p in points if p is not None]
         ref = reference_point(objectives, directions, meta["baseline"], meta["constraints"], observed)

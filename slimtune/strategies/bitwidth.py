@@ -130,7 +130,8 @@ class Bitwidth(Strategy):
         inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(
             space, n_objectives, seed, n_trials
         )
-        widest = {k: max(d.choices) for k, d in space.distributions().items() if k in names}  # type: ignore[attr-defined]
+        dists = space.distributions()
+        widest = {k: max(d.choices) for k, d in dists.items() if k in names}  # type: ignore[attr-defined]
         priors = []
         if getattr(space, "safe_bits", None):
             priors.append({**widest, **{BITS_W_PREFIX + layer: b for layer, b in space.safe_bits.items()}})

@@ -44,14 +44,14 @@ from slimtune.compressors.criteria._base import (
     register_criterion,
     score_group,
 )
+from slimtune.compressors.criteria.activation import apoz, mean_activation
+from slimtune.compressors.criteria.bn_scale import bn_scale
+from slimtune.compressors.criteria.fpgm import fpgm
 
 # Importing the algorithm modules registers them.
 from slimtune.compressors.criteria.level import level
 from slimtune.compressors.criteria.norm import l1, l2
-from slimtune.compressors.criteria.fpgm import fpgm
-from slimtune.compressors.criteria.bn_scale import bn_scale
 from slimtune.compressors.criteria.taylor import taylor
-from slimtune.compressors.criteria.activation import apoz, mean_activation
 
 __all__ = [
     "CRITERIA",

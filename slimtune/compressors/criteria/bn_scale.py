@@ -68,4 +68,3 @@ def bn_scale(group: Group, ctx: CriterionContext) -> torch.Tensor:
             stacklevel=2,
         )
     return l1(group, ctx, roles=PRODUCERS)
-

@@ -32,7 +32,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -155,4 +156,3 @@ def _record_gw(ctx: CriterionContext) -> dict[_Key, torch.Tensor]:
         for p, flag in zip(unique, flags):
             p.requires_grad_(flag)
     return {k: torch.stack(v) for k, v in records.items()}
-

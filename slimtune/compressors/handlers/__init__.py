@@ -22,6 +22,8 @@ A new layer kind is one new module here: subclass :class:`LayerHandler`, registe
 
 from __future__ import annotations
 
+# Importing the handler modules registers them (later ones are asked first).
+from slimtune.compressors.handlers import conv, embedding, linear, mha, norms  # noqa: E402,F401
 from slimtune.compressors.handlers._base import (
     Axis,
     LayerHandler,
@@ -33,9 +35,6 @@ from slimtune.compressors.handlers._base import (
     register_handler,
     set_tensor,
 )
-
-# Importing the handler modules registers them (later ones are asked first).
-from slimtune.compressors.handlers import conv, embedding, linear, mha, norms  # noqa: E402,F401
 from slimtune.compressors.handlers.param import PARAM_HANDLER, member_handler  # noqa: E402
 
 __all__ = [

@@ -23,8 +23,9 @@ A new layer kind is one new module with a handler registered by :func:`register_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -170,7 +171,9 @@ class LayerHandler:
         """Set the attributes the forward reads (channel counts) from the resized tensors."""
 
     # ------------------------------------------------------------------ masking
-    def mask(self, module: nn.Module, role: str, positions: torch.Tensor, mask_of: Callable[[str], torch.Tensor | None]) -> None:
+    def mask(
+        self, module: nn.Module, role: str, positions: torch.Tensor, mask_of: Callable[[str], torch.Tensor | None]
+    ) -> None:
         """Clear ``positions`` of ``role`` in the boolean masks ``mask_of(tensor path)``."""
         for ax in self.axes(module, role):
             m = mask_of(ax.tensor)

@@ -12,7 +12,8 @@ and produces, each side in equal blocks. A transposed conv has its weight the ot
 Example:
     >>> import torch
     >>> from slimtune.compressors import trace
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Conv2d(8, 4, 1))
+    >>> conv = torch.nn.Conv2d
+    >>> net = torch.nn.Sequential(conv(3, 8, 3), conv(8, 8, 3, groups=8), conv(8, 4, 1))
     >>> g = trace(net, torch.randn(1, 3, 9, 9))
     >>> [(m.layer, m.role) for m in g.groups["0"].members]
     [('0', 'out'), ('1', 'dw'), ('2', 'in')]
@@ -21,7 +22,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -102,7 +104,9 @@ class ConvHandler(LayerHandler):
             return [Axis("weight", 1)]
         return []
 
-    def mask(self, module: nn.Module, role: str, positions: torch.Tensor, mask_of: Callable[[str], torch.Tensor | None]) -> None:
+    def mask(
+        self, module: nn.Module, role: str, positions: torch.Tensor, mask_of: Callable[[str], torch.Tensor | None]
+    ) -> None:
         if role != "in" or module.groups == 1:
             return super().mask(module, role, positions, mask_of)
         # weight dim 1 holds the group's own inputs: input p feeds group p // per_in

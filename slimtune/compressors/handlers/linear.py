@@ -87,7 +87,11 @@ class HFConv1DHandler(LinearHandler):
     in_dim, out_dim = 0, 1
 
     def matches(self, module: nn.Module) -> bool:
-        return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(getattr(module, "weight", None), torch.Tensor)
+        return (
+            type(module).__name__ == "Conv1D"
+            and hasattr(module, "nf")
+            and isinstance(getattr(module, "weight", None), torch.Tensor)
+        )
 
     def width(self, module: nn.Module) -> tuple[int, int]:
         return int(module.weight.shape[0]), int(module.weight.shape[1])

@@ -21,7 +21,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -49,13 +50,19 @@ class MultiheadAttentionHandler(LayerHandler):
         if not m._qkv_same_embed_dim:
             p.pin_value(tracked, f"multi-head attention {name!r} with kdim/vdim different from embed_dim is not pruned")
             return [None] * n_out
-        if len(qkv) != len(tracked) or not qkv or len(qkv) < sum(1 for v in call.inputs if v is not None and isinstance(v, Chan)):
+        if (
+            len(qkv) != len(tracked)
+            or not qkv
+            or len(qkv) < sum(1 for v in call.inputs if v is not None and isinstance(v, Chan))
+        ):
             p.pin_value(tracked, f"multi-head attention {name!r} gets tensors whose last dim is not its embed_dim")
             return [None] * n_out
         x = qkv[0]
         for other in qkv[1:]:
             p.union(x.labels, other.labels)
-        fixed = [s for v, s in zip(call.inputs, call.in_shapes) if v is None and s is not None and len(s) and s[-1] == e]
+        fixed = [
+            s for v, s in zip(call.inputs, call.in_shapes) if v is None and s is not None and len(s) and s[-1] == e
+        ]
         if fixed:  # key/value from a fixed tensor (model input): its width cannot change
             p.pin(x.labels, f"multi-head attention {name!r} attends to a fixed tensor of width {e}")
         for h in range(m.num_heads):

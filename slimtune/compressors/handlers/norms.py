@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -118,8 +119,12 @@ class BatchNormHandler(LayerHandler):
     def axes(self, module: nn.Module, role: str) -> list[Axis]:
         if role != "norm":
             return []
-        return [Axis("weight", 0), Axis("bias", 0, score=False), Axis("running_mean", 0, score=False),
-                Axis("running_var", 0, score=False)]
+        return [
+            Axis("weight", 0),
+            Axis("bias", 0, score=False),
+            Axis("running_mean", 0, score=False),
+            Axis("running_var", 0, score=False),
+        ]
 
     def resize(self, module: nn.Module, removed: Any, cache: dict[int, torch.Tensor]) -> None:
         n = module.num_features
@@ -168,11 +173,16 @@ class NormHandler(LayerHandler):
             return None
         n = self.width(m)
         if n is None:
-            p.pin(x.labels, f"{type(m).__name__} {name!r} normalises over {tuple(m.normalized_shape)}: the channels "
-                            "together with other dims")
+            p.pin(
+                x.labels,
+                f"{type(m).__name__} {name!r} normalises over {tuple(m.normalized_shape)}: the channels "
+                "together with other dims",
+            )
             return None
         if x.cdim != x.ndim - 1 or len(x.labels) != n:
-            p.pin(x.labels, f"{type(m).__name__} {name!r} normalises over the last dim, which does not hold the channels")
+            p.pin(
+                x.labels, f"{type(m).__name__} {name!r} normalises over the last dim, which does not hold the channels"
+            )
             return None
         p.member(name, "norm", x.labels)
         chan = Chan(x.labels, x.cdim, x.ndim)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -62,9 +63,17 @@ class LayerSpec:
             return cls("linear", int(m.in_features), int(m.out_features), in_shape, m.bias is not None)
         pad = m.padding if isinstance(m.padding, str) else tuple(int(p) for p in m.padding)
         return cls(
-            "conv", int(m.in_channels), int(m.out_channels), in_shape, m.bias is not None,
-            tuple(int(k) for k in m.kernel_size), tuple(int(s) for s in m.stride), pad,
-            tuple(int(d) for d in m.dilation), int(m.groups), str(m.padding_mode),
+            "conv",
+            int(m.in_channels),
+            int(m.out_channels),
+            in_shape,
+            m.bias is not None,
+            tuple(int(k) for k in m.kernel_size),
+            tuple(int(s) for s in m.stride),
+            pad,
+            tuple(int(d) for d in m.dilation),
+            int(m.groups),
+            str(m.padding_mode),
             depthwise=m.groups > 1 and m.groups == m.in_channels,
         )
 
@@ -87,8 +96,17 @@ class LayerSpec:
         if self.kind == "linear":
             return nn.Linear(cin, cout, bias=self.bias).eval()
         cls = CONV_TYPES[len(self.kernel)]
-        return cls(cin, cout, self.kernel, self.stride, self.padding, self.dilation, self.groups_for(cin, cout),
-                   self.bias, self.padding_mode).eval()
+        return cls(
+            cin,
+            cout,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups_for(cin, cout),
+            self.bias,
+            self.padding_mode,
+        ).eval()
 
     def input(self, batch: int, cin: int) -> Any:
         if self.is_product:  # every operand's heads scaled alike (grouped-query k/v keep their ratio)
@@ -147,8 +165,12 @@ class Entry:
             return max(floor, interp1(self.ins, [row[0] for row in self.ms], cout))
         i0, i1, wi = cell(self.ins, cin)
         o0, o1, wo = cell(self.outs, cout)
-        v = ((1 - wi) * (1 - wo) * self.ms[i0][o0] + (1 - wi) * wo * self.ms[i0][o1]
-             + wi * (1 - wo) * self.ms[i1][o0] + wi * wo * self.ms[i1][o1])
+        v = (
+            (1 - wi) * (1 - wo) * self.ms[i0][o0]
+            + (1 - wi) * wo * self.ms[i0][o1]
+            + wi * (1 - wo) * self.ms[i1][o0]
+            + wi * wo * self.ms[i1][o1]
+        )
         # an axis measured at one count only (pruning never changes it): scale if asked otherwise
         if len(self.ins) == 1 and cin != self.ins[0]:
             v *= cin / self.ins[0]
@@ -219,8 +241,10 @@ def config_key(spec: LayerSpec, ins: list[int], outs: list[int]) -> str:
     if spec.kind == "linear":
         desc = f"Linear({spec.in_ch},{spec.out_ch},bias={spec.bias})"
     else:
-        desc = (f"Conv{len(spec.kernel)}d({spec.in_ch},{spec.out_ch},k={spec.kernel},s={spec.stride},"
-                f"p={spec.padding},d={spec.dilation},g={spec.groups},bias={spec.bias},{spec.padding_mode})")
+        desc = (
+            f"Conv{len(spec.kernel)}d({spec.in_ch},{spec.out_ch},k={spec.kernel},s={spec.stride},"
+            f"p={spec.padding},d={spec.dilation},g={spec.groups},bias={spec.bias},{spec.padding_mode})"
+        )
     shape = "x".join(map(str, spec.in_shape))
     return f"{desc}@{shape}|in={ins}|out={outs}"
 

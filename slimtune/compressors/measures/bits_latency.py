@@ -22,7 +22,8 @@ float model; quantize / dequantize, pooling and the unfused ops in the int8 one:
 ``R32 = fp32_ms - Σ fp32``, ``R8 = int8_ms - Σ int8`` (negative when the layers run faster inside
 the model than alone). A plan quantizes the set ``Q`` of layers whose weight bits are at most 8:
 
-``predict(Q) = R32 + s·(R8 - R32) + Σ_{l∈Q} int8[l] + Σ_{l∉Q} fp32[l]``, with ``s = Σ_{l∈Q} fp32[l] / Σ_l fp32[l]``
+``predict(Q) = R32 + s·(R8 - R32) + Σ_{l∈Q} int8[l] + Σ_{l∉Q} fp32[l]``,
+with ``s = Σ_{l∈Q} fp32[l] / Σ_l fp32[l]``
 
 the remainder interpolated by the share of layer time that is quantized (the BN/ReLU a quantized
 layer absorbs, and the quantize/dequantize ops around it, follow the layers that go to int8).
@@ -41,7 +42,8 @@ Example:
     >>> table = BitsLatencyTable.build(model, torch.randn(1, 3, 16, 16), batch_size=8, repeats=3)
     >>> sorted(table.fp32)
     ['0', '3']
-    >>> abs(table.predict({"0": 32, "3": 32}) - table.fp32_ms) < 1e-9, abs(table.predict({"0": 4, "3": 8}) - table.int8_ms) < 1e-9
+    >>> fp32, int8 = table.predict({"0": 32, "3": 32}), table.predict({"0": 4, "3": 8})
+    >>> abs(fp32 - table.fp32_ms) < 1e-9, abs(int8 - table.int8_ms) < 1e-9
     (True, True)
     >>> BitsLatencyTable.from_dict(table.to_dict()) == table
     True
@@ -51,8 +53,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -206,9 +209,15 @@ class BitsLatencyTable:
             int8_ms=ms[2 * k + 1],
             fp32={n: ms[i] * fp32_calls[n] for i, n in enumerate(names)},
             int8={n: ms[k + i] * int8_calls[n] for i, n in enumerate(names)},
-            meta={"torch": torch.__version__, "clock": clock, "backend": backend, "repeats": repeats, "burst": burst,
-                  "build_s": round(time.perf_counter() - t_start, 3)},
-        )  # fmt: skip
+            meta={
+                "torch": torch.__version__,
+                "clock": clock,
+                "backend": backend,
+                "repeats": repeats,
+                "burst": burst,
+                "build_s": round(time.perf_counter() - t_start, 3),
+            },
+        )
         return table
 
     # ------------------------------------------------------------------------------------- predict
@@ -244,7 +253,8 @@ class BitsLatencyTable:
                 f"bit-width latency table: layer(s) {', '.join(map(repr, unknown))} are not in the table "
                 f"(tabulated: {', '.join(self.fp32)}); rebuild it for this model"
             )
-        return [layer for layer in self.fp32 if bits.get(layer) is not None and int(bits[layer]) <= INT8_MAX_BITS]  # type: ignore[arg-type]
+        low = [layer for layer in self.fp32 if bits.get(layer) is not None]
+        return [layer for layer in low if int(bits[layer]) <= INT8_MAX_BITS]  # type: ignore[arg-type]
 
     def predict(self, bits: Mapping[str, int | None] | CompressionPlan) -> float:
         """Predicted latency in ms per batch of :attr:`batch_size` (formula in the module docstring).

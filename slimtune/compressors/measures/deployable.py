@@ -56,7 +56,9 @@ def measure_deployable(
     out: dict[str, Any] = {"flops": flops, "params": params, "size": size, "latency": None}
     if latency:
         timed, note = _latency_model(model, example_inputs, latency_batch)
-        out["latency"] = measure_latency(timed, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats).median_ms
+        out["latency"] = measure_latency(
+            timed, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats
+        ).median_ms
         if note is not None:
             out["latency_note"] = note
     return out
@@ -80,7 +82,10 @@ def _latency_model(model: nn.Module, example_inputs: Any, batch: int) -> tuple[n
         calibration = [(make_batch(example_inputs, batch),)]
         return export_int8(model, example_inputs, calibration, layers=layers), None
     except Exception as e:  # noqa: BLE001 - any export failure: measure the fake-quantized model, say why
-        return model, f"latency of the fake-quantized model: int8 export of {', '.join(layers)} failed: {type(e).__name__}: {e}"
+        return (
+            model,
+            f"latency of the fake-quantized model: int8 export of {', '.join(layers)} failed: {type(e).__name__}: {e}",
+        )
 
 
 __all__ = ["measure_deployable"]

@@ -48,7 +48,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimtune.compressors.handlers import handler_for
@@ -184,8 +183,10 @@ def _weighted(kind: str | None, m: nn.Module) -> bool:
 
 _MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm"}
 _SDPA_OPS = {
-    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
     "_scaled_dot_product_fused_attention_overrideable",
 }
 
@@ -199,7 +200,9 @@ class _Products(TorchDispatchMode):
         self.stack: list[tuple[str, nn.Module, bool]] = []
         self.hooks = []
         for name, m in model.named_modules():
-            handled = handler_for(m) is not None or _kind(m) in ("bilinear", "conv", "convT", "linear") or id(m) in wrappers
+            handled = (
+                handler_for(m) is not None or _kind(m) in ("bilinear", "conv", "convT", "linear") or id(m) in wrappers
+            )
             self.hooks.append(m.register_forward_pre_hook(self._enter(name or type(m).__name__, m, handled)))
             self.hooks.append(m.register_forward_hook(self._leave))
 
@@ -230,9 +233,16 @@ class _Products(TorchDispatchMode):
             row = self.rows.get(layer)
             if row is None:
                 self.rows[layer] = row = {
-                    "layer": layer, "type": type(module).__name__, "macs": 0, "sparse_macs": 0.0, "elementwise": 0,
+                    "layer": layer,
+                    "type": type(module).__name__,
+                    "macs": 0,
+                    "sparse_macs": 0.0,
+                    "elementwise": 0,
                     "params": _params(module) if not any(True for _ in module.children()) else 0,
-                    "in_shape": None, "out_shape": None, "calls": 0, "_density": 1.0,
+                    "in_shape": None,
+                    "out_shape": None,
+                    "calls": 0,
+                    "_density": 1.0,
                 }
             row["macs"] += macs
             row["sparse_macs"] += macs

@@ -35,8 +35,9 @@ import gc
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -216,8 +217,8 @@ def time_interleaved(
     """Time several callables round-robin; returns per-callable lists of seconds per call.
 
     Each round gives every callable one turn; the order rotates every two rounds and every other
-    round runs backwards, so each callable runs right after each other one equally often. A turn is ``burst_warmup`` untimed
-    calls, which bring the callable's weights and activations back into the caches, then
+    round runs backwards, so each callable runs right after each other one equally often. A turn is
+    ``burst_warmup`` untimed calls, which bring the callable's weights and activations back into the caches, then
     ``burst`` timed calls. Rounds continue until ``repeats`` rounds are done and the timed calls
     took at least ``min_time_s`` seconds in all, or ``max_repeats`` rounds are done.
 

@@ -75,8 +75,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -251,8 +252,14 @@ class LatencyTable:
             outs = ins if spec.depthwise else grid_counts(spec.out_ch, ratios if dout else [1.0], multiple)
             key = config_key(spec, ins, outs)
             entries.setdefault(key, Entry(spec, ins, outs, []))
-            layers[name] = LayerRef(name, key, (spec.in_ch, spec.out_ch), max(1, int(info.calls)),
-                                  float(math.prod(info.out_shape[1:])), spec.depthwise)
+            layers[name] = LayerRef(
+                name,
+                key,
+                (spec.in_ch, spec.out_ch),
+                max(1, int(info.calls)),
+                float(math.prod(info.out_shape[1:])),
+                spec.depthwise,
+            )
 
         products: dict[str, LayerRef] = {}
         for node, info in (getattr(graph, "products", None) or {}).items():
@@ -275,8 +282,10 @@ class LatencyTable:
         )
         fns += model_fns
         if progress is not None:
-            progress(f"measuring {len(entries)} layer configurations ({n_points} points) and the model "
-                     f"at batch sizes {batches}")
+            progress(
+                f"measuring {len(entries)} layer configurations ({n_points} points) and the model "
+                f"at batch sizes {batches}"
+            )
         with measurement_context([model], threads):
             samples = time_interleaved(fns, warmup, repeats, min_time_s, burst=burst, burst_warmup=1, clock=clock)
 
@@ -290,6 +299,7 @@ class LatencyTable:
             else:
                 e.ms = [[values[(i, o)] for o in e.outs] for i in e.ins]
         totals = [stat(samples[n_points + 2 * k]) for k in range(len(batches))]
+
         # hooked passes log every call: drop the warm-up rounds and each turn's untimed first call
         def timed(values: list[float]) -> list[float]:
             return [v for j, v in enumerate(values[warmup:]) if j % (burst + 1)]
@@ -298,7 +308,7 @@ class LatencyTable:
         for leaf, owner in owners.items():
             if owner is not None:
                 layers[owner].remainder_ms += stat(timed(other_passes[leaf]))
-        standalone = sum(l.calls * entries[l.key].lookup(*l.orig) for l in layers.values())
+        standalone = sum(e.calls * entries[e.key].lookup(*e.orig) for e in layers.values())
         gamma = in_net[0] / standalone if standalone > 0 and in_net[0] > 0 else 1.0
         products_ms = sum(entries[r.key].lookup(*r.orig) for r in products.values())
         table = cls(
@@ -428,8 +438,9 @@ class LatencyTable:
         fns = [bind(e.spec.module(cin, cout), e.spec.input(self.batch_size, cin)) for (_, cin, cout), e in todo.items()]
         st = self.settings
         with measurement_context([], self.threads):
-            samples = time_interleaved(fns, max(1, st.warmup // 2), st.repeats, st.min_time_s, burst=st.burst,
-                                       burst_warmup=1, clock=st.clock)
+            samples = time_interleaved(
+                fns, max(1, st.warmup // 2), st.repeats, st.min_time_s, burst=st.burst, burst_warmup=1, clock=st.clock
+            )
         stat = statistic(st.quantile)
         for ((_, cin, cout), e), s in zip(todo.items(), samples):
             e.exact[f"{cin},{cout}"] = stat(s)
@@ -449,8 +460,8 @@ class LatencyTable:
                 if name not in self.layers and name not in self.products:
                     raise MeasureError(
                         f"layer {name!r} is not in the latency table; its Conv/Linear layers are: "
-                        f"{_preview(list(self.layers))}" + (f"; its attention products: {_preview(list(self.products))}"
-                                                            if self.products else "")
+                        f"{_preview(list(self.layers))}"
+                        + (f"; its attention products: {_preview(list(self.products))}" if self.products else "")
                     )
                 try:
                     cin, cout = (int(v) for v in value)
@@ -488,9 +499,15 @@ class LatencyTable:
             "remainder_ms": list(self.remainder_ms),
             "settings": asdict(self.settings),
             "layers": {
-                n: {"key": l.key, "orig": list(l.orig), "calls": l.calls, "out_elems": l.out_elems,
-                    "depthwise": l.depthwise, "remainder_ms": l.remainder_ms}
-                for n, l in self.layers.items()
+                n: {
+                    "key": layer.key,
+                    "orig": list(layer.orig),
+                    "calls": layer.calls,
+                    "out_elems": layer.out_elems,
+                    "depthwise": layer.depthwise,
+                    "remainder_ms": layer.remainder_ms,
+                }
+                for n, layer in self.layers.items()
             },
             "entries": {
                 k: {"spec": asdict(e.spec), "ins": e.ins, "outs": e.outs, "ms": e.ms, "exact": e.exact}
@@ -517,14 +534,25 @@ class LatencyTable:
             raise MeasureError(f"not a slimtune latency table (expected format {_FORMAT!r})")
         try:
             layers = {
-                n: LayerRef(n, d["key"], (int(d["orig"][0]), int(d["orig"][1])), int(d["calls"]),
-                          float(d["out_elems"]), bool(d["depthwise"]), float(d.get("remainder_ms", 0.0)))
+                n: LayerRef(
+                    n,
+                    d["key"],
+                    (int(d["orig"][0]), int(d["orig"][1])),
+                    int(d["calls"]),
+                    float(d["out_elems"]),
+                    bool(d["depthwise"]),
+                    float(d.get("remainder_ms", 0.0)),
+                )
                 for n, d in data["layers"].items()
             }
             entries = {
-                k: Entry(LayerSpec.from_dict(e["spec"]), [int(v) for v in e["ins"]], [int(v) for v in e["outs"]],
-                          [[float(v) for v in row] for row in e["ms"]],
-                          {str(p): float(v) for p, v in (e.get("exact") or {}).items()})
+                k: Entry(
+                    LayerSpec.from_dict(e["spec"]),
+                    [int(v) for v in e["ins"]],
+                    [int(v) for v in e["outs"]],
+                    [[float(v) for v in row] for row in e["ms"]],
+                    {str(p): float(v) for p, v in (e.get("exact") or {}).items()},
+                )
                 for k, e in data["entries"].items()
             }
             table = cls(
@@ -539,20 +567,24 @@ class LatencyTable:
                 settings=Settings(**data["settings"]),
                 graph=graph,
                 meta=dict(data.get("meta") or {}),
-                products={n: LayerRef(n, d["key"], (int(d["heads"]), int(d["heads"])), 1, 0.0, True)
-                          for n, d in (data.get("products") or {}).items()},
+                products={
+                    n: LayerRef(n, d["key"], (int(d["heads"]), int(d["heads"])), 1, 0.0, True)
+                    for n, d in (data.get("products") or {}).items()
+                },
                 products_ms=float(data.get("products_ms", 0.0)),
             )
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise MeasureError(f"latency table is malformed: missing or invalid field {e}") from None
-        missing = {l.key for l in list(layers.values()) + list(table.products.values())} - set(entries)
+        missing = {e.key for e in list(layers.values()) + list(table.products.values())} - set(entries)
         if missing:
             raise MeasureError(f"latency table is malformed: no entries for configuration(s) {sorted(missing)}")
         if graph is not None:
             unknown = [n for n in layers if n not in graph.layers]
             if unknown:
-                raise MeasureError(f"latency table does not match the graph: layer(s) {_preview(unknown)} "
-                                   "are not in the model; rebuild the table")
+                raise MeasureError(
+                    f"latency table does not match the graph: layer(s) {_preview(unknown)} "
+                    "are not in the model; rebuild the table"
+                )
         return table
 
     @classmethod
@@ -574,7 +606,6 @@ class LatencyTable:
         """Read a table written by :meth:`save`; ``graph`` is attached for plan predictions."""
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read(), graph)
-
 
 
 def _preview(names: list[str], n: int = 8) -> str:

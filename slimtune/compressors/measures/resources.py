@@ -39,8 +39,9 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -186,7 +187,12 @@ class ResourcePredictor:
             roles = {r: n for r, n in lost.get(name, {}).items() if not r.startswith(("param:", "macs:"))}
             q = quantize.get(name)
             bits = q.bits_w if q is not None and q.bits_w is not None and q.bits_w < 16 else None
-            if not roles and bits is None and name not in unstructured and (q is None or (q.bits_w is None and q.bits_a is None)):
+            if (
+                not roles
+                and bits is None
+                and name not in unstructured
+                and (q is None or (q.bits_w is None and q.bits_a is None))
+            ):
                 continue
             m, h = L.module, L.handler
             if roles:
@@ -256,6 +262,8 @@ def _stored_bytes(numel: int, nonzero: int, bits: int) -> int:
     return dense
 
 
-def predict_resources(graph: ModelGraph, plan: CompressionPlan | Mapping[str, float], example_inputs: Any = None) -> Resources:
+def predict_resources(
+    graph: ModelGraph, plan: CompressionPlan | Mapping[str, float], example_inputs: Any = None
+) -> Resources:
     """One-off :meth:`ResourcePredictor.predict` (build a :class:`ResourcePredictor` to predict many plans)."""
     return ResourcePredictor(graph, example_inputs).predict(plan)

@@ -40,8 +40,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -139,7 +140,9 @@ def _iter_tensors(model: nn.Module) -> Iterator[_Entry]:
                 kind = "param" if isinstance(original, nn.Parameter) else "buffer"
                 yield _Entry(prefix + base, mname, kind, eff)
         # real quantized layers (torch.ao.nn.quantized): packed weight()/bias() methods
-        if callable(getattr(m, "weight", None)) and not isinstance(getattr(m, "weight", None), (torch.Tensor, nn.Module)):
+        if callable(getattr(m, "weight", None)) and not isinstance(
+            getattr(m, "weight", None), (torch.Tensor, nn.Module)
+        ):
             try:
                 w = m.weight()
             except Exception:  # noqa: BLE001 - not a quantized layer after all
@@ -260,8 +263,16 @@ def model_size_bytes(
             fmt, nbytes = _storage(numel, nz, b, sparse_format == "bitmap" and t.dim() >= 2)
             rows.append(_row(e, numel, nz, b, fmt, nbytes))
             scales, zps = _quantized_qparams(t)
-            rows.append(_row(_Entry(e.name + ".qparams", e.layer, "qparams", t), scales + zps, scales + zps, 32,
-                             "dense", 4 * scales + _packed_bytes(zps, b)))
+            rows.append(
+                _row(
+                    _Entry(e.name + ".qparams", e.layer, "qparams", t),
+                    scales + zps,
+                    scales + zps,
+                    32,
+                    "dense",
+                    4 * scales + _packed_bytes(zps, b),
+                )
+            )
             continue
         if base == "weight" and e.layer in layer_bits and layer_bits[e.layer] < 16:
             b = layer_bits[e.layer]
@@ -283,14 +294,21 @@ def model_size_bytes(
 
 
 def _row(e: _Entry, numel: int, nz: int, bits: int, fmt: str, nbytes: int) -> dict[str, Any]:
-    return {"tensor": e.name, "layer": e.layer, "kind": e.kind, "numel": numel, "nonzero": nz,
-            "bits": bits, "format": fmt, "bytes": int(nbytes)}
+    return {
+        "tensor": e.name,
+        "layer": e.layer,
+        "kind": e.kind,
+        "numel": numel,
+        "nonzero": nz,
+        "bits": bits,
+        "format": fmt,
+        "bytes": int(nbytes),
+    }
 
 
 def _quantized_qparams(t: torch.Tensor) -> tuple[int, int]:
     """(number of scales, number of non-trivial zero points) of a quantized tensor."""
-    if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
-                       torch.per_channel_affine_float_qparams):
+    if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams):
         n = int(t.q_per_channel_scales().numel())
         zps = n if bool(torch.any(t.q_per_channel_zero_points() != 0)) else 0
         return n, zps

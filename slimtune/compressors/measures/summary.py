@@ -100,8 +100,15 @@ def measure(
     size = model_size_bytes(model, bits=bits)
     lat = None
     if latency:
-        lat = measure_latency(model, example_inputs, batch_size=batch_size, threads=threads, warmup=warmup,
-                              repeats=repeats, min_time_s=min_time_s).median_ms
+        lat = measure_latency(
+            model,
+            example_inputs,
+            batch_size=batch_size,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            min_time_s=min_time_s,
+        ).median_ms
     flops = df["macs"].sum() if len(df) else 0
     flops = int(flops) if float(flops).is_integer() else float(flops)
     return Measures(

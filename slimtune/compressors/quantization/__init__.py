@@ -1,4 +1,6 @@
-"""Quantization: fake-quantized layers, observers, algorithms (PTQ, dynamic, STE-QAT, PACT, DoReFa, BNN, SLB), int8 export.
+"""Quantization: fake-quantized layers, observers, algorithms, int8 export.
+
+The algorithms: PTQ, dynamic, STE-QAT, PACT, DoReFa, BNN, SLB.
 
 - :mod:`.functional`: per-channel symmetric weight and affine activation (fake) quantization
   with straight-through gradients;
@@ -24,14 +26,6 @@ Example:
 
 from __future__ import annotations
 
-from slimtune.compressors.quantization.functional import (
-    affine_qparams,
-    dequantize_per_channel,
-    fake_quantize_activation,
-    fake_quantize_weight,
-    quantize_weight_per_channel,
-)
-from slimtune.compressors.quantization.observers import OBSERVERS, Observer, make_observer, register_observer
 from slimtune.compressors.quantization.algorithms import (
     ALGORITHMS,
     QuantAlgorithm,
@@ -51,6 +45,13 @@ from slimtune.compressors.quantization.export import (
     pt2e_available,
     save_int8,
 )
+from slimtune.compressors.quantization.functional import (
+    affine_qparams,
+    dequantize_per_channel,
+    fake_quantize_activation,
+    fake_quantize_weight,
+    quantize_weight_per_channel,
+)
 from slimtune.compressors.quantization.modules import (
     QuantWrapper,
     calibrate,
@@ -61,6 +62,7 @@ from slimtune.compressors.quantization.modules import (
     unwrap,
     weight_bits,
 )
+from slimtune.compressors.quantization.observers import OBSERVERS, Observer, make_observer, register_observer
 from slimtune.errors import QuantExportError, QuantizationError
 
 __all__ = [

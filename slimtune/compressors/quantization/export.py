@@ -29,8 +29,9 @@ ResNet-20, 32    ×0.30         ×0.29 (plain torchao: ×0.29)    ×0.29 (ad-hoc
 
 FX is the fastest or within noise of the fastest everywhere (2 threads: the same picture when the machine
 is not overloaded), exports in about a second and compiles nothing, while PT2E costs 3-10 s of inductor
-compilation per batch size and thread count. So ``auto`` runs FX (:data:`AUTO_METHOD`) and falls back to PT2E (when ``torchao`` is
-installed) if FX cannot export the model — e.g. one ``torch.fx`` cannot trace but ``torch.export`` can.
+compilation per batch size and thread count. So ``auto`` runs FX (:data:`AUTO_METHOD`) and falls
+back to PT2E (when ``torchao`` is installed) if FX cannot export the model — e.g. one
+``torch.fx`` cannot trace but ``torch.export`` can.
 PT2E stays available as ``method="pt2e"`` (its serialized int8 program is ~5 % smaller here; latest
 numbers in ``benchmarks/results/quantization.md``).
 
@@ -118,8 +119,7 @@ def _engine(backend: str) -> Iterator[None]:
     supported = list(torch.backends.quantized.supported_engines)
     if backend not in supported:
         raise QuantExportError(
-            f"export_int8: quantized backend {backend!r} is not supported by this torch build "
-            f"(supported: {supported})"
+            f"export_int8: quantized backend {backend!r} is not supported by this torch build (supported: {supported})"
         )
     old = torch.backends.quantized.engine
     torch.backends.quantized.engine = backend
@@ -208,7 +208,9 @@ class _NodeFailure(Exception):
 
 def _check_layers(model: nn.Module, layers: Iterable[str], mode: str) -> list[str]:
     modules = dict(model.named_modules())
-    kinds, what = (_DYNAMIC_TYPES, "Linear, LSTM and GRU") if mode == "dynamic" else (_STATIC_TYPES, "Conv1d/2d/3d and Linear")
+    kinds, what = (
+        (_DYNAMIC_TYPES, "Linear, LSTM and GRU") if mode == "dynamic" else (_STATIC_TYPES, "Conv1d/2d/3d and Linear")
+    )
     names = sorted(set(layers))
     for name in names:
         if name not in modules or name == "":
@@ -296,11 +298,19 @@ def _export_fx(
 
 def _export_dynamic(model: nn.Module, args: tuple[Any, ...], layers: Sequence[str] | None) -> nn.Module:
     from torch.ao.quantization import QConfig, quantize_dynamic
-    from torch.ao.quantization.observer import default_dynamic_quant_observer, per_channel_weight_observer_range_neg_127_to_127
+    from torch.ao.quantization.observer import (
+        default_dynamic_quant_observer,
+        per_channel_weight_observer_range_neg_127_to_127,
+    )
 
-    # Per-output-channel int8 weights over ±127 — slimtune's 8-bit grid, so fake-quantized weights carry over exactly.
-    qconfig = QConfig(activation=default_dynamic_quant_observer, weight=per_channel_weight_observer_range_neg_127_to_127)
-    names = list(layers) if layers is not None else [n for n, m in model.named_modules() if isinstance(m, _DYNAMIC_TYPES)]
+    # Per-output-channel int8 weights over ±127 — slimtune's 8-bit grid, so fake-quantized weights
+    # carry over exactly.
+    qconfig = QConfig(
+        activation=default_dynamic_quant_observer, weight=per_channel_weight_observer_range_neg_127_to_127
+    )
+    names = (
+        list(layers) if layers is not None else [n for n, m in model.named_modules() if isinstance(m, _DYNAMIC_TYPES)]
+    )
     if not names:
         raise QuantExportError(
             "export_int8: mode='dynamic' quantizes Linear, LSTM and GRU layers, and the model has none "
@@ -338,7 +348,9 @@ def _keep_learned_ranges(prepared: torch.fx.GraphModule, ranges: dict[str, tuple
         if node.op != "call_module" or node.target not in ranges or not node.args:
             continue
         source = node.args[0]
-        observer = modules.get(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module" else None
+        observer = (
+            modules.get(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module" else None
+        )
         if not isinstance(observer, ObserverBase) or getattr(observer, "qscheme", None) != torch.per_tensor_affine:
             continue
         setattr(prepared, source.target, _fixed_range_observer(observer, *ranges[node.target]))
@@ -350,7 +362,12 @@ def _clip_learned_inputs(quantized: torch.fx.GraphModule, ranges: dict[str, tupl
     fake-quantized layer clipped."""
     changed = False
     for node in list(quantized.graph.nodes):
-        if node.op != "call_module" or node.target not in ranges or not node.args or not isinstance(node.args[0], torch.fx.Node):
+        if (
+            node.op != "call_module"
+            or node.target not in ranges
+            or not node.args
+            or not isinstance(node.args[0], torch.fx.Node)
+        ):
             continue
         lo, hi = ranges[node.target]
         with quantized.graph.inserting_before(node):
@@ -362,7 +379,8 @@ def _clip_learned_inputs(quantized: torch.fx.GraphModule, ranges: dict[str, tupl
 
 
 def _fixed_range_observer(like: Any, lo: float, hi: float) -> nn.Module:
-    """A min/max observer with ``like``'s dtype and quantization range, fixed at ``[lo, hi]``, that clips its input there."""
+    """A min/max observer with ``like``'s dtype and quantization range, fixed at ``[lo, hi]``, that
+    clips its input there."""
     from torch.ao.quantization.observer import MinMaxObserver
 
     class FixedRangeObserver(MinMaxObserver):
@@ -370,9 +388,12 @@ def _fixed_range_observer(like: Any, lo: float, hi: float) -> nn.Module:
             return torch.clamp(x, float(self.min_val), float(self.max_val))
 
     fixed = FixedRangeObserver(
-        dtype=like.dtype, qscheme=like.qscheme, reduce_range=like.reduce_range, quant_min=like.quant_min,
+        dtype=like.dtype,
+        qscheme=like.qscheme,
+        reduce_range=like.reduce_range,
+        quant_min=like.quant_min,
         quant_max=like.quant_max,
-    )  # fmt: skip
+    )
     MinMaxObserver.forward(fixed, torch.tensor([lo, hi]))
     return fixed
 
@@ -511,7 +532,9 @@ def export_int8(
                 f"{', ...' if len(chosen) > 6 else ''}) is only supported with method='fx'"
             )
         if method != "auto" or chosen is not None:
-            return _export_static(method if method != "auto" else "fx", float_model, args, calibration, backend, chosen, ranges)
+            return _export_static(
+                method if method != "auto" else "fx", float_model, args, calibration, backend, chosen, ranges
+            )
         # auto: AUTO_METHOD first, the other path as the fallback (PT2E only when torchao is installed).
         fallback = "pt2e" if AUTO_METHOD == "fx" else "fx"
         if isinstance(calibration, Iterator):

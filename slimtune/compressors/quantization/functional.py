@@ -44,9 +44,7 @@ def _channel_view(t: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def quantize_weight_per_channel(
-    w: torch.Tensor, bits: int, axis: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight_per_channel(w: torch.Tensor, bits: int, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-channel quantization of a weight tensor.
 
     Args:

@@ -28,7 +28,8 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Literal, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -103,7 +104,9 @@ class QuantWrapper(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(layer, QUANTIZABLE_TYPES + RECURRENT_TYPES):
-            raise QuantizationError(f"layer {name!r} is a {type(layer).__name__}; only {_KINDS} layers can be quantized")
+            raise QuantizationError(
+                f"layer {name!r} is a {type(layer).__name__}; only {_KINDS} layers can be quantized"
+            )
         if mode not in _MODES:
             raise QuantizationError(f"layer {name!r}: mode {mode!r} must be one of {_MODES}")
         self.layer = layer

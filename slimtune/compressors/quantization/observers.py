@@ -28,7 +28,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -214,10 +215,10 @@ class KLObserver(Observer):
     """Entropy calibration (Migacz, "8-bit Inference with TensorRT", NVIDIA GTC 2017).
 
     Builds a ``bins``-bin histogram of ``|x|`` over all batches (re-binned when a larger value
-    arrives; exact zeros are left out, being representable at any threshold). For each candidate threshold ``i`` bins wide it compares the reference distribution
-    ``P`` (the first ``i`` bins, the mass beyond folded into the last) with ``Q``, the first ``i``
-    bins merged into the number of levels available at ``bits`` bits and expanded back over their
-    non-empty bins, and returns the threshold of least ``KL(P || Q)``.
+    arrives; exact zeros are left out, being representable at any threshold). For each candidate
+    threshold ``i`` bins wide it compares the reference distribution ``P`` (the first ``i`` bins,
+    the mass beyond folded into the last) with ``Q``, the first ``i`` bins merged into the number of
+    levels available at ``bits`` bits and expanded back over their non-empty bins, and returns the threshold of least ``KL(P || Q)``.
 
     Args:
         bins: Histogram bins (TensorRT uses 2048).

@@ -72,8 +72,7 @@ def _dynamic_shapes(args: tuple[Any, ...]) -> tuple[Any, ...]:
 def _batch_of_two(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """The example inputs with a batch of 2 (export traces a symbolic batch; a batch of 1 would specialise)."""
     return tuple(
-        torch.cat([a[:1], a[:1]]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] < 2 else a
-        for a in args
+        torch.cat([a[:1], a[:1]]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] < 2 else a for a in args
     )
 
 
@@ -180,7 +179,8 @@ def export_pt2e(model: nn.Module, args: tuple[Any, ...], calibration: Iterator[t
                 prepared(*cargs)
             except Exception as exc:  # noqa: BLE001
                 raise QuantExportError(
-                    f"export_int8 (pt2e): calibration batch {n} failed in the prepared model: {type(exc).__name__}: {exc}"
+                    f"export_int8 (pt2e): calibration batch {n} failed in the prepared model: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
             n += 1
     if n == 0:

@@ -24,14 +24,14 @@ from slimtune.compressors.training._base import (
     register_compressor,
     run_compressor,
 )
+from slimtune.compressors.training.admm import ADMMHook, admm
+from slimtune.compressors.training.agp import AGPHook, agp, cubic_sparsity
 from slimtune.compressors.training.config import FinetuneConfig, KDConfig, check_finetune_overrides
 from slimtune.compressors.training.finetune import FinetuneResult, TrainHook, early_stopping, finetune
+from slimtune.compressors.training.lottery import RewindPoint, lottery
 
 # Importing the algorithm modules registers them.
 from slimtune.compressors.training.oneshot import oneshot
-from slimtune.compressors.training.agp import AGPHook, agp, cubic_sparsity
-from slimtune.compressors.training.admm import ADMMHook, admm
-from slimtune.compressors.training.lottery import RewindPoint, lottery
 from slimtune.compressors.training.slimming import BNPenalty, slimming
 
 __all__ = [

@@ -25,8 +25,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from slimtune.compressors.training.config import FinetuneConfig
 from slimtune.compressors.training.registry import (
@@ -140,14 +141,25 @@ class TrainingContext:
             offset, outer = self.step_offset, self.report
             report = lambda step, value: outer(offset + step, value)  # noqa: E731
         result = finetune(
-            model, data, config or self.config, self.loss_fn, self.teacher, report, self.evaluate, list(hooks), start_step
+            model,
+            data,
+            config or self.config,
+            self.loss_fn,
+            self.teacher,
+            report,
+            self.evaluate,
+            list(hooks),
+            start_step,
         )
         self.step_offset += result.steps
         return result
 
 
 def run_compressor(
-    model: nn.Module, plan: CompressionPlan | Mapping[str, Any], example_inputs: Any, context: TrainingContext | None = None
+    model: nn.Module,
+    plan: CompressionPlan | Mapping[str, Any],
+    example_inputs: Any,
+    context: TrainingContext | None = None,
 ) -> nn.Module:
     """Compress a copy of ``model`` with the compressor the plan names (``plan.compressor``) and its
     ``plan.compressor_params``. ``model`` is not modified."""

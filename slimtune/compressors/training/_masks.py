@@ -10,13 +10,14 @@ masks as tensors without touching the model (ADMM's projection).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from slimtune.compressors.criteria import CriterionContext, score_group
-from slimtune.compressors.pruning import lowest_scores, apply_channel_masks, clone_model, make_permanent
+from slimtune.compressors.pruning import apply_channel_masks, clone_model, lowest_scores, make_permanent
 from slimtune.errors import PlanError
 
 if TYPE_CHECKING:
@@ -105,7 +106,9 @@ def scaled(plan: CompressionPlan, fraction: float) -> dict[str, float]:
     return {name: spec.sparsity * fraction for name, spec in plan.prune.items()}
 
 
-def prepare(model: nn.Module, plan: CompressionPlan, example_inputs: Any, graph: ModelGraph | None) -> tuple[nn.Module, ModelGraph]:
+def prepare(
+    model: nn.Module, plan: CompressionPlan, example_inputs: Any, graph: ModelGraph | None
+) -> tuple[nn.Module, ModelGraph]:
     """A trainable copy of ``model`` and its graph (traced unless given), with ``plan`` checked against it."""
     from slimtune.compressors.graph import trace
 

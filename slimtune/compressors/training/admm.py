@@ -43,8 +43,8 @@ Example:
 from __future__ import annotations
 
 import math
-
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -161,15 +161,25 @@ class ADMMHook(TrainHook):
 @register_compressor(
     "admm",
     defaults={
-        "rho": 0.2, "rho_growth": 2.0, "iterations": 4, "epochs": None, "steps": None, "lr": None, "optimizer": None,
+        "rho": 0.2,
+        "rho_growth": 2.0,
+        "iterations": 4,
+        "epochs": None,
+        "steps": None,
+        "lr": None,
+        "optimizer": None,
         "purify": 0.0,
-    },  # fmt: skip
+    },
     trains=True,
 )
-def admm(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:
+def admm(
+    model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any
+) -> nn.Module:
     """ADMM-train a copy of ``model`` toward the plan's targets, then hard-prune it to them."""
     work, graph = prepare(model, plan, example_inputs, context.graph)
-    hook = ADMMHook(graph, plan, params["rho"], params["rho_growth"], params["iterations"], context.calibration, context.loss_fn)
+    hook = ADMMHook(
+        graph, plan, params["rho"], params["rho_growth"], params["iterations"], context.calibration, context.loss_fn
+    )
     context.train(work, "admm", [hook], context.budget(params))
     targets = {n: s.sparsity for n, s in plan.prune.items()}
     selection = select(work, graph, plan, targets, None, context.calibration, context.loss_fn)
@@ -184,7 +194,9 @@ def admm(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: 
     return finalize(work, plan, example_inputs, graph, selection, context.speedup, context.calibration)
 
 
-def purify_selection(model: nn.Module, graph: ModelGraph, selection: dict[str, torch.Tensor], threshold: float) -> dict[str, int]:
+def purify_selection(
+    model: nn.Module, graph: ModelGraph, selection: dict[str, torch.Tensor], threshold: float
+) -> dict[str, int]:
     """Add to ``selection`` (in place) the kept channels whose producing weights ADMM drove to (near) zero.
 
     A channel goes when the L2 norm of its producers' weights is at most ``threshold`` times the median norm

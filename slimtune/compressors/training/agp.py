@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -130,17 +131,31 @@ class AGPHook(TrainHook):
 @register_compressor(
     "agp",
     defaults={
-        "epochs": None, "steps": None, "lr": None, "optimizer": None,
-        "start": 0.0, "end": 0.75, "frequency": None, "initial": 0.0,
-    },  # fmt: skip
+        "epochs": None,
+        "steps": None,
+        "lr": None,
+        "optimizer": None,
+        "start": 0.0,
+        "end": 0.75,
+        "frequency": None,
+        "initial": 0.0,
+    },
     trains=True,
 )
-def agp(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:
+def agp(
+    model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any
+) -> nn.Module:
     """Train a copy of ``model`` while pruning it gradually to the plan's targets (cubic schedule)."""
     work, graph = prepare(model, plan, example_inputs, context.graph)
     hook = AGPHook(
-        graph, plan, params["start"], params["end"], params["frequency"], params["initial"],
-        context.calibration, context.loss_fn,
+        graph,
+        plan,
+        params["start"],
+        params["end"],
+        params["frequency"],
+        params["initial"],
+        context.calibration,
+        context.loss_fn,
     )
     context.train(work, "agp", [hook], context.budget(params))
     return finalize(work, plan, example_inputs, graph, hook.selection, context.speedup, context.calibration)

@@ -16,8 +16,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from slimtune.errors import PlanConfigError, PlanError
 from slimtune.registry import closest_name

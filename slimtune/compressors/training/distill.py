@@ -155,7 +155,9 @@ class Distiller:
         return hook
 
     # ------------------------------------------------------------------ loss
-    def loss(self, inputs: tuple[torch.Tensor, ...], student_out: torch.Tensor, task_loss: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, inputs: tuple[torch.Tensor, ...], student_out: torch.Tensor, task_loss: torch.Tensor
+    ) -> torch.Tensor:
         """The training loss with the KD terms, given the student's outputs on ``inputs``."""
         cfg = self.config
         with torch.no_grad():

@@ -69,7 +69,9 @@ class RewindPoint(TrainHook):
             self.state = _dense_state(model)
 
 
-def rewind(model: nn.Module, state: dict[str, torch.Tensor], graph: Any, plan: CompressionPlan, selection: Selection) -> nn.Module:
+def rewind(
+    model: nn.Module, state: dict[str, torch.Tensor], graph: Any, plan: CompressionPlan, selection: Selection
+) -> nn.Module:
     """Load ``state`` into ``model`` (same parameter objects) and mask ``selection``."""
     make_permanent(model)
     model.load_state_dict(state)
@@ -89,7 +91,9 @@ def _dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     defaults={"rounds": 3, "rewind": 0, "epochs": None, "steps": None, "lr": None, "optimizer": None},
     trains=True,
 )
-def lottery(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:
+def lottery(
+    model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any
+) -> nn.Module:
     """Train, prune and rewind a copy of ``model`` ``rounds`` times; returns the rewound ticket."""
     rounds, step = params["rounds"], params["rewind"]
     if not isinstance(rounds, int) or rounds < 1:
@@ -104,7 +108,9 @@ def lottery(model: nn.Module, plan: CompressionPlan, example_inputs: Any, contex
     for r in range(1, rounds + 1):
         # round 1 trains from step 0 and stores step ``rewind``; later rounds resume there, as the
         # paper's rewound networks do: the remaining steps, at the schedule's learning rates for them
-        context.train(work, "lottery", [point] if r == 1 else [], context.budget(params), start_step=0 if r == 1 else step)
+        context.train(
+            work, "lottery", [point] if r == 1 else [], context.budget(params), start_step=0 if r == 1 else step
+        )
         sparsities = {n: round_sparsity(spec.sparsity, r, rounds) for n, spec in plan.prune.items()}
         selection = select(work, graph, plan, sparsities, selection, context.calibration, context.loss_fn)
         assert point.state is not None

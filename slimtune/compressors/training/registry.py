@@ -8,8 +8,9 @@ The compressors register themselves when :mod:`slimtune.compressors.training` im
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slimtune.errors import PlanConfigError, UnknownCompressorError
 from slimtune.registry import Registry

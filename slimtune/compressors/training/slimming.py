@@ -75,7 +75,9 @@ class BNPenalty(TrainHook):
     defaults={"penalty": 1e-4, "criterion": "bn_scale", "epochs": None, "steps": None, "lr": None, "optimizer": None},
     trains=True,
 )
-def slimming(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any) -> nn.Module:
+def slimming(
+    model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext, **params: Any
+) -> nn.Module:
     """Train a copy of ``model`` with the L1 penalty on BN scales, then prune each group to its target."""
     if params["criterion"] not in ("bn_scale", "plan"):
         raise PlanConfigError(

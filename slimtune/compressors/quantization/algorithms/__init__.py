@@ -30,14 +30,13 @@ from slimtune.compressors.quantization.algorithms._base import (
     get_algorithm,
     register_algorithm,
 )
+from slimtune.compressors.quantization.algorithms.bnn import BNN, binarize_activation
+from slimtune.compressors.quantization.algorithms.dorefa import DoReFa, dorefa_weight
+from slimtune.compressors.quantization.algorithms.dynamic import DynamicPTQ
+from slimtune.compressors.quantization.algorithms.pact import PACT
 
 # Importing the algorithm modules registers them.
 from slimtune.compressors.quantization.algorithms.ptq import PTQ, post_training_quantize
-from slimtune.compressors.quantization.algorithms.ste import STE
-from slimtune.compressors.quantization.algorithms.pact import PACT
-from slimtune.compressors.quantization.algorithms.dorefa import DoReFa, dorefa_weight
-from slimtune.compressors.quantization.algorithms.bnn import BNN, binarize_activation
-from slimtune.compressors.quantization.algorithms.dynamic import DynamicPTQ
 from slimtune.compressors.quantization.algorithms.slb import (
     SLB,
     anneal,
@@ -45,6 +44,7 @@ from slimtune.compressors.quantization.algorithms.slb import (
     slb_candidates,
     slb_probabilities,
 )
+from slimtune.compressors.quantization.algorithms.ste import STE
 
 __all__ = [
     "ALGORITHMS",

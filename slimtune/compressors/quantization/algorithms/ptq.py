@@ -18,7 +18,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, register_algorithm
 from slimtune.compressors.quantization.modules import calibrate, freeze, quantize_model

@@ -22,8 +22,8 @@ Temperature schedule: ``T`` starts at ``temperature`` (default 1) and is driven 
 loop. slimtune's own loop (:func:`~slimtune.compressors.training.finetune`, so every trial) does it:
 ``T`` falls geometrically, once per step, to ``finetune.slb_final_temperature`` (default 0.01) at the
 end of the run, and is then set to 0, so training mode and evaluation use the same discrete
-weights. In a loop of your own, call :func:`anneal` (``T ← max(T · factor, min_temperature)``) once per epoch or every few
-steps, or :func:`set_temperature` for any other schedule. A geometric schedule from ``T0`` to
+weights. In a loop of your own, call :func:`anneal` (``T ← max(T · factor, min_temperature)``) once
+per epoch or every few steps, or :func:`set_temperature` for any other schedule. A geometric schedule from ``T0`` to
 ``T1`` over ``n`` calls uses ``factor = (T1 / T0) ** (1 / n)``; ending around ``T1 = 1e-2`` makes
 almost every distribution one-hot. As ``T → 0`` each weight's distribution concentrates on its
 most likely candidate and the soft weight becomes that grid value (the paper's argument for
@@ -107,7 +107,8 @@ class SLB(QuantAlgorithm):
         bits = wrapper.bits_w
         if bits > MAX_BITS:
             raise QuantizationError(
-                f"layer {wrapper.name!r}: algorithm 'slb' keeps 2^bits logits per weight, so bits_w must be 1-{MAX_BITS} "
+                f"layer {wrapper.name!r}: algorithm 'slb' keeps 2^bits logits per weight, "
+                f"so bits_w must be 1-{MAX_BITS} "
                 f"(got {bits}); use algorithm 'ste' for 5-8 bits"
             )
         w = wrapper.layer.weight.detach()
@@ -133,7 +134,9 @@ class SLB(QuantAlgorithm):
 def slb_layers(model: nn.Module) -> list[QuantWrapper]:
     """The layers of ``model`` whose weights are quantized by ``slb`` (empty when none)."""
     return [
-        m for m in model.modules() if isinstance(m, QuantWrapper) and isinstance(m.algorithm, SLB) and hasattr(m, "slb_logits")
+        m
+        for m in model.modules()
+        if isinstance(m, QuantWrapper) and isinstance(m.algorithm, SLB) and hasattr(m, "slb_logits")
     ]
 
 
