@@ -218,7 +218,8 @@ class KLObserver(Observer):
     arrives; exact zeros are left out, being representable at any threshold). For each candidate
     threshold ``i`` bins wide it compares the reference distribution ``P`` (the first ``i`` bins,
     the mass beyond folded into the last) with ``Q``, the first ``i`` bins merged into the number of
-    levels available at ``bits`` bits and expanded back over their non-empty bins, and returns the threshold of least ``KL(P || Q)``.
+    levels available at ``bits`` bits and expanded back over their non-empty bins, and returns the
+    threshold of least ``KL(P || Q)``.
 
     Args:
         bins: Histogram bins (TensorRT uses 2048).
