@@ -671,11 +671,12 @@ def _search(spec: Spec, join: bool, progress: bool) -> optuna.Study:
     A ``ValueError`` from the search is a setting the spec's checks cannot see without the model
     (e.g. ``space.groups`` naming no prunable group); it is reported as an error of the spec file.
     """
-    from slimtune.trials.search import search
+    from slimtune.trials.search import run
 
+    config = spec.search_config(join=join, progress=progress)
     task = spec.make_task()
     try:
-        return search(task, **spec.search_kwargs(), join=join, progress=progress)
+        return run(task, config)
     except ValueError as exc:
         if isinstance(exc, SlimtuneError):
             raise

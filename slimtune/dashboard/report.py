@@ -25,7 +25,7 @@ from pathlib import Path
 
 from slimtune.dashboard._page import STATIC, page_html, plotly_js_source, script_json
 from slimtune.dashboard.data import StorageReader
-from slimtune.errors import SlimtuneError
+from slimtune.errors import ArgumentError, SlimtuneError
 
 __all__ = ["build_report", "write_report"]
 
@@ -40,7 +40,7 @@ def build_report(storage: str | StorageReader, studies: Sequence[str] | None = N
             ``"none"``.
     """
     if details not in ("all", "front", "none"):
-        raise ValueError(f"details must be 'all', 'front' or 'none', got {details!r}")
+        raise ArgumentError(f"details must be 'all', 'front' or 'none', got {details!r}")
     reader = storage if isinstance(storage, StorageReader) else StorageReader.open(storage)
     snapshot = reader.snapshot(studies, details=details)
     config = {

@@ -74,8 +74,10 @@ import yaml
 
 from slimtune.errors import SlimtuneError, SpecError
 from slimtune.trials.cost import did_you_mean
+from slimtune.trials.storage import parse_url
 
 if TYPE_CHECKING:
+    from slimtune.trials.config import SearchConfig
     from slimtune.trials.task import Task
 
 __all__ = [
@@ -307,6 +309,24 @@ class Spec:
             **({"ray": dict(self.ray or {})} if self.backend == "ray" else {}),
             **self.strategy_params,
         }
+
+    def search_config(self, **changes: Any) -> SearchConfig:
+        r"""The spec's search as a :class:`~slimtune.trials.config.SearchConfig` (``changes``
+        override fields, e.g. ``join=True``); run it with :func:`slimtune.trials.search.run`.
+
+        Example:
+            >>> spec = Spec.from_yaml("study: s\ntask: m:f\nn_trials: 4\nstrategy: {name: nsga2, population_size: 4}")
+            >>> config = spec.search_config(progress=False)
+            >>> config.study, config.n_trials, config.strategy_params, config.progress
+            ('s', 4, {'population_size': 4}, False)
+        """
+        from slimtune.trials.config import SearchConfig
+
+        kwargs = self.search_kwargs()
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in SearchConfig.__dataclass_fields__}
+        return SearchConfig(
+            **{**fields, "constraints": fields.get("constraints") or (), "strategy_params": kwargs, **changes}
+        )
 
     # ---------------------------------------------------------------------------------------------
     # the task
@@ -556,6 +576,10 @@ class _Validator:
                 "expected an Optuna storage URL such as sqlite:///slimtune.db, "
                 f"postgresql://user@host/db or journal:///path/file.log, got {url!r}{hint}",
             )
+        try:  # the storage module parses every URL slimtune opens
+            parse_url(url)
+        except SlimtuneError as exc:
+            self.fail("storage", str(exc))
         return url
 
     def strategy(self, value: Any) -> tuple[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from slimtune.compressors.training import (
     check_compressor_params,
     finetune,
 )
-from slimtune.errors import PlanError, SlimtuneError
+from slimtune.errors import ArgumentTypeError, ConfigError, PlanError, SlimtuneError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
@@ -92,20 +92,20 @@ class Task:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
-            raise TypeError(f"Task.model must be a torch.nn.Module, got {type(self.model).__name__}")
+            raise ArgumentTypeError(f"Task.model must be a torch.nn.Module, got {type(self.model).__name__}")
         if not callable(self.evaluate):
-            raise TypeError("Task.evaluate must be callable: evaluate(model) -> float")
+            raise ArgumentTypeError("Task.evaluate must be callable: evaluate(model) -> float")
         if self.finetune is not None and not callable(self.finetune):
-            raise TypeError("Task.finetune must be callable: finetune(model) or finetune(model, report)")
+            raise ArgumentTypeError("Task.finetune must be callable: finetune(model) or finetune(model, report)")
         if self.direction not in ("maximize", "minimize"):
-            raise ValueError(f"Task.direction must be 'maximize' or 'minimize', got {self.direction!r}")
+            raise ConfigError(f"must be 'maximize' or 'minimize', got {self.direction!r}", field="Task.direction")
         if self.calibration is not None and not isinstance(self.calibration, (list, tuple)):
             # criteria may pass over the batches more than once
             self.calibration = list(self.calibration)
         if self.train_data is not None and iter(self.train_data) is self.train_data:
             self.train_data = list(self.train_data)  # an iterator: keep its batches for every epoch
         if self.loss_fn is not None and not callable(self.loss_fn):
-            raise TypeError("Task.loss_fn must be callable: loss_fn(outputs, targets) -> scalar tensor")
+            raise ArgumentTypeError("Task.loss_fn must be callable: loss_fn(outputs, targets) -> scalar tensor")
         try:
             self.finetune_config = FinetuneConfig.coerce(self.finetune_config)
             check_compressor_params(self.compressor, self.compressor_params)
