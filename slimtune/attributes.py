@@ -89,6 +89,20 @@ class Trial:
     STRATEGY_FINISHED = "strategy_finished"
 
 
+class SensitivityCache:
+    """Attributes of a sensitivity cache study (``slimtune-sensitivity-<key>``)."""
+
+    #: the finished table, one mapping per row (what the dashboard reads)
+    TABLE = "table"
+    #: the original model's metric the drops are measured against
+    BASELINE = "baseline"
+    DIRECTION = "direction"
+    CRITERION = "criterion"
+    #: on each stored evaluation (a trial of the cache study): its row, and the baseline it used
+    ROW = "row"
+    ROW_BASELINE = "baseline"
+
+
 class StrategyState:
     """Study attributes a strategy keeps so that resumed runs and other workers share them."""
 
@@ -253,6 +267,7 @@ __all__ = [
     "ADMM",
     "SA",
     "AutoCompress",
+    "SensitivityCache",
     "NetAdapt",
     "StrategyState",
     "Study",

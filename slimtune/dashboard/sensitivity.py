@@ -11,6 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from slimtune.attributes import SensitivityCache as C
+from slimtune.attributes import Study
+
 __all__ = ["sensitivity_matrix", "uses_table"]
 
 
@@ -20,7 +23,7 @@ def sensitivity_matrix(name: str, attrs: Mapping[str, Any]) -> dict[str, Any] | 
     Pruning tables (``group``, ``level``) give groups × sparsity levels, bit-width tables
     (``layer``, ``bits_w``) layers × bits; None for a cache without a table yet.
     """
-    rows = attrs.get("table")
+    rows = attrs.get(C.TABLE)
     if not isinstance(rows, list) or not rows:
         return None
     first = rows[0]
@@ -47,18 +50,18 @@ def sensitivity_matrix(name: str, attrs: Mapping[str, Any]) -> dict[str, Any] | 
         "column_label": "sparsity" if kind == "pruning" else "weight bits",
         "drop": drop,
         "metric": metric,
-        "baseline": attrs.get("baseline"),
-        "criterion": attrs.get("criterion"),
-        "direction": attrs.get("direction"),
+        "baseline": attrs.get(C.BASELINE),
+        "criterion": attrs.get(C.CRITERION),
+        "direction": attrs.get(C.DIRECTION),
     }
 
 
 def uses_table(study_attrs: Mapping[str, Any], table: Mapping[str, Any]) -> bool:
     """Whether a study's task and space match a cached sensitivity table (same original metric)."""
-    baseline = (study_attrs.get("baseline") or {}).get("accuracy")
+    baseline = (study_attrs.get(Study.BASELINE) or {}).get("accuracy")
     if baseline is None or table.get("baseline") is None or abs(float(baseline) - float(table["baseline"])) > 1e-9:
         return False
-    space = study_attrs.get("space") or {}
+    space = study_attrs.get(Study.SPACE) or {}
     if table["kind"] == "pruning":
         levels = [float(v) for v in space.get("levels") or []]
         return space.get("criterion") == table.get("criterion") and sorted(levels) == [

@@ -51,6 +51,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from slimtune.attributes import SensitivityCache as C
 from slimtune.compressors.graph import trace
 from slimtune.compressors.sensitivity import analyze_bit_sensitivity, analyze_sensitivity
 from slimtune.errors import SlimtuneError
@@ -71,8 +72,8 @@ SENSITIVITY_PREFIX = CACHE_PREFIX
 BIT_SENSITIVITY_PREFIX = SENSITIVITY_PREFIX + "bits-"
 
 #: user attributes of a row trial of a cache study: the table's row, the baseline it was measured against
-ROW_ATTR = "row"
-ROW_BASELINE_ATTR = "baseline"
+ROW_ATTR = C.ROW
+ROW_BASELINE_ATTR = C.ROW_BASELINE
 
 Rows = dict[tuple[str, Any], dict[str, Any]]
 Compute = Callable[[float, Rows, Callable[[dict[str, Any]], None]], pd.DataFrame]
@@ -194,10 +195,10 @@ def _cached_table(
     with quiet_optuna():  # Optuna's "A new study created" line: the analysis logs its own
         cache = optuna.create_study(study_name=name, storage=make_storage(storage), load_if_exists=True)
     attrs = cache.user_attrs
-    cached = attrs.get("table")
+    cached = attrs.get(C.TABLE)
     if cached is not None:
         table = pd.DataFrame(cached)
-        for key in ("baseline", "criterion", "direction"):
+        for key in (C.BASELINE, C.CRITERION, C.DIRECTION):
             if key in attrs:
                 table.attrs[key] = attrs[key]
         table.attrs.setdefault("direction", task.direction)
@@ -205,7 +206,7 @@ def _cached_table(
         return table
 
     current = evaluate_original(task)
-    baseline = attrs.get("baseline")
+    baseline = attrs.get(C.BASELINE)
     if not _same(baseline, current):
         if baseline is not None:
             logger.warning(
@@ -216,8 +217,8 @@ def _cached_table(
                 baseline,
             )
         baseline = current
-        cache.set_user_attr("baseline", baseline)
-        cache.set_user_attr("direction", task.direction)
+        cache.set_user_attr(C.BASELINE, baseline)
+        cache.set_user_attr(C.DIRECTION, task.direction)
     baseline = float(baseline)
     done = _stored_rows(cache, baseline, row_key)
 
@@ -235,9 +236,9 @@ def _cached_table(
 
     table = compute(baseline, done, store)
     # full precision (a cached table equals the computed one); non-finite numbers as null, like JSON
-    cache.set_user_attr("table", [{k: _finite(v) for k, v in r.items()} for r in table.to_dict("records")])
-    cache.set_user_attr("direction", task.direction)
-    for key in ("baseline", "criterion"):
+    cache.set_user_attr(C.TABLE, [{k: _finite(v) for k, v in r.items()} for r in table.to_dict("records")])
+    cache.set_user_attr(C.DIRECTION, task.direction)
+    for key in (C.BASELINE, C.CRITERION):
         if key in table.attrs:
             cache.set_user_attr(key, table.attrs[key])
     table.attrs["cached"] = False
