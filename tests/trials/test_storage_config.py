@@ -83,7 +83,8 @@ def test_stale_trials_get_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SLIMTUNE_GRACE_PERIOD", "2")
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=make_storage(url))
-    trial = study.ask()
+    with pytest.warns(UserWarning, match="Heartbeat of storage is supposed to be used with Study.optimize"):
+        trial = study.ask()  # (a worker's trial, asked by hand)
     study._storage.record_heartbeat(trial._trial_id)  # noqa: SLF001 - a worker's heartbeat, then silence
     import time
 
