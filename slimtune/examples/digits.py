@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from slimtune.errors import ArgumentError
 from slimtune.examples.models import BasicBlock
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def load_digits_data(val_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDa
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"load_digits_data: val_fraction must be in (0, 1), got {val_fraction}")
+        raise ArgumentError(f"load_digits_data: val_fraction must be in (0, 1), got {val_fraction}")
     digits = load_digits()
     images = digits.images.astype(np.float32) / 16.0
     labels = digits.target.astype(np.int64)
@@ -226,7 +227,7 @@ def train(
         ``model``, trained and in eval mode.
     """
     if epochs < 1:
-        raise ValueError(f"train: epochs must be at least 1, got {epochs}")
+        raise ArgumentError(f"train: epochs must be at least 1, got {epochs}")
     generator = torch.Generator().manual_seed(seed)
     drop_last = len(train_set) % batch_size == 1
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last)
@@ -260,7 +261,7 @@ def _num_threads(n: int | None) -> Iterator[None]:
         yield
         return
     if n < 1:
-        raise ValueError(f"train: num_threads must be at least 1 or None, got {n}")
+        raise ArgumentError(f"train: num_threads must be at least 1 or None, got {n}")
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -290,7 +291,7 @@ def evaluate_accuracy(model: nn.Module, dataset: TensorDataset, batch_size: int 
         correct += int((model(inputs).argmax(1) == targets).sum())
         total += len(targets)
     if total == 0:
-        raise ValueError("evaluate_accuracy: the dataset is empty")
+        raise ArgumentError("evaluate_accuracy: the dataset is empty")
     return correct / total
 
 
@@ -358,7 +359,7 @@ def pretrained(arch: str = "cnn", cache_dir: str | os.PathLike[str] | None = Non
     try:
         config = ARCHITECTURES[arch]
     except KeyError:
-        raise ValueError(f"pretrained: unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
+        raise ArgumentError(f"pretrained: unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
     path = cache_path(arch, seed, cache_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

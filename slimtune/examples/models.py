@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtune.errors import ArgumentError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -200,7 +202,7 @@ class VGGSmall(nn.Module):
                 ]
                 channels = width
         if size < 1:
-            raise ValueError(f"vgg_small: cfg {tuple(cfg)} pools an input of size {input_size} down to nothing")
+            raise ArgumentError(f"vgg_small: cfg {tuple(cfg)} pools an input of size {input_size} down to nothing")
         self.features = nn.Sequential(*layers)
         self.fc1 = nn.Linear(channels * size * size, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
@@ -616,7 +618,7 @@ class ResNeXtBottleneck(nn.Module):
     ) -> None:
         super().__init__()
         if group_width % cardinality:
-            raise ValueError(
+            raise ArgumentError(
                 f"ResNeXtBottleneck: group_width {group_width} is not divisible by cardinality {cardinality}"
             )
         self.conv_reduce = nn.Conv2d(in_channels, group_width, 1, bias=False)
