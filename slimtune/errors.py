@@ -207,3 +207,14 @@ def closest_name(name: object, known: Iterable[str]) -> str | None:
     """
     close = difflib.get_close_matches(name, list(known), n=1) if isinstance(name, str) else []
     return close[0] if close else None
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ``""``: the hint error messages append.
+
+    Example:
+        >>> "unknown objective 'flop'" + did_you_mean("flop", ["accuracy", "flops"])
+        "unknown objective 'flop' (did you mean 'flops'?)"
+    """
+    close = closest_name(name, known)
+    return f" (did you mean {close!r}?)" if close else ""

@@ -34,8 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slimtune.errors import ConfigError
-from slimtune.registry import closest_name
+from slimtune.errors import ConfigError, did_you_mean
 
 OBJECTIVES: dict[str, str | None] = {
     "accuracy": None,  # the task's direction
@@ -212,11 +211,6 @@ class Cost:
             "weights": self.weights,
             "constraints": [c.text for c in self.constraints],
         }
-
-
-def did_you_mean(name: str, known: Sequence[str]) -> str:
-    close = closest_name(name, known)
-    return f" (did you mean {close!r}?)" if close else ""
 
 
 #: a metric of larger magnitude on the original model gets a warning

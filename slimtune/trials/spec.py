@@ -72,8 +72,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
-from slimtune.errors import SlimtuneError, SpecError
-from slimtune.trials.cost import did_you_mean
+from slimtune.errors import SlimtuneError, SpecError, did_you_mean
 from slimtune.trials.storage import parse_url
 
 if TYPE_CHECKING:
