@@ -47,8 +47,13 @@ class Study:
     TASK = "task"
     METRIC_NAME = "metric_name"
     METRIC_DIRECTION = "metric_direction"
-    #: the original model's metric and measures (``accuracy``, ``flops``, ``params``, ``size``, ``latency``)
+    #: the original model's metric and measures (``accuracy``, ``flops``, ``params``, ``size``, ``latency``,
+    #: ``memory``)
     BASELINE = "baseline"
+    #: the hardware the baseline's latency and memory were measured on (:func:`slimtune.devices.hardware`)
+    BASELINE_DEVICE = "baseline_device"
+    #: the batch size of the baseline's latency and memory
+    MEASURE_BATCH = "measure_batch"
     #: the budget of finished trials asked for by the latest run
     N_TRIALS = "n_trials"
     SEED = "seed"
@@ -83,6 +88,8 @@ class Trial:
     LATENCY_NOTE = "latency_note"
     #: where the trial ran: backend, host, pid (and Ray node, node IP, actor)
     WORKER = "worker"
+    #: the device the trial ran on, with its hardware (``cuda:0 (NVIDIA H100 80GB HBM3)``)
+    DEVICE = "device"
     #: asked for when the budget was already used by other workers: PRUNED, not counted
     OVER_BUDGET = "over_budget"
     #: set by a strategy on the trial after which it has nothing more to propose
@@ -217,6 +224,11 @@ def hostname(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get(Trial.HOSTNAME)
 
 
+def device(trial: FrozenTrial) -> str | None:
+    """The device the trial ran on (``cuda:1 (NVIDIA ...)``, ``cpu (...)``), or None for older trials."""
+    return trial.user_attrs.get(Trial.DEVICE)
+
+
 # ---------------------------------------------------------------------- study accessors
 def initialised(study: optuna.Study) -> bool:
     """The study was created by slimtune and its set-up finished."""
@@ -226,6 +238,12 @@ def initialised(study: optuna.Study) -> bool:
 def baseline(study: optuna.Study) -> dict[str, Any]:
     """The original model's metric (``accuracy``) and measures."""
     return dict(study.user_attrs.get(Study.BASELINE) or {})
+
+
+def baseline_device(study: optuna.Study) -> tuple[str | None, int]:
+    """The hardware and the batch size of the baseline's latency and memory (None, 32 for studies
+    older than devices, which measured on the CPU at batch 32)."""
+    return study.user_attrs.get(Study.BASELINE_DEVICE), int(study.user_attrs.get(Study.MEASURE_BATCH) or 32)
 
 
 def objectives(study: optuna.Study) -> list[str]:

@@ -63,6 +63,8 @@ examples:
   slimtune run examples/digits.yaml              create or resume the study, print its Pareto front
   slimtune worker examples/digits.yaml           one more worker on the same study (another terminal)
   slimtune run examples/digits.yaml --ray-address 127.0.0.1:6379   trials on a running Ray cluster
+  slimtune run examples/imagefolder.yaml --workers 2 --devices 0,1   one worker process per GPU
+  slimtune worker examples/imagefolder.yaml --device cuda:1          one more worker, on GPU 1
   slimtune status                                studies in ./slimtune.db
   slimtune pareto examples/digits.yaml --format csv --out front.csv
   slimtune export examples/digits.yaml --trial 12 --out small.pt
@@ -134,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         "trials until n_trials or timeout, then print the Pareto front.",
     )
     _add_run_options(run)
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="run the trials in N local worker processes on the study's storage (default: in this process)",
+    )
+    run.add_argument(
+        "--devices",
+        metavar="LIST",
+        help="with --workers: the workers' devices, round-robin, e.g. 0,1 (cuda:0, cuda:1) or cpu,cpu "
+        "(alone: one worker per device)",
+    )
 
     worker = command(
         "worker",
@@ -225,6 +239,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "else $RAY_ADDRESS, else a cluster started with `ray start` here, else a local Ray)",
     )
     parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="where the trials run: auto, cpu, cuda, cuda:N or mps (overrides the spec's and the task's device)",
+    )
+    parser.add_argument(
         "--max-concurrent-trials",
         type=_positive_int,
         metavar="N",
@@ -299,7 +318,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from slimtune.trials.results import pareto_front
 
     spec = _load_run_spec(args)
-    study = _search(spec, join=False, progress=not args.quiet)
+    if args.workers or args.devices:
+        study = _run_workers(spec, args)
+    else:
+        study = _search(spec, join=False, progress=not args.quiet)
     print(_study_line(study, spec.storage_url, spec.n_trials))
     front = pareto_front(study)
     print(format_front(front) if not front.empty else "the Pareto front is empty: no complete (feasible) trial")
@@ -643,6 +665,7 @@ def _load_run_spec(args: argparse.Namespace) -> Spec:
             "storage": args.storage,
             "study": args.study,
             "backend": args.backend,
+            "device": args.device,
         },
     )
     ray = {"address": args.ray_address, "max_concurrent_trials": args.max_concurrent_trials}
@@ -681,6 +704,30 @@ def _search(spec: Spec, join: bool, progress: bool) -> optuna.Study:
         if isinstance(exc, SlimtuneError):
             raise
         raise SlimtuneError(f"{spec.source}: {exc}") from exc
+
+
+def _run_workers(spec: Spec, args: argparse.Namespace) -> optuna.Study:
+    """``run --workers N --devices LIST``: N local worker processes on the spec's study."""
+    from slimtune import devices
+    from slimtune.trials.workers import run_workers
+
+    device_list = devices.parse_list(args.devices) if args.devices else None
+    if device_list and args.device:
+        raise SlimtuneError("give --device (every worker) or --devices (one per worker), not both")
+    n_workers = args.workers or len(device_list or ())
+    forwarded = []  # the options a worker needs to find the same study with the same budget
+    for option, value in (
+        ("--storage", args.storage),
+        ("--study", args.study),
+        ("--n-trials", args.n_trials),
+        ("--timeout", args.timeout),
+        ("--device", args.device),
+    ):
+        if value is not None:
+            forwarded += [option, str(value)]
+    if args.debug:
+        forwarded.append("--debug")
+    return run_workers(spec, n_workers, device_list, progress=not args.quiet, extra_args=forwarded)
 
 
 def _open_study(args: argparse.Namespace) -> optuna.Study:

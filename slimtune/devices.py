@@ -42,6 +42,7 @@ __all__ = [
     "DeviceError",
     "check_name",
     "describe",
+    "hardware",
     "is_cuda",
     "model_device",
     "move",
@@ -193,6 +194,17 @@ def describe(device: Any) -> str:
     if dev.type == "cpu":
         return f"cpu ({_cpu_name()}, {torch.get_num_threads()} threads)"
     return str(dev)
+
+
+def hardware(device: Any) -> str:
+    """What a device is, without its index: measures taken on one ``cuda:N`` hold for another GPU of the
+    same model (``NVIDIA H100 80GB HBM3``, ``cpu: AMD EPYC 9B14``)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
+    if dev.type == "cpu":
+        return f"cpu: {_cpu_name()}"
+    return dev.type
 
 
 @functools.cache

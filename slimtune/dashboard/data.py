@@ -62,6 +62,8 @@ MEASURES = (
     "size_abs",
     "latency",
     "latency_abs",
+    "memory",
+    "memory_abs",
 )
 """The measures every trial stores (absolute ``*_abs``, relative to the original, the metric drop)."""
 
@@ -464,7 +466,7 @@ class _StudyData:
                 _measure_row(meta["metric_name"], m.get("accuracy"), orig, _ratio(m.get("accuracy"), orig), "accuracy")
             )
             rows.append(_measure_row(meta["metric_name"] + " drop", m.get("accuracy_drop"), 0.0, None, "accuracy_drop"))
-        for key in ("flops", "params", "size", "latency"):
+        for key in ("flops", "params", "size", "latency", "memory"):
             if m.get(key) is not None or m.get(key + "_abs") is not None:
                 rows.append(_measure_row(key, m.get(key + "_abs"), baseline.get(key), m.get(key), key))
         for key, value in m.items():

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from slimtune import devices
 from slimtune.errors import ConfigError, SlimtuneError
 from slimtune.search_spaces import SpaceOptions
 from slimtune.trials.cost import check_objectives, check_weights, parse_constraint
@@ -63,6 +64,9 @@ class SearchConfig:
         ray: :class:`RayOptions` (or a dict of them) for ``backend="ray"``.
         heartbeat: Heartbeat settings of the workers (default from ``SLIMTUNE_HEARTBEAT_INTERVAL``
             and ``SLIMTUNE_GRACE_PERIOD``).
+        device: Where this process runs its trials (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``);
+            None: the task's ``device``. ``slimtune worker --device cuda:1`` sets it per worker.
+        measure_batch: Batch size of the latency and memory measures; None: 32 on the CPU, 64 on a GPU.
     """
 
     strategy: str = "nsga2"
@@ -82,6 +86,8 @@ class SearchConfig:
     backend: str = "local"
     ray: RayOptions | Mapping[str, Any] | None = None
     heartbeat: Heartbeat = field(default_factory=Heartbeat.from_env)
+    device: str | None = None
+    measure_batch: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once here
@@ -115,6 +121,12 @@ class SearchConfig:
             set_(self, "ray", RayOptions.from_value(self.ray))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"expected an integer, got {self.seed!r}", field="seed")
+        if self.device is not None:
+            set_(self, "device", devices.check_name(self.device))
+        if self.measure_batch is not None and (
+            isinstance(self.measure_batch, bool) or not isinstance(self.measure_batch, int) or self.measure_batch < 1
+        ):
+            raise ConfigError(f"must be an integer >= 1, got {self.measure_batch!r}", field="measure_batch")
 
     @property
     def study(self) -> str:
@@ -146,6 +158,8 @@ class SearchConfig:
             "progress": self.progress,
             "backend": self.backend,
             "ray": self.ray.to_dict() if isinstance(self.ray, RayOptions) else None,
+            "device": self.device,
+            "measure_batch": self.measure_batch,
             "heartbeat": {
                 "interval": self.heartbeat.interval,
                 "grace_period": self.heartbeat.grace_period,

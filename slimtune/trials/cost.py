@@ -9,9 +9,13 @@ Measures of a trial (all stored, whatever is optimised):
 ``params``     parameters, relative (``params_abs``)
 ``size``       bytes, relative (``size_abs``)
 ``latency``    measured latency, relative (``latency_abs``: milliseconds)
+``memory``     peak memory of a forward at the measured batch size, relative (``memory_abs``: bytes)
 ============== =====================================================================
 
-Objectives are chosen from ``accuracy``, ``flops``, ``params``, ``latency`` and ``size``
+Latency and memory are measured on the trial's device and relative to the original model measured
+on the same device.
+
+Objectives are chosen from ``accuracy``, ``flops``, ``params``, ``latency``, ``size`` and ``memory``
 (resources are minimised as ratios to the original, so objectives of different scales compare).
 Several objectives give a Pareto search; ``weights`` turn them into one weighted scalar to
 minimise. Constraints are strings ``"<measure> <= value"`` or ``">="``, passed to Optuna as
@@ -42,6 +46,7 @@ OBJECTIVES: dict[str, str | None] = {
     "params": "minimize",
     "latency": "minimize",
     "size": "minimize",
+    "memory": "minimize",
 }
 """Objective names and their direction (``None``: the task's metric direction)."""
 
@@ -52,10 +57,12 @@ CONSTRAINT_MEASURES = (
     "params",
     "size",
     "latency",
+    "memory",
     "flops_abs",
     "params_abs",
     "size_abs",
     "latency_abs",
+    "memory_abs",
 )
 
 _CONSTRAINT_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
@@ -173,7 +180,14 @@ class Cost:
 
     @property
     def needs_latency(self) -> bool:
-        return "latency" in self.objectives or any(c.measure.startswith("latency") for c in self.constraints)
+        return self._needs("latency")
+
+    @property
+    def needs_memory(self) -> bool:
+        return self._needs("memory")
+
+    def _needs(self, measure: str) -> bool:
+        return measure in self.objectives or any(c.measure.startswith(measure) for c in self.constraints)
 
     def values(self, measures: Mapping[str, Any]) -> list[float]:
         vals = [float(measures[o]) for o in self.objectives]
@@ -213,6 +227,10 @@ class Cost:
         }
 
 
+#: the measures of a model besides its metric (each also stored relative to the original model)
+MEASURED = ("flops", "params", "size", "latency", "memory")
+#: measures that depend on the device they are measured on
+DEVICE_MEASURES = ("latency", "memory")
 #: a metric of larger magnitude on the original model gets a warning
 ABSURD_METRIC = 1e12
 #: measures that compression can only lower: relative to the original, in (0, 1]
@@ -226,7 +244,8 @@ def _impossible(c: Constraint, baseline: Mapping[str, Any], direction: str) -> s
             return f"{c.measure} is relative to the original model, and compression does not make it larger than 1"
         if c.op == "<=" and c.bound <= 0:
             return f"{c.measure} is relative to the original model and always above 0"
-    if c.measure in ("latency", "latency_abs", "flops_abs", "params_abs", "size_abs") and c.op == "<=" and c.bound <= 0:
+    always_positive = ("latency", "latency_abs", "memory", "memory_abs", "flops_abs", "params_abs", "size_abs")
+    if c.measure in always_positive and c.op == "<=" and c.bound <= 0:
         return f"{c.measure} is always above 0"
     metric = baseline.get("accuracy")
     if c.measure == "accuracy_drop" and metric is not None and 0 <= float(metric) <= 1:
@@ -248,7 +267,7 @@ def relative_measures(
     out: dict[str, Any] = {"accuracy": measures["accuracy"]}
     sign = 1.0 if metric_direction == "maximize" else -1.0
     out["accuracy_drop"] = sign * (float(baseline["accuracy"]) - float(measures["accuracy"]))
-    for key in ("flops", "params", "size", "latency"):
+    for key in MEASURED:
         v, b = measures.get(key), baseline.get(key)
         out[f"{key}_abs"] = v
         out[key] = (float(v) / float(b)) if v is not None and b not in (None, 0) else None

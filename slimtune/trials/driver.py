@@ -56,6 +56,9 @@ def worker_identity() -> dict[str, Any]:
         actor = ctx.get_actor_id()
         if actor is not None:
             info.update(backend="ray", node=ctx.get_node_id(), node_ip=ray.util.get_node_ip_address(), actor=actor)
+            gpus = ray.get_gpu_ids()
+            if gpus:  # the GPUs Ray assigned to this worker (the only ones it sees, as cuda:0, cuda:1 ...)
+                info["gpus"] = [str(g) for g in gpus]
     return info
 
 
@@ -100,6 +103,7 @@ def trial_line(t: FrozenTrial) -> str:
         ("params", "{:.3f}"),
         ("size", "{:.3f}"),
         ("latency", "{:.3f}"),
+        ("memory", "{:.3f}"),
     ):
         if m.get(key) is not None:
             parts.append(f"{key}={fmt.format(m[key])}")
@@ -239,7 +243,53 @@ class quiet_optuna:
         optuna.logging.set_verbosity(self.level)
 
 
+class Monitor:
+    """The view of a process whose workers (Ray actors, ``slimtune worker`` processes) run the trials:
+    one log line per finished trial, a progress bar, and the storage's upkeep (trials of dead workers
+    failed and re-queued). Call :meth:`poll` every second or so, :meth:`close` at the end."""
+
+    def __init__(self, study: optuna.Study, n_trials: int | None, progress: bool, heartbeat: Heartbeat) -> None:
+        self.study = study
+        self.progress = progress
+        self.heartbeat = heartbeat
+        self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self.adopted: set[int] = set()
+        self.upkeep = time.monotonic()
+        self.bar = None
+        if progress and n_trials is not None:
+            from tqdm.auto import tqdm
+
+            done = counts(study)["done"]
+            self.bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=study.study_name, unit="trial")
+
+    def poll(self) -> None:
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state.is_finished() and t.number not in self.seen:
+                self.seen.add(t.number)
+                if self.progress:
+                    where = attrs.worker(t)
+                    node = (
+                        f" on {where.get('node_ip', where.get('host', '?'))} pid {where.get('pid', '?')}"
+                        if where
+                        else ""
+                    )
+                    device = attrs.device(t)
+                    logger.info(trial_line(t) + node + (f" on {device.split(' ')[0]}" if device else ""))
+        if self.bar is not None:
+            self.bar.n = min(counts(self.study)["done"], self.bar.total)
+            self.bar.refresh()
+        if time.monotonic() - self.upkeep >= self.heartbeat.interval:
+            self.upkeep = time.monotonic()
+            adopt_orphans(self.study, self.adopted, self.heartbeat)
+            fail_stale(self.study)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 __all__ = [
+    "Monitor",
     "Budgeted",
     "Progress",
     "adopt_orphans",

@@ -27,7 +27,7 @@ import optuna
 import torch
 import torch.nn as nn
 
-from slimtune import optuna_internals
+from slimtune import devices, optuna_internals
 from slimtune.attributes import Trial as T
 from slimtune.compressors import trace
 from slimtune.compressors.measures import measure_deployable
@@ -60,7 +60,7 @@ class Objective:
         baseline: Measures of the original model (``accuracy``, ``flops``, ``params``, ``size``,
             ``latency``).
         artifact_store: Where compressed models are saved (None: not saved).
-        latency_batch: Batch size of the latency measurement.
+        latency_batch: Batch size of the latency and memory measures.
         graph: ``trace(task.model, task.example_inputs)``, traced once for every trial.
     """
 
@@ -89,12 +89,14 @@ class Objective:
         if self.single_objective and "accuracy" in cost.objectives:
             self.report_sign = 1.0 if cost.directions[0] == task.direction else -1.0
         self.graph = graph if graph is not None else trace(task.model, task.example_inputs)
+        self.device_name = devices.describe(devices.model_device(task.model))
         self._base: tuple[Any, nn.Module, ModelGraph, str] | None = None  # the last init_from_trial model
 
     def __call__(self, trial: optuna.trial.Trial) -> float | list[float]:
         times: dict[str, float] = {}
         start = time.perf_counter()
         trial.set_user_attr(T.HOSTNAME, os.uname().nodename)
+        trial.set_user_attr(T.DEVICE, self.device_name)
         try:
             params = self.strategy.suggest(trial, self.space)
             plan = self.task.default_compressor(with_finetune_params(self.strategy.plan(params, self.space), params))
@@ -135,7 +137,14 @@ class Objective:
                 raise TrialFailure(f"evaluate returned {metric}")
 
             t = time.perf_counter()
-            raw = measure_deployable(model, self.task.example_inputs, self.cost.needs_latency, self.latency_batch)
+            raw = measure_deployable(
+                model,
+                self.task.example_inputs,
+                self.cost.needs_latency,
+                self.latency_batch,
+                memory=self.cost.needs_memory,
+                memory_batch=self.latency_batch,
+            )
             raw["accuracy"] = metric
             if raw.get("latency_note"):  # latency of the fake-quantized model, not of its int8 export
                 trial.set_user_attr(T.LATENCY_NOTE, raw["latency_note"])
@@ -178,7 +187,7 @@ class Objective:
         key = (optuna_internals.study_key(study), number, artifact)
         if self._base is None or self._base[0] != key:
             try:
-                base = load_model(study, number).eval()
+                base = load_model(study, number, devices.model_device(self.task.model)).eval()
             except SlimtuneError as e:
                 raise TrialFailure(
                     f"plan.init_from_trial: {e}; a plan that starts from another trial's model needs it saved "

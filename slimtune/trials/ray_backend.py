@@ -20,6 +20,13 @@ the same parameters, like any trial whose heartbeat went stale), so the study st
 call or command again resumes the study from the storage (trials left running are failed and
 retried after the storage's grace period, ``SLIMTUNE_GRACE_PERIOD``).
 
+**Devices.** A worker given GPUs by ``resources_per_trial`` (``{cpu: 4, gpu: 1}``) sees only
+those (Ray sets ``CUDA_VISIBLE_DEVICES``) and runs its trials on the first of them, unless the
+task or the search names ``cpu``; each trial records the device (``device``) and the worker the
+GPU ids Ray gave it (``worker.gpus``). The driver prepares the study (baseline, sensitivity) on
+its own device, the CPU when it has no GPU; workers on other hardware measure the original's
+latency and memory themselves, so relative measures compare like with like.
+
 **Storage.** Every worker opens the storage URL itself: ``sqlite:///`` and ``journal:`` files
 work when the workers share the driver's machine (one or more Ray nodes on it); a cluster of
 several machines needs a database server (``postgresql://...``) and, for saved models, the
@@ -50,8 +57,8 @@ from slimtune import attributes as attrs
 from slimtune import optuna_internals
 from slimtune.errors import SlimtuneError
 from slimtune.trials.config import RAY_FIELDS, RayOptions, SearchConfig
-from slimtune.trials.driver import adopt_orphans, counts, drive, fail_stale, trial_line, worker_identity
-from slimtune.trials.storage import Heartbeat, open_study, parse_url, url_of
+from slimtune.trials.driver import Monitor, counts, drive, worker_identity
+from slimtune.trials.storage import open_study, parse_url, url_of
 from slimtune.trials.study import prepare
 
 if TYPE_CHECKING:
@@ -60,7 +67,15 @@ if TYPE_CHECKING:
     from slimtune.trials.study import PreparedStudy
     from slimtune.trials.task import Task
 
-__all__ = ["RAY_FIELDS", "RayOptions", "check_storage", "release_workers", "requeue", "run_on_ray"]
+__all__ = [
+    "RAY_FIELDS",
+    "RayOptions",
+    "check_storage",
+    "ray_driver_config",
+    "release_workers",
+    "requeue",
+    "run_on_ray",
+]
 
 logger = logging.getLogger("slimtune")
 
@@ -103,9 +118,45 @@ class _Worker:
         if timeout is not None and timeout <= 0:
             return me
         cfg = cfg.replace(timeout=timeout, join=True, backend="local", ray=None, progress=False)
+        cfg = cfg.replace(device=_worker_device(task, cfg, me))
         prepared = prepare(task, cfg)
         drive(prepared.study, prepared.objective, cfg.n_trials, cfg.timeout, False, cfg.heartbeat, me)
         return me
+
+
+def _worker_device(task: Task, config: SearchConfig, me: Mapping[str, Any]) -> str | None:
+    """The device of a Ray worker's trials: the first GPU Ray assigned to it (``cuda:0``: the worker
+    sees only its own GPUs), unless the task or the search asks for the CPU."""
+    wanted = config.device or task.device
+    if me.get("gpus") and wanted != "cpu":
+        return "cuda:0"
+    return config.device
+
+
+def ray_driver_config(task: Task, config: SearchConfig) -> SearchConfig:
+    """The configuration the driver prepares a Ray study with, checked before any work: a GPU device
+    needs ``gpu`` in ``resources_per_trial``; a driver without a GPU prepares on the CPU while
+    its GPU workers run the trials."""
+    from slimtune import devices
+
+    options = config.ray if isinstance(config.ray, RayOptions) else RayOptions()
+    gpus = float(options.resources_per_trial.get("gpu", 0.0))
+    wanted = config.device or task.device
+    field = "device" if config.device else "Task.device"
+    if wanted not in ("auto", "cpu") and not gpus:
+        raise devices.DeviceError(
+            f"{wanted!r} asks for a GPU, but ray.resources_per_trial gives a trial none, so its Ray worker would see "
+            "no GPU: add gpu: 1 (e.g. resources_per_trial: {cpu: 4, gpu: 1})",
+            field=field,
+        )
+    try:
+        devices.resolve(wanted, field=field)
+    except devices.DeviceError as e:
+        if not gpus:
+            raise
+        logger.info("the driver has no GPU (%s): it prepares the study on the CPU; trials run on the Ray GPUs", e)
+        return config.replace(device="cpu")
+    return config
 
 
 def _apply(settings: Mapping[str, Any]) -> None:
@@ -251,7 +302,7 @@ def run_on_ray(task: Task, prepared: PreparedStudy) -> None:
     started = _connect(ray, options)
     actors: list[Any] = []
     deadline = None if timeout is None else time.time() + timeout
-    monitor = _Monitor(study, n_trials, progress, config.heartbeat)
+    monitor = Monitor(study, n_trials, progress, config.heartbeat)
     try:
         _check_storage_reach(ray, url)
         count = _worker_count(ray, options, n_trials, counts(study)["done"])
@@ -433,46 +484,3 @@ def _last_line(e: BaseException) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-class _Monitor:
-    """The driver's view while workers run: one log line per finished trial, a progress bar,
-    and the storage's upkeep (trials of dead workers failed and re-queued)."""
-
-    def __init__(self, study: optuna.Study, n_trials: int | None, progress: bool, heartbeat: Heartbeat) -> None:
-        self.study = study
-        self.progress = progress
-        self.heartbeat = heartbeat
-        self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-        self.adopted: set[int] = set()
-        self.upkeep = time.monotonic()
-        self.bar = None
-        if progress and n_trials is not None:
-            from tqdm.auto import tqdm
-
-            done = counts(study)["done"]
-            self.bar = tqdm(total=n_trials, initial=min(done, n_trials), desc=study.study_name, unit="trial")
-
-    def poll(self) -> None:
-        for t in self.study.get_trials(deepcopy=False):
-            if t.state.is_finished() and t.number not in self.seen:
-                self.seen.add(t.number)
-                if self.progress:
-                    where = attrs.worker(t)
-                    node = (
-                        f" on {where.get('node_ip', where.get('host', '?'))} pid {where.get('pid', '?')}"
-                        if where
-                        else ""
-                    )
-                    logger.info(trial_line(t) + node)
-        if self.bar is not None:
-            self.bar.n = min(counts(self.study)["done"], self.bar.total)
-            self.bar.refresh()
-        if time.monotonic() - self.upkeep >= self.heartbeat.interval:
-            self.upkeep = time.monotonic()
-            adopt_orphans(self.study, self.adopted, self.heartbeat)
-            fail_stale(self.study)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

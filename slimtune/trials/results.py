@@ -88,8 +88,9 @@ def pareto_front(study: optuna.Study) -> pd.DataFrame:
     )
 
 
-def load_model(study: optuna.Study, trial_number: int) -> nn.Module:
-    """The compressed model of a completed trial (saved as an artifact when it ran)."""
+def load_model(study: optuna.Study, trial_number: int, device: str | torch.device = "cpu") -> nn.Module:
+    """The compressed model of a completed trial (saved as an artifact when it ran), on ``device``
+    (default the CPU, whatever device the trial ran on)."""
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
     trial = get_trial(study, trial_number)
@@ -105,7 +106,7 @@ def load_model(study: optuna.Study, trial_number: int) -> nn.Module:
             download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
         except Exception as e:
             raise SlimtuneError(f"the saved model of trial {trial_number} is missing from {adir}: {e}") from e
-        return torch.load(path, weights_only=False)
+        return torch.load(path, map_location=torch.device(device), weights_only=False)
 
 
 def export_model(study: optuna.Study, trial_number: int, path: str | os.PathLike[str]) -> Path:

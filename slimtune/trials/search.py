@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ import optuna
 
 from slimtune.trials.config import RayOptions, SearchConfig
 from slimtune.trials.driver import counts, drive, worker_identity
-from slimtune.trials.ray_backend import check_storage, run_on_ray
+from slimtune.trials.ray_backend import check_storage, ray_driver_config, run_on_ray
 from slimtune.trials.study import prepare
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ def search(
     weights: Mapping[str, float] | None = None,
     backend: str = "local",
     ray: RayOptions | Mapping[str, Any] | None = None,
+    device: str | None = None,
+    measure_batch: int | None = None,
     **strategy_params: Any,
 ) -> optuna.Study:
     """Search for compressed versions of ``task.model``; returns the Optuna study.
@@ -87,6 +90,10 @@ def search(
             one per concurrent trial, writing to the same storage).
         ray: Options of the Ray backend (:class:`~slimtune.trials.config.RayOptions` or a dict of
             ``address``, ``max_concurrent_trials``, ``resources_per_trial``, ``max_retries``).
+        device: Where the trials run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); None: the
+            task's ``device``. On Ray, each worker uses the GPU Ray assigned to it
+            (``ray={"resources_per_trial": {"cpu": 4, "gpu": 1}}``).
+        measure_batch: Batch size of the latency and memory measures (None: 32 on the CPU, 64 on a GPU).
         **strategy_params: Parameters of the strategy.
 
     Returns:
@@ -109,15 +116,19 @@ def search(
         progress=progress,
         backend=backend,
         ray=ray,
+        device=device,
+        measure_batch=measure_batch,
     )
     return run(task, config)
 
 
 def run(task: Task, config: SearchConfig) -> optuna.Study:
     """Run the search ``config`` describes on ``task``; returns the study."""
+    driver_config = config
     if config.backend == "ray":
         check_storage(config.storage)  # before any work
-    prepared = prepare(task, config)
+        driver_config = ray_driver_config(task, config)
+    prepared = prepare(task, driver_config)
     study = prepared.study
     if config.n_trials is not None and not config.join:
         done = counts(study)["done"]
@@ -130,7 +141,7 @@ def run(task: Task, config: SearchConfig) -> optuna.Study:
             )
             return study
     if config.backend == "ray":
-        run_on_ray(task, prepared)
+        run_on_ray(task, dataclasses.replace(prepared, config=config))
     else:
         drive(
             study,

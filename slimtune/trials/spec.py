@@ -19,7 +19,7 @@ Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` an
     # strategies: uniform, random, tpe, nsga2, simulated_annealing, netadapt, bitwidth, joint, admm, autocompress
     # (parameters: slimtune.strategies and the README's "Strategies" section)
     space: {max_sparsity: 0.8, criterion: l1}     # search-space options (see SPACE_FIELDS)
-    objectives: [accuracy, flops]       # any of accuracy, flops, params, latency, size
+    objectives: [accuracy, flops]       # any of accuracy, flops, params, latency, size, memory
     compressor: {name: admm, rho: 0.01} # how plans are applied (default oneshot): agp, admm, lottery, slimming
     finetune: {steps: 40, lr: 0.01, kd: {alpha: 0.5}}  # the task's fine-tune config, overridden here
     constraints: ["accuracy_drop <= 0.02", "flops <= 0.5"]
@@ -29,6 +29,8 @@ Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` an
     save_models: all                    # "all" (every trial's model is kept) or "none"
     backend: local                      # "local" (trials in this process) or "ray"
     ray: {address: 127.0.0.1:6379, max_concurrent_trials: 4, resources_per_trial: {cpu: 1}}  # backend: ray only
+    device: auto                        # where trials run: auto (a CUDA GPU when there is one), cpu, cuda, cuda:N, mps
+    measure_batch: 64                   # batch size of the latency and memory measures (default 32 CPU, 64 GPU)
 
 **Storage URLs**: ``sqlite:///file.db``, ``postgresql://user@host/db`` (any SQLAlchemy URL: several
 machines can share a study), ``journal:///path/file.log`` (an Optuna journal file) or ``memory``
@@ -113,7 +115,10 @@ FIELDS: dict[str, str] = {
     "ray": "Ray options (backend: ray): address, max_concurrent_trials, resources_per_trial, max_retries",
     "compressor": "a compressor name (oneshot, agp, admm, lottery, slimming) or a mapping with 'name' and "
     "its parameters",
-    "finetune": "fine-tune settings over the task's (epochs or steps, optimizer, lr, schedule, seed, kd ...)",
+    "finetune": "fine-tune settings over the task's (epochs or steps, optimizer, lr, schedule, seed, kd, amp ...)",
+    "device": "where the trials run: auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, "
+    "mps; overrides the task's device",
+    "measure_batch": "batch size of the latency and memory measures (default 32 on the CPU, 64 on a GPU)",
 }
 
 #: Options of the ``space`` mapping and what each holds.
@@ -153,6 +158,8 @@ _SEARCH_ARGS = (
     "weights",
     "backend",
     "ray",
+    "device",
+    "measure_batch",
 )
 _TASK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -180,6 +187,8 @@ class Spec:
         save_models: ``"all"`` or ``"none"``.
         backend: ``"local"`` or ``"ray"``.
         ray: Options of the Ray backend (:data:`slimtune.trials.ray_backend.RAY_FIELDS`), or ``None``.
+        device: Where the trials run (overrides the task's ``device``), or ``None``.
+        measure_batch: Batch size of the latency and memory measures, or ``None`` (32 CPU, 64 GPU).
         path: The file the spec was loaded from (``None`` when it came from data).
     """
 
@@ -200,6 +209,8 @@ class Spec:
     ray: dict[str, Any] | None = None
     compressor: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
+    device: str | None = None
+    measure_batch: int | None = None
     path: Path | None = field(default=None, compare=False)
 
     # ---------------------------------------------------------------------------------------------
@@ -277,6 +288,10 @@ class Spec:
             out["compressor"] = dict(self.compressor)
         if self.finetune is not None:
             out["finetune"] = dict(self.finetune)
+        if self.device is not None:
+            out["device"] = self.device
+        if self.measure_batch is not None:
+            out["measure_batch"] = self.measure_batch
         return out
 
     def to_yaml(self) -> str:
@@ -306,6 +321,8 @@ class Spec:
             "save_models": self.save_models,
             "backend": self.backend,
             **({"ray": dict(self.ray or {})} if self.backend == "ray" else {}),
+            **({"device": self.device} if self.device is not None else {}),
+            **({"measure_batch": self.measure_batch} if self.measure_batch is not None else {}),
             **self.strategy_params,
         }
 
@@ -491,6 +508,10 @@ class _Validator:
         ray = self.ray(data.get("ray"))
         compressor = self.compressor(data.get("compressor"))
         finetune = self.finetune(data.get("finetune"))
+        device = self.device(data.get("device"))
+        measure_batch = data.get("measure_batch")
+        if measure_batch is not None:
+            measure_batch = self.integer(measure_batch, "measure_batch", minimum=1)
         return Spec(
             study=study,
             task=task,
@@ -509,6 +530,8 @@ class _Validator:
             ray=ray,
             compressor=compressor,
             finetune=finetune,
+            device=device,
+            measure_batch=measure_batch,
         )
 
     # -- fields ---------------------------------------------------------------------------------
@@ -550,6 +573,16 @@ class _Validator:
         except SlimtuneError as exc:
             self.owner_error(exc, "finetune")
         return data
+
+    def device(self, value: Any) -> str | None:
+        from slimtune import devices
+
+        if value is None:
+            return None
+        try:  # the spelling only: the machine that runs the spec may not be this one
+            return devices.check_name(value if isinstance(value, (str, int)) else repr(value))
+        except SlimtuneError as exc:
+            self.owner_error(exc, "device")
 
     def ray(self, value: Any) -> dict[str, Any] | None:
         from slimtune.trials.config import RAY_FIELDS, RayOptions

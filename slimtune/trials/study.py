@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from slimtune import attributes as attrs
+from slimtune import devices
 from slimtune.compressors import trace
 from slimtune.compressors.measures import measure_deployable
 from slimtune.errors import SlimtuneError
 from slimtune.search_spaces import SearchSpace
 from slimtune.strategies import get_strategy
 from slimtune.trials.config import SearchConfig
-from slimtune.trials.cost import Cost
+from slimtune.trials.cost import DEVICE_MEASURES, Cost
 from slimtune.trials.driver import quiet_optuna
 from slimtune.trials.objective import Objective
 from slimtune.trials.sensitivity import bit_sensitivity_table, sensitivity_table
@@ -54,7 +55,14 @@ class PreparedStudy:
 
 
 def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
-    """Create (or resume, or join) the study ``config`` names and build its objective."""
+    """Create (or resume, or join) the study ``config`` names and build its objective.
+
+    The trials run on ``config.device`` (else the task's device): the task's model, example inputs
+    and calibration batches are put there first; a device this machine lacks is an error here.
+    """
+    device = devices.resolve(config.device or task.device, field="device" if config.device else "Task.device")
+    task = task.on_device(device)
+    measure_batch = config.measure_batch or (DEFAULT_MEASURE_BATCH_GPU if device.type == "cuda" else 32)
     strat = get_strategy(config.strategy, **config.strategy_params)
     cost = Cost(config.objectives, task.direction, weights=config.weights, constraints=list(config.constraints) or None)
     url = url_of(config.storage)
@@ -71,6 +79,7 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
             "space.bits_a searches activation bit-widths: the task needs calibration batches (Task.calibration)",
             field="space.bits_a",
         )
+    logger.info("study %s: trials run on %s", config.study, devices.describe(device))
     graph = trace(task.model, task.example_inputs)
     for line in graph.explain():
         logger.info(line)
@@ -94,7 +103,7 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
             pruner=pruner,
             load_if_exists=True,
         )
-    baseline = _init_study(study, task, strat, cost, space, url, config)
+    baseline = _init_study(study, task, strat, cost, space, url, config, measure_batch)
     store = None
     if config.save_models == "all":
         from optuna.artifacts import FileSystemArtifactStore
@@ -102,8 +111,25 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
         adir = Path(attrs.artifacts_dir(study) or artifacts_dir(url))
         adir.mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(str(adir))
-    objective = Objective(task, space, strat, cost, baseline, artifact_store=store, graph=graph)
+    objective = Objective(
+        task, space, strat, cost, baseline, artifact_store=store, latency_batch=measure_batch, graph=graph
+    )
     return PreparedStudy(study, objective, strat, cost, space, baseline, config)
+
+
+#: the latency and memory batch size on a GPU (32 on the CPU), unless ``measure_batch`` says otherwise
+DEFAULT_MEASURE_BATCH_GPU = 64
+
+
+def _measure_original(task: Task, cost: Cost, batch: int) -> dict[str, Any]:
+    return measure_deployable(
+        task.model,
+        task.example_inputs,
+        cost.needs_latency,
+        latency_batch=batch,
+        memory=cost.needs_memory,
+        memory_batch=batch,
+    )
 
 
 def _fresh_seed(seed: int) -> int:
@@ -118,9 +144,14 @@ def _init_study(
     space: SearchSpace,
     url: str | None,
     config: SearchConfig,
+    measure_batch: int,
 ) -> dict[str, Any]:
     """The original's metric and measures; on a new study also its settings and seed trials,
-    on an existing one a check that it was created with the same settings."""
+    on an existing one a check that it was created with the same settings.
+
+    Latency and memory depend on the hardware: a worker on other hardware than the study's baseline
+    (or asked for another measure batch) measures the original's latency and memory itself and
+    compares its trials with those (kept in memory; the stored baseline stays as it is)."""
     S = attrs.Study
     stored = study.user_attrs
     if attrs.initialised(study):
@@ -140,14 +171,33 @@ def _init_study(
                 "use another study name or the same settings"
             )
         baseline = attrs.baseline(study)
-        if cost.needs_latency and baseline.get("latency") is None:
-            baseline["latency"] = measure_deployable(task.model, task.example_inputs, True)["latency"]
+        hardware = devices.hardware(task.device)
+        stored_hardware, stored_batch = attrs.baseline_device(study)
+        if stored_hardware is None:  # a study from before devices: its baseline was measured on this machine's CPU
+            stored_hardware = devices.hardware("cpu")
+        if (cost.needs_latency or cost.needs_memory) and (stored_hardware, stored_batch) != (hardware, measure_batch):
+            logger.info(
+                "study %s: the original's latency and memory were measured on %s at batch %d; this worker runs on "
+                "%s at batch %d and measures them here to compare its trials with",
+                study.study_name,
+                stored_hardware,
+                stored_batch,
+                hardware,
+                measure_batch,
+            )
+            local = _measure_original(task, cost, measure_batch)
+            baseline.update({k: local.get(k) for k in DEVICE_MEASURES})
+        elif (cost.needs_latency and baseline.get("latency") is None) or (
+            cost.needs_memory and baseline.get("memory") is None
+        ):
+            local = _measure_original(task, cost, measure_batch)
+            baseline.update({k: local[k] for k in DEVICE_MEASURES if baseline.get(k) is None and local.get(k)})
             study.set_user_attr(S.BASELINE, baseline)
         if not config.join and config.n_trials is not None and config.n_trials != attrs.n_trials(study):
             study.set_user_attr(S.N_TRIALS, config.n_trials)  # the budget this run asks for
         return baseline
     metric = evaluate_original(task)
-    baseline = measure_deployable(task.model, task.example_inputs, cost.needs_latency)
+    baseline = _measure_original(task, cost, measure_batch)
     baseline["accuracy"] = metric
     for line in cost.check(baseline, task.direction):
         logger.warning("study %s: %s", study.study_name, line)
@@ -163,6 +213,8 @@ def _init_study(
         S.METRIC_NAME: task.metric_name,
         S.METRIC_DIRECTION: task.direction,
         S.BASELINE: baseline,
+        S.BASELINE_DEVICE: devices.hardware(task.device),
+        S.MEASURE_BATCH: measure_batch,
         S.N_TRIALS: config.n_trials,
         S.SEED: config.seed,
         S.ARTIFACTS_DIR: str(artifacts_dir(url)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from slimtune import devices
 from slimtune.compressors.training import (
     FinetuneConfig,
     FinetuneResult,
@@ -64,6 +66,15 @@ class Task:
         compressor: The compressor of trials whose plan leaves the default (``"oneshot"``), e.g.
             ``"admm"`` (see :data:`slimtune.compressors.training.COMPRESSORS`).
         compressor_params: Its parameters.
+        device: Where the trials run: ``auto`` (the default: the current CUDA GPU when PyTorch sees
+            one, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (see :mod:`slimtune.devices`).
+            The search puts a copy of the model, the example inputs and the calibration batches
+            there (the task's own objects are left where they are); compression, sensitivity,
+            fine-tuning, KD, the training compressors and the measures run there. ``evaluate`` and
+            ``finetune`` receive the model **on that device** and move their own batches to it
+            (``x.to(slimtune.devices.model_device(model))``); the built-in loop moves each
+            ``train_data`` batch itself. A device this machine lacks is an error at the start of
+            the search, not in a trial.
 
     Example:
         >>> import torch
@@ -89,6 +100,7 @@ class Task:
     finetune_config: FinetuneConfig | Mapping[str, Any] | None = None
     compressor: str = "oneshot"
     compressor_params: dict[str, Any] = field(default_factory=dict)
+    device: str | torch.device = devices.DEFAULT
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -106,11 +118,31 @@ class Task:
             self.train_data = list(self.train_data)  # an iterator: keep its batches for every epoch
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise ArgumentTypeError("Task.loss_fn must be callable: loss_fn(outputs, targets) -> scalar tensor")
+        self.device = devices.check_name(self.device, field="Task.device")
         try:
             self.finetune_config = FinetuneConfig.coerce(self.finetune_config)
             check_compressor_params(self.compressor, self.compressor_params)
         except PlanError as e:
             raise PlanError(f"Task: {e}") from None
+
+    def on_device(self, device: torch.device) -> Task:
+        """This task with its model, example inputs and calibration batches on ``device``.
+
+        The model is copied there (the task's own model stays where it is and unchanged) unless it is
+        already on ``device``; ``train_data`` stays as it is (the fine-tune loop moves each batch).
+        """
+        device = torch.device(device)
+        model = self.model
+        if _devices_of(model) != {device}:
+            model = copy.deepcopy(model).to(device)
+        calibration = None if self.calibration is None else [devices.move(b, device) for b in self.calibration]
+        return dataclasses.replace(
+            self,
+            model=model,
+            example_inputs=devices.move(self.example_inputs, device),
+            calibration=calibration,
+            device=str(device),
+        )
 
     def effective_finetune_config(self, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
         """The task's fine-tune config with a plan's ``finetune`` overrides applied."""
@@ -175,12 +207,20 @@ class Task:
         for key, value in self.model.state_dict().items():
             h.update(key.encode())
             if isinstance(value, torch.Tensor):
-                h.update(
-                    value.detach().cpu().contiguous().numpy().tobytes()
-                    if value.dtype != torch.bfloat16
-                    else value.float().numpy().tobytes()
-                )
+                value = value.detach().cpu()
+                h.update((value if value.dtype != torch.bfloat16 else value.float()).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def _devices_of(model: nn.Module) -> set[torch.device]:
+    """The devices of a model's parameters and buffers (an index-less CUDA device counts as the current one)."""
+    out = set()
+    for t in [*model.parameters(), *model.buffers()]:
+        d = t.device
+        if d.type == "cuda" and d.index is None:
+            d = torch.device("cuda", torch.cuda.current_device())
+        out.add(d)
+    return out
 
 
 def _no_report(step: int, value: float) -> None:

@@ -7,8 +7,8 @@
   const LIVE = CFG.mode === "live";
   const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
   const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "triangle-down", "pentagon", "hexagon", "star-square"];
-  const RESOURCES = { flops: "FLOPs", params: "parameters", size: "size", latency: "latency" };
-  const ABS_UNIT = { flops: "MACs per sample", params: "count", size: "bytes", latency: "ms" };
+  const RESOURCES = { flops: "FLOPs", params: "parameters", size: "size", latency: "latency", memory: "peak memory" };
+  const ABS_UNIT = { flops: "MACs per sample", params: "count", size: "bytes", latency: "ms", memory: "bytes" };
   const PLOT_CONFIG = { displaylogo: false, responsive: true };
 
   const S = {
@@ -100,7 +100,7 @@
     for (const p of payloads) {
       const m = p.trials.measures;
       for (const o of p.meta.objectives) if (!keys.includes(o) && (m[o] || m[o + "_abs"])) keys.push(o);
-      for (const k of ["accuracy", "accuracy_drop", "flops", "params", "size", "latency"]) {
+      for (const k of ["accuracy", "accuracy_drop", "flops", "params", "size", "latency", "memory"]) {
         if (!keys.includes(k) && (m[k] || m[k + "_abs"])) keys.push(k);
       }
       for (const k of Object.keys(m)) if (!k.endsWith("_abs") && !keys.includes(k)) keys.push(k);
