@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from slimtune import devices
 from slimtune.errors import ArgumentError
 from slimtune.examples.models import BasicBlock
 
@@ -284,10 +285,13 @@ def _warmup_cosine(warmup: int, steps: int) -> Callable[[int], float]:
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, dataset: TensorDataset, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset``, in ``[0, 1]``; the model is put in eval mode."""
+    """Top-1 accuracy of ``model`` on ``dataset``, in ``[0, 1]``, on the model's device; the model is put
+    in eval mode."""
     model.eval()
+    device = devices.model_device(model)
     correct, total = 0, 0
     for inputs, targets in DataLoader(dataset, batch_size=batch_size):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         correct += int((model(inputs).argmax(1) == targets).sum())
         total += len(targets)
     if total == 0:
@@ -421,6 +425,7 @@ def make_task(
     finetune_lr: float = 1e-3,
     calibration_batches: int = 4,
     cache_dir: str | os.PathLike[str] | None = None,
+    device: str = "auto",
 ) -> Task:
     """The digits example as a slimtune :class:`~slimtune.Task` (the bundled example's task).
 
@@ -436,6 +441,8 @@ def make_task(
         finetune_lr: Learning rate of that fine-tuning.
         calibration_batches: Training batches of 128 given to data-driven criteria.
         cache_dir: Where the pretrained weights are cached (see :func:`pretrained`).
+        device: Where the trials run (``auto``: a CUDA GPU when there is one, else the CPU); the
+            evaluation moves its batches to the model's device.
 
     Returns:
         A Task whose metric is validation accuracy.
@@ -471,6 +478,7 @@ def make_task(
         train_data=batches,
         loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1),
         finetune_config=config,
+        device=device,
     )
 
 

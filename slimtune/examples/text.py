@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from slimtune import devices
 from slimtune.compressors._outputs import logits
 
 if TYPE_CHECKING:
@@ -78,7 +79,9 @@ def train_batches(dataset: TensorDataset, batch_size: int = 64) -> list[tuple[to
 
 
 def evaluate_accuracy(model: nn.Module, dataset: TensorDataset) -> float:
-    ids, labels = dataset.tensors
+    """Validation accuracy, on the model's device."""
+    device = devices.model_device(model)
+    ids, labels = (t.to(device) for t in dataset.tensors)
     model.eval()
     with torch.no_grad():
         return float((logits(model(ids)).argmax(-1) == labels).float().mean())
@@ -102,7 +105,9 @@ def train_text_model(
     return model.eval()
 
 
-def make_text_task(epochs: int = 10, finetune_epochs: int = 3, finetune_lr: float = 3e-3, seed: int = 0) -> Task:
+def make_text_task(
+    epochs: int = 10, finetune_epochs: int = 3, finetune_lr: float = 3e-3, seed: int = 0, device: str = "auto"
+) -> Task:
     """The text example as a :class:`~slimtune.Task`: a tiny BERT trained on digit sentences.
 
     Args:
@@ -110,6 +115,7 @@ def make_text_task(epochs: int = 10, finetune_epochs: int = 3, finetune_lr: floa
         finetune_epochs: Epochs of the built-in fine-tune loop for every compressed model (0: none).
         finetune_lr: Its learning rate.
         seed: Seed of the initialisation, the split and the training order.
+        device: Where the trials run (``auto``: a CUDA GPU when there is one).
 
     Returns:
         A Task whose metric is validation accuracy (the default loss reads the model's ``logits``).
@@ -129,4 +135,5 @@ def make_text_task(epochs: int = 10, finetune_epochs: int = 3, finetune_lr: floa
         name="digits-text-bert",
         train_data=train_batches(train_set),
         finetune_config=FinetuneConfig(epochs=finetune_epochs, optimizer="adamw", lr=finetune_lr, weight_decay=0.01),
+        device=device,
     )
