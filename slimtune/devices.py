@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimtune.errors import ConfigError
+from slimtune.errors import DeviceError
 
 __all__ = [
     "DEFAULT",
@@ -52,14 +52,7 @@ __all__ = [
 ]
 
 DEFAULT = "auto"
-_NAME = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
-
-
-class DeviceError(ConfigError):
-    """A device that is misspelled or does not exist on this machine (names the field and the device)."""
-
-    def __init__(self, problem: str, *, field: str = "device") -> None:
-        super().__init__(problem, field=field)
+_NAME = re.compile(r"^(auto|cpu|mps|cuda|meta)(?::(\d+))?$")
 
 
 def check_name(device: Any, field: str = "device") -> str:
@@ -77,7 +70,7 @@ def check_name(device: Any, field: str = "device") -> str:
     if text is not None and text.isdigit():
         return f"cuda:{int(text)}"
     match = _NAME.match(text or "")
-    if match is None or (match.group(2) is not None and match.group(1) in ("auto", "cpu")):
+    if match is None or (match.group(2) is not None and match.group(1) in ("auto", "cpu", "meta")):
         raise DeviceError(
             f"unknown device {device!r}; use auto, cpu, cuda, cuda:N (N = 0, 1, ...), mps, or a GPU index N",
             field=field,
@@ -97,8 +90,8 @@ def resolve(device: Any = DEFAULT, field: str = "device") -> torch.device:
     name = check_name(device, field)
     if name == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
+    if name in ("cpu", "meta"):  # meta: shapes without data (tests)
+        return torch.device(name)
     if name == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise DeviceError("device 'mps' asks for Apple's Metal GPU, which this machine does not have", field=field)

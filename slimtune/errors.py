@@ -48,6 +48,13 @@ class ConfigError(SlimtuneError, ValueError):
         super().__init__(f"{field}: {problem}", field=field)
 
 
+class DeviceError(ConfigError):
+    """A device that is misspelled or that this machine does not have (names the field and the device)."""
+
+    def __init__(self, problem: str, *, field: str = "device") -> None:
+        super().__init__(problem, field=field)
+
+
 class StorageError(SlimtuneError, ValueError):
     """A storage URL is invalid or its storage cannot be opened (names the URL and the file)."""
 

@@ -48,7 +48,9 @@ def test_prediction_matches_the_measured_models_at_both_ends_and_a_mixed_export_
     assert table.int8_ms / table.fp32_ms < predicted < 1.0
     batch = make_batch(x, 32)
     mixed = export_int8(model, batch, [(batch,)], layers=subset)
-    res = compare_latency({"mixed": mixed, "fp32": model}, x, batch_size=32, threads=1, repeats=30, min_time_s=0.3, clock="cpu")
+    res = compare_latency(
+        {"mixed": mixed, "fp32": model}, x, batch_size=32, threads=1, repeats=30, min_time_s=0.3, clock="cpu"
+    )
     measured = res["mixed"].median_ms / res["fp32"].median_ms
     assert predicted == pytest.approx(measured, rel=0.35), (predicted, measured)
 
@@ -88,7 +90,9 @@ def test_errors_name_the_layer(cnn) -> None:
         BitsLatencyTable.build(model, x, layers=["features.0", "features.99"])
     with pytest.raises(QuantExportError, match=r"layer 'features\.1' is a BatchNorm2d"):
         BitsLatencyTable.build(model, x, layers=["features.1"])
-    with pytest.raises(QuantExportError, match=r"layer\(s\) 'conv', 'fc' cannot be exported to int8: .*torch\.fx cannot trace"):
+    with pytest.raises(
+        QuantExportError, match=r"layer\(s\) 'conv', 'fc' cannot be exported to int8: .*torch\.fx cannot trace"
+    ):
         BitsLatencyTable.build(_Branchy().eval(), torch.randn(1, 3, 8, 8), batch_size=4)
     with pytest.raises(ValueError, match=r"'conv9' are not in the table"):
         table.predict({"conv9": 8})

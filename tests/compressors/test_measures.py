@@ -311,8 +311,9 @@ def test_latency_restores_state_after_error() -> None:
 
 
 def test_latency_min_time_extends_repeats() -> None:
-    r = measure_latency(nn.Identity(), torch.randn(1, 2), batch_size=1, warmup=0, repeats=2,
-                        min_time_s=0.01, max_repeats=1000)
+    r = measure_latency(
+        nn.Identity(), torch.randn(1, 2), batch_size=1, warmup=0, repeats=2, min_time_s=0.01, max_repeats=1000
+    )
     assert 2 <= len(r.samples_ms) <= 1000
 
 
@@ -325,7 +326,7 @@ def test_compare_latency_interleaves() -> None:
     # every round (of 3 calls) runs every model once
     assert len(log) == 3 * (1 + 4)
     for i in range(0, len(log), 3):
-        assert sorted(log[i:i + 3]) == ["a", "b", "c"]
+        assert sorted(log[i : i + 3]) == ["a", "b", "c"]
 
 
 def test_latency_argument_errors() -> None:

@@ -8,7 +8,16 @@ import random
 import pytest
 import torch
 
-from slimtune.compressors import CompressionPlan, PruneSpec, QuantSpec, compress, count_flops, count_params, model_size_bytes, trace
+from slimtune.compressors import (
+    CompressionPlan,
+    PruneSpec,
+    QuantSpec,
+    compress,
+    count_flops,
+    count_params,
+    model_size_bytes,
+    trace,
+)
 from slimtune.compressors.measures import ResourcePredictor, predict_resources
 from slimtune.compressors.quantization import weight_bits
 from slimtune.examples.models import REFERENCE_MODELS

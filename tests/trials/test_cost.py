@@ -137,6 +137,15 @@ def test_cost_needs_latency() -> None:
     assert Cost(["accuracy"], constraints=["latency <= 0.5"]).needs_latency
 
 
+def test_cost_needs_memory() -> None:
+    assert not Cost(["accuracy", "latency"]).needs_memory
+    assert Cost(["accuracy", "memory"]).needs_memory and Cost(["accuracy", "memory"]).directions[1] == "minimize"
+    assert Cost(["accuracy"], constraints=["memory_abs <= 3e6"]).needs_memory
+    assert not Cost(["accuracy"], constraints=["memory <= 0.5"]).needs_latency
+    problems = Cost(["accuracy"], constraints=["memory <= 0"]).check({"accuracy": 0.9})
+    assert problems == ["constraint 'memory <= 0' cannot be met: memory is always above 0; every trial will be infeasible"]
+
+
 def test_cost_to_dict() -> None:
     d = Cost(["accuracy", "flops"], weights={"accuracy": 1, "flops": 2}, constraints=["flops <= 0.5"]).to_dict()
     assert d == {
@@ -174,9 +183,10 @@ def test_relative_measures_maximize() -> None:
     assert out["params"] == pytest.approx(0.25) and out["params_abs"] == 250
     assert out["size"] == pytest.approx(0.25) and out["size_abs"] == 1000
     assert out["latency"] == pytest.approx(0.75) and out["latency_abs"] == 1.5
+    assert out["memory"] is None and out["memory_abs"] is None  # not measured
     assert set(out) == {
         "accuracy", "accuracy_drop", "flops", "flops_abs", "params", "params_abs",
-        "size", "size_abs", "latency", "latency_abs",
+        "size", "size_abs", "latency", "latency_abs", "memory", "memory_abs",
     }  # fmt: skip
 
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from slimtune.compressors import CompressionPlan, QuantSpec, trace
 from slimtune.compressors.measures import ResourcePredictor, count_params, model_size_bytes
-from slimtune.compressors.quantization import quantize_model
 from slimtune.compressors.measures import measure_deployable as measure_model
+from slimtune.compressors.quantization import quantize_model
 
 
 def _model() -> nn.Module:

@@ -27,7 +27,7 @@ from slimtune.trials.sensitivity import SENSITIVITY_PREFIX
 
 MEASURE_KEYS = {
     "accuracy", "accuracy_drop", "flops", "flops_abs", "params", "params_abs",
-    "size", "size_abs", "latency", "latency_abs",
+    "size", "size_abs", "latency", "latency_abs", "memory", "memory_abs",
 }  # fmt: skip
 TIME_KEYS = {"compress", "finetune", "evaluate", "measure", "save", "total"}
 NO_SENS = {"sensitivity": False}
@@ -126,6 +126,7 @@ def test_complete_trials_record_plan_measures_and_times(digits_study) -> None:
         assert m["accuracy_drop"] == pytest.approx(baseline["accuracy"] - m["accuracy"])
         assert 0.0 < m["flops"] < 1.0
         assert m["latency"] is None and m["latency_abs"] is None  # latency not asked for
+        assert m["memory"] is None and m["memory_abs"] is None  # nor memory
         assert t.values == [m["accuracy"], m["flops"]]
         assert t.user_attrs["constraints"] == {}
         times = t.user_attrs["times"]

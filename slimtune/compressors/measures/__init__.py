@@ -3,12 +3,14 @@
 * :func:`count_flops` — per-layer MACs (per sample), element-wise ops and parameters (``flops.py``).
 * :func:`model_size_bytes`, :func:`count_params` — bytes with bit-widths and sparse storage,
   prune-aware parameter counts (``size.py``).
-* :func:`measure_latency`, :func:`compare_latency` — measured CPU latency, fixed threads, medians,
-  interleaved comparisons (``latency.py``).
-* :class:`LatencyTable` — NetAdapt-style per-layer lookup table predicting a plan's latency
-  (``lut.py``).
+* :func:`measure_latency`, :func:`compare_latency` — measured latency on the model's device (CPU:
+  fixed threads; CUDA: CUDA events), medians, interleaved comparisons (``latency.py``).
+* :func:`measure_memory` — peak memory of one forward pass at a batch size, weights and inputs
+  included, on the model's device (``memory.py``).
+* :class:`LatencyTable` — NetAdapt-style per-layer lookup table predicting a plan's latency on the
+  device it was measured on (``lut.py``).
 * :class:`BitsLatencyTable` — measured fp32 and int8 latency per layer, predicting a bit-width
-  plan's latency (HAQ's hardware-in-the-loop table; ``bits_latency.py``).
+  plan's latency (HAQ's hardware-in-the-loop table, on the CPU where int8 kernels run; ``bits_latency.py``).
 * :func:`measure` — all of the above in one call, as :class:`Measures` (``summary.py``).
 * :func:`measure_deployable` — what a search trial reports: the model as it would ship (SLB by
   its chosen candidates, fake-quantized layers at their bit-widths and timed as their int8 export).
@@ -31,6 +33,7 @@ from slimtune.compressors.measures.deployable import measure_deployable
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.latency import LatencyResult, compare_latency, measure_latency
 from slimtune.compressors.measures.lut import LatencyTable
+from slimtune.compressors.measures.memory import MemoryResult, measure_memory
 from slimtune.compressors.measures.resources import ResourcePredictor, Resources, predict_resources
 from slimtune.compressors.measures.size import SizeReport, count_params, model_size_bytes
 from slimtune.compressors.measures.summary import Measures, measure
@@ -46,6 +49,8 @@ __all__ = [
     "measure_latency",
     "compare_latency",
     "LatencyResult",
+    "measure_memory",
+    "MemoryResult",
     "LatencyTable",
     "BitsLatencyTable",
     "ResourcePredictor",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune import devices
 from slimtune.compressors.measures.latency import make_batch
 from slimtune.errors import MeasureError
 
@@ -90,11 +91,12 @@ class LayerSpec:
         g = self.groups
         return g if cin % g == 0 and cout % g == 0 else math.gcd(math.gcd(cin, cout), g)
 
-    def module(self, cin: int, cout: int) -> nn.Module:
+    def module(self, cin: int, cout: int, device: Any = "cpu") -> nn.Module:
+        """A standalone layer of this kind at ``(cin, cout)`` channels, created on ``device``."""
         if self.is_product:
             return _Product(self.kind).eval()
         if self.kind == "linear":
-            return nn.Linear(cin, cout, bias=self.bias).eval()
+            return nn.Linear(cin, cout, bias=self.bias, device=device).eval()
         cls = CONV_TYPES[len(self.kernel)]
         return cls(
             cin,
@@ -106,20 +108,22 @@ class LayerSpec:
             self.groups_for(cin, cout),
             self.bias,
             self.padding_mode,
+            device=device,
         ).eval()
 
-    def input(self, batch: int, cin: int) -> Any:
+    def input(self, batch: int, cin: int, device: Any = "cpu") -> Any:
+        """A random input of ``batch`` rows for :meth:`module` at ``cin`` channels, on ``device``."""
         if self.is_product:  # every operand's heads scaled alike (grouped-query k/v keep their ratio)
             out = []
             for shape, axis in zip(self.operands, self.head_axes):
                 shape = list(shape)
                 if axis >= 0:
                     shape[axis] = max(1, shape[axis] * cin // self.in_ch)
-                out.append(torch.randn(batch, *shape))
+                out.append(torch.randn(batch, *shape, device=device))
             return tuple(out)
         shape = list(self.in_shape)
         shape[-1 if self.kind == "linear" else 0] = cin
-        return torch.randn(batch, *shape)
+        return torch.randn(batch, *shape, device=device)
 
 
 class _Product(nn.Module):
@@ -261,7 +265,13 @@ def remainder_batches(batch: int) -> list[int]:
 
 
 def model_passes(
-    model: nn.Module, example_inputs: Any, names: list[str], others: list[str], batch: int, clock: str
+    model: nn.Module,
+    example_inputs: Any,
+    names: list[str],
+    others: list[str],
+    batch: int,
+    clock: str,
+    device: Any = "cpu",
 ) -> tuple[list[int], list[Callable[[], Any]], list[list[float]], dict[str, list[float]]]:
     """Plain and hooked forward passes of the dense model at each remainder batch size.
 
@@ -269,29 +279,76 @@ def model_passes(
     give the total time, the hooked ones append, per pass, the seconds spent inside the
     Conv/Linear modules ``names`` to the returned lists; and, for the full batch size, the
     seconds per pass spent inside each of the ``others`` modules.
+
+    ``example_inputs`` must be on ``device``. On the CPU the hooks read ``clock``; on CUDA they
+    record ``torch.cuda.Event(enable_timing=True)`` pairs on the current stream, read after the
+    pass (``torch.cuda.synchronize``), so a module's time is the GPU's time between its first and
+    its last kernel; on other devices they synchronize the device before reading the wall clock.
     """
     batches = remainder_batches(batch)
     modules = dict(model.named_modules())
+    dev = torch.device(device)
     timer = time.thread_time if clock == "cpu" else time.perf_counter
     per_pass: list[list[float]] = [[] for _ in batches]
     other_pass: dict[str, list[float]] = {n: [] for n in others}
-    started: dict[int, float] = {}
+    started: dict[int, Any] = {}
     acc = [0.0]
     other_acc: dict[str, float] = {}
+    pending: list[tuple[str | None, Any, Any]] = []  # CUDA: (other module or None, start, end) events
 
-    def pre(module: nn.Module, args: Any) -> None:
-        started[id(module)] = timer()
+    if dev.type == "cuda":
 
-    def post(module: nn.Module, args: Any, output: Any) -> None:
-        t = timer()
-        acc[0] += t - started.pop(id(module), t)
+        def pre(module: nn.Module, args: Any) -> None:
+            started[id(module)] = _event()
 
-    def post_other(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            start = started.pop(id(module), None)
+            if start is not None:
+                pending.append((None, start, _event()))
+
+        def post_other(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                start = started.pop(id(module), None)
+                if start is not None:
+                    pending.append((name, start, _event()))
+
+            return hook
+
+    else:
+        sync = dev.type != "cpu"
+
+        def pre(module: nn.Module, args: Any) -> None:
+            if sync:
+                devices.synchronize(dev)
+            started[id(module)] = timer()
+
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            if sync:
+                devices.synchronize(dev)
             t = timer()
-            other_acc[name] = other_acc.get(name, 0.0) + t - started.pop(id(module), t)
+            acc[0] += t - started.pop(id(module), t)
 
-        return hook
+        def post_other(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                if sync:
+                    devices.synchronize(dev)
+                t = timer()
+                other_acc[name] = other_acc.get(name, 0.0) + t - started.pop(id(module), t)
+
+            return hook
+
+    def resolve() -> None:
+        """CUDA: wait for the pass and add up its events' times (seconds)."""
+        if not pending:
+            return
+        torch.cuda.synchronize(dev)
+        for name, start, end in pending:
+            dt = start.elapsed_time(end) / 1e3
+            if name is None:
+                acc[0] += dt
+            else:
+                other_acc[name] = other_acc.get(name, 0.0) + dt
+        pending.clear()
 
     fns: list[Callable[[], Any]] = []
     for k, b in enumerate(batches):
@@ -311,11 +368,13 @@ def model_passes(
                     handles.append(modules[n].register_forward_hook(post_other(n)))
             acc[0] = 0.0
             other_acc.clear()
+            pending.clear()
             try:
                 return model(*args)
             finally:
                 for h in handles:
                     h.remove()
+                resolve()
                 per_pass[k].append(acc[0])
                 if k == 0:
                     for n in others:
@@ -323,6 +382,13 @@ def model_passes(
 
         fns += [plain, hooked]
     return batches, fns, per_pass, other_pass
+
+
+def _event() -> Any:
+    """A timing CUDA event recorded now on the current stream."""
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 def attribute_leaves(model: nn.Module, example_inputs: Any, names: list[str]) -> dict[str, str | None]:
@@ -369,11 +435,14 @@ def attribute_leaves(model: nn.Module, example_inputs: Any, names: list[str]) ->
     return owner
 
 
-def inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
-    """The inputs the graph was traced with (random ones of the traced shapes for older graphs)."""
+def inputs_from_graph(graph: ModelGraph, device: Any = None) -> tuple[Any, ...]:
+    """The inputs the graph was traced with (random ones of the traced shapes for older graphs), on
+    ``device`` (default: the device of the graph's model)."""
+    if device is None:
+        device = devices.model_device(graph.model)
     kept = getattr(graph, "example_inputs", None)
     if kept is not None:
-        return tuple(kept)
+        return tuple(devices.move(tuple(kept), device))
     gm = getattr(graph, "gm", None)
     if gm is None:
         raise MeasureError(
@@ -389,7 +458,7 @@ def inputs_from_graph(graph: ModelGraph) -> tuple[torch.Tensor, ...]:
                 f"LatencyTable.build needs example_inputs: no shape known for input {node.name!r}",
                 field="example_inputs",
             )
-        out.append(torch.randn(tuple(meta.shape)).to(meta.dtype))
+        out.append(torch.randn(tuple(meta.shape), device=device).to(meta.dtype))
     return tuple(out)
 
 

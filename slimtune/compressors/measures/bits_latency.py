@@ -30,6 +30,13 @@ layer absorbs, and the quantize/dequantize ops around it, follow the layers that
 ``predict`` of no quantized layer is ``fp32_ms`` and of every layer ``int8_ms``, exactly.
 Activation bit-widths do not enter: an int8 layer's activations are 8-bit whatever the plan says.
 
+*The CPU only.* The int8 kernels exist on the CPU only (fbgemm / oneDNN), so the table is always
+measured on the CPU, whatever device the model is on: :meth:`~BitsLatencyTable.build` measures a
+CPU copy of the model (the model itself is neither moved nor modified) on CPU copies of the inputs,
+and records ``device = "cpu"`` and the CPU model (``meta["hardware"]``). Its predictions are CPU
+latencies, to compare with CPU measurements (a trial's latency of a quantized model is timed on
+the CPU too: see :func:`~slimtune.compressors.measures.measure_deployable`).
+
 A table is valid for the machine, thread count and batch size it was measured with; it is small
 and JSON-safe (:meth:`~BitsLatencyTable.to_dict`, :meth:`~BitsLatencyTable.from_dict`), so a study
 can cache it.
@@ -61,6 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune import devices
 from slimtune.compressors.measures.latency import (
     Clock,
     as_tuple,
@@ -98,7 +106,8 @@ class BitsLatencyTable:
         int8_ms: Measured latency of the model with every table layer in int8.
         fp32: Per layer: its time in the float model (ms per batch, all its calls).
         int8: Per layer: its int8 module's time on its quantized input (ms per batch, all calls).
-        meta: Free-form information (torch version, clock, build time ...); not compared.
+        meta: Free-form information (torch version, clock, build time, CPU model ...); not compared.
+        device: Where the table was measured: always ``"cpu"`` (int8 kernels are CPU-only).
     """
 
     batch_size: int
@@ -108,6 +117,7 @@ class BitsLatencyTable:
     fp32: dict[str, float]
     int8: dict[str, float]
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    device: str = "cpu"
 
     # ------------------------------------------------------------------------------------- build
     @classmethod
@@ -125,17 +135,19 @@ class BitsLatencyTable:
         clock: Clock | None = None,
         backend: str = "x86",
     ) -> BitsLatencyTable:
-        """Measure the table for ``model``.
+        """Measure the table for ``model``, on the CPU (int8 kernels are CPU-only).
 
         Args:
-            model: The float model (copied; not modified). It must export to int8 with
+            model: The float model, on any device: a CPU copy is measured (the model is neither
+                moved nor modified). It must export to int8 with
                 :func:`~slimtune.compressors.quantization.export_int8` (torch.fx-traceable).
-            example_inputs: Model inputs (a tensor or tuple), tiled to ``batch_size`` rows.
+            example_inputs: Model inputs (a tensor or tuple, on any device: copied to the CPU),
+                tiled to ``batch_size`` rows.
             layers: The Conv/Linear layers to tabulate (default: every one of the model).
             batch_size: Batch size to predict for.
             threads: Intra-op threads (restored afterwards).
-            calibration: Calibration batches of the int8 export (default: the measurement batch;
-                activation ranges do not change kernel time).
+            calibration: Calibration batches of the int8 export, on any device (default: the
+                measurement batch; activation ranges do not change kernel time).
             warmup: Untimed rounds first.
             repeats: Timed rounds; a round gives every layer (fp32 and int8) and both whole models
                 one turn: an untimed call, then ``burst`` timed calls. Medians are kept.
@@ -165,7 +177,7 @@ class BitsLatencyTable:
                 field="clock",
             )
         t_start = time.perf_counter()
-        float_model = copy.deepcopy(model).eval()
+        float_model = _cpu_copy(model).eval()
         modules = dict(float_model.named_modules())
         names = [n for n, m in modules.items() if n and isinstance(m, _LAYER_TYPES)] if layers is None else list(layers)
         if not names:
@@ -179,7 +191,7 @@ class BitsLatencyTable:
                     "Linear layers have int8 kernels"
                 )
         stabilize_allocator()
-        args = make_batch(example_inputs, batch_size)
+        args = make_batch(devices.move(as_tuple(example_inputs), "cpu"), batch_size)
         calib = calibration if calibration is not None else [(args,)]
         int8_model = _export(float_model, args, calib, names, backend)
         int8_modules = dict(int8_model.named_modules())
@@ -198,8 +210,8 @@ class BitsLatencyTable:
         fns: list[Callable[[], Any]] = [_call(modules[n], fp32_in[n]) for n in names]
         fns += [_call(int8_modules[n], int8_in[n]) for n in names]
         fns += [_call(float_model, args), _call(int8_model, args)]
-        with measurement_context([float_model, int8_model], threads):
-            samples = time_interleaved(fns, warmup, repeats, burst=burst, burst_warmup=1, clock=clock)
+        with measurement_context([float_model, int8_model], threads, "cpu"):
+            samples = time_interleaved(fns, warmup, repeats, burst=burst, burst_warmup=1, clock=clock, device="cpu")
         ms = [float(np.median(s)) * 1e3 for s in samples]
         k = len(names)
         table = cls(
@@ -216,7 +228,10 @@ class BitsLatencyTable:
                 "repeats": repeats,
                 "burst": burst,
                 "build_s": round(time.perf_counter() - t_start, 3),
+                "hardware": devices.hardware("cpu"),
+                "model_device": str(devices.model_device(model)),
             },
+            device="cpu",
         )
         return table
 
@@ -283,18 +298,28 @@ class BitsLatencyTable:
             "int8_ms": self.int8_ms,
             "fp32": dict(self.fp32),
             "int8": dict(self.int8),
+            "device": self.device,
             "meta": dict(self.meta),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BitsLatencyTable:
-        """Rebuild a table from :meth:`to_dict` output.
+        """Rebuild a table from :meth:`to_dict` output (one saved without ``device`` is a CPU table,
+        as every bit-width table is).
 
         Raises:
-            ValueError: ``data`` is not a bit-width latency table or is malformed.
+            MeasureError: ``data`` is not a bit-width latency table, is malformed, or names a device
+                other than the CPU.
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise MeasureError(f"not a slimtune bit-width latency table (expected format {_FORMAT!r})")
+        device = str(data.get("device") or "cpu")
+        if device != "cpu":
+            raise MeasureError(
+                f"bit-width latency table measured on {device!r}: int8 kernels run on the CPU only, so a table "
+                "is measured there; rebuild it (BitsLatencyTable.build)",
+                field="device",
+            )
         try:
             table = cls(
                 batch_size=int(data["batch_size"]),
@@ -313,6 +338,19 @@ class BitsLatencyTable:
 
 
 # ============================================================================================ helpers
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the CPU, made without a second copy on the model's device (each parameter
+    and buffer is copied straight to host memory, shared ones once); ``model`` is left as it is."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    memo: dict[int, Any] = {}
+    if any(t.device.type != "cpu" for t in tensors):
+        for p in model.parameters():
+            memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+        for b in model.buffers():
+            memo[id(b)] = b.detach().to("cpu", copy=True)
+    return copy.deepcopy(model, memo).to("cpu")
+
+
 def _export(model: nn.Module, args: tuple[Any, ...], calibration: Any, names: list[str], backend: str) -> nn.Module:
     """``export_int8`` of ``names``; on failure, find the layers that cannot be exported and name them."""
     from slimtune.compressors.quantization import QuantExportError, export_int8

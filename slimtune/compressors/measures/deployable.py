@@ -2,7 +2,9 @@
 
 :func:`~slimtune.compressors.measures.measure` measures any model as it is; this measures the
 model a trial would ship: an SLB model by its most probable candidates, fake-quantized layers by
-their bit-widths (size) and by their int8 export (latency).
+their bit-widths (size) and by their int8 export (latency). The model may be on any device:
+FLOPs, parameters and size do not depend on it, latency and memory are measured there — except
+the latency of an int8 export, whose kernels run on the CPU only.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from typing import Any
 
 import torch.nn as nn
 
+from slimtune import devices
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.latency import measure_latency
+from slimtune.compressors.measures.memory import measure_memory
 from slimtune.compressors.measures.size import count_params, model_size_bytes
 
 
@@ -22,26 +26,53 @@ def measure_deployable(
     latency: bool,
     latency_batch: int = 32,
     latency_repeats: int = 20,
+    memory: bool = False,
+    memory_batch: int = 32,
 ) -> dict[str, Any]:
-    """FLOPs (MACs per sample), parameters, size in bytes (quantized weights at their bit-widths)
-    and (optionally) latency of ``model``.
+    """FLOPs (MACs per sample), parameters, size in bytes (quantized weights at their bit-widths),
+    and optionally latency and peak memory of ``model``.
 
     A fake-quantized layer counts its weight at its bit-width plus per-channel scales and its
     range buffers (what :class:`~slimtune.compressors.measures.ResourcePredictor` predicts). An
     SLB model is measured as deployed (:func:`~slimtune.compressors.quantization.unwrap`: the
     most probable candidate of each weight), so its per-weight logits are not counted.
 
-    Latency is that of the deployable model too: fake-quantized layers run float kernels plus
-    fake-quant ops, which says nothing about integer kernels, so when the model has layers with
-    at most 8 weight bits, the latency measured is that of
+    Latency is that of the deployable model too, measured on the model's device
+    (:func:`~slimtune.compressors.measures.measure_latency`, one thread on the CPU). Fake-quantized
+    layers run float kernels plus fake-quant ops, which says nothing about integer kernels, so
+    when the model has layers with at most 8 weight bits, the latency measured is that of
     :func:`~slimtune.compressors.quantization.export_int8` with those layers in int8 (calibrated
     on the latency batch: activation ranges do not change kernel time; below 8 bits, x86 has no
-    faster kernels). If the export fails, the fake-quantized model is measured and
-    ``latency_note`` in the result says why.
+    faster kernels). The int8 kernels run on the CPU only, so for a model on another device the
+    export is made from a CPU copy and timed on the CPU: ``latency_device`` is then ``"cpu"`` and
+    ``latency_note`` says so. If the export fails, the fake-quantized model is timed on its device
+    and ``latency_note`` says why.
+
+    Memory is :func:`~slimtune.compressors.measures.measure_memory`'s ``peak_bytes`` of the
+    deployable model on its device (fake-quantized layers hold float weights).
+
+    Args:
+        model: Any module, on any device.
+        example_inputs: A tensor or a tuple of positional arguments, on any device.
+        latency: Measure latency.
+        latency_batch: Batch size of the latency measurement (64 is typical on a GPU).
+        latency_repeats: Timed calls of the latency measurement.
+        memory: Measure peak memory.
+        memory_batch: Batch size of the memory measurement.
 
     Returns:
-        ``{"flops", "params", "size", "latency"}`` (latency None unless asked for), plus
-        ``latency_note`` when the latency of a quantized model could not be measured on its int8 export.
+        ``{"flops", "params", "size", "latency", "latency_device", "memory"}`` (latency,
+        latency_device and memory None unless asked for; latency in ms per batch, memory in
+        bytes), plus ``latency_note`` when the latency is not that of the int8 export on the
+        model's device (timed on the CPU, or the export failed).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> m = measure_deployable(model, torch.randn(1, 16), latency=False, memory=True, memory_batch=8)
+        >>> m["flops"], m["params"], m["size"], m["latency"], m["memory"] > m["size"]
+        (640.0, 676, 2704, None, True)
     """
     flops = float(count_flops(model, example_inputs)["macs"].sum())
     from slimtune.compressors.quantization import quant_wrappers, unwrap, weight_bits
@@ -53,22 +84,32 @@ def measure_deployable(
         deployable = unwrap(model)
     params, _ = count_params(deployable)
     size = model_size_bytes(deployable, bits=bits or None).total_bytes
-    out: dict[str, Any] = {"flops": flops, "params": params, "size": size, "latency": None}
+    out: dict[str, Any] = {
+        "flops": flops,
+        "params": params,
+        "size": size,
+        "latency": None,
+        "latency_device": None,
+        "memory": None,
+    }
     if latency:
-        timed, note = _latency_model(model, example_inputs, latency_batch)
-        out["latency"] = measure_latency(
-            timed, example_inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats
-        ).median_ms
+        timed, inputs, note = _latency_model(model, example_inputs, latency_batch)
+        result = measure_latency(timed, inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats)
+        out["latency"] = result.median_ms
+        out["latency_device"] = result.device
         if note is not None:
             out["latency_note"] = note
+    if memory:
+        out["memory"] = measure_memory(deployable, example_inputs, batch_size=memory_batch).peak_bytes
     return out
 
 
-def _latency_model(model: nn.Module, example_inputs: Any, batch: int) -> tuple[nn.Module, str | None]:
-    """The model whose latency a trial reports: the int8 export of the layers with at most 8 weight
-    bits (none: ``model`` itself), or ``model`` and why the export failed."""
+def _latency_model(model: nn.Module, example_inputs: Any, batch: int) -> tuple[nn.Module, Any, str | None]:
+    """The model whose latency a trial reports, its inputs and a note: the int8 export (on the CPU) of
+    the layers with at most 8 weight bits and CPU inputs, or (none, or the export failed) ``model``
+    itself and the inputs as given, with why."""
     from slimtune.compressors.measures.bits_latency import INT8_MAX_BITS
-    from slimtune.compressors.measures.latency import make_batch
+    from slimtune.compressors.measures.latency import as_tuple, make_batch
     from slimtune.compressors.quantization import QuantWrapper, export_int8
 
     layers = sorted(
@@ -77,15 +118,26 @@ def _latency_model(model: nn.Module, example_inputs: Any, batch: int) -> tuple[n
         if isinstance(w, QuantWrapper) and not w.recurrent and w.bits_w is not None and w.bits_w <= INT8_MAX_BITS
     )
     if not layers:
-        return model, None
+        return model, example_inputs, None
+    device = devices.model_device(model)
+    inputs = devices.move(as_tuple(example_inputs), "cpu")
     try:
-        calibration = [(make_batch(example_inputs, batch),)]
-        return export_int8(model, example_inputs, calibration, layers=layers), None
+        calibration = [(make_batch(inputs, batch),)]
+        # export_int8 exports a model on any device from a CPU copy (the model stays where it is)
+        int8 = export_int8(model, inputs, calibration, layers=layers)
     except Exception as e:  # noqa: BLE001 - any export failure: measure the fake-quantized model, say why
         return (
             model,
+            example_inputs,
             f"latency of the fake-quantized model: int8 export of {', '.join(layers)} failed: {type(e).__name__}: {e}",
         )
+    note = None
+    if device.type != "cpu":
+        note = (
+            f"latency of the int8 export of {', '.join(layers)}, timed on the CPU (int8 kernels run on the CPU "
+            f"only); the model itself is on {device}"
+        )
+    return int8, inputs, note
 
 
 __all__ = ["measure_deployable"]

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from slimtune import devices
 from slimtune.compressors.handlers import handler_for
 from slimtune.compressors.measures.latency import as_tuple, batch_dim
 from slimtune.errors import ArgumentTypeError
@@ -265,9 +266,10 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
     """Per-layer MACs, element-wise ops and parameters of one forward pass, per sample.
 
     Args:
-        model: Any module. It runs once in eval mode under ``torch.no_grad()``; every submodule's
-            training flag is restored afterwards.
-        example_inputs: A tensor or a tuple of positional arguments. Counts are divided by the
+        model: Any module, on any device. It runs once in eval mode under ``torch.no_grad()``;
+            every submodule's training flag is restored afterwards.
+        example_inputs: A tensor or a tuple of positional arguments, on any device (moved to the
+            model's: the device of its first parameter or buffer). Counts are divided by the
             first dimension of the first tensor input, so they are **per sample** whatever the
             example's batch size.
 
@@ -288,7 +290,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> pd.DataFrame:
     """
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}", field="model")
-    args = as_tuple(example_inputs)
+    args = devices.move(as_tuple(example_inputs), devices.model_device(model))
     n = batch_dim(args)
     rows: dict[str, dict[str, Any]] = {}
     handles = []

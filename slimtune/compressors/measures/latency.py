@@ -1,12 +1,30 @@
-"""Wall-clock latency of a model's forward pass on the CPU.
+"""Wall-clock latency of a model's forward pass, on the device the model lives on.
 
 Latency is measured, never guessed: the model runs in eval mode under :func:`torch.inference_mode`
-with a fixed number of intra-op threads, after ``warmup`` untimed calls, for at least ``repeats``
-timed calls (and at least ``min_time_s`` seconds), each timed with :func:`time.perf_counter`. The
-result reports the median and the 10th/90th percentiles of the per-call times. Latency on shared
-machines varies by ±20 % from run to run, so compare models with :func:`compare_latency`, which
-runs them *interleaved* (round-robin, one call of each model per round) so that machine noise hits
-every model alike, and use the ratio of medians.
+after ``warmup`` untimed calls, for at least ``repeats`` timed calls (and at least ``min_time_s``
+seconds). The result reports the median and the 10th/90th percentiles of the per-call times and
+the device they were measured on. Latency on shared machines varies by ±20 % from run to run, so
+compare models with :func:`compare_latency`, which runs them *interleaved* (round-robin, one call
+of each model per round) so that machine noise hits every model alike, and use the ratio of medians.
+
+The measurement runs where the models' parameters are (all models compared must be on one device;
+a model without parameters or buffers runs where the example inputs are); the example inputs are
+moved there.
+
+* **CPU** — a fixed number of intra-op threads (``threads``), each call timed with
+  :func:`time.perf_counter` (or the thread's CPU time, ``clock="cpu"``).
+* **CUDA** — each timed call starts on an idle device (``torch.cuda.synchronize``) and is timed by
+  a pair of ``torch.cuda.Event(enable_timing=True)`` recorded around it on the current stream; the
+  measurement waits for the end event (``Event.synchronize``) and reads ``start.elapsed_time(end)``.
+  So a call's time is from the moment the GPU could start it until its last kernel finished,
+  kernel-launch overhead included — the latency of one request. ``torch.backends.cudnn.benchmark``
+  is set to True during the measurement (restored afterwards), so cuDNN picks its fastest algorithm
+  for the batch shape, as a deployed model with fixed shapes does; the warm-up calls absorb that
+  autotuning, and every model compared runs with the same setting. ``threads`` and ``clock="cpu"``
+  concern the CPU only (``threads`` is not applied on a GPU). Batch sizes typical for GPUs are
+  larger than for CPUs (64 rather than 32): ``batch_size`` is the caller's choice.
+* **Other devices** (``mps``) — :func:`time.perf_counter` around each call, with the device
+  synchronized before and after it.
 
 The batch is built from the example inputs: every tensor whose first dimension equals the batch
 dimension of the first tensor input is tiled along that dimension to ``batch_size`` rows (use
@@ -43,12 +61,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune import devices
 from slimtune.errors import ArgumentTypeError, MeasureError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["LatencyResult", "measure_latency", "compare_latency", "stabilize_allocator"]
+__all__ = ["LatencyResult", "measure_latency", "compare_latency", "stabilize_allocator", "run_device"]
 
 Clock = Literal["wall", "cpu"]
 
@@ -63,7 +82,8 @@ class LatencyResult:
         p90_ms: 90th percentile.
         samples_ms: Every timed call, in the order measured.
         batch_size: Rows per call (``None`` when the example inputs were used unchanged).
-        threads: Intra-op threads used.
+        threads: Intra-op threads used on the CPU (on a GPU: the argument as given, not applied).
+        device: The device the calls ran on (``"cpu"``, ``"cuda:0"`` ...).
     """
 
     median_ms: float
@@ -72,6 +92,7 @@ class LatencyResult:
     samples_ms: list[float] = field(repr=False)
     batch_size: int | None
     threads: int
+    device: str = "cpu"
 
     @property
     def per_sample_ms(self) -> float:
@@ -79,7 +100,9 @@ class LatencyResult:
         return self.median_ms / (self.batch_size or 1)
 
     @classmethod
-    def from_samples(cls, samples_s: Sequence[float], batch_size: int | None, threads: int) -> LatencyResult:
+    def from_samples(
+        cls, samples_s: Sequence[float], batch_size: int | None, threads: int, device: str = "cpu"
+    ) -> LatencyResult:
         """Summarise per-call times given in seconds."""
         ms = [float(s) * 1e3 for s in samples_s]
         arr = np.asarray(ms)
@@ -90,6 +113,7 @@ class LatencyResult:
             samples_ms=ms,
             batch_size=batch_size,
             threads=threads,
+            device=str(device),
         )
 
 
@@ -136,6 +160,41 @@ def make_batch(example_inputs: Any, batch_size: int | None) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def run_device(models: Mapping[str, nn.Module], example_inputs: Any = None) -> torch.device:
+    """The one device the models' parameters and buffers are on: where they are measured.
+
+    A model without parameters or buffers runs anywhere: when no model has any, the device of the
+    first tensor of ``example_inputs`` (else the CPU).
+
+    Raises:
+        MeasureError: A model's tensors are spread over several devices, or the models are on
+            different devices (the message names each model and its device).
+    """
+    found: dict[str, torch.device] = {}
+    for name, model in models.items():
+        on = {t.device for t in model.parameters()} | {t.device for t in model.buffers()}
+        if len(on) > 1:
+            raise MeasureError(
+                f"model {name!r} has parameters or buffers on several devices ({', '.join(sorted(map(str, on)))}); "
+                "it is measured on one device: move it there with model.to(device)",
+                field="models",
+            )
+        if on:
+            found[name] = on.pop()
+    if len(set(found.values())) > 1:
+        where = ", ".join(f"{name!r} on {dev}" for name, dev in found.items())
+        raise MeasureError(
+            f"the models compared are on different devices ({where}); move them to one device with model.to(device)",
+            field="models",
+        )
+    if found:
+        return next(iter(found.values()))
+    for x in as_tuple(example_inputs):
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
+
+
 # ---------------------------------------------------------------------------------------------- allocator
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -176,27 +235,40 @@ def stabilize_allocator() -> bool:
 
 # ---------------------------------------------------------------------------------------------- context
 @contextlib.contextmanager
-def measurement_context(models: Sequence[nn.Module], threads: int | None) -> Iterator[None]:
-    """Eval mode, ``threads`` intra-op threads, inference mode and no garbage collector.
+def measurement_context(models: Sequence[nn.Module], threads: int | None, device: Any = None) -> Iterator[None]:
+    """Eval mode, inference mode and no garbage collector; on the CPU ``threads`` intra-op threads, on
+    CUDA ``device`` as the current device and ``torch.backends.cudnn.benchmark = True``.
 
-    Everything is restored on exit: every module's own training flag, the thread count and the
-    garbage collector's state.
+    Everything is restored on exit: every module's own training flag, the thread count, cuDNN's
+    benchmark flag, the current CUDA device and the garbage collector's state.
+
+    Args:
+        models: Put in eval mode.
+        threads: Intra-op threads on the CPU (None: unchanged; not applied on other devices).
+        device: Where the measurement runs (None: the CPU).
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise MeasureError(f"threads must be a positive int or None, got {threads!r}", field="threads")
+    dev = torch.device("cpu") if device is None else torch.device(device)
     flags = [(m, m.training) for model in models for m in model.modules()]
     old_threads = torch.get_num_threads()
+    old_benchmark = torch.backends.cudnn.benchmark
     gc_was_enabled = gc.isenabled()
     try:
         for model in models:
             model.eval()
-        if threads is not None:
+        if threads is not None and dev.type == "cpu":
             torch.set_num_threads(threads)
         gc.collect()
         gc.disable()
-        with torch.inference_mode():
+        with contextlib.ExitStack() as stack:
+            if dev.type == "cuda":
+                stack.enter_context(torch.cuda.device(dev))
+                torch.backends.cudnn.benchmark = True
+            stack.enter_context(torch.inference_mode())
             yield
     finally:
+        torch.backends.cudnn.benchmark = old_benchmark
         if gc_was_enabled:
             gc.enable()
         torch.set_num_threads(old_threads)
@@ -213,6 +285,7 @@ def time_interleaved(
     burst: int = 1,
     burst_warmup: int = 0,
     clock: Clock = "wall",
+    device: Any = None,
 ) -> list[list[float]]:
     """Time several callables round-robin; returns per-callable lists of seconds per call.
 
@@ -230,8 +303,10 @@ def time_interleaved(
         max_repeats: Upper bound on timed rounds (default ``20 * repeats``).
         burst: Timed calls per turn.
         burst_warmup: Untimed calls at the start of each turn.
-        clock: ``"wall"`` (:func:`time.perf_counter`) or ``"cpu"`` (:func:`time.thread_time`, see
-            :func:`measure_latency`).
+        clock: ``"wall"`` (:func:`time.perf_counter`; CUDA events on a CUDA device) or ``"cpu"``
+            (:func:`time.thread_time`, CPU only; see :func:`measure_latency`).
+        device: Where the callables run (None: the CPU); on CUDA each timed call is timed with CUDA
+            events on an idle device (see the module docstring).
     """
     if repeats < 1:
         raise MeasureError(f"repeats must be >= 1, got {repeats!r}", field="repeats")
@@ -239,35 +314,80 @@ def time_interleaved(
         raise MeasureError(f"warmup must be >= 0, got {warmup!r}", field="warmup")
     if burst < 1 or burst_warmup < 0:
         raise MeasureError(f"burst must be >= 1 and burst_warmup >= 0, got {burst!r}, {burst_warmup!r}", field="burst")
+    dev = torch.device("cpu") if device is None else torch.device(device)
     if max_repeats is None:
         max_repeats = 20 * repeats
     max_repeats = max(max_repeats, repeats)
     k = len(fns)
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    timer = _timer(clock)
-    total = 0.0
-    r = 0
-    while r < repeats or (total < min_time_s and r < max_repeats):
-        # rotate the start every two rounds and run every other round backwards: over 2k rounds
-        # each callable follows each other one equally often
-        order = [((j + r // 2) % k) for j in range(k)]
-        if r % 2:
-            order.reverse()
-        for i in order:
-            fn = fns[i]
-            for _ in range(burst_warmup):
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        for _ in range(warmup):
+            for fn in fns:
                 fn()
-            for _ in range(burst):
-                t0 = timer()
-                fn()
-                dt = timer() - t0
-                samples[i].append(dt)
-                total += dt
-        r += 1
+        samples: list[list[float]] = [[] for _ in fns]
+        timed = _call_timer(clock, dev)
+        total = 0.0
+        r = 0
+        while r < repeats or (total < min_time_s and r < max_repeats):
+            # rotate the start every two rounds and run every other round backwards: over 2k rounds
+            # each callable follows each other one equally often
+            order = [((j + r // 2) % k) for j in range(k)]
+            if r % 2:
+                order.reverse()
+            for i in order:
+                fn = fns[i]
+                for _ in range(burst_warmup):
+                    fn()
+                for _ in range(burst):
+                    dt = timed(fn)
+                    samples[i].append(dt)
+                    total += dt
+            r += 1
     return samples
+
+
+def _call_timer(clock: str, dev: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """A function that calls ``fn`` and returns the seconds the call took on ``dev``."""
+    timer = _timer(clock)
+    if dev.type == "cuda":
+        if clock != "wall":
+            raise MeasureError(
+                f"clock={clock!r} times the calling CPU thread; on {dev} calls are timed with CUDA events: "
+                "use clock='wall'",
+                field="clock",
+            )
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+
+        def cuda_call(fn: Callable[[], Any]) -> float:
+            torch.cuda.synchronize(dev)  # the call starts on an idle device: its launches are timed too
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+
+        return cuda_call
+    if dev.type != "cpu":
+        if clock != "wall":
+            raise MeasureError(
+                f"clock={clock!r} times the calling CPU thread; on {dev} use clock='wall'", field="clock"
+            )
+
+        def synced_call(fn: Callable[[], Any]) -> float:
+            devices.synchronize(dev)
+            t0 = timer()
+            fn()
+            devices.synchronize(dev)
+            return timer() - t0
+
+        return synced_call
+
+    def call(fn: Callable[[], Any]) -> float:
+        t0 = timer()
+        fn()
+        return timer() - t0
+
+    return call
 
 
 def _timer(clock: str) -> Callable[[], float]:
@@ -299,13 +419,14 @@ def measure_latency(
     """Measure the forward latency of ``model`` on a batch built from ``example_inputs``.
 
     Args:
-        model: Any module; put in eval mode for the measurement, each submodule's training flag is
-            restored afterwards.
-        example_inputs: A tensor or a tuple of positional arguments; tiled to ``batch_size`` rows
-            (see :func:`make_batch`).
-        batch_size: Rows per call; ``None`` uses the example inputs unchanged.
-        threads: Intra-op threads (``torch.set_num_threads``) during the measurement; the previous
-            value is restored afterwards.
+        model: Any module, measured on the device its parameters are on; put in eval mode for the
+            measurement, each submodule's training flag is restored afterwards.
+        example_inputs: A tensor or a tuple of positional arguments, on any device (moved to the
+            model's); tiled to ``batch_size`` rows (see :func:`make_batch`).
+        batch_size: Rows per call; ``None`` uses the example inputs unchanged. The default 32 suits
+            a CPU; on a GPU, where larger batches fill the device, 64 is typical.
+        threads: Intra-op threads (``torch.set_num_threads``) during a CPU measurement; the previous
+            value is restored afterwards. Not applied on a GPU.
         warmup: Untimed calls first.
         repeats: Minimum number of timed calls.
         min_time_s: Keep timing until the timed calls took this long in all (up to
@@ -315,13 +436,18 @@ def measure_latency(
             the calling thread's CPU time (:func:`time.thread_time`); with ``threads=1`` all the
             work runs on the calling thread, so this equals the wall-clock latency of an idle
             machine while ignoring the time other processes hold the core — steadier on shared
-            machines. Only meaningful with ``threads=1``.
-        stable_allocator: Call :func:`stabilize_allocator` first (process-wide, one-way), so
-            that repeated calls do not page-fault their activations back in; without it the
-            same model can measure 40 % slower or faster depending on the process's history.
+            machines. Only meaningful with ``threads=1``, and on the CPU only (a GPU's calls are
+            timed with CUDA events: use ``"wall"`` there).
+        stable_allocator: On the CPU, call :func:`stabilize_allocator` first (process-wide,
+            one-way), so that repeated calls do not page-fault their activations back in; without
+            it the same model can measure 40 % slower or faster depending on the process's history.
 
     Returns:
-        A :class:`LatencyResult` (milliseconds per call of the whole batch).
+        A :class:`LatencyResult` (milliseconds per call of the whole batch, and the device).
+
+    Raises:
+        MeasureError: Bad arguments (naming the argument), ``clock="cpu"`` with several threads or
+            on a GPU, a model spread over several devices.
 
     Example:
         >>> import torch
@@ -363,6 +489,14 @@ def compare_latency(
     machine hit all models alike; report ratios of the medians. ``min_time_s`` counts the time of
     all models together. Arguments as in :func:`measure_latency`.
 
+    The models must be on one device (a model without parameters or buffers goes with the others),
+    where the example inputs are moved; on CUDA every model runs with the same cuDNN settings
+    (``torch.backends.cudnn.benchmark = True``, restored afterwards).
+
+    Raises:
+        MeasureError: No models, bad arguments, or models on different devices (the message names
+            each model and its device).
+
     Example:
         >>> import torch
         >>> from torch import nn
@@ -378,19 +512,25 @@ def compare_latency(
         raise MeasureError(
             f"clock='cpu' measures the calling thread only; it needs threads=1, got threads={threads}", field="clock"
         )
-    if stable_allocator:
-        stabilize_allocator()
     names = list(models)
     for name in names:
         if not isinstance(models[name], nn.Module):
             raise ArgumentTypeError(
                 f"models[{name!r}] is a {type(models[name]).__name__}, not a torch.nn.Module", field="models"
             )
-    args = make_batch(example_inputs, batch_size)
+    device = run_device(models, example_inputs)
+    if device.type != "cpu" and clock != "wall":
+        raise MeasureError(
+            f"clock={clock!r} times the calling CPU thread; the models are on {device}: use clock='wall'",
+            field="clock",
+        )
+    if stable_allocator and device.type == "cpu":
+        stabilize_allocator()
+    args = make_batch(devices.move(as_tuple(example_inputs), device), batch_size)
     fns = [_caller(models[n], args) for n in names]
-    with measurement_context([models[n] for n in names], threads):
-        samples = time_interleaved(fns, warmup, repeats, min_time_s, max_repeats, clock=clock)
-    return {n: LatencyResult.from_samples(s, batch_size, threads) for n, s in zip(names, samples)}
+    with measurement_context([models[n] for n in names], threads, device):
+        samples = time_interleaved(fns, warmup, repeats, min_time_s, max_repeats, clock=clock, device=device)
+    return {n: LatencyResult.from_samples(s, batch_size, threads, str(device)) for n, s in zip(names, samples)}
 
 
 def _caller(model: nn.Module, args: tuple[Any, ...]) -> Callable[[], Any]:

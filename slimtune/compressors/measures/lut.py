@@ -51,6 +51,19 @@ Only channel pruning changes the prediction (quantization settings and unstructu
 ignored). A table is valid for the machine, thread count and batch size it was measured with;
 save it with :meth:`LatencyTable.save` and reload it with :meth:`LatencyTable.load`.
 
+*Devices.* The table is measured on the device of ``graph.model`` (standalone layers, their inputs
+and the model passes all run there; example inputs are moved there) and records it:
+:attr:`LatencyTable.device` (``"cpu"``, ``"cuda:0"``) and :attr:`LatencyTable.hardware` (the CPU
+or GPU model). On CUDA every call is timed with CUDA events and the hooked passes record an event
+pair around each layer (see :mod:`~slimtune.compressors.measures.latency`); the default clock is
+then ``"wall"``, ``threads`` is not applied and cuDNN autotunes (``cudnn.benchmark``). A table is
+refused (:class:`~slimtune.errors.MeasureError` naming both devices) for a device of another kind
+— another device type, or a GPU of another model — by :meth:`LatencyTable.use_on` and by
+:meth:`LatencyTable.from_dict` given a graph whose model is there (or ``device=``); a GPU index
+does not matter (a table built on ``cuda:0`` serves ``cuda:1`` of the same model, and measures
+its exact points there). :meth:`LatencyTable.load_or_build` rebuilds instead. Tables saved
+before devices were recorded load as CPU tables.
+
 Example:
     .. code-block:: python
 
@@ -81,6 +94,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from slimtune import devices
 from slimtune.compressors.handlers import handler_for
 from slimtune.compressors.measures._lut_parts import (
     Entry,
@@ -97,7 +111,14 @@ from slimtune.compressors.measures._lut_parts import (
     prunable_dims,
     statistic,
 )
-from slimtune.compressors.measures.latency import Clock, measurement_context, stabilize_allocator, time_interleaved
+from slimtune.compressors.measures.latency import (
+    Clock,
+    as_tuple,
+    measurement_context,
+    run_device,
+    stabilize_allocator,
+    time_interleaved,
+)
 from slimtune.errors import MeasureError
 
 if TYPE_CHECKING:
@@ -133,6 +154,10 @@ class LatencyTable:
         products: Per attention product outside the layers (``QKᵀ``, ``AV``, fused attention; by graph
             node): its configuration key and original head count.
         products_ms: Their standalone time in the dense model (taken out of the remainder).
+        device: The device the table was measured on, where its exact points are measured
+            (``"cpu"``, ``"cuda:0"``; see :meth:`use_on`).
+        hardware: What that device is (``"NVIDIA H100 80GB HBM3"``, ``"cpu: AMD EPYC 9B14"``;
+            empty for tables saved before it was recorded).
 
     Example:
         .. code-block:: python
@@ -156,6 +181,8 @@ class LatencyTable:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     products: dict[str, LayerRef] = field(default_factory=dict)
     products_ms: float = 0.0
+    device: str = "cpu"
+    hardware: str = field(default="", compare=False)
 
     # ------------------------------------------------------------------------------------- build
     @classmethod
@@ -175,16 +202,16 @@ class LatencyTable:
         stable_allocator: bool = True,
         progress: Callable[[str], None] | None = None,
     ) -> LatencyTable:
-        """Measure the table for ``graph``'s model.
+        """Measure the table for ``graph``'s model, on the device the model is on.
 
         Args:
             graph: From :func:`slimtune.compressors.trace`: ``graph.layers`` gives the
                 Conv/Linear layers and their input shapes, ``graph.groups`` which of their
                 dimensions pruning can change (without ``groups`` both dimensions are measured).
-            example_inputs: Model inputs (a tensor or tuple), tiled to ``batch_size``. When None,
-                random inputs of the traced placeholder shapes are used.
-            batch_size: Batch size to predict for.
-            threads: Intra-op threads (restored afterwards).
+            example_inputs: Model inputs (a tensor or tuple, on any device: moved to the model's),
+                tiled to ``batch_size``. When None, the inputs the graph was traced with.
+            batch_size: Batch size to predict for (on a GPU, 64 is typical).
+            threads: Intra-op threads on the CPU (restored afterwards; not applied on a GPU).
             grid: Kept-channel ratios in (0, 1] to measure; 1.0 is always added.
             warmup: Untimed rounds first.
             repeats: Timed rounds. A round gives every grid point of every layer configuration,
@@ -194,10 +221,12 @@ class LatencyTable:
             quantile: Statistic kept of each measurement's timed calls: 0.5 is the median (what
                 :func:`~slimtune.compressors.measures.measure_latency` reports); a low quantile
                 such as 0.2 is steadier on a busy machine.
-            clock: ``"cpu"`` (thread CPU time) or ``"wall"``; default ``"cpu"`` with one thread,
-                ``"wall"`` otherwise (see :func:`~slimtune.compressors.measures.measure_latency`).
+            clock: ``"cpu"`` (thread CPU time) or ``"wall"``; default ``"cpu"`` with one thread on
+                the CPU, ``"wall"`` otherwise (on CUDA: CUDA events; see
+                :func:`~slimtune.compressors.measures.measure_latency`).
             min_time_s: Minimum timed seconds of all rounds together.
-            stable_allocator: Call :func:`~slimtune.compressors.measures.latency.stabilize_allocator`
+            stable_allocator: On the CPU, call
+                :func:`~slimtune.compressors.measures.latency.stabilize_allocator`
                 first (process-wide): without it, page faults that depend on the process's
                 allocation history dominate small standalone layers. Measure the models you
                 compare predictions with the same way (``measure_latency`` does by default).
@@ -207,8 +236,9 @@ class LatencyTable:
             The table; ``table.graph`` is ``graph``.
 
         Raises:
-            ValueError: A grid value is outside (0, 1], ``batch_size``/``threads`` are not
-                positive, ``quantile`` is outside (0, 1), ``clock="cpu"`` with several threads.
+            MeasureError: A grid value is outside (0, 1], ``batch_size``/``threads`` are not
+                positive, ``quantile`` is outside (0, 1), ``clock="cpu"`` with several threads or
+                on a GPU, the model is spread over several devices.
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise MeasureError(f"batch_size must be a positive int, got {batch_size!r}", field="batch_size")
@@ -220,17 +250,25 @@ class LatencyTable:
         for r in ratios:
             if not 0.0 < r <= 1.0:
                 raise MeasureError(f"grid ratio {r!r} is outside (0, 1]", field="grid")
-        clock = clock or ("cpu" if threads == 1 else "wall")
+        model = graph.model
+        device = run_device({"graph.model": model})
+        clock = clock or ("cpu" if threads == 1 and device.type == "cpu" else "wall")
         if clock == "cpu" and threads != 1:
             raise MeasureError(
                 f"clock='cpu' measures one thread; it needs threads=1, got threads={threads}", field="clock"
             )
+        if clock == "cpu" and device.type != "cpu":
+            raise MeasureError(
+                f"clock='cpu' times the calling CPU thread; the model is on {device}: use clock='wall'", field="clock"
+            )
         settings = Settings(warmup, repeats, burst, quantile, clock, min_time_s)
-        if stable_allocator:
+        if stable_allocator and device.type == "cpu":
             stabilize_allocator()
         t_start = time.perf_counter()
-        model = graph.model
-        inputs = example_inputs if example_inputs is not None else inputs_from_graph(graph)
+        if example_inputs is None:
+            inputs = inputs_from_graph(graph, device)
+        else:
+            inputs = devices.move(as_tuple(example_inputs), device)
         modules = dict(model.named_modules())
         dims = prunable_dims(graph)
 
@@ -273,12 +311,12 @@ class LatencyTable:
 
         fns: list[Callable[[], Any]] = []
         for e in entries.values():
-            xs = {cin: e.spec.input(batch_size, cin) for cin in e.ins}
-            fns += [bind(e.spec.module(cin, cout), xs[cin]) for cin, cout in e.points()]
+            xs = {cin: e.spec.input(batch_size, cin, device) for cin in e.ins}
+            fns += [bind(e.spec.module(cin, cout, device), xs[cin]) for cin, cout in e.points()]
         n_points = len(fns)
         owners = attribute_leaves(model, inputs, list(layers))
         batches, model_fns, in_net_passes, other_passes = model_passes(
-            model, inputs, list(layers), list(owners), batch_size, clock
+            model, inputs, list(layers), list(owners), batch_size, clock, device
         )
         fns += model_fns
         if progress is not None:
@@ -286,8 +324,10 @@ class LatencyTable:
                 f"measuring {len(entries)} layer configurations ({n_points} points) and the model "
                 f"at batch sizes {batches}"
             )
-        with measurement_context([model], threads):
-            samples = time_interleaved(fns, warmup, repeats, min_time_s, burst=burst, burst_warmup=1, clock=clock)
+        with measurement_context([model], threads, device):
+            samples = time_interleaved(
+                fns, warmup, repeats, min_time_s, burst=burst, burst_warmup=1, clock=clock, device=device
+            )
 
         stat = statistic(quantile)
         pos = 0
@@ -324,6 +364,8 @@ class LatencyTable:
             graph=graph,
             products=products,
             products_ms=products_ms,
+            device=str(device),
+            hardware=devices.hardware(device),
             meta={
                 "torch": torch.__version__,
                 "grid": ratios,
@@ -335,7 +377,10 @@ class LatencyTable:
             },
         )
         if progress is not None:
-            progress(f"built in {table.meta['build_s']:.1f} s: dense {table.dense_ms:.2f} ms, gamma {gamma:.3f}")
+            progress(
+                f"built on {table.device} in {table.meta['build_s']:.1f} s: dense {table.dense_ms:.2f} ms, "
+                f"gamma {gamma:.3f}"
+            )
         return table
 
     # ------------------------------------------------------------------------------------- predict
@@ -358,8 +403,8 @@ class LatencyTable:
                 0.1 s per new layer configuration, once; counts on the grid (uniform plans) cost
                 nothing. False interpolates on the grid only — instant, but off the grid CPU
                 kernels' algorithm switches make it err by up to ~20-35 % (see the module
-                docstring). Exact points are measured on the current machine: use a loaded
-                table on the machine it was built on.
+                docstring). Exact points are measured on :attr:`device` of the current machine:
+                use a loaded table on the kind of machine it was built on.
 
         Raises:
             ValueError: A layer name is not in the table, or a count is not positive.
@@ -418,11 +463,16 @@ class LatencyTable:
     ) -> int:
         """Measure the exact ``(in', out')`` of every layer not measured at those counts yet.
 
-        The points are measured standalone like the grid (same clock, quantile, turns) and kept
-        in the table (and its JSON); later predictions use them instead of interpolating.
+        The points are measured standalone like the grid (same clock, quantile, turns), on
+        :attr:`device`, and kept in the table (and its JSON); later predictions use them instead of
+        interpolating.
 
         Returns:
             The number of points measured.
+
+        Raises:
+            MeasureError: The table's device is not on this machine, or is a device of another kind
+                than the one the table was measured on.
         """
         counts = self._counts(plan_or_counts, graph)
         todo: dict[tuple[str, int, int], Entry] = {}
@@ -435,16 +485,84 @@ class LatencyTable:
             todo[(layer.key, cin, cout)] = e
         if not todo:
             return 0
-        fns = [bind(e.spec.module(cin, cout), e.spec.input(self.batch_size, cin)) for (_, cin, cout), e in todo.items()]
+        device = self._here()
+        fns = [
+            bind(e.spec.module(cin, cout, device), e.spec.input(self.batch_size, cin, device))
+            for (_, cin, cout), e in todo.items()
+        ]
         st = self.settings
-        with measurement_context([], self.threads):
+        with measurement_context([], self.threads, device):
             samples = time_interleaved(
-                fns, max(1, st.warmup // 2), st.repeats, st.min_time_s, burst=st.burst, burst_warmup=1, clock=st.clock
+                fns,
+                max(1, st.warmup // 2),
+                st.repeats,
+                st.min_time_s,
+                burst=st.burst,
+                burst_warmup=1,
+                clock=st.clock,
+                device=device,
             )
         stat = statistic(st.quantile)
         for ((_, cin, cout), e), s in zip(todo.items(), samples):
             e.exact[f"{cin},{cout}"] = stat(s)
         return len(todo)
+
+    # ------------------------------------------------------------------------------------- devices
+    def mismatch(self, device: Any) -> str | None:
+        """Why the table does not hold on ``device`` (None when it does).
+
+        It holds on a device of the same type and, for a GPU, of the same model (the index does
+        not matter); a CPU table holds on any CPU (its thread count is :attr:`threads`).
+        """
+        dev = torch.device(device)
+        mine = torch.device(self.device)
+        if dev.type != mine.type:
+            return f"the latency table was measured on {self._described()}, not on {dev}"
+        if dev.type != "cpu" and self.hardware:
+            try:
+                here = devices.hardware(dev)
+            except (RuntimeError, AssertionError, ValueError):  # no such device here
+                return f"the latency table was measured on {self._described()}; this machine has no {dev}"
+            if here != self.hardware:
+                return f"the latency table was measured on {self._described()}, not on {dev} ({here})"
+        return None
+
+    def use_on(self, device: Any) -> LatencyTable:
+        """Use the table for ``device`` (its exact points are measured there from now on).
+
+        Returns:
+            The table itself, with :attr:`device` set to ``device``.
+
+        Raises:
+            MeasureError: ``device`` is of another kind than the table's (another device type, or a
+                GPU of another model); the message names both devices. Rebuild the table there
+                (:meth:`build` with the model on ``device``, or :meth:`load_or_build`).
+        """
+        why = self.mismatch(device)
+        if why is not None:
+            raise MeasureError(
+                f"{why}: latencies do not carry over between devices; rebuild the table with the model on "
+                f"{torch.device(device)} (LatencyTable.build or LatencyTable.load_or_build)",
+                field="device",
+            )
+        self.device = str(torch.device(device))
+        return self
+
+    def _described(self) -> str:
+        return f"{self.device} ({self.hardware})" if self.hardware else self.device
+
+    def _here(self) -> torch.device:
+        """:attr:`device` on this machine, checked to be of the kind the table was measured on."""
+        try:
+            dev = devices.resolve(self.device)
+        except devices.DeviceError as e:
+            raise MeasureError(
+                f"the latency table was measured on {self._described()}, which this machine lacks ({e}); "
+                "predict with measure_missing=False, or rebuild the table here",
+                field="device",
+            ) from None
+        self.use_on(dev)
+        return dev
 
     @staticmethod
     def _effective(layer: LayerRef, counts: tuple[int, int]) -> tuple[int, int]:
@@ -515,6 +633,8 @@ class LatencyTable:
             },
             "products": {n: {"key": r.key, "heads": r.orig[0]} for n, r in self.products.items()},
             "products_ms": self.products_ms,
+            "device": self.device,
+            "hardware": self.hardware,
             "meta": self.meta,
         }
 
@@ -523,12 +643,20 @@ class LatencyTable:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], graph: ModelGraph | None = None) -> LatencyTable:
+    def from_dict(cls, data: Mapping[str, Any], graph: ModelGraph | None = None, device: Any = None) -> LatencyTable:
         """Rebuild a table from :meth:`to_dict` output; ``graph`` is attached for plan predictions.
 
+        Args:
+            data: :meth:`to_dict` output; without ``device`` (tables saved before devices were
+                recorded) it is a CPU table.
+            graph: The model's graph (for predictions from plans).
+            device: The device the table is used for (default: the device of ``graph.model``;
+                none checked without a graph): see :meth:`use_on`.
+
         Raises:
-            ValueError: ``data`` is not a latency table, is malformed, or names layers that
-                ``graph`` lacks (the table belongs to another model: rebuild it).
+            MeasureError: ``data`` is not a latency table, is malformed, names layers that
+                ``graph`` lacks (the table belongs to another model: rebuild it), or was measured
+                on a device of another kind (the message names both devices).
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise MeasureError(f"not a slimtune latency table (expected format {_FORMAT!r})")
@@ -572,8 +700,10 @@ class LatencyTable:
                     for n, d in (data.get("products") or {}).items()
                 },
                 products_ms=float(data.get("products_ms", 0.0)),
+                device=str(torch.device(data.get("device") or "cpu")),
+                hardware=str(data.get("hardware") or ""),
             )
-        except (KeyError, TypeError, IndexError, ValueError) as e:
+        except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as e:
             raise MeasureError(f"latency table is malformed: missing or invalid field {e}") from None
         missing = {e.key for e in list(layers.values()) + list(table.products.values())} - set(entries)
         if missing:
@@ -585,16 +715,64 @@ class LatencyTable:
                     f"latency table does not match the graph: layer(s) {_preview(unknown)} "
                     "are not in the model; rebuild the table"
                 )
+        if device is None and graph is not None:
+            device = run_device({"graph.model": graph.model})
+        if device is not None:
+            table.use_on(device)
         return table
 
     @classmethod
-    def from_json(cls, text: str, graph: ModelGraph | None = None) -> LatencyTable:
+    def load_or_build(
+        cls,
+        cached: Mapping[str, Any] | None,
+        graph: ModelGraph,
+        example_inputs: Any = None,
+        **build_kwargs: Any,
+    ) -> LatencyTable:
+        """The cached table when it holds for ``graph.model``'s device and the settings asked, else a new one.
+
+        The cached table is used when it holds on the model's device (:meth:`mismatch`), has the
+        ``batch_size`` asked and, on the CPU, the ``threads`` asked (defaults of :meth:`build`);
+        otherwise (or when ``cached`` is None or not a valid table of this graph) the table is
+        built. Store ``table.to_dict()`` as the new cache.
+
+        Args:
+            cached: :meth:`to_dict` output, or None.
+            graph: The model's graph; the model is on the device the table is for.
+            example_inputs: As in :meth:`build`.
+            **build_kwargs: Passed to :meth:`build` (``batch_size``, ``threads``, ``grid`` ...).
+
+        Example:
+            .. code-block:: python
+
+                table = LatencyTable.load_or_build(study.user_attrs.get("lut"), graph, batch_size=32)
+                study.set_user_attr("lut", table.to_dict())
+        """
+        device = run_device({"graph.model": graph.model})
+        if cached is not None:
+            try:
+                table = cls.from_dict(cached, graph, device=None)
+            except MeasureError:
+                table = None
+            batch = build_kwargs.get("batch_size", 32)
+            threads = build_kwargs.get("threads", 1)
+            if (
+                table is not None
+                and table.mismatch(device) is None
+                and table.batch_size == batch
+                and (device.type != "cpu" or table.threads == threads)
+            ):
+                return table.use_on(device)
+        return cls.build(graph, example_inputs, **build_kwargs)
+
+    @classmethod
+    def from_json(cls, text: str, graph: ModelGraph | None = None, device: Any = None) -> LatencyTable:
         """Rebuild a table from :meth:`to_json` output (see :meth:`from_dict`)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise MeasureError(f"latency table is not valid JSON: {e}") from None
-        return cls.from_dict(data, graph)
+        return cls.from_dict(data, graph, device)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the table as JSON to ``path``."""
@@ -602,10 +780,11 @@ class LatencyTable:
             f.write(self.to_json(indent=1))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], graph: ModelGraph | None = None) -> LatencyTable:
-        """Read a table written by :meth:`save`; ``graph`` is attached for plan predictions."""
+    def load(cls, path: str | os.PathLike[str], graph: ModelGraph | None = None, device: Any = None) -> LatencyTable:
+        """Read a table written by :meth:`save`; ``graph`` is attached for plan predictions (see
+        :meth:`from_dict` for ``device``)."""
         with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read(), graph)
+            return cls.from_json(f.read(), graph, device)
 
 
 def _preview(names: list[str], n: int = 8) -> str:

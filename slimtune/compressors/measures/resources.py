@@ -92,9 +92,11 @@ class ResourcePredictor:
     channel dim; products outside any layer (attention's QKᵀ and AV) scale with the kept heads.
 
     Args:
-        graph: ``trace(model, example_inputs)``.
-        example_inputs: The inputs the graph was traced with (default: random inputs of the
-            traced shapes). MACs are per sample, as :func:`count_flops` counts them.
+        graph: ``trace(model, example_inputs)``; the model may be on any device (it runs once, on
+            a copy, where it is).
+        example_inputs: The inputs the graph was traced with, on any device (default: those kept
+            by the graph, or random inputs of the traced shapes, on the model's device). MACs are
+            per sample, as :func:`count_flops` counts them.
     """
 
     def __init__(self, graph: ModelGraph, example_inputs: Any = None) -> None:

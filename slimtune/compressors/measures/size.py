@@ -153,7 +153,8 @@ def _iter_tensors(model: nn.Module) -> Iterator[_Entry]:
                 if isinstance(b, torch.Tensor):
                     yield _Entry(prefix + "bias", mname, "param", b.detach())
                 if isinstance(getattr(m, "scale", None), (float, int)):
-                    yield _Entry(prefix + "output_qparams", mname, "qparams", torch.zeros(2, dtype=torch.float32))
+                    qparams = torch.zeros(2, dtype=torch.float32, device=w.device)  # counted, never computed with
+                    yield _Entry(prefix + "output_qparams", mname, "qparams", qparams)
         for n, p in own_params.items():
             if n in done or id(p) in seen:
                 continue

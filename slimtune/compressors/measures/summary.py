@@ -9,7 +9,7 @@ Example:
     >>> m.flops, m.params, m.size_bytes  # MACs per sample, 64*32+32 + 32*10+10, 4 bytes each
     (2368, 2410, 9640)
     >>> sorted(m.to_dict())
-    ['flops', 'latency_ms', 'nonzero_params', 'params', 'size_bytes', 'sparse_flops']
+    ['device', 'flops', 'latency_ms', 'memory_bytes', 'nonzero_params', 'params', 'size_bytes', 'sparse_flops']
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from slimtune import devices
 from slimtune.compressors.measures.flops import count_flops
 from slimtune.compressors.measures.latency import measure_latency
+from slimtune.compressors.measures.memory import measure_memory
 from slimtune.compressors.measures.size import count_params, model_size_bytes
 
 if TYPE_CHECKING:
@@ -44,6 +46,9 @@ class Measures:
         size_bytes: Storage size (see :func:`~slimtune.compressors.measures.model_size_bytes`).
         latency_ms: Median latency per batch, or None when not measured.
         per_layer: The :func:`count_flops` table.
+        memory_bytes: Peak memory of a forward pass (see
+            :func:`~slimtune.compressors.measures.measure_memory`), or None when not measured.
+        device: The model's device (where latency and memory were measured).
     """
 
     flops: int | float
@@ -53,6 +58,8 @@ class Measures:
     size_bytes: int
     latency_ms: float | None = None
     per_layer: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    memory_bytes: int | None = None
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-friendly numbers (no DataFrame)."""
@@ -64,6 +71,8 @@ class Measures:
             "nonzero_params": int(self.nonzero_params),
             "size_bytes": int(self.size_bytes),
             "latency_ms": None if self.latency_ms is None else float(self.latency_ms),
+            "memory_bytes": None if self.memory_bytes is None else int(self.memory_bytes),
+            "device": self.device,
         }
 
 
@@ -77,20 +86,25 @@ def measure(
     repeats: int = 50,
     warmup: int = 10,
     min_time_s: float = 0.5,
+    memory: bool = False,
 ) -> Measures:
-    """FLOPs, parameters, size and (optionally) latency of ``model``.
+    """FLOPs, parameters, size and (optionally) latency and peak memory of ``model``.
 
     Args:
-        model: Any module (its training flags are restored).
-        example_inputs: A tensor or a tuple of positional arguments.
+        model: Any module, on any device (its training flags are restored); latency and memory
+            are measured there.
+        example_inputs: A tensor or a tuple of positional arguments, on any device (moved to the
+            model's).
         latency: Measure latency (the slow part); False leaves ``latency_ms`` None.
-        batch_size: Batch size of the latency measurement (None: the example inputs as given).
-        threads: Intra-op threads of the latency measurement.
+        batch_size: Batch size of the latency and memory measurements (None: the example inputs
+            as given; 64 is typical on a GPU).
+        threads: Intra-op threads of a CPU latency measurement.
         bits: Weight bit-width per layer for the size (see
             :func:`~slimtune.compressors.measures.model_size_bytes`).
         repeats: Minimum timed calls of the latency measurement.
         warmup: Untimed calls before timing.
         min_time_s: Minimum total timed seconds of the latency measurement.
+        memory: Measure the peak memory of a forward pass at ``batch_size``.
 
     Returns:
         A :class:`Measures`.
@@ -109,6 +123,7 @@ def measure(
             repeats=repeats,
             min_time_s=min_time_s,
         ).median_ms
+    mem = measure_memory(model, example_inputs, batch_size=batch_size).peak_bytes if memory else None
     flops = df["macs"].sum() if len(df) else 0
     flops = int(flops) if float(flops).is_integer() else float(flops)
     return Measures(
@@ -119,4 +134,6 @@ def measure(
         size_bytes=size.total_bytes,
         latency_ms=lat,
         per_layer=df,
+        memory_bytes=mem,
+        device=str(devices.model_device(model)),
     )

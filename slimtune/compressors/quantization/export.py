@@ -58,6 +58,12 @@ Serialization: :func:`save_int8` / :func:`load_int8`. FX and dynamic models go t
 the serialized ``state_dict`` (packed int8 weights, scales, zero points), the same measure for every path and
 for a float model.
 
+Devices: the int8 kernels of every path are CPU kernels (fbgemm / oneDNN on x86, qnnpack on ARM; PyTorch has
+no CUDA backend for ``torch.ao`` quantized ops), so export is a CPU path whatever device the model trains on.
+Given a model on a GPU, :func:`export_int8` exports a CPU copy (parameters and buffers copied straight to host
+memory, no second copy on the GPU); the model itself is neither moved nor modified, ``example_inputs`` and every
+calibration batch are moved to the CPU, and the int8 model it returns lives on the CPU: run it on CPU tensors.
+
 The ``torch.ao.quantization`` deprecation warnings are silenced inside these functions.
 """
 
@@ -75,6 +81,7 @@ import torch
 from torch import nn
 
 from slimtune.compressors.quantization.pt2e import PT2EInt8Model, export_pt2e, pt2e_available
+from slimtune.devices import model_device, move
 from slimtune.errors import ArgumentError, ArgumentTypeError, QuantExportError
 
 __all__ = [
@@ -137,13 +144,39 @@ def _as_args(inputs: Any) -> tuple[Any, ...]:
     return (inputs,)
 
 
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself when its parameters and buffers are all on the CPU (export copies it later), else a
+    copy on the CPU, made without a second copy on the model's device: each parameter and buffer is copied
+    straight to host memory (shared ones once). ``model`` is neither moved nor modified."""
+    if all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]):
+        return model
+    return _host_copy(model)
+
+
+def _host_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are fresh CPU tensors (each copied once, straight
+    from wherever it lives, so tied weights stay tied and nothing is copied on the model's own device)."""
+    params, buffers = list(model.parameters()), list(model.buffers())
+    memo: dict[int, Any] = {}
+    for p in params:
+        memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+    for b in buffers:
+        memo[id(b)] = b.detach().to("cpu", copy=True)
+    return copy.deepcopy(model, memo).to("cpu")
+
+
 def _calibration_args(calibration: Any) -> Iterator[tuple[Any, ...]]:
-    """Model arguments of each calibration batch.
+    """Model arguments of each calibration batch, on the CPU (where the int8 kernels run).
 
     ``calibration`` is one input tensor (one batch) or an iterable of batches (a list, a DataLoader);
     a batch is an input tensor, or an ``(inputs, targets)`` / ``[inputs, targets]`` pair whose first
     element is the input tensor or a tuple of inputs.
     """
+    for args in _calibration_batches(calibration):
+        yield move(args, "cpu")
+
+
+def _calibration_batches(calibration: Any) -> Iterator[tuple[Any, ...]]:
     if isinstance(calibration, torch.Tensor):
         yield (calibration,)
         return
@@ -394,7 +427,7 @@ def _fixed_range_observer(like: Any, lo: float, hi: float) -> nn.Module:
         quant_min=like.quant_min,
         quant_max=like.quant_max,
     )
-    MinMaxObserver.forward(fixed, torch.tensor([lo, hi]))
+    MinMaxObserver.forward(fixed, torch.tensor([lo, hi], device="cpu"))
     return fixed
 
 
@@ -449,14 +482,20 @@ def export_int8(
     dynamic mode quantizes the weights of Linear/LSTM/GRU layers and each batch's activations at run
     time. Inputs and outputs stay float. See the module docstring for the paths and the measured choice.
 
+    The int8 kernels are CPU-only (fbgemm / oneDNN, qnnpack), so this is a CPU path: a model on a GPU
+    is exported from a CPU copy (made without a second GPU copy; the model is neither moved nor modified),
+    ``example_inputs`` and each calibration batch are moved to the CPU, and the result is on the CPU.
+
     Args:
         model: A float model, or a fake-quantized one (with ``QuantWrapper`` layers: exported from its
             quantized weights, only its wrapped layers become int8). Static FX needs a ``torch.fx``-traceable
             model (PT2E: ``torch.export``-able); channel-pruned, physically smaller models are fine.
-        example_inputs: One input tensor, or a tuple of inputs, of any batch size.
+        example_inputs: One input tensor, or a tuple of inputs, of any batch size, on any device (moved to
+            the CPU).
         calibration: For static mode: one input tensor, or an iterable of batches (tensors or
-            ``(inputs, targets)`` pairs, e.g. a DataLoader); a few hundred samples are usually enough.
-            Not needed (ignored) for dynamic mode.
+            ``(inputs, targets)`` pairs, e.g. a DataLoader or a list of tuples), on any device (each batch is
+            moved to the CPU as it is used); a few hundred samples are usually enough. Not needed (ignored)
+            for dynamic mode.
         backend: Quantized engine for FX and dynamic (``"x86"`` default; ``"fbgemm"``, ``"onednn"``,
             ``"qnnpack"``). The engine is set while exporting; run the model under the same
             ``torch.backends.quantized.engine`` (``x86`` is the default on x86 builds).
@@ -470,7 +509,7 @@ def export_int8(
             all use the ``dynamic`` algorithm, else ``"static"``).
 
     Returns:
-        The int8 model in eval mode: a ``torch.fx.GraphModule`` (FX), a
+        The int8 model in eval mode, on the CPU (give it CPU inputs): a ``torch.fx.GraphModule`` (FX), a
         :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model` (PT2E) or the model with
         ``torch.ao.nn.quantized.dynamic`` layers (dynamic). Save it with :func:`save_int8`, load it with
         :func:`load_int8`; ``torch.save(model)`` does not work for FX models.
@@ -501,7 +540,8 @@ def export_int8(
         raise ArgumentTypeError(
             f"export_int8: model must be a torch.nn.Module, got {type(model).__name__}", field="model"
         )
-    args = _as_args(example_inputs)
+    model = _cpu_copy(model)
+    args = move(_as_args(example_inputs), "cpu")
     ranges = _learned_ranges(model)
     float_model, mode, wrapped = _from_wrappers(model, mode)
     if isinstance(calibration, (list, tuple)) and not calibration and mode == "static":
@@ -593,11 +633,13 @@ def save_int8(model: nn.Module, f: Any, example_inputs: Any) -> None:
     ``torch.jit.save``); traced models keep working at other batch sizes. A
     :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model`: ``torch.export.save`` of its int8
     program with a dynamic batch dimension (``example_inputs`` unused). ``f`` is a path or a binary file object.
+    ``example_inputs`` are moved to the model's device (the CPU for an int8 model).
     """
     with _quiet(), torch.no_grad():
         if isinstance(model, PT2EInt8Model):
             model.save(f)
             return
+        example_inputs = move(_as_args(example_inputs), model_device(model))
         # The tracer warns about the shape checks of LSTM/GRU (constant for a given model): expected, harmless.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         scripted = torch.jit.trace(model.eval(), _as_args(example_inputs), check_trace=False)

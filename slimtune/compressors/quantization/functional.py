@@ -102,15 +102,37 @@ def fake_quantize_weight(w: torch.Tensor, bits: int | None, axis: int = 0) -> to
     return ste(w, dequantize_per_channel(q, scale, axis).to(w.dtype))
 
 
-def affine_qparams(lo: float | torch.Tensor, hi: float | torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _range_end(value: float | torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=value.device if device is None else device, dtype=torch.float32)
+    return torch.tensor(float(value), dtype=torch.float32, device="cpu" if device is None else device)
+
+
+def affine_qparams(
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    bits: int,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of ``bits``-bit affine quantization of ``[lo, hi]``.
 
     The range is widened to contain 0 so that zero is exactly representable. Levels are the
     integers ``0 … 2^bits - 1``; ``x ≈ (q - zero_point) * scale``.
+
+    Args:
+        lo, hi: The range: numbers or 0-d tensors.
+        bits: 2-8.
+        device: Where the results live; ``None``: the device of ``lo`` / ``hi`` when they are tensors,
+            else the CPU.
+
+    Returns:
+        ``(scale, zero_point)``: 0-d float32 tensors.
     """
     bits = check_bits(bits, 2, 8, "activation bits")
-    lo_t = torch.as_tensor(lo, dtype=torch.float32).detach().clamp(max=0.0)
-    hi_t = torch.as_tensor(hi, dtype=torch.float32).detach().clamp(min=0.0)
+    if device is None:
+        device = next((v.device for v in (lo, hi) if isinstance(v, torch.Tensor)), None)
+    lo_t = _range_end(lo, device).clamp(max=0.0)
+    hi_t = _range_end(hi, device).clamp(min=0.0)
     qmax = 2**bits - 1
     scale = ((hi_t - lo_t) / qmax).clamp_min(_EPS)
     zero_point = torch.clamp(torch.round(-lo_t / scale), 0, qmax)
@@ -125,7 +147,8 @@ def fake_quantize_activation(
     Args:
         x: The activation tensor.
         bits: 2-8 (``None`` or 32 returns ``x`` unchanged).
-        lo, hi: The range (from an observer); widened to contain 0.
+        lo, hi: The range (from an observer): numbers or 0-d tensors (used on ``x``'s device); widened to
+            contain 0.
 
     The gradient is 1 where ``x`` lies inside the representable range and 0 where it is clipped.
 
@@ -136,8 +159,7 @@ def fake_quantize_activation(
         return x
     if bits == 1:
         raise QuantizationError("activation bits 1 is not supported by affine quantization; use algorithm='bnn'")
-    scale, zp = affine_qparams(lo, hi, bits)
-    scale, zp = scale.to(x.device), zp.to(x.device)
+    scale, zp = affine_qparams(lo, hi, bits, device=x.device)
     qmax = 2**bits - 1
     xd = x.detach()
     q = torch.clamp(torch.round(xd / scale) + zp, 0, qmax)

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from slimtune.compressors.quantization.algorithms._base import QuantAlgorithm, get_algorithm
 from slimtune.compressors.quantization.functional import check_bits, is_float
 from slimtune.compressors.quantization.observers import Observer, make_observer
+from slimtune.devices import model_device, move
 from slimtune.errors import ArgumentTypeError, QuantizationError
 
 Mode = Literal["calibrating", "frozen"]
@@ -74,6 +75,12 @@ class QuantWrapper(nn.Module):
         mode: ``"calibrating"`` (default) or ``"frozen"`` (use :meth:`freeze` to enter it with a range).
         algorithm: Algorithm name or instance (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``).
         name: The layer's name in the model, used in error messages.
+
+    The tensors the wrapper and its algorithm add (the frozen input range ``act_lo``/``act_hi``,
+    PACT's ``alpha``, SLB's logits and temperature ...) are registered buffers and parameters created
+    on the layer's device, so they move with ``model.to(device)`` and are saved in its ``state_dict``.
+    The observer keeps its statistics on the CPU (Python floats, or CPU tensors for ``percentile`` and
+    ``kl``), whatever the layer's device.
 
     Raises:
         QuantizationError: Not a Conv/Linear/LSTM/GRU layer, bits out of range, activation bits on
@@ -120,8 +127,10 @@ class QuantWrapper(nn.Module):
             )
         self.algorithm = get_algorithm(algorithm)
         self.observer = make_observer(observer)
-        self.register_buffer("act_lo", torch.tensor(0.0))
-        self.register_buffer("act_hi", torch.tensor(0.0))
+        # On the layer's device (and moved with the wrapper by ``.to``), as is every tensor an algorithm adds.
+        device = model_device(layer)
+        self.register_buffer("act_lo", torch.zeros((), device=device))
+        self.register_buffer("act_hi", torch.zeros((), device=device))
         self.algorithm.setup(self)
         self.mode: Mode = "calibrating"
         if mode == "frozen":
@@ -310,7 +319,9 @@ def calibrate(model: nn.Module, batches: Iterable[Any], max_batches: int | None 
 
     Args:
         model: A model from :func:`quantize_model`.
-        batches: Tensors, or ``(inputs, targets)`` pairs where ``inputs`` is a Tensor or a tuple.
+        batches: Tensors, or ``(inputs, targets)`` pairs where ``inputs`` is a Tensor or a tuple (e.g. a
+            DataLoader); each batch's inputs are moved to the model's device (that of its first parameter),
+            so CPU batches calibrate a model on a GPU.
         max_batches: Use at most this many batches.
 
     Returns:
@@ -322,6 +333,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], max_batches: int | None 
         raise QuantizationError("model has no quantized layers; wrap some with quantize_model first")
     for w in wrappers.values():
         w.calibrate_mode()
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
@@ -329,7 +341,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], max_batches: int | None 
             for i, batch in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break
-                model(*_as_args(batch))
+                model(*move(_as_args(batch), device))
     finally:
         model.train(was_training)
     return model

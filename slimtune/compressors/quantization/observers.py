@@ -17,6 +17,9 @@ name               range
 Threshold observers (``percentile``, ``kl``) return ``(0, t)`` when every observed value was
 non-negative (e.g. after a ReLU) and ``(-t, t)`` otherwise.
 
+Observers take batches on any device and keep their statistics on the CPU (Python floats; the
+``percentile`` samples and the ``kl`` histogram as CPU tensors), so they need no moving with the model.
+
 Example:
     >>> import torch
     >>> obs = make_observer("minmax")
@@ -193,16 +196,18 @@ class PercentileObserver(Observer):
         self.percentile = percentile
         self.samples_per_batch = samples_per_batch
         self.max_samples = max_samples
-        self._gen = torch.Generator().manual_seed(seed)
-        self._samples = torch.empty(0)
+        self._gen = torch.Generator(device="cpu").manual_seed(seed)
+        self._samples = torch.empty(0, device="cpu")
 
     def _sub(self, x: torch.Tensor, n: int) -> torch.Tensor:
         if x.numel() <= n:
             return x
-        return x[torch.randint(x.numel(), (n,), generator=self._gen)]
+        # Indices drawn on the CPU (the same draws whatever x's device), applied where x lives.
+        idx = torch.randint(x.numel(), (n,), generator=self._gen, device="cpu")
+        return x[idx.to(x.device)]
 
     def _observe(self, x: torch.Tensor) -> None:
-        x = self._sub(x.abs().cpu(), self.samples_per_batch)
+        x = self._sub(x, self.samples_per_batch).abs().cpu()  # subsampled on x's device: only n values cross
         self._samples = self._sub(torch.cat([self._samples, x]), self.max_samples)
 
     def _range(self, bits: int) -> tuple[float, float]:
@@ -239,18 +244,20 @@ class KLObserver(Observer):
         if bins < 256:
             raise QuantizationError(f"kl observer needs at least 256 bins, got {bins!r}")
         self.bins = bins
-        self.hist = torch.zeros(bins, dtype=torch.float64)
+        self.hist = torch.zeros(bins, dtype=torch.float64, device="cpu")
         self.hist_max = 0.0
 
     def _observe(self, x: torch.Tensor) -> None:
-        a = x.abs().cpu()
+        a = x.abs().cpu()  # the histogram is CPU bookkeeping (CUDA's histc is not deterministic)
         a = a[a > 0]  # exact zeros are representable at any threshold: leave them out of the histogram
         if a.numel() == 0:
             return
         amax = float(a.max())
         if amax > self.hist_max:
             if self.hist_max > 0 and self.hist.sum() > 0:  # re-bin old counts into the wider range
-                centers = (torch.arange(self.bins, dtype=torch.float64) + 0.5) * (self.hist_max / self.bins)
+                centers = (torch.arange(self.bins, dtype=torch.float64, device="cpu") + 0.5) * (
+                    self.hist_max / self.bins
+                )
                 idx = (centers / (amax / self.bins)).long().clamp_(max=self.bins - 1)
                 self.hist = torch.bincount(idx, weights=self.hist, minlength=self.bins)
             self.hist_max = amax
@@ -260,7 +267,7 @@ class KLObserver(Observer):
         if self.hist_max == 0:
             return (0.0, 0.0)
         levels = 2 ** (bits - 1) if self.min_val < 0 else 2**bits
-        i = _kl_threshold_bin(self.hist.numpy(), levels)
+        i = _kl_threshold_bin(self.hist.cpu().numpy(), levels)
         return self._threshold_range(i * self.hist_max / self.bins)
 
 

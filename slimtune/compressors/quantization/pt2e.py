@@ -16,6 +16,9 @@ Steps:
 3. ``torch.compile`` of the program with inductor's ``freezing`` on, which fuses each dq → op → q pattern into
    oneDNN int8 kernels (``qconv2d_pointwise``, ``qlinear_pointwise``).
 
+These are CPU kernels: the model, its inputs and the calibration batches are on the CPU (``export_int8`` copies a
+GPU model to the CPU first), and so is the result.
+
 The compiled code is static in the input shape (``dynamic=False``): the first call at each new batch size
 compiles (seconds; cached on disk by inductor across processes), later calls run the int8 kernels. A
 symbolic batch size was tried and rejected: inductor's int8 conv lowering fails on the digits CNN with a
@@ -95,6 +98,7 @@ class PT2EInt8Model(nn.Module):
     ``state_dict`` is what :func:`~slimtune.compressors.quantization.exported_size_bytes` counts. Calls run
     under ``torch.no_grad()`` (inference only) with inductor's ``freezing`` on, compiling once per input
     shape. ``train()`` / ``eval()`` only set the flag (an exported program has no training mode).
+    It lives on the CPU (oneDNN's int8 kernels are CPU kernels): call it with CPU tensors.
 
     Args:
         program: The ``convert_pt2e`` output (a ``torch.fx.GraphModule`` from ``torch.export``).
@@ -148,6 +152,7 @@ def export_pt2e(model: nn.Module, args: tuple[Any, ...], calibration: Iterator[t
 
     ``calibration`` yields the model arguments of each batch. The result is compiled and run once on
     ``args`` before it is returned, so a model inductor cannot compile fails here, not at its first use.
+    A CPU path: ``model``, ``args`` and the batches are expected on the CPU (``export_int8`` moves them there).
 
     Raises:
         QuantExportError: torchao missing, ``torch.export`` failing (naming its reason), empty or failing

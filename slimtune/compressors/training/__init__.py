@@ -1,7 +1,9 @@
 """Training-time compression: the fine-tune loop, knowledge distillation and the training compressors.
 
 - :func:`finetune` with a :class:`FinetuneConfig` (epochs or steps, optimizer, schedule, seed, KD, reports):
-  the loop every trial uses; masks and quantizers stay in force.
+  the loop every trial uses; masks and quantizers stay in force. It trains on the model's device, moving
+  each batch of a list or a ``DataLoader`` there, with mixed precision (``amp: bf16 | fp16``),
+  ``channels_last``, gradient accumulation (``accumulate``) and clipping (``clip_grad_norm``) as configured.
 - :class:`KDConfig` / :mod:`~slimtune.compressors.training.distill`: response-, feature- and
   relation-based distillation from the original model.
 - :data:`COMPRESSORS`: model + plan → compressed model, by the name a plan's ``compressor`` field uses:

@@ -72,7 +72,8 @@ class TrainingContext:
     """What a compressor may use besides the model and the plan.
 
     Args:
-        train_data: Re-iterable training batches ``(inputs, targets)`` (a list or a DataLoader).
+        train_data: Re-iterable training batches ``(inputs, targets)`` (a list or a DataLoader); the loop
+            moves each batch to the model's device.
         config: The fine-tune configuration; training phases use its optimizer, learning rate and seed
             (their budgets come from the compressor's parameters, defaulting to this config's budget).
         loss_fn: ``loss_fn(outputs, targets)``; None: cross-entropy.
@@ -111,7 +112,8 @@ class TrainingContext:
 
     def budget(self, params: Mapping[str, Any]) -> FinetuneConfig:
         """The config of a training phase: this config with the ``epochs`` / ``steps``, ``lr`` and
-        ``optimizer`` that ``params`` (a compressor's parameters) set to something other than None."""
+        ``optimizer`` that ``params`` (a compressor's parameters) set to something other than None
+        (precision, memory format, accumulation and clipping stay this config's)."""
         changes = {k: params[k] for k in ("steps", "lr", "optimizer") if params.get(k) is not None}
         if params.get("epochs") is not None and "steps" not in changes:
             changes.update(epochs=params["epochs"], steps=None)

@@ -5,6 +5,9 @@ of the weight}`` for unstructured plans. :func:`select` chooses one for any spar
 plan's), keeping everything an earlier selection pruned (schedules only ever prune more);
 :func:`set_masks` puts it in force with ``torch.nn.utils.prune`` masks; :func:`mask_tensors` gives the
 masks as tensors without touching the model (ADMM's projection).
+
+Unstructured keep-masks live on their weight's device; channel selections are channel ids on the CPU
+(bookkeeping, like the criteria's scores).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def select(
             if layer in previous:
                 scores[~previous[layer].flatten()] = -math.inf
             n = math.floor(s * weight.numel() + 0.5)
-            keep = torch.ones(weight.numel(), dtype=torch.bool)
+            keep = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
             keep[torch.argsort(scores, stable=True)[:n]] = False
             out[layer] = keep.view_as(weight)
         return out

@@ -208,7 +208,7 @@ def purify_selection(
     for name, group in graph.groups.items():
         if not group.prunable or group.blocks > 1 or len(group.parts) > 1:
             continue
-        norms = torch.zeros(group.size, dtype=torch.float64)
+        norms = torch.zeros(group.size, dtype=torch.float64, device="cpu")  # bookkeeping on the CPU
         for m in group.members:
             if m.role not in ("out", "dw", "mha"):
                 continue
@@ -216,12 +216,12 @@ def purify_selection(
             w = param(module, "weight")
             if w is None:
                 continue
-            rows = member_matrix(module, m, w, "purify")[m.positions.long()]
-            norms.index_add_(0, m.channels.long(), rows.double().square().sum(1))
+            rows = member_matrix(module, m, w, "purify")[m.positions.long().to(w.device)]
+            norms.index_add_(0, m.channels.long().cpu(), rows.double().square().sum(1).cpu())
         norms = norms.sqrt()
-        gone = torch.zeros(group.size, dtype=torch.bool)
+        gone = torch.zeros(group.size, dtype=torch.bool, device="cpu")
         if name in selection:
-            gone[selection[name].long()] = True
+            gone[selection[name].long().cpu()] = True
         kept = (~gone).nonzero().flatten()
         if len(kept) <= 1:
             continue
@@ -230,6 +230,7 @@ def purify_selection(
         if len(extra) >= len(kept):
             extra = extra[torch.argsort(norms[extra], descending=True)[1:]]  # one channel always stays
         if len(extra):
-            selection[name] = torch.cat([selection.get(name, torch.zeros(0, dtype=torch.long)), extra]).sort().values
+            before = selection.get(name, torch.zeros(0, dtype=torch.long, device="cpu")).cpu()
+            selection[name] = torch.cat([before, extra.to(before.dtype)]).sort().values
         added[name] = int(len(extra))
     return added

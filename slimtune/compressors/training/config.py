@@ -2,15 +2,21 @@
 
 Both are plain values. A task holds one configuration; a plan's ``finetune`` mapping overrides some of its
 fields for that plan only (:meth:`FinetuneConfig.merged`); unknown fields are errors naming the field.
+Besides the budget, optimizer and schedule, the configuration says how each step runs on the device:
+mixed precision (``amp: bf16`` or ``fp16`` with a gradient scaler), the ``channels_last`` memory format,
+gradient accumulation over ``accumulate`` batches per optimizer step and gradient-norm clipping
+(``clip_grad_norm``); a plan may change any of them for its trial (``finetune: {amp: bf16}``).
 
 Example:
     >>> from slimtune.compressors.training import FinetuneConfig
     >>> base = FinetuneConfig(epochs=2, lr=0.01)
-    >>> cfg = base.merged({"steps": 50, "kd": {"alpha": 0.7}})
-    >>> cfg.steps, cfg.lr, cfg.kd.alpha, cfg.kd.temperature
-    (50, 0.01, 0.7, 4.0)
+    >>> cfg = base.merged({"steps": 50, "kd": {"alpha": 0.7}, "amp": "bf16"})
+    >>> cfg.steps, cfg.lr, cfg.kd.alpha, cfg.kd.temperature, cfg.amp
+    (50, 0.01, 0.7, 4.0, 'bf16')
     >>> cfg.total_steps(batches_per_epoch=10)
     50
+    >>> FinetuneConfig(epochs=3, accumulate=4).total_steps(batches_per_epoch=10)  # 10 // 4 steps an epoch
+    6
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from slimtune.errors import PlanConfigError, PlanError
+from slimtune.errors import PlanConfigError, PlanError, did_you_mean
 from slimtune.registry import closest_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
+AMP = ("bf16", "fp16")
+"""Mixed-precision modes of ``FinetuneConfig.amp`` (None: full float32)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,11 @@ class FinetuneConfig:
     """How a compressed model is trained (the built-in loop :func:`~slimtune.compressors.training.finetune`).
 
     Args:
-        epochs: Passes over the training batches (used when ``steps`` is None; 0 trains nothing).
-        steps: Optimizer steps (overrides ``epochs``; the batches are cycled).
+        epochs: Passes over the training batches (used when ``steps`` is None; 0 trains nothing). An epoch
+            is ``len(data) // accumulate`` optimizer steps, so the data must have a ``len()``: for data
+            without one (a ``DataLoader`` over an ``IterableDataset``) give ``steps`` instead.
+        steps: Optimizer steps (overrides ``epochs``; the batches are cycled, and the data is never
+            iterated just to count it).
         optimizer: ``sgd``, ``adam`` or ``adamw``.
         lr: Peak learning rate.
         momentum: SGD momentum.
@@ -90,8 +101,9 @@ class FinetuneConfig:
         seed: Seed of the batch order and of any randomness inside the model.
         shuffle: Shuffle the order of the batches every epoch (when they are a list or tuple).
         kd: Knowledge distillation from the original model (None: off).
-        eval_every: Steps between the evaluations passed to the report callback (None: once per epoch,
-            and at the end of a run given in steps).
+        eval_every: Optimizer steps between the evaluations passed to the report callback (None: at the
+            end of every pass over the data, found when it runs out where the data has no ``len``);
+            there is always one at the end of the run.
         freeze_zeros: Keep weights that are exactly zero at the start (pruned weights without a
             ``torch.nn.utils.prune`` mask) at zero.
         num_threads: Intra-op threads while training (None: unchanged).
@@ -100,6 +112,24 @@ class FinetuneConfig:
             they were just quantized), as SLB anneals; after the run they are set to 0 (hard argmax),
             so training mode and evaluation use the same discrete weights. None: the loop leaves
             the temperature alone (drive it with ``slb.anneal`` / ``slb.set_temperature``).
+        amp: Mixed precision on the model's device: ``bf16`` runs the forward pass and the loss under
+            ``torch.autocast(device_type, dtype=torch.bfloat16)``; ``fp16`` under autocast with
+            ``torch.float16`` and a gradient scaler (``torch.amp.GradScaler(device_type)``; a step whose
+            scaled gradients overflow is skipped by the scaler, and still counts as a step). The
+            weights and the optimizer stay float32. None: full float32. bf16 needs no scaler and is
+            the safer choice where the hardware has it (Ampere or newer GPUs, recent CPUs).
+        channels_last: Train in the ``torch.channels_last`` memory format (the model's 4-D parameters
+            and buffers, and the 4-D input tensors), which tensor cores and oneDNN prefer for
+            convolutions; the model is returned in the default contiguous format.
+        accumulate: Batches per optimizer step (gradient accumulation): the loss of each batch, KD and
+            hook penalties included, is divided by ``accumulate`` and the gradients of ``accumulate``
+            consecutive batches are summed before one step. ``steps``, ``warmup_steps``, ``eval_every``,
+            hooks and reports count optimizer steps; an epoch is ``len(data) // accumulate`` steps and
+            the last ``len(data) % accumulate`` batches of every pass are left out (other ones each
+            epoch when the batches are shuffled).
+        clip_grad_norm: Clip the total L2 norm of the trained parameters' gradients to this value
+            before each optimizer step (``torch.nn.utils.clip_grad_norm_``, on the unscaled gradients
+            under ``fp16``). None: no clipping.
     """
 
     epochs: int = 1
@@ -117,6 +147,10 @@ class FinetuneConfig:
     freeze_zeros: bool = True
     num_threads: int | None = None
     slb_final_temperature: float | None = 0.01
+    amp: str | None = None
+    channels_last: bool = False
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         _integer(self.epochs, "epochs", 0)
@@ -141,7 +175,16 @@ class FinetuneConfig:
             _integer(self.num_threads, "num_threads", 1)
         if self.slb_final_temperature is not None:
             _number(self.slb_final_temperature, "slb_final_temperature", 0.0, math.inf, open_low=True)
-        for name in ("shuffle", "freeze_zeros"):
+        if self.amp is not None and self.amp not in AMP:
+            raise PlanConfigError(
+                f"unknown mixed-precision mode {self.amp!r}{did_you_mean(self.amp, AMP)}; "
+                f"known: {', '.join(AMP)}, or null for float32",
+                field="finetune.amp",
+            )
+        _integer(self.accumulate, "accumulate", 1)
+        if self.clip_grad_norm is not None:
+            _number(self.clip_grad_norm, "clip_grad_norm", 0.0, math.inf, open_low=True)
+        for name in ("shuffle", "freeze_zeros", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanConfigError(f"must be true or false, got {getattr(self, name)!r}", field=f"finetune.{name}")
         if isinstance(self.kd, Mapping):
@@ -195,10 +238,11 @@ class FinetuneConfig:
 
     # ------------------------------------------------------------------ queries
     def total_steps(self, batches_per_epoch: int) -> int:
-        """Optimizer steps of one run over batches of this length."""
+        """Optimizer steps of one run over data of ``batches_per_epoch`` batches: ``steps``, else
+        ``epochs × (batches_per_epoch // accumulate)``."""
         if self.steps is not None:
             return self.steps
-        return self.epochs * batches_per_epoch
+        return self.epochs * (batches_per_epoch // self.accumulate)
 
 
 def check_finetune_overrides(overrides: Mapping[str, Any]) -> None:

@@ -13,6 +13,10 @@ Three kinds of knowledge, weighted by a :class:`~slimtune.compressors.training.K
   https://arxiv.org/abs/1904.05068): the pairwise distances between the samples of a batch, each divided by
   its mean, compared with the Huber loss.
 
+The teacher runs on the student's device (:func:`~slimtune.compressors.training.finetune` refuses a
+teacher elsewhere), under the same autocast as the student when ``amp`` is on; the adapters are made in
+the student's device and parameter dtype from a probe batch run in full precision.
+
 Example:
     >>> import torch
     >>> from slimtune.compressors.training.distill import response_loss

@@ -4,14 +4,35 @@ A run lasts ``config.epochs`` passes or ``config.steps`` optimizer steps over re
 ``(inputs, targets)``, with the optimizer and learning-rate schedule of the :class:`FinetuneConfig`.
 Compression stays in force: ``torch.nn.utils.prune`` masks keep pruned weights at zero (the optimizer
 only moves ``weight_orig``), weights that are exactly zero at the start stay zero (``freeze_zeros``) and
-fake-quantizers stay in place, training through their straight-through estimators. The run is
-deterministic for a seed (batch order and in-model randomness; the global RNG state is restored).
+fake-quantizers stay in place, training through their straight-through estimators.
+
+**Devices and data.** The run happens where the model is (:func:`slimtune.devices.model_device`): every
+batch is moved there as it is used (``non_blocking``: with a ``DataLoader(..., pin_memory=True)`` the
+copy to a GPU overlaps the computation), and so are the teacher's probe batch and everything the
+training compressors create; a KD teacher must be on the same device. The data is a list of batches, a
+``torch.utils.data.DataLoader`` (over a map-style or an iterable dataset) or any re-iterable; ``len`` is
+needed only for a budget in ``epochs`` (the loop never iterates the data just to count it: data
+without a ``len`` needs ``steps``). With the default ``eval_every``, reports come at the end of every
+pass over the data, wherever it ends.
+
+**Precision, memory format, accumulation, clipping** (:class:`FinetuneConfig`): ``amp: bf16`` runs the
+forward pass and the loss under ``torch.autocast``, ``amp: fp16`` adds a ``torch.amp.GradScaler``;
+``channels_last`` trains in that memory format (the model comes back contiguous); ``accumulate: k``
+makes one optimizer step of ``k`` batches, each loss divided by ``k``; ``clip_grad_norm`` clips the
+gradients' total norm before each step. Within a step the order is: forward and backward of each batch,
+unscaling (fp16), the hooks' ``after_backward``, clipping, the optimizer step, the hooks' ``after_step``.
+
+**Determinism.** The same seed on the same device gives the same weights: the batch order of lists, a
+``DataLoader``'s shuffling (when it has no generator of its own: it draws from the global generator,
+seeded inside the run) and any randomness inside the model come from the config's seed; the global
+CPU generator and that of the training GPU are restored afterwards. (GPU kernels themselves may be
+nondeterministic unless ``torch.use_deterministic_algorithms(True)``.)
 
 A :class:`TrainHook` adds a penalty to the loss or acts after each step: the training compressors (AGP,
 ADMM, lottery ticket, network slimming) are hooks on this loop. Knowledge distillation from a teacher
 follows ``config.kd`` (:mod:`~slimtune.compressors.training.distill`). ``report(step, metric)`` receives
-``evaluate(model)`` every ``config.eval_every`` steps (default: every epoch); a true return value stops the
-run early (see :func:`early_stopping`) and an exception (``optuna.TrialPruned``) aborts it.
+``evaluate(model)`` every ``config.eval_every`` steps (default: every pass over the data); a true return
+value stops the run early (see :func:`early_stopping`) and an exception (``optuna.TrialPruned``) aborts it.
 
 Example:
     >>> import torch
@@ -23,13 +44,20 @@ Example:
     >>> res = finetune(model, data, FinetuneConfig(steps=20, optimizer="adam", lr=0.05))
     >>> res.steps, res.losses[-1] < res.losses[0]
     (20, True)
+
+    A ``DataLoader``, bfloat16 autocast, two batches per optimizer step and clipping:
+
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)  # 8 batches
+    >>> cfg = FinetuneConfig(epochs=2, lr=0.05, amp="bf16", accumulate=2, clip_grad_norm=1.0)
+    >>> finetune(model, loader, cfg).steps  # 8 // 2 steps an epoch
+    8
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +67,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from slimtune import devices
 from slimtune.compressors._outputs import default_loss
+from slimtune.compressors.training._data import run_length, step_batches, steps_per_epoch
+from slimtune.compressors.training._device import Precision, channels_last_inputs, check_teacher, fork_rng, seed
 from slimtune.compressors.training.config import FinetuneConfig
 from slimtune.errors import ArgumentError, ArgumentTypeError
 
@@ -50,20 +81,24 @@ if TYPE_CHECKING:
 class TrainHook:
     """Something a training compressor does during :func:`finetune`; every method is optional.
 
-    Methods are called in this order: ``start`` once, then per step ``penalty`` (added to the loss),
-    ``after_backward`` (gradients may be edited), ``after_step`` (weights may be edited), and ``end`` once.
-    ``extra_parameters`` are trained with the model (e.g. learned adapters).
+    Methods are called in this order: ``start`` once, then per optimizer step ``penalty`` (added to the
+    loss of each of the step's ``accumulate`` batches), ``after_backward`` (gradients may be edited),
+    ``after_step`` (weights may be edited), and ``end`` once. ``extra_parameters`` are trained with the
+    model (e.g. learned adapters). Steps are optimizer steps. Tensors a hook creates belong on the
+    model's device (``torch.zeros_like(p)``, ``device=p.device``).
     """
 
     def start(self, model: nn.Module, total_steps: int) -> None:
         """Before the first step; ``total_steps`` is the run's length."""
 
     def penalty(self, model: nn.Module, step: int) -> torch.Tensor | None:
-        """A term added to the loss at ``step`` (0-based), or None."""
+        """A term added to the loss at ``step`` (0-based), or None; under ``amp`` it is computed inside
+        autocast, and with ``accumulate`` it is added to every batch's loss (then divided like it)."""
         return None
 
     def after_backward(self, model: nn.Module, step: int) -> None:
-        """After ``loss.backward()``, before the optimizer step."""
+        """After the backward passes of the step (gradients unscaled under ``fp16``), before clipping and
+        the optimizer step."""
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """After the optimizer step; ``step`` counts the steps done (1-based)."""
@@ -113,7 +148,8 @@ class FinetuneResult:
 
     Attributes:
         steps: Optimizer steps taken.
-        losses: The training loss of every step (KD and hook penalties included).
+        losses: The training loss of every optimizer step (KD and hook penalties included; the mean over
+            the step's batches with ``accumulate``).
         reports: ``(step, metric)`` of every evaluation passed to ``report``.
         stopped_early: The report callback stopped the run.
         seconds: Wall time of the run.
@@ -139,82 +175,80 @@ def finetune(
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data`` and return what happened.
 
+    The run happens on the model's device (:func:`slimtune.devices.model_device`): each batch is moved
+    there as it is used (``non_blocking``, which overlaps the copy with computation for a ``DataLoader``
+    with ``pin_memory=True``).
+
     Args:
-        model: The (compressed) model; left in the training mode it had.
-        data: Re-iterable batches ``(inputs, targets)``; ``inputs`` a tensor or a tuple of tensors.
+        model: The (compressed) model; left in the training mode it had, on its device.
+        data: Re-iterable batches ``(inputs, targets)``, ``inputs`` a tensor or a tuple of tensors: a
+            list, a ``torch.utils.data.DataLoader`` (map-style or iterable dataset) or any object
+            that can be iterated once per epoch. ``len(data)`` is needed only for ``config.epochs``.
         config: A :class:`FinetuneConfig` (or a mapping of its fields); None: the defaults.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``; None: cross-entropy on the outputs (a tensor, or
             the ``logits`` of a Hugging Face ``ModelOutput``).
-        teacher: The teacher for knowledge distillation (used when ``config.kd`` is set; never trained).
+        teacher: The teacher for knowledge distillation (used when ``config.kd`` is set; never trained);
+            on the model's device.
         report: ``report(step, metric)``, called with ``evaluate(model)`` every ``config.eval_every``
-            steps (default: each epoch) and at the end; a true return value stops the run.
+            steps (default: at the end of every pass over ``data``) and at the end; a true return value
+            stops the run.
         evaluate: ``evaluate(model) -> float``; reports need it.
         hooks: :class:`TrainHook` objects (training compressors).
         start_step: Resume a run of the config's length at this step (0: a fresh run): it takes the
             remaining ``total - start_step`` steps at the learning rates the schedule gives those
             steps (lottery rewinding resumes training at the rewind step). Hooks, reports and the
             result count the steps of this call.
+
+    Raises:
+        PlanConfigError: ``config.epochs`` with data that has no ``len()`` (field ``finetune.epochs``:
+            give ``finetune.steps``), ``accumulate`` larger than a pass over the data (field
+            ``finetune.accumulate``), or ``amp`` the model's device cannot run (field ``finetune.amp``).
+        ArgumentError: A teacher on another device than the model, or data that yields no batches
+            (an exhausted iterator).
     """
     config = FinetuneConfig.coerce(config)
-    loss_fn = loss_fn or default_loss
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ArgumentError(f"finetune: start_step must be an integer >= 0, got {start_step!r}", field="start_step")
-    per_epoch = _count(data)
-    full = config.total_steps(per_epoch) if per_epoch else 0
+    device = devices.model_device(model)
+    if teacher is not None and config.kd is not None:
+        check_teacher(teacher, device)
+    per_epoch = steps_per_epoch(data, config)
+    full = run_length(config, per_epoch)
     total = max(0, full - start_step)
+    amp = Precision(config.amp, device)
     result = FinetuneResult()
     start_time = time.perf_counter()
-    was_training = model.training
     distiller = None
     if teacher is not None and config.kd is not None and total > 0:
         from slimtune.compressors.training.distill import Distiller
 
         distiller = Distiller(model, teacher, config.kd)
-    eval_every = config.eval_every or per_epoch
     if config.slb_final_temperature is not None and _has_slb(model):
         hooks = [*hooks, SLBAnnealing(config.slb_final_temperature)]
-    with torch.random.fork_rng(devices=[]), _num_threads(config.num_threads), _attached(distiller, data):
-        torch.manual_seed(config.seed)
+    losses: list[torch.Tensor] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(_restore, model, model.training, config.channels_last)  # runs last
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        stack.enter_context(fork_rng(device))
+        stack.enter_context(_num_threads(config.num_threads))
+        if distiller is not None:  # before seeding: its probe batch may draw from the generator
+            distiller.attach(_inputs(next(iter(data)), device, config.channels_last))
+            stack.callback(distiller.detach)
+        seed(config.seed, device)
         for hook in hooks:
             hook.start(model, total)
-        params = [p for p in model.parameters() if p.requires_grad]
-        params += [p for h in hooks for p in h.extra_parameters()]
-        if distiller is not None:
-            params += distiller.parameters()
-        optimizer = _optimizer(config, params) if total > 0 else None
         schedule = _schedule(config, full)
-        keeper = _ZeroKeeper(model) if config.freeze_zeros else None
-        masked = _mask_hooks(model)
+        trainer = _Trainer(model, config, loss_fn or default_loss, distiller, hooks, amp, schedule, total > 0)
         model.train()
-        for step, batch in enumerate(_batches(data, config, total)):
-            for group in optimizer.param_groups:  # type: ignore[union-attr]
-                group["lr"] = config.lr * schedule(start_step + step)
-            # recompute masked weights: a fake-quantizer reads its layer's weight without calling the
-            # layer, so the layer's own pre-hook would not
-            for module, hook in masked:
-                hook(module, None)
-            inputs, targets = _split(batch)
-            outputs = model(*inputs)
-            loss = loss_fn(outputs, targets)
-            if distiller is not None:
-                loss = distiller.loss(inputs, outputs, loss)
-            for hook in hooks:
-                extra = hook.penalty(model, step)
-                if extra is not None:
-                    loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-            loss.backward()
-            for hook in hooks:
-                hook.after_backward(model, step)
-            optimizer.step()  # type: ignore[union-attr]
-            if keeper is not None:
-                keeper.apply()
+        for step, (batches, epoch_end) in enumerate(step_batches(data, config, total, per_epoch)):
+            losses.append(trainer.step(batches, start_step + step, step))
             result.steps = step + 1
-            result.losses.append(float(loss.detach()))
             for hook in hooks:
                 hook.after_step(model, step + 1)
             last = step + 1 == total
-            if report is not None and evaluate is not None and ((step + 1) % eval_every == 0 or last):
+            due = (step + 1) % config.eval_every == 0 if config.eval_every is not None else epoch_end
+            if report is not None and evaluate is not None and (due or last):
                 _refresh_masks(model)
                 value = float(evaluate(model))
                 model.train()
@@ -224,10 +258,90 @@ def finetune(
                     break
         for hook in hooks:
             hook.end(model)
-    _refresh_masks(model)
-    model.train(was_training)
+    result.losses = torch.stack(losses).tolist() if losses else []  # one device sync for the whole run
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+class _Trainer:
+    """One optimizer step of :func:`finetune`: ``accumulate`` forward and backward passes (under
+    autocast, the loss scaled under ``fp16``), the hooks, clipping, the step, zeros kept at zero."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: FinetuneConfig,
+        loss_fn: Callable[..., torch.Tensor],
+        distiller: Any,
+        hooks: Sequence[TrainHook],
+        amp: Precision,
+        schedule: Callable[[int], float],
+        trains: bool,
+    ) -> None:
+        self.model, self.config, self.loss_fn = model, config, loss_fn
+        self.distiller, self.hooks, self.amp, self.schedule = distiller, hooks, amp, schedule
+        self.device = devices.model_device(model)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params += [p for h in hooks for p in h.extra_parameters()]
+        if distiller is not None:
+            self.params += distiller.parameters()
+        self.optimizer = _optimizer(config, self.params) if trains else None
+        self.scaler = amp.scaler()
+        self.keeper = _ZeroKeeper(model) if config.freeze_zeros else None
+        self.masked = _mask_hooks(model)
+
+    def step(self, batches: list[Any], at: int, step: int) -> torch.Tensor:
+        """Train on ``batches`` at schedule step ``at`` (hooks get this call's ``step``); the step's loss
+        (the mean over the batches), detached, on the device."""
+        optimizer, scaler, config, model = self.optimizer, self.scaler, self.config, self.model
+        assert optimizer is not None
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * self.schedule(at)
+        # recompute masked weights: a fake-quantizer reads its layer's weight without calling the
+        # layer, so the layer's own pre-hook would not
+        for module, hook in self.masked:
+            hook(module, None)
+        optimizer.zero_grad(set_to_none=True)
+        total = None
+        for batch in batches:
+            inputs, targets = _split(devices.move(batch, self.device, non_blocking=True))
+            if config.channels_last:
+                inputs = channels_last_inputs(inputs)
+            with self.amp.autocast():
+                outputs = model(*inputs)
+                loss = self.loss_fn(outputs, targets)
+                if self.distiller is not None:
+                    loss = self.distiller.loss(inputs, outputs, loss)
+                for hook in self.hooks:
+                    extra = hook.penalty(model, step)
+                    if extra is not None:
+                        loss = loss + extra
+            if config.accumulate > 1:
+                loss = loss / config.accumulate
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        for hook in self.hooks:
+            hook.after_backward(model, step)
+        if config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, config.clip_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if self.keeper is not None:
+            self.keeper.apply()
+        return total.float()  # type: ignore[union-attr]
+
+
+def _restore(model: nn.Module, training: bool, channels_last: bool) -> None:
+    """The model as :func:`finetune` returns it: contiguous format, masked weights recomputed, its mode."""
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    _refresh_masks(model)
+    model.train(training)
 
 
 def early_stopping(patience: int, maximize: bool = True, then: Report | None = None) -> Report:
@@ -263,29 +377,9 @@ def _has_slb(model: nn.Module) -> bool:
     return bool(slb_layers(model))
 
 
-def _count(data: Iterable[Any]) -> int:
-    try:
-        return len(data)  # type: ignore[arg-type]
-    except TypeError:
-        return sum(1 for _ in data)
-
-
-def _batches(data: Iterable[Any], config: FinetuneConfig, total: int) -> Iterator[Any]:
-    """``total`` batches: epochs over ``data``, each shuffled by a generator seeded with the config's seed."""
-    rng = random.Random(config.seed)
-    done = 0
-    while done < total:
-        if config.shuffle and isinstance(data, (list, tuple)):
-            order = list(range(len(data)))
-            rng.shuffle(order)
-            epoch: Iterable[Any] = (data[i] for i in order)
-        else:
-            epoch = data
-        for batch in epoch:
-            if done == total:
-                return
-            yield batch
-            done += 1
+def _inputs(batch: Any, device: torch.device, channels_last: bool) -> tuple[Any, ...]:
+    inputs = _split(devices.move(batch, device, non_blocking=True))[0]
+    return channels_last_inputs(inputs) if channels_last else inputs
 
 
 def _split(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
@@ -376,15 +470,3 @@ def _num_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def _attached(distiller: Any, data: Iterable[Any]) -> Iterator[None]:
-    if distiller is None:
-        yield
-        return
-    distiller.attach(_split(next(iter(data)))[0])
-    try:
-        yield
-    finally:
-        distiller.detach()

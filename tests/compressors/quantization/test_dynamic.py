@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from slimtune.compressors.quantization import (
-    QuantizationError,
     QuantExportError,
+    QuantizationError,
     export_int8,
     exported_size_bytes,
     load_int8,

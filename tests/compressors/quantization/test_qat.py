@@ -141,7 +141,7 @@ def test_registry_has_the_algorithms() -> None:
     assert not get_algorithm("ptq").requires_training and get_algorithm("ste").requires_training
     assert not get_algorithm("dynamic").requires_training and get_algorithm("slb").requires_training
     for cls in ALGORITHMS.values():
-        assert cls.__module__ and len((__import__(cls.__module__, fromlist=["x"]).__doc__ or "")) > 100
+        assert cls.__module__ and len(__import__(cls.__module__, fromlist=["x"]).__doc__ or "") > 100
 
 
 def test_ptq_helper() -> None:

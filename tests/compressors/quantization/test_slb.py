@@ -165,11 +165,15 @@ def test_a_plan_names_slb_and_the_builtin_fine_tune_anneals_then_hardens_it() ->
     assert torch.equal(q[0].train().quantized_weight(), q[0].eval().quantized_weight())
     # slb_final_temperature None: the loop leaves the temperature to the caller
     other = set_temperature(compress(model, plan, x[:1]), 0.5)
-    finetune(other, [(x, x[:, :1])], FinetuneConfig(steps=3, slb_final_temperature=None), loss_fn=nn.functional.mse_loss)
+    finetune(
+        other, [(x, x[:, :1])], FinetuneConfig(steps=3, slb_final_temperature=None), loss_fn=nn.functional.mse_loss
+    )
     assert float(other[0].slb_temperature) == 0.5
     with pytest.raises(PlanError, match=r"finetune.slb_final_temperature: must be a number in \(0, inf\), got 0"):
         FinetuneConfig(slb_final_temperature=0)
-    with pytest.raises(PlanError, match=r"layer '0': bits_w 8 is above what quant_algorithm 'slb' supports \(at most 4\)"):
+    with pytest.raises(
+        PlanError, match=r"layer '0': bits_w 8 is above what quant_algorithm 'slb' supports \(at most 4\)"
+    ):
         CompressionPlan(quantize={"0": QuantSpec(8, None)}, quant_algorithm="slb").validate()
     with pytest.raises(PlanError, match=r"plan.quant_algorithm: unknown algorithm 'nope'"):
         CompressionPlan(quantize={"0": QuantSpec(4, None)}, quant_algorithm="nope").validate()

@@ -31,7 +31,12 @@ def test_penalty_is_half_rho_times_squared_distance_to_the_projection(digits):
         + work.features[8].bias.detach()[gone].square().sum()
         + work.features[10].weight.detach()[:, gone].square().sum()
     )
-    assert set(hook.params) == {("features.7", "weight"), ("features.8", "weight"), ("features.8", "bias"), ("features.10", "weight")}
+    assert set(hook.params) == {
+        ("features.7", "weight"),
+        ("features.8", "weight"),
+        ("features.8", "bias"),
+        ("features.10", "weight"),
+    }
     assert float(hook.penalty(work, 0).detach()) == pytest.approx(0.15 * float(expected), rel=1e-5)
 
 
@@ -85,7 +90,7 @@ def test_exactly_iterations_updates_for_any_run_length(digits, total):
     finetune(work, task.train_data, FinetuneConfig(steps=total, lr=0.01), task.loss_fn, hooks=[hook])
     steps, rhos, _ = zip(*hook.history)
     assert len(steps) == 4 and steps[-1] == total and list(steps) == sorted(steps)
-    assert rhos == pytest.approx((0.2, 0.4, 0.8, 1.6)) and rhos[-1] == pytest.approx(0.2 * 2.0 ** 3)
+    assert rhos == pytest.approx((0.2, 0.4, 0.8, 1.6)) and rhos[-1] == pytest.approx(0.2 * 2.0**3)
 
 
 def test_admm_errors_name_the_parameter_and_need_training_data(digits):

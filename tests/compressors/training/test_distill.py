@@ -67,7 +67,9 @@ def test_feature_adapters_follow_the_students_device_and_dtype():
     """FitNets adapters are made where the student's features are (device and dtype), so a student
     trained off the default device or dtype trains with them (a float64 student here)."""
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 3)).double().eval()
+    teacher = (
+        nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 3)).double().eval()
+    )
     student = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 3)).double()
     x, y = torch.randn(8, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     result = finetune(student, [(x, y)], FinetuneConfig(steps=3, kd=KDConfig(alpha=0.5, feature=1.0)), teacher=teacher)

@@ -112,7 +112,10 @@ def test_reports_and_early_stop():
         return next(values)
 
     result = finetune(
-        model, data, FinetuneConfig(epochs=10, eval_every=2), report=early_stopping(2, then=lambda s, v: got.append((s, v))),
+        model,
+        data,
+        FinetuneConfig(epochs=10, eval_every=2),
+        report=early_stopping(2, then=lambda s, v: got.append((s, v))),
         evaluate=evaluate,
     )
     # evaluations at steps 2, 4, 6, 8: best 0.6 at step 4, two evaluations without improvement stop the run

@@ -54,9 +54,11 @@ class PACT(QuantAlgorithm):
     def setup(self, wrapper: QuantWrapper) -> None:
         super().setup(wrapper)
         if not is_float(wrapper.bits_a):
-            wrapper.alpha = nn.Parameter(torch.tensor(self.alpha_init))
-            wrapper.register_buffer("act_signed", torch.tensor(False))
-            wrapper.register_buffer("act_sign_known", torch.tensor(False))  # set by calibration or the first batch
+            device = wrapper.act_lo.device  # the wrapped layer's
+            wrapper.alpha = nn.Parameter(torch.tensor(self.alpha_init, device=device))
+            wrapper.register_buffer("act_signed", torch.tensor(False, device=device))
+            # set by calibration or the first batch
+            wrapper.register_buffer("act_sign_known", torch.tensor(False, device=device))
 
     def freeze(self, wrapper: QuantWrapper) -> None:
         if is_float(wrapper.bits_a) or not wrapper.observer.initialized:
@@ -77,17 +79,15 @@ class PACT(QuantAlgorithm):
         bits = wrapper.bits_a
         if is_float(bits):
             return x
-        if not bool(wrapper.act_sign_known):  # no calibration: the first batch tells
-            with torch.no_grad():
-                wrapper.act_signed.fill_(bool((x < 0).any()))
-                wrapper.act_sign_known.fill_(True)
+        # Without calibration the first batch tells whether inputs are signed. Decided on the device, with
+        # no host read of the flags (which would wait for the GPU at every forward).
+        with torch.no_grad():
+            signed = torch.where(wrapper.act_sign_known, wrapper.act_signed, (x < 0).any())
+            wrapper.act_signed.copy_(signed)
+            wrapper.act_sign_known.fill_(True)
         alpha = wrapper.alpha.clamp_min(_MIN_ALPHA).to(x.dtype)
-        if bool(wrapper.act_signed):
-            y = torch.minimum(torch.maximum(x, -alpha), alpha)
-            levels = 2 ** (bits - 1) - 1
-        else:
-            y = torch.minimum(torch.relu(x), alpha)
-            levels = 2**bits - 1
+        y = torch.where(signed, torch.minimum(torch.maximum(x, -alpha), alpha), torch.minimum(torch.relu(x), alpha))
+        levels = torch.where(signed, 2 ** (bits - 1) - 1, 2**bits - 1)
         step = alpha.detach() / levels
         yq = torch.round(y.detach() / step) * step
         return yq + (y - y.detach())
