@@ -1,13 +1,15 @@
 """slimtune: AutoML compression of PyTorch models as hyperparameter search.
 
 Find the best compressed versions of a trained model (pruned, sped up, quantized), trading the
-task's metric against FLOPs, latency and size, as an Optuna study.
+task's metric against FLOPs, latency, memory and size, as an Optuna study, on the CPU or a GPU.
 """
 
 from __future__ import annotations
 
+from slimtune import devices
 from slimtune.compressors import CompressionPlan, FinetuneConfig, KDConfig, compress, finetune, measure, speedup, trace
-from slimtune.errors import CriterionError, PlanError, SlimtuneError, TraceError
+from slimtune.compressors.measures import MemoryResult, measure_memory
+from slimtune.errors import CriterionError, DeviceError, PlanError, SlimtuneError, TraceError
 from slimtune.trials import (
     SearchConfig,
     Task,
@@ -39,6 +41,10 @@ __all__ = [
     "sensitivity_table",
     "studies_summary",
     "CriterionError",
+    "DeviceError",
+    "MemoryResult",
+    "devices",
+    "measure_memory",
     "PlanError",
     "SlimtuneError",
     "TraceError",
