@@ -55,7 +55,7 @@ from torch import nn
 
 from slimtune.compressors import CompressionPlan, compare_latency, compress, count_flops, trace
 from slimtune.compressors._outputs import logits
-from slimtune.compressors.frontends import _tensors
+from slimtune.compressors.frontends import output_tensors as _tensors
 from slimtune.examples.zoo import ZOO
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -7,7 +7,9 @@ what to do about it.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -225,3 +227,15 @@ def did_you_mean(name: object, known: Iterable[str]) -> str:
     """
     close = closest_name(name, known)
     return f" (did you mean {close!r}?)" if close else ""
+
+
+class ImageFolderError(ArgumentError):
+    """A dataset directory or file that cannot be used: missing, empty, unreadable (names the path).
+
+    Attributes:
+        path: The directory or file at fault.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, field: str | None = "root") -> None:
+        super().__init__(message, field=field)
+        self.path = None if path is None else Path(path)

@@ -36,8 +36,12 @@ def logits(outputs: Any) -> torch.Tensor:
 
 
 def default_loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on :func:`logits`; token-level (``[B, S, V]`` logits, ``[B, S]`` targets) too."""
+    """Cross-entropy on :func:`logits`; token-level (``[B, S, V]`` logits, ``[B, S]`` targets) too.
+
+    Targets on another device than the logits (CPU labels of a GPU model) are moved to it."""
     z = logits(outputs)
+    if isinstance(targets, torch.Tensor) and targets.device != z.device:
+        targets = targets.to(z.device)
     if z.ndim == targets.ndim + 1 and z.ndim > 2:
         return F.cross_entropy(z.reshape(-1, z.shape[-1]), targets.reshape(-1))
     return F.cross_entropy(z, targets)

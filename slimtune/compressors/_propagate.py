@@ -437,9 +437,10 @@ def _channelwise(node: fx.Node, cdim: int, module: nn.Module | None) -> bool:
         fn = lambda t: node.target(t, *node.args[1:], **node.kwargs)  # noqa: E731
     else:
         return False
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen)
-    perm = torch.randperm(shape[cdim], generator=gen)
+    device, dtype = _probe_device(node, module)
+    gen = torch.Generator().manual_seed(0)  # a CPU generator: the same values on every device
+    x = torch.randn(shape, generator=gen, device="cpu").to(device, dtype)
+    perm = torch.randperm(shape[cdim], generator=gen, device="cpu").to(device)
     try:
         was = getattr(fn, "training", None)
         if isinstance(fn, nn.Module):
@@ -449,11 +450,26 @@ def _channelwise(node: fx.Node, cdim: int, module: nn.Module | None) -> bool:
             y_perm = fn(x.index_select(cdim, perm))
         if isinstance(fn, nn.Module) and was is not None:
             fn.train(was)
+        if not isinstance(y, torch.Tensor) or not isinstance(y_perm, torch.Tensor) or y.shape != x.shape:
+            return False
+        y, y_perm = y.index_select(cdim, perm.to(y.device)).cpu(), y_perm.cpu()
     except Exception:  # noqa: BLE001 - the op cannot run standalone: not known channel-wise
         return False
-    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-        return False
-    return bool(torch.allclose(y.index_select(cdim, perm), y_perm, atol=1e-5, rtol=1e-4))
+    return bool(torch.allclose(y.float(), y_perm.float(), atol=1e-5, rtol=1e-4))
+
+
+def _probe_device(node: fx.Node, module: nn.Module | None) -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype :func:`_channelwise` runs an op: a module's own device and floating
+    dtype; for a function, float32 on the device the traced input was on (``torch.export`` records
+    it), else on the CPU."""
+    if module is not None:
+        ref = next(iter(module.parameters()), None)
+        ref = ref if ref is not None else next(iter(module.buffers()), None)
+        if ref is not None:
+            return ref.device, ref.dtype if ref.is_floating_point() else torch.float32
+    x = _input(node)
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    return (val.device if isinstance(val, torch.Tensor) else torch.device("cpu")), torch.float32
 
 
 # ---------------------------------------------------------------------- module rules (fx leaves)

@@ -51,7 +51,7 @@ class Member:
 
     def positions_of(self, group_channels: torch.Tensor) -> torch.Tensor:
         """Positions that hold any of ``group_channels`` (a 1-D long tensor)."""
-        hit = torch.isin(self.channels, group_channels)
+        hit = torch.isin(self.channels, group_channels.to(self.channels.device))
         return self.positions[hit]
 
 
@@ -153,7 +153,7 @@ class Group:
         ``sum(allocate(n)[i] * weights[i])``)."""
         if len(self.parts) <= 1 or self.blocks > 1:
             return [len(member.positions) / self.size]
-        part_of = torch.empty(self.size, dtype=torch.long)
+        part_of = torch.empty(self.size, dtype=torch.long, device="cpu")
         for i, p in enumerate(self.parts):
             part_of[p] = i
         counts = torch.bincount(part_of[member.channels.long()], minlength=len(self.parts))

@@ -38,12 +38,15 @@ def compress(
     Args:
         model: The trained model.
         plan: A :class:`CompressionPlan` (or its dict form).
-        example_inputs: Inputs with a batch dimension (a tensor or a tuple of tensors).
+        example_inputs: Inputs with a batch dimension (a tensor or a tuple of tensors); moved to
+            the model's device when they are elsewhere.
         speedup: With channel granularity, rebuild the model physically smaller (True) or keep
             its shapes and mask the pruned channels to zero (False). Unstructured plans always
             give a masked model (``torch.nn.utils.prune`` masks, kept in force during training).
         data: Batches for data-driven criteria (``taylor`` needs ``(inputs, targets)``;
-            ``apoz`` and ``mean_activation`` need inputs).
+            ``apoz`` and ``mean_activation`` need inputs); each batch, targets included, is moved to
+            the model's device as it is used (:func:`slimtune.devices.move`), so a CPU
+            ``DataLoader`` serves a model on a GPU.
         loss_fn: Loss for ``taylor`` (default cross-entropy).
         max_batches: Use at most this many batches of ``data``.
         graph: ``trace(model, example_inputs)`` when already at hand (a search traces once and
@@ -58,13 +61,17 @@ def compress(
     range calibrated on ``data``, then frozen). The result trains with straight-through gradients
     and exports to real int8 kernels with :func:`~slimtune.compressors.quantization.export_int8`.
 
+    Devices: the copy stays on the device of ``model`` (a model on ``cuda:1`` gives a compressed
+    model on ``cuda:1``); masks, sliced weights and index tensors are made on the weights' device,
+    and the channel scores are ranked on the CPU.
+
     ``compress`` is the ``oneshot`` compressor. A plan naming a training compressor (``agp``,
     ``admm``, ``lottery``, ``slimming``) is refused with a :class:`~slimtune.errors.PlanError`: such
     a plan is reached by training, with
     :func:`slimtune.compressors.training.run_compressor`.
 
     Returns:
-        The compressed model, in the training mode of ``model``.
+        The compressed model, in the training mode of ``model``, on its device.
 
     Example:
         >>> import torch
@@ -122,7 +129,8 @@ def finalize(
             apply_unstructured_masks(model, plan)
         else:
             for layer, keep in pruned.items():
-                torch_prune.custom_from_mask(model.get_submodule(layer), "weight", keep)
+                module = model.get_submodule(layer)
+                torch_prune.custom_from_mask(module, "weight", keep.to(module.weight.device))
     else:
         apply_channel_selection(model, graph, pruned or {}, example_inputs, speedup)
     if plan.quantize:

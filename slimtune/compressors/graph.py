@@ -41,6 +41,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from slimtune.compressors._inputs import positional_inputs
 from slimtune.compressors._propagate import Propagation, shape_of
 from slimtune.compressors._types import Group, LayerInfo, Member, Tap
 from slimtune.compressors.frontends import FRONTENDS, ModelFailsError, capture
@@ -310,7 +311,8 @@ def trace(
 
     Args:
         model: The model. It is not modified (its training flags are restored).
-        example_inputs: One input tensor, or a tuple of positional inputs, with a batch dimension.
+        example_inputs: One input tensor, or a tuple of positional inputs, with a batch dimension;
+            moved to the model's device when elsewhere (``graph.example_inputs`` holds them moved).
         strict: Raise :class:`~slimtune.errors.TraceError` when no frontend can capture the model
             instead of falling back to leaf layers only (with a warning).
         frontend: ``auto`` (``torch.fx``, then ``torch.export``), ``fx`` or ``export``.
@@ -323,7 +325,7 @@ def trace(
     """
     if frontend not in FRONTENDS:
         raise ArgumentError(f"trace: frontend {frontend!r} is unknown; expected one of {FRONTENDS}", field="frontend")
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = positional_inputs(model, example_inputs)
     with _eval_mode(model):
         try:
             cap = capture(model, inputs, frontend)
@@ -582,7 +584,8 @@ def _apply_blocks(prop: Propagation, groups: dict[int, Group], split: Callable[.
             g = groups[gid]
             if not g.prunable:
                 continue
-            contiguous = len(parts) == 1 and len(ch) == g.size and torch.equal(ch, torch.arange(g.size))
+            whole = torch.arange(g.size, device=ch.device)
+            contiguous = len(parts) == 1 and len(ch) == g.size and torch.equal(ch, whole)
             blocks = math.lcm(g.blocks, rec.blocks)
             if not contiguous or g.size % blocks:
                 g.prunable = False
@@ -603,7 +606,7 @@ def _parts(g: Group) -> list[torch.Tensor]:
     parts: dict[tuple[int, ...], list[int]] = {}
     for c in range(g.size):
         parts.setdefault(key[c], []).append(c)
-    return [torch.tensor(p, dtype=torch.long) for p in parts.values()] if len(parts) > 1 else []
+    return [torch.tensor(p, dtype=torch.long, device="cpu") for p in parts.values()] if len(parts) > 1 else []
 
 
 def _order_members(g: Group) -> None:

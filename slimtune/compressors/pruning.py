@@ -61,6 +61,7 @@ def lowest_scores(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
     each part loses its share (:meth:`Group.allocate`), its lowest-scoring channels; a channel is
     also skipped when removing it would leave one of the producers with no output channel.
     """
+    scores = scores.detach().cpu()  # ranking is bookkeeping: on the CPU, as the channel ids are
     holders: list[set[int]] = [set() for _ in range(group.size)]
     left: list[int] = []
     for m in group.members:
@@ -75,7 +76,7 @@ def lowest_scores(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
     else:
         per_block = group.size // group.blocks
         k = n // group.blocks
-        pools = [(torch.arange(b * per_block, (b + 1) * per_block), k) for b in range(group.blocks)]
+        pools = [(torch.arange(b * per_block, (b + 1) * per_block, device="cpu"), k) for b in range(group.blocks)]
     for pool, k in pools:
         order = pool[torch.argsort(scores[pool], stable=True)]
         taken = 0
@@ -88,7 +89,7 @@ def lowest_scores(group: Group, scores: torch.Tensor, n: int) -> torch.Tensor:
                 left[h] -= 1
             chosen.append(c)
             taken += 1
-    return torch.tensor(sorted(chosen), dtype=torch.long)
+    return torch.tensor(sorted(chosen), dtype=torch.long, device="cpu")
 
 
 def removed_positions(graph: ModelGraph, pruned: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
@@ -180,7 +181,7 @@ def apply_unstructured_masks(model: nn.Module, plan: CompressionPlan) -> nn.Modu
             continue
         scores = score_fn(weight).flatten()
         order = torch.argsort(scores, stable=True)
-        mask = torch.ones(weight.numel(), dtype=torch.bool)
+        mask = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
         mask[order[:n]] = False
         torch_prune.custom_from_mask(module, "weight", mask.view_as(weight))
     return model

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from slimtune.compressors._inputs import positional_inputs
 from slimtune.compressors.handlers import PARAM_HANDLER, handler_for
 from slimtune.compressors.pruning import removed_positions
 from slimtune.errors import SpeedupError
@@ -61,7 +62,7 @@ def _set_bindings(model: nn.Module, graph: ModelGraph, pruned: dict[str, torch.T
         for group, _pos, ch in b.parts:
             gone = pruned.get(group)
             if gone is not None and len(gone):
-                lost += int(torch.isin(ch, gone).sum())
+                lost += int(torch.isin(ch, gone.to(ch.device)).sum())
         if not lost:
             continue
         value = (b.total - lost) // b.unit
@@ -77,7 +78,7 @@ def _set_bindings(model: nn.Module, graph: ModelGraph, pruned: dict[str, torch.T
 
 def check_forward(model: nn.Module, example_inputs: Any) -> None:
     """Run the rebuilt model once; a failure names the problem instead of surfacing later."""
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = positional_inputs(model, example_inputs)
     was_training = model.training
     model.eval()
     try:

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from slimtune.compressors._inputs import positional_inputs
 from slimtune.compressors.compress import compress
 from slimtune.compressors.graph import ModelGraph, trace
 from slimtune.compressors.measures import count_flops
@@ -101,6 +102,7 @@ def analyze_sensitivity(
     bad = [lv for lv in levels if not (0.0 < float(lv) < 1.0)]
     if bad:
         raise ArgumentError(f"sensitivity levels must be in (0, 1); got {bad}", field="levels")
+    example_inputs = positional_inputs(model, example_inputs)
     graph = graph or trace(model, example_inputs)
     names = list(groups) if groups is not None else [g.name for g in graph.prunable_groups()]
     unknown = [n for n in names if n not in graph.groups or not graph.groups[n].prunable]
@@ -195,6 +197,7 @@ def analyze_bit_sensitivity(
     bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8]
     if bad or not bits:
         raise ArgumentError(f"bit-widths for sensitivity must be integers in 1-8; got {list(bits)}", field="bits")
+    example_inputs = positional_inputs(model, example_inputs)
     graph = graph or trace(model, example_inputs)
     names = list(layers) if layers is not None else graph.quantizable_layers()
     unknown = [n for n in names if n not in graph.quantizable_layers()]

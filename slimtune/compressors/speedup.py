@@ -68,7 +68,7 @@ def speedup(
 def _zero_channels(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tensor]:
     pruned = {}
     for g in graph.prunable_groups():
-        dead = torch.ones(g.size, dtype=torch.bool)
+        dead = torch.ones(g.size, dtype=torch.bool, device="cpu")
         seen = False
         for m in g.members:
             if m.role == "in":
@@ -80,10 +80,10 @@ def _zero_channels(model: nn.Module, graph: ModelGraph) -> dict[str, torch.Tenso
                 if t is None or not is_parameter(module, ax.tensor):
                     continue
                 seen = True
-                idx = ax.indices(m.positions)
+                idx = ax.indices(m.positions).to(t.device)
                 rows = t.detach().movedim(ax.dim, 0)[idx].reshape(len(ax.offsets), len(m.positions), -1)
-                nonzero = (rows.abs().sum(dim=(0, 2)) != 0).long()
-                alive = torch.zeros(g.size, dtype=torch.long).index_add_(0, m.channels, nonzero)
+                nonzero = (rows.abs().sum(dim=(0, 2)) != 0).long().cpu()  # bookkeeping: on the CPU
+                alive = torch.zeros(g.size, dtype=torch.long, device="cpu").index_add_(0, m.channels.long(), nonzero)
                 dead &= alive == 0
         if not seen or not dead.any():
             continue

@@ -31,7 +31,8 @@ class CriterionContext:
         data: Batches: each a Tensor of inputs, or a tuple/list ``(inputs, targets)`` where
             ``inputs`` is a Tensor or a tuple of positional inputs. Needed by ``taylor``
             (with targets), ``apoz`` and ``mean_activation``. Should be re-iterable (a list or a
-            ``DataLoader``) if criteria may need a second pass.
+            ``DataLoader``) if criteria may need a second pass. Batches may live on any device:
+            inputs and targets are moved to the model's device (:func:`slimtune.devices.move`).
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` for gradient criteria; ``None`` means
             :func:`torch.nn.functional.cross_entropy`.
         max_batches: Use at most this many batches of ``data`` (``None``: all of them).

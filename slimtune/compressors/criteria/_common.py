@@ -16,6 +16,11 @@ Conventions every criterion follows:
   plain (unnormalised) mean over the members that hold it. Within one group all members usually
   have comparable scales (the producers of a residual sum, say), and criteria only compare
   channels *within* a group, so no per-member normalisation is applied.
+- Devices: a group's ``positions`` and ``channels`` are CPU bookkeeping. Weights are read where
+  they live (positions moved to the weight's device to index it); the per-channel results are
+  brought to the CPU (:func:`mean_over_members`), where every tensor a criterion makes for them is
+  created with ``device="cpu"``. Calibration batches go to the model's device
+  (:func:`slimtune.devices.move`).
 """
 
 from __future__ import annotations
@@ -147,7 +152,7 @@ def scatter_channels(values: torch.Tensor, member: Member, size: int) -> torch.T
 
 def carried(member: Member, size: int) -> torch.Tensor:
     """Boolean mask of the group channels that ``member`` holds."""
-    mask = torch.zeros(size, dtype=torch.bool)
+    mask = torch.zeros(size, dtype=torch.bool, device="cpu")
     mask[member.channels.long().cpu()] = True
     return mask
 
@@ -167,8 +172,8 @@ def mean_over_members(
     """
     if not parts:
         raise CriterionError(f"criterion {criterion!r}: group {group.name!r} has no {what} to score its channels")
-    total = torch.zeros(group.size, dtype=torch.float64)
-    count = torch.zeros(group.size, dtype=torch.float64)
+    total = torch.zeros(group.size, dtype=torch.float64, device="cpu")
+    count = torch.zeros(group.size, dtype=torch.float64, device="cpu")
     for scores, held in parts:
         held = held.cpu()
         total += torch.where(held, scores.detach().cpu().double(), 0.0)
@@ -210,28 +215,6 @@ def iter_batches(ctx: CriterionContext, criterion: str) -> Iterator[Any]:
             f"criterion {criterion!r} needs calibration batches but data yielded none "
             f"(max_batches={ctx.max_batches}; a generator is exhausted after one pass, use a list or DataLoader)"
         )
-
-
-def to_device(x: Any, device: torch.device | None) -> Any:
-    """Move tensors (also inside tuples/lists/dicts) to ``device``."""
-    if device is None:
-        return x
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    return x
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    """Device of the model's first parameter or buffer (None for a stateless model)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return None
 
 
 @contextmanager

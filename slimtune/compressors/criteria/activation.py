@@ -49,14 +49,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx
 
+from slimtune import devices
 from slimtune.compressors.criteria._base import register_criterion
 from slimtune.compressors.criteria._common import (
     eval_mode,
     iter_batches,
     mean_over_members,
-    model_device,
     split_batch,
-    to_device,
 )
 from slimtune.errors import CriterionError
 
@@ -80,12 +79,13 @@ class _Stats:
         x = x.detach().movedim(cdim % x.ndim, 0)
         x = x.reshape(x.shape[0], -1)
         self.zeros += (x == 0).sum(1).to("cpu", torch.float64)
-        self.abs_sum += x.abs().sum(1, dtype=torch.float64).cpu()
+        wide = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+        self.abs_sum += x.abs().sum(1, dtype=wide).to("cpu", torch.float64)
         self.count += float(x.shape[1])
 
     @classmethod
     def empty(cls, n: int) -> _Stats:
-        z = torch.zeros(n, dtype=torch.float64)
+        z = torch.zeros(n, dtype=torch.float64, device="cpu")
         return cls(z, z.clone(), z.clone())
 
 
@@ -137,7 +137,7 @@ def _tap_scores(
         )
     stats = _ensure_stats(ctx, taps, criterion)
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    covered = torch.zeros(group.size, dtype=torch.bool)
+    covered = torch.zeros(group.size, dtype=torch.bool, device="cpu")
     for preferred in (True, False):
         new_cover = covered.clone()
         for tap in taps:
@@ -168,8 +168,8 @@ def _one_tap(
         )
     num, den = ratio(s, pos)
     ch = tap.channels.long()
-    num_c = torch.zeros(group.size, dtype=torch.float64).index_add_(0, ch, num)
-    den_c = torch.zeros(group.size, dtype=torch.float64).index_add_(0, ch, den)
+    num_c = torch.zeros(group.size, dtype=torch.float64, device="cpu").index_add_(0, ch, num)
+    den_c = torch.zeros(group.size, dtype=torch.float64, device="cpu").index_add_(0, ch, den)
     held = den_c > 0
     return torch.where(held, num_c / den_c.clamp_min(1e-300), 0.0), held
 
@@ -180,7 +180,7 @@ def _taps_of(group: Group) -> list[Tap]:
     act = [t for t in taps if t.activation]
     if not act:
         return taps
-    seen = torch.zeros(group.size, dtype=torch.bool)
+    seen = torch.zeros(group.size, dtype=torch.bool, device="cpu")
     for t in act:
         seen[t.channels.long()] = True
     return taps if not bool(seen.all()) else act
@@ -251,11 +251,11 @@ def _record(
         raise CriterionError(f"criterion {criterion!r}: tap node(s) {unknown} are not nodes of the traced graph")
     gm = bound_to(gm, ctx.model)
     rec = _Recorder(gm, by_node, criterion)
-    device = model_device(ctx.model)
+    device = devices.model_device(ctx.model)
     with eval_mode(ctx.model, gm), torch.no_grad():
         for batch in iter_batches(ctx, criterion):
             args, _ = split_batch(batch)
-            rec.run(*to_device(args, device))
+            rec.run(*devices.move(args, device))
     missing = sorted(set(wanted) - rec.stats.keys())
     if missing:
         raise CriterionError(f"criterion {criterion!r}: tap node(s) {missing} were not executed by the graph")

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from slimtune import devices
 from slimtune.compressors._outputs import default_loss
 from slimtune.compressors.criteria._base import register_criterion
 from slimtune.compressors.criteria._common import (
@@ -47,10 +48,8 @@ from slimtune.compressors.criteria._common import (
     eval_mode,
     get_module,
     iter_batches,
-    model_device,
     role_dim,
     split_batch,
-    to_device,
 )
 from slimtune.errors import CriterionError
 
@@ -81,7 +80,7 @@ def taylor(group: Group, ctx: CriterionContext, *, roles: Sequence[str] = ROLES)
     if gw is None:
         gw = ctx.cache[_CACHE_KEY] = _record_gw(ctx)
     n_batches = next(iter(gw.values())).shape[0] if gw else 0
-    total = torch.zeros(n_batches, group.size, dtype=torch.float64)
+    total = torch.zeros(n_batches, group.size, dtype=torch.float64, device="cpu")
     used = 0
     for m in group.members:
         if m.role not in roles or m.positions.numel() == 0:
@@ -111,7 +110,7 @@ def _scatter_batches(sums: torch.Tensor, m: Member, size: int, key: _Key) -> tor
             f"criterion 'taylor': member {m.layer!r} (role {m.role!r}) has position {int(pos.max())} but "
             f"{key[0]}.{key[1]} has only {sums.shape[1]} channels along dim {key[2]}"
         )
-    out = torch.zeros(sums.shape[0], size, dtype=sums.dtype)
+    out = torch.zeros(sums.shape[0], size, dtype=sums.dtype, device=sums.device)
     return out.index_add_(1, m.channels.long(), sums[:, pos])
 
 
@@ -119,7 +118,7 @@ def _record_gw(ctx: CriterionContext) -> dict[_Key, torch.Tensor]:
     """One pass over the data: per batch, ``g * w`` summed along every channel dim of every parameter."""
     model = ctx.model
     loss_fn = ctx.loss_fn or default_loss
-    device = model_device(model)
+    device = devices.model_device(model)
     entries: list[tuple[str, str, int, torch.nn.Parameter]] = []
     for layer, module in model.named_modules():
         groups = conv_groups(module)
@@ -140,7 +139,7 @@ def _record_gw(ctx: CriterionContext) -> dict[_Key, torch.Tensor]:
                         f"criterion 'taylor' needs batches of (inputs, targets) to compute a loss; "
                         f"batch {i} has no targets"
                     )
-                loss = loss_fn(model(*to_device(args, device)), to_device(targets, device))
+                loss = loss_fn(model(*devices.move(args, device)), devices.move(targets, device))
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise CriterionError("criterion 'taylor': loss_fn must return a scalar tensor")
                 if not loss.requires_grad:
@@ -150,9 +149,10 @@ def _record_gw(ctx: CriterionContext) -> dict[_Key, torch.Tensor]:
                     g = grads[id(p)]
                     gw = torch.zeros_like(p) if g is None else (g * p).detach()
                     for dim in (0, 1) if gw.ndim > 1 else (0,):
-                        sums = channel_matrix(gw, dim, groups if dim == 1 else 1).sum(1)
-                        records.setdefault((layer, name, dim), []).append(sums.double().cpu())
+                        sums = channel_matrix(gw.float(), dim, groups if dim == 1 else 1).sum(1)
+                        records.setdefault((layer, name, dim), []).append(sums)  # on the model's device
     finally:
         for p, flag in zip(unique, flags):
             p.requires_grad_(flag)
-    return {k: torch.stack(v) for k, v in records.items()}
+    # one copy to the CPU per parameter and dim, not one per batch (float64 after the copy: MPS has none)
+    return {k: torch.stack(v).cpu().double() for k, v in records.items()}

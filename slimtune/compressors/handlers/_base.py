@@ -98,12 +98,19 @@ def is_parameter(module: nn.Module, path: str) -> bool:
     return attr in sub._parameters or f"{attr}_orig" in sub._parameters
 
 
-def keep_indices(n: int, drop: torch.Tensor | None) -> torch.Tensor:
-    """Indices ``0..n-1`` without ``drop``."""
-    keep = torch.ones(n, dtype=torch.bool)
+def keep_indices(n: int, drop: torch.Tensor | None, device: torch.device | str | None = None) -> torch.Tensor:
+    """Indices ``0..n-1`` without ``drop``, on ``device`` (the device of the tensor they will index;
+    default the CPU, where the graph's positions live).
+
+    Example:
+        >>> keep_indices(5, torch.tensor([1, 3])).tolist()
+        [0, 2, 4]
+    """
+    keep = torch.ones(n, dtype=torch.bool, device="cpu")
     if drop is not None and drop.numel():
-        keep[drop.long()] = False
-    return keep.nonzero().flatten()
+        keep[drop.long().cpu()] = False
+    kept = keep.nonzero().flatten()
+    return kept if device is None else kept.to(device)
 
 
 class LayerHandler:
@@ -163,7 +170,7 @@ class LayerHandler:
             assert t is not None
             new = t.detach()
             for dim, parts in by_dim.items():
-                new = new.index_select(dim, keep_indices(new.shape[dim], torch.cat(parts)))
+                new = new.index_select(dim, keep_indices(new.shape[dim], torch.cat(parts), device=new.device))
             set_tensor(module, path, new, cache)
         self.update_attrs(module)
 
@@ -178,7 +185,7 @@ class LayerHandler:
         for ax in self.axes(module, role):
             m = mask_of(ax.tensor)
             if m is not None:
-                m.index_fill_(ax.dim, ax.indices(positions), False)
+                m.index_fill_(ax.dim, ax.indices(positions).to(m.device), False)
 
     def masked_forward(self, module: nn.Module, role: str, removed: torch.Tensor) -> Callable[..., Any] | None:
         """A forward hook making the masked layer compute what its resized self computes, or None

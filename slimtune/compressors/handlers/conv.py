@@ -118,37 +118,44 @@ class ConvHandler(LayerHandler):
             mask[b * per_out : (b + 1) * per_out, q - b * per_in] = False  # type: ignore[index]
 
     def resize(self, module: nn.Module, removed: Removed, cache: dict[int, torch.Tensor]) -> None:
+        # the kept indices are worked out on the CPU (bookkeeping, no device sync), then index the
+        # weights on their own device
         m = module
         w = m.weight.detach()
+
+        def on(index: torch.Tensor) -> torch.Tensor:
+            return index.to(w.device)
+
         if removed.get("dw") is not None:
             keep = keep_indices(m.out_channels, removed["dw"])
             g = m.groups
             if g == m.in_channels:  # depthwise, multiplier k
                 k = m.out_channels // m.in_channels
-                new_w = w[keep]
+                new_w = w[on(keep)]
                 m.in_channels = len(keep) // k
                 m.groups = m.in_channels
             else:  # grouped conv with in == out: same local channels kept inside every group
                 per = m.in_channels // g
                 blocks = _per_group(keep, per, g, "")
-                new_w = torch.cat([w[b * per + local][:, local] for b, local in enumerate(blocks)], dim=0)
+                new_w = torch.cat([w[on(b * per + local)][:, on(local)] for b, local in enumerate(blocks)], dim=0)
                 m.in_channels = len(keep)
             m.out_channels = len(keep)
         else:
             keep_out = keep_indices(m.out_channels, removed.get("out"))
             keep_in = keep_indices(m.in_channels, removed.get("in"))
             if m.groups == 1:
-                new_w = w[keep_out][:, keep_in]
+                new_w = w[on(keep_out)][:, on(keep_in)]
             else:  # grouped conv: each group keeps its own outputs and its own (local) inputs
                 g = m.groups
-                outs = _per_group(keep_out, m.out_channels // g, g, "output")
+                per_out = m.out_channels // g
+                outs = _per_group(keep_out, per_out, g, "output")
                 ins = _per_group(keep_in, m.in_channels // g, g, "input")
-                new_w = torch.cat([w[b * (m.out_channels // g) + o][:, i] for b, (o, i) in enumerate(zip(outs, ins))])
+                new_w = torch.cat([w[on(b * per_out + o)][:, on(i)] for b, (o, i) in enumerate(zip(outs, ins))])
             m.in_channels, m.out_channels = len(keep_in), len(keep_out)
             keep = keep_out
         set_tensor(m, "weight", new_w, cache)
         if m.bias is not None:
-            set_tensor(m, "bias", m.bias.detach()[keep], cache)
+            set_tensor(m, "bias", m.bias.detach()[keep.to(m.bias.device)], cache)
 
     def macs(self, module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[float, float]:
         if y is None:

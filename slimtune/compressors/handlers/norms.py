@@ -52,13 +52,17 @@ class KeptChannels:
         self.keep = keep.long()
         self.dim = dim
         self.set_count = set_count
+        self._on: dict[torch.device, torch.Tensor] = {}  # ``keep`` on each device met (one copy each)
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         x = args[0]
         if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
             return None
         dim = self.dim % x.ndim
-        keep = self.keep.to(x.device)
+        on: dict[torch.device, torch.Tensor] = self.__dict__.setdefault("_on", {})  # hooks pickled before it
+        keep = on.get(x.device)
+        if keep is None:
+            keep = on[x.device] = self.keep.to(x.device)
         n = x.shape[dim]
         clone = copy.copy(module)
         clone._parameters = dict(module._parameters)
