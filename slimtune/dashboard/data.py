@@ -490,6 +490,7 @@ class _StudyData:
             Trial.FAIL_REASON,
             Trial.ARTIFACT,
             Trial.HOSTNAME,
+            Trial.DEVICE,
             Trial.DUPLICATE_OF,
         }
         return {
@@ -514,6 +515,7 @@ class _StudyData:
             "constraints": _clean_map(attributes.constraints(t) or {}),
             "times": _clean_map(attributes.times(t)),
             "hostname": attributes.hostname(t),
+            "device": attributes.device(t),
             "duplicate_of": attributes.duplicate_of(t),
             "fail_reason": attributes.fail_reason(t),
             "datetime_start": _iso(t.datetime_start),

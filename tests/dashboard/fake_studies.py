@@ -115,7 +115,7 @@ def add_study(
         if quantize:
             plan["quantize"] = {g: {"bits_w": rng.choice([4, 8]), "bits_a": 8} for g in GROUPS}
         start = START + dt.timedelta(seconds=2 * number)
-        user_attrs: dict[str, Any] = {Trial.HOSTNAME: "fake-host", Trial.PLAN: plan}
+        user_attrs: dict[str, Any] = {Trial.HOSTNAME: "fake-host", Trial.DEVICE: "cuda:1 (Fake GPU)", Trial.PLAN: plan}
         params = {f"sparsity/{g}": s for g, s in sparsity.items()}
         if number >= n_trials:
             trials.append(

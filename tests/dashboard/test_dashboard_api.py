@@ -117,6 +117,7 @@ def test_trial_view_data(server: Server, storage_url: str) -> None:
     assert rows["flops"]["value"] == m["flops_abs"] and rows["flops"]["original"] == base["flops"]
     assert rows["flops"]["ratio"] == m["flops"]
     assert body["constraints"] == t.user_attrs["constraints"] and body["hostname"] == "fake-host"
+    assert body["device"] == "cuda:1 (Fake GPU)" and "device" not in body["user_attrs"]
     assert body["export_command"] == (
         f"slimtune export --storage {storage_url} --study nsga2-a --trial {t.number} --out nsga2-a-trial{t.number}.pt"
     )

@@ -356,7 +356,7 @@
       t.front ? " " : null, t.front ? h("span", { class: "badge finished" }, "Pareto front") : null,
       t.feasible === false ? " " : null, t.feasible === false ? h("span", { class: "badge FAIL" }, "infeasible") : null);
     const facts = h("p", { class: "note" }, [
-      t.hostname ? `host ${t.hostname}` : null, t.datetime_start ? `started ${t.datetime_start}` : null,
+      t.hostname ? `host ${t.hostname}` : null, t.device ? `on ${t.device}` : null, t.datetime_start ? `started ${t.datetime_start}` : null,
       t.duration !== null ? `took ${fmt(t.duration, 3)} s` : null, t.duplicate_of !== null ? `repeats trial ${t.duplicate_of}` : null,
     ].filter(Boolean).join(" · "));
     const parts = [head, facts];
