@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("spec", metavar="SPEC", help="the spec file (its task, storage and space)")
     sensitivity.add_argument("--storage", metavar="URL", help="an Optuna storage URL (overrides the spec's)")
     sensitivity.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="where the analysis runs: auto, cpu, cuda, cuda:N or mps (overrides the spec's)",
+    )
+    sensitivity.add_argument(
         "--out", default="sensitivity.csv", metavar="FILE", help="the CSV to write (default: sensitivity.csv)"
     )
     _add_dashboard_commands(command)
@@ -405,11 +410,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from slimtune import devices
     from slimtune.trials.sensitivity import bit_sensitivity_table, sensitivity_table
 
     _check_file_path(args.out, "--out", "sensitivity.csv")
-    spec = load_spec(args.spec, overrides={"storage": args.storage})
+    spec = load_spec(args.spec, overrides={"storage": args.storage, "device": args.device})
     task = spec.make_task()
+    task = task.on_device(devices.resolve(spec.device or task.device, field="device" if spec.device else "Task.device"))
     table = sensitivity_table(task, storage=spec.storage_url, space=spec.space, progress=not args.quiet)
     baseline = table.attrs.get("baseline")
     cached = " (cached in the storage)" if table.attrs.get("cached") else ""

@@ -251,3 +251,16 @@ def test_workers_on_missing_gpus_fail_at_start(tmp_path: Path) -> None:
     assert not (tmp_path / "slimtune.db").exists()
     result = run_cli(tmp_path, "run", "w.yaml", "--workers", "1", "--devices", "cpu,cpu")
     assert result.returncode == 2 and "--devices: 2 devices for 1 worker" in result.stderr
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
+def test_sensitivity_on_a_missing_gpu_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slimtune.cli import main
+
+    (tmp_path / "w.yaml").write_text(SPEC)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "sensitivity", "w.yaml", "--device", "cuda:0"]) == 2
+    assert "slimtune: error: device: device 'cuda:0' asks for a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "sensitivity.csv").exists()
