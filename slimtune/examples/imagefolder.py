@@ -58,6 +58,7 @@ from slimtune.examples.image_data import (
 from slimtune.examples.models import ResNet20
 
 if TYPE_CHECKING:
+    from slimtune.compressors.training import FinetuneConfig
     from slimtune.trials.task import Task
 
 __all__ = [
@@ -264,7 +265,7 @@ def make_task(
             be loaded (the message names the path).
         slimtune.devices.DeviceError: ``device`` does not exist on this machine.
     """
-    from slimtune.compressors.training import FinetuneConfig, finetune
+    from slimtune.compressors.training import finetune
     from slimtune.trials.task import Task
 
     for name, value, low in (
@@ -324,18 +325,7 @@ def make_task(
     else:
         net.to(target)
         steps_per_epoch = len(train_loader)
-        config = FinetuneConfig(
-            epochs=epochs,
-            optimizer="sgd",
-            lr=lr,
-            momentum=0.9,
-            weight_decay=weight_decay,
-            schedule="cosine",
-            warmup_steps=min(steps_per_epoch, epochs * steps_per_epoch // 10),
-            seed=seed,
-            freeze_zeros=False,
-            **mixed,
-        )
+        config = _sgd_cosine(epochs, lr, weight_decay, steps_per_epoch, seed, freeze_zeros=False, **mixed)
         logger.info(
             "imagefolder: training %s (width %d, %d classes) on %d images of %s for %d epochs on %s",
             model,
@@ -370,18 +360,7 @@ def make_task(
         if i == calibration_batches:
             break
         calibration.append(batch)
-    steps = len(train_loader)
-    config = FinetuneConfig(
-        epochs=finetune_epochs,
-        optimizer="sgd",
-        lr=finetune_lr,
-        momentum=0.9,
-        weight_decay=weight_decay,
-        schedule="cosine",
-        warmup_steps=min(steps, finetune_epochs * steps // 10),
-        seed=seed,
-        **mixed,
-    )
+    config = _sgd_cosine(finetune_epochs, finetune_lr, weight_decay, len(train_loader), seed, **mixed)
     example = data.val[0][0].unsqueeze(0)
     return Task(
         model=net,
@@ -478,3 +457,22 @@ def _save_atomically(state: Mapping[str, torch.Tensor], path: Path) -> None:
             raise
     except OSError as exc:
         logger.warning("imagefolder: could not write the cache file %s (%s); the weights are not cached", path, exc)
+
+
+def _sgd_cosine(
+    epochs: int, lr: float, weight_decay: float, steps_per_epoch: int, seed: int, **options: Any
+) -> FinetuneConfig:
+    """SGD with momentum 0.9 and a cosine schedule after a linear warm-up over the first 10 % of the steps."""
+    from slimtune.compressors.training import FinetuneConfig
+
+    return FinetuneConfig(
+        epochs=epochs,
+        optimizer="sgd",
+        lr=lr,
+        momentum=0.9,
+        weight_decay=weight_decay,
+        schedule="cosine",
+        warmup_steps=min(steps_per_epoch, epochs * steps_per_epoch // 10),
+        seed=seed,
+        **options,
+    )

@@ -34,13 +34,7 @@ SPEC = Path(__file__).resolve().parents[2] / "examples" / "imagefolder.yaml"
 SMALL = {"image_size": 16, "width": 8, "epochs": 4, "batch_size": 8, "lr": 0.05, "finetune_epochs": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These convolutions are tiny; with two threads on a shared 2-core machine they crawl."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
