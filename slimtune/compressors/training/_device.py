@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,10 @@ def check_teacher(teacher: nn.Module, device: torch.device) -> None:
         )
 
 
+logger = logging.getLogger("slimtune")
+_FP16_CPU_WARNED: list[bool] = []  # warn once per process
+
+
 class Precision:
     """Autocast and the gradient scaler of ``config.amp`` on ``device``."""
 
@@ -61,6 +66,13 @@ class Precision:
                 f"{amp!r} needs torch.autocast, which PyTorch does not offer on the model's device {device}; "
                 "use null (float32)",
                 field="finetune.amp",
+            )
+        if amp == "fp16" and device.type == "cpu" and not _FP16_CPU_WARNED:
+            _FP16_CPU_WARNED.append(True)
+            logger.warning(
+                "finetune.amp 'fp16' on the CPU: most CPUs have no fp16 kernels and PyTorch falls back to slow ones "
+                "(convolutions 17x slower than fp32 on an AVX-512 EPYC, benchmarks/results/finetune_speed.md); "
+                "'bf16' is the CPU's mixed precision"
             )
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
