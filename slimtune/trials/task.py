@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +114,7 @@ class Task:
         if self.calibration is not None and not isinstance(self.calibration, (list, tuple)):
             # criteria may pass over the batches more than once
             self.calibration = list(self.calibration)
-        if self.train_data is not None and iter(self.train_data) is self.train_data:
+        if isinstance(self.train_data, Iterator):  # (not iter(): a DataLoader would start its workers)
             self.train_data = list(self.train_data)  # an iterator: keep its batches for every epoch
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise ArgumentTypeError("Task.loss_fn must be callable: loss_fn(outputs, targets) -> scalar tensor")
