@@ -9,6 +9,7 @@ from __future__ import annotations
 from slimtune import devices
 from slimtune.compressors import CompressionPlan, FinetuneConfig, KDConfig, compress, finetune, measure, speedup, trace
 from slimtune.compressors.measures import MemoryResult, measure_memory
+from slimtune.compressors.state import load, save
 from slimtune.errors import CriterionError, DeviceError, PlanError, SlimtuneError, TraceError
 from slimtune.trials import (
     SearchConfig,
@@ -44,6 +45,8 @@ __all__ = [
     "DeviceError",
     "MemoryResult",
     "devices",
+    "load",
+    "save",
     "measure_memory",
     "PlanError",
     "SlimtuneError",

@@ -7,7 +7,7 @@
     slimtune worker SPEC [same options]       join a running study as one more worker process
     slimtune status [SPEC | --storage URL]    the studies of a storage
     slimtune pareto SPEC | --storage URL --study NAME [--format table|csv|json] [--out FILE]
-    slimtune export SPEC | --storage URL --study NAME --trial N --out model.pt
+    slimtune export SPEC | --storage URL --study NAME --trial N --out model.safetensors
     slimtune sensitivity SPEC [--out sensitivity.csv]
     slimtune dashboard [SPEC | --storage URL] [--host 127.0.0.1] [--port 8080]   the live web dashboard
     slimtune report [SPEC | --storage URL] --out report.html                    the same plots in one HTML file
@@ -67,7 +67,7 @@ examples:
   slimtune worker examples/imagefolder.yaml --device cuda:1          one more worker, on GPU 1
   slimtune status                                studies in ./slimtune.db
   slimtune pareto examples/digits.yaml --format csv --out front.csv
-  slimtune export examples/digits.yaml --trial 12 --out small.pt
+  slimtune export examples/digits.yaml --trial 12 --out small.safetensors
   slimtune sensitivity examples/digits.yaml      per-group metric drop, written to sensitivity.csv
   slimtune dashboard --storage sqlite:///slimtune.db   Pareto fronts in the browser, live (127.0.0.1:8080)
 
@@ -188,12 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         _cmd_export,
         "save the compressed model of a trial",
-        "Write the compressed model of a trial (saved when it ran, save_models: all) with torch.save; "
-        "load it with torch.load(FILE, weights_only=False).",
+        "Write the compressed model of a trial (saved when it ran, save_models: all) as a state file: "
+        "safetensors weights with the plan and the base model's fingerprint, no pickle; "
+        "slimtune.load(FILE, base_model) rebuilds it from the model the study compressed.",
     )
     _add_study_options(export)
     export.add_argument("--trial", type=_non_negative_int, required=True, metavar="N", help="the trial's number")
-    export.add_argument("--out", required=True, metavar="FILE", help="where to write the model (e.g. model.pt)")
+    export.add_argument(
+        "--out", required=True, metavar="FILE", help="where to write the model (e.g. model.safetensors)"
+    )
 
     sensitivity = command(
         "sensitivity",
@@ -337,7 +340,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not front.empty and spec.save_models == "all":
         options = [f" --{opt} {_quote(getattr(args, opt))}" for opt in ("storage", "study") if getattr(args, opt)]
         where = "".join(options)
-        print(f"\nexport a model: slimtune export {_quote(args.spec)}{where} --trial N --out model.pt")
+        print(f"\nexport a model: slimtune export {_quote(args.spec)}{where} --trial N --out model.safetensors")
     return 0
 
 
@@ -394,18 +397,22 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from slimtune.compressors import state
     from slimtune.trials.results import export_model
 
-    _check_file_path(args.out, "--out", "model.pt")
+    _check_file_path(args.out, "--out", "model.safetensors")
     study = _open_study(args)
     try:
         path = export_model(study, args.trial, args.out)
     except OSError as exc:
         raise SlimtuneError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
-    print(
-        f"exported trial {args.trial} of study {study.study_name!r} to {path} "
-        f"(load it with torch.load({str(path)!r}, weights_only=False))"
-    )
+    meta = state.read_metadata(path)
+    inputs = ", ".join(f"{x['dtype']}[{', '.join(map(str, x['shape']))}]" for x in meta.get("inputs") or [])
+    print(f"exported trial {args.trial} of study {study.study_name!r} to {path} ({path.stat().st_size:,} bytes)")
+    print(f"format: {state.FORMAT} (safetensors weights + the plan; no pickle)")
+    print(f"inputs: {inputs} (the first dimension is the batch)")
+    print(f"base model: {meta.get('base_class')} (fingerprint {meta.get('base', {}).get('architecture')})")
+    print(f"load it with: slimtune.load({str(path)!r}, base_model)   # base_model: the model the study compressed")
     return 0
 
 

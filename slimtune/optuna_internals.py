@@ -44,6 +44,13 @@ def storage(study: optuna.Study) -> BaseStorage:
     return study._storage
 
 
+def storage_url(study: optuna.Study) -> str | None:
+    """The URL of the RDB storage behind ``study`` (through Optuna's cache wrapper), else None."""
+    st = study._storage
+    st = getattr(st, "_backend", st)
+    return getattr(st, "url", None)
+
+
 def study_key(study: optuna.Study) -> Hashable:
     """A key for per-study caches of a strategy (unique per storage and study)."""
     return (id(study._storage), study._study_id)

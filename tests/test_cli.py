@@ -63,7 +63,7 @@ def test_run_prints_the_pareto_table(study_dir: Path) -> None:
     header = next(line for line in out.splitlines() if line.startswith("trial"))
     assert header.split()[:5] == ["trial", "accuracy", "flops_rel", "params_rel", "size_bytes"]
     assert "plan" in header and "latency_ms" not in header  # latency is not an objective: not measured
-    assert "slimtune export tiny.yaml --trial N --out model.pt" in out
+    assert "slimtune export tiny.yaml --trial N --out model.safetensors" in out
     assert (study_dir / "slimtune.db").exists()
 
 
@@ -104,10 +104,14 @@ def test_export_writes_a_loadable_model(study_dir: Path) -> None:
     from slimtune.trials import open_study, pareto_front
 
     trial = int(pareto_front(open_study(f"sqlite:///{study_dir / 'slimtune.db'}", "tiny"))["trial"].iloc[0])
-    result = slimtune(study_dir, "export", "tiny.yaml", "--trial", str(trial), "--out", "model.pt")
+    result = slimtune(study_dir, "export", "tiny.yaml", "--trial", str(trial), "--out", "model.safetensors")
     assert result.returncode == 0, result.stderr
-    assert f"exported trial {trial} of study 'tiny' to model.pt" in result.stdout
-    model = torch.load(study_dir / "model.pt", weights_only=False)
+    assert f"exported trial {trial} of study 'tiny' to model.safetensors" in result.stdout
+    assert "inputs: float32[1, 8] (the first dimension is the batch)" in result.stdout
+    from _tasks import tiny_task
+    from slimtune.compressors.state import load
+
+    model = load(study_dir / "model.safetensors", tiny_task(hidden=16).model)  # the spec's base model
     assert isinstance(model, torch.nn.Module)
     assert model(torch.randn(2, 8)).shape == (2, 3)
 
@@ -304,7 +308,7 @@ def test_export_to_a_directory_is_a_clear_error(
     assert main(["export", "tiny.yaml", "--trial", "0", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"slimtune: error: --out {tmp_path}: is a directory; --out expects a file path")
-    assert os.path.join(str(tmp_path), "model.pt") in err and "Traceback" not in err
+    assert os.path.join(str(tmp_path), "model.safetensors") in err and "Traceback" not in err
     assert main(["pareto", "tiny.yaml", "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path}: is a directory" in capsys.readouterr().err
 

@@ -109,7 +109,9 @@ def create_app(reader: StorageReader, poll_seconds: float = 1.5, warm: bool = Tr
             name = m.group("name")
             if kind == "model":
                 path, filename = reader.artifact(name, m.group("number"))
-                return FileResponse(path, media_type="application/octet-stream", filename=filename)
+                from slimtune.compressors.state import MIMETYPE
+
+                return FileResponse(path, media_type=MIMETYPE, filename=filename)
             if kind == "trial":
                 return _json(reader.trial(name, m.group("number")))
             return _json(getattr(reader, kind)(name))

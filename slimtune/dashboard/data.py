@@ -192,7 +192,14 @@ class StorageReader:
             raise NotFound(
                 f"the saved model of trial {number} of study {name!r} is missing from {base or '(no artifacts_dir)'}"
             )
-        return path, f"{name}-trial{number}.pt"
+        from slimtune.compressors import state
+
+        if not state.is_state_file(path):
+            raise NotFound(
+                f"the saved model of trial {number} of study {name!r} is a pickle written by an older slimtune; the "
+                "dashboard serves only safe state files (safetensors + plan): re-run the trial to save it safely"
+            )
+        return path, f"{name}-trial{number}.safetensors".replace("/", "_")
 
     # ------------------------------------------------------------------ sensitivity
     def sensitivity(self) -> dict[str, Any]:
@@ -474,7 +481,7 @@ class _StudyData:
                 rows.append(_measure_row(key, value, None, None, key))
         url = self.reader.url
         artifact_id = attributes.artifact_id(t)
-        out_name = f"{self.name}-trial{t.number}.pt".replace("/", "_")
+        out_name = f"{self.name}-trial{t.number}.safetensors".replace("/", "_")
         export = (
             f"slimtune export --storage {shlex.quote(url)} --study {shlex.quote(self.name)} "
             f"--trial {t.number} --out {shlex.quote(out_name)}"

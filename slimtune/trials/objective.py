@@ -163,7 +163,8 @@ class Objective:
 
             t = time.perf_counter()
             if self.artifact_store is not None:
-                trial.set_user_attr(T.ARTIFACT, _save_model(model, trial, self.artifact_store))
+                facts = {"study": trial.study.study_name, "trial": trial.number, **context.info}
+                trial.set_user_attr(T.ARTIFACT, self._save_model(model, plan, trial, facts))
             times["save"] = time.perf_counter() - t
         except optuna.TrialPruned:
             raise
@@ -190,7 +191,7 @@ class Objective:
         key = (optuna_internals.study_key(study), number, artifact)
         if self._base is None or self._base[0] != key:
             try:
-                base = load_model(study, number, devices.model_device(self.task.model)).eval()
+                base = load_model(study, number, self.task.model, devices.model_device(self.task.model)).eval()
             except SlimtuneError as e:
                 raise TrialFailure(
                     f"plan.init_from_trial: {e}; a plan that starts from another trial's model needs it saved "
@@ -215,6 +216,28 @@ class Objective:
             trial.set_constraint(name, value)
         values = list(twin.values)
         return values[0] if self.single_objective else values
+
+    def _save_model(
+        self, model: nn.Module, plan: CompressionPlan, trial: optuna.trial.Trial, facts: Mapping[str, Any]
+    ) -> str:
+        """Save a trial's model as an Optuna artifact in the safe state format (no pickle; the plan,
+        relative to the original model, rebuilds it from ``task.model``)."""
+        from optuna.artifacts import upload_artifact
+
+        from slimtune.compressors import state
+
+        fd, path = tempfile.mkstemp(prefix=f"slimtune-trial{trial.number}-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            state.save(model, plan, self.task.model, self.task.example_inputs, path, extra=_jsonable(facts))
+            return upload_artifact(
+                artifact_store=self.artifact_store,
+                file_path=path,
+                study_or_trial=trial,
+                mimetype=state.MIMETYPE,
+            )
+        finally:
+            os.unlink(path)
 
     @staticmethod
     def _reporter(trial: optuna.trial.Trial, sign: float) -> Any:
@@ -323,15 +346,15 @@ def _completed_twin(trial: optuna.trial.Trial, params: Mapping[str, Any]) -> opt
     return None
 
 
-def _save_model(model: nn.Module, trial: optuna.trial.Trial, store: ArtifactStore) -> str:
-    from optuna.artifacts import upload_artifact
+def _jsonable(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """``facts`` without what JSON cannot hold (a compressor's info is JSON already: trials store it)."""
+    import json
 
-    fd, path = tempfile.mkstemp(prefix=f"slimtune-trial{trial.number}-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(model, path)
-        return upload_artifact(
-            artifact_store=store, file_path=path, study_or_trial=trial, mimetype="application/x-pytorch"
-        )
-    finally:
-        os.unlink(path)
+    out = {}
+    for key, value in facts.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        out[key] = value
+    return out

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +19,10 @@ import torch.nn as nn
 from optuna.trial import FrozenTrial, TrialState
 
 from slimtune import attributes as attrs
+from slimtune import optuna_internals
 from slimtune.compressors.plan import CompressionPlan
-from slimtune.errors import SlimtuneError, StudyNotFoundError
-from slimtune.trials.storage import make_storage, study_names
+from slimtune.errors import ArgumentError, SlimtuneError, StudyNotFoundError
+from slimtune.trials.storage import make_storage, parse_url, study_names
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -88,9 +92,73 @@ def pareto_front(study: optuna.Study) -> pd.DataFrame:
     )
 
 
-def load_model(study: optuna.Study, trial_number: int, device: str | torch.device = "cpu") -> nn.Module:
-    """The compressed model of a completed trial (saved as an artifact when it ran), on ``device``
-    (default the CPU, whatever device the trial ran on)."""
+_BASE_MODELS: weakref.WeakValueDictionary[tuple[str, str], nn.Module] = weakref.WeakValueDictionary()
+
+
+def remember_base_model(study: optuna.Study, model: nn.Module) -> None:
+    """Remember (weakly) the model ``study`` compresses, so :func:`load_model` in this process can
+    rebuild its trials' models without being given it (the search calls this)."""
+    _BASE_MODELS[_base_key(study)] = model
+
+
+def _base_key(study: optuna.Study) -> tuple[str, str]:
+    url = optuna_internals.storage_url(study)
+    where = parse_url(url).absolute() if url else f"storage {id(optuna_internals.storage(study))}"
+    return (where, study.study_name)
+
+
+def load_model(
+    study: optuna.Study,
+    trial_number: int,
+    base_model: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """The compressed model of a completed trial, rebuilt on ``device`` (default the CPU, whatever device
+    the trial ran on).
+
+    A trial's model is saved as a state file (:mod:`slimtune.compressors.state`: safetensors weights,
+    the plan as JSON, the base model's fingerprint), never as a pickle: it is rebuilt by applying the
+    trial's plan to ``base_model``, the model the study compressed (``task.model``), and loading the
+    weights. In the process that ran the search, the task's model is remembered and ``base_model``
+    may be left out; elsewhere pass it. A base model other than the study's is refused, naming what
+    differs.
+
+    Raises:
+        SlimtuneError: The trial has no saved model, the file is missing, ``base_model`` was not given,
+            or the model was saved by an older slimtune as a pickle (the message says how to convert it).
+    """
+    from slimtune.compressors import state
+
+    with _artifact_file(study, trial_number) as path:
+        _check_state_file(path, study, trial_number)
+        if base_model is None:
+            base_model = _BASE_MODELS.get(_base_key(study))
+        if base_model is None:
+            raise SlimtuneError(
+                f"trial {trial_number} of study {study.study_name!r}: rebuilding its model needs the model the study "
+                f"compressed: load_model(study, {trial_number}, task.model) (`slimtune export` needs no model)",
+                field="base_model",
+            )
+        try:
+            return state.load(path, base_model, device=device)
+        except ArgumentError as e:
+            raise SlimtuneError(f"trial {trial_number} of study {study.study_name!r}: {e}", field=e.field) from None
+
+
+def export_model(study: optuna.Study, trial_number: int, path: str | os.PathLike[str]) -> Path:
+    """Write the saved model of a trial to ``path`` as it is stored: a state file (``.safetensors`` with the
+    plan and the base model's fingerprint; :func:`slimtune.load` rebuilds it from the base model)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _artifact_file(study, trial_number) as src:
+        _check_state_file(src, study, trial_number)
+        shutil.copyfile(src, out)
+    return out
+
+
+@contextlib.contextmanager
+def _artifact_file(study: optuna.Study, trial_number: int) -> Iterator[str]:
+    """A temporary copy of the file a trial saved its model in."""
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
     trial = get_trial(study, trial_number)
@@ -101,21 +169,25 @@ def load_model(study: optuna.Study, trial_number: int, device: str | torch.devic
     adir = attrs.artifacts_dir(study)
     store = FileSystemArtifactStore(adir)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.pt")
+        path = os.path.join(tmp, "model.safetensors")
         try:
             download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
         except Exception as e:
             raise SlimtuneError(f"the saved model of trial {trial_number} is missing from {adir}: {e}") from e
-        return torch.load(path, map_location=torch.device(device), weights_only=False)
+        yield path
 
 
-def export_model(study: optuna.Study, trial_number: int, path: str | os.PathLike[str]) -> Path:
-    """Write the compressed model of a trial to ``path`` (``torch.save`` of the module)."""
-    model = load_model(study, trial_number)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model, out)
-    return out
+def _check_state_file(path: str, study: optuna.Study, trial_number: int) -> None:
+    from slimtune.compressors import state
+
+    if not state.is_state_file(path):
+        raise SlimtuneError(
+            f"trial {trial_number} of study {study.study_name!r} was saved by an older slimtune as a pickle "
+            "(torch.save), which slimtune does not load: it runs code when read. Run the trial's plan again "
+            f"(slimtune.compressors.compress with the plan of `slimtune pareto`), or, if you trust the file in "
+            f"{attrs.artifacts_dir(study)}, load it yourself with torch.load (pickles allowed) and write it "
+            "safely with slimtune.save(model, plan, base_model, example_inputs, 'model.safetensors')"
+        )
 
 
 def get_trial(study: optuna.Study, number: int) -> FrozenTrial:

@@ -29,6 +29,7 @@ from slimtune.trials.config import SearchConfig
 from slimtune.trials.cost import DEVICE_MEASURES, Cost
 from slimtune.trials.driver import quiet_optuna
 from slimtune.trials.objective import Objective
+from slimtune.trials.results import remember_base_model
 from slimtune.trials.sensitivity import bit_sensitivity_table, sensitivity_table
 from slimtune.trials.storage import artifacts_dir, make_storage, url_of
 from slimtune.trials.task import evaluate_original
@@ -61,6 +62,7 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
     and calibration batches are put there first; a device this machine lacks is an error here.
     """
     device = devices.resolve(config.device or task.device, field="device" if config.device else "Task.device")
+    original = task.model
     task = task.on_device(device)
     measure_batch = config.measure_batch or (DEFAULT_MEASURE_BATCH_GPU if device.type == "cuda" else 32)
     strat = get_strategy(config.strategy, **config.strategy_params)
@@ -104,6 +106,7 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
             load_if_exists=True,
         )
     baseline = _init_study(study, task, strat, cost, space, url, config, measure_batch)
+    remember_base_model(study, original)  # load_model(study, n) in this process rebuilds from it
     store = None
     if config.save_models == "all":
         from optuna.artifacts import FileSystemArtifactStore

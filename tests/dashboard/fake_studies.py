@@ -161,18 +161,30 @@ def add_study(
 
 
 def _upload_model(store: Any, study: optuna.Study, number: int) -> str:
-    """Save a small torch module as the artifact of a trial; returns the artifact id."""
+    """Save a small torch module as the artifact of a trial, in the safe state format (as trials do);
+    returns the artifact id. The base model is :func:`fake_base_model`, the plan an empty one."""
     import tempfile
 
     import torch
     from optuna.artifacts import upload_artifact
 
+    from slimtune.compressors import CompressionPlan, state
+
+    base = fake_base_model()
     torch.manual_seed(number)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial{number}.pt"
-        torch.save(model, path)
+        path = Path(tmp) / f"trial{number}.safetensors"
+        state.save(model, CompressionPlan(), base, torch.zeros(1, 4), path)
         return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+
+
+def fake_base_model() -> Any:
+    """The base model of the fake studies' saved models."""
+    import torch
+
+    torch.manual_seed(12345)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3))
 
 
 def add_sensitivity_cache(storage: Any, key: str = "fake", baseline: float = BASELINE["accuracy"]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from urllib.parse import quote
@@ -14,7 +13,9 @@ import torch
 from optuna._hypervolume import compute_hypervolume
 from optuna.trial import TrialState
 
+import slimtune
 from dashboard_harness import ARTIFACT_TRIALS, STUDIES, Server
+from fake_studies import fake_base_model
 from slimtune.cli import main
 from slimtune.dashboard import StorageReader
 from slimtune.trials import make_storage, open_study, pareto_front
@@ -102,7 +103,7 @@ def test_progress(server: Server, storage_url: str) -> None:
     assert sorted(body["by_time"]["number"]) == sorted(steps["number"])
 
 
-def test_trial_view_data(server: Server, storage_url: str) -> None:
+def test_trial_view_data(server: Server, storage_url: str, tmp_path: Path) -> None:
     study = _study(storage_url, "nsga2-a")
     t = next(t for t in study.get_trials(deepcopy=False) if t.number in ARTIFACT_TRIALS and t.state == TrialState.COMPLETE)
     status, body = server.get(f"api/studies/nsga2-a/trials/{t.number}")
@@ -119,13 +120,16 @@ def test_trial_view_data(server: Server, storage_url: str) -> None:
     assert body["constraints"] == t.user_attrs["constraints"] and body["hostname"] == "fake-host"
     assert body["device"] == "cuda:1 (Fake GPU)" and "device" not in body["user_attrs"]
     assert body["export_command"] == (
-        f"slimtune export --storage {storage_url} --study nsga2-a --trial {t.number} --out nsga2-a-trial{t.number}.pt"
+        f"slimtune export --storage {storage_url} --study nsga2-a --trial {t.number} --out nsga2-a-trial{t.number}.safetensors"
     )
     status, data, headers = server.raw(body["download"])
-    assert status == 200 and f"nsga2-a-trial{t.number}.pt" in headers["content-disposition"]
+    assert status == 200 and f"nsga2-a-trial{t.number}.safetensors" in headers["content-disposition"]
+    assert headers["content-type"] == "application/vnd.slimtune.state+safetensors"
     artifact = Path(study.user_attrs["artifacts_dir"]) / t.user_attrs["model_artifact"]
     assert data == artifact.read_bytes()
-    assert isinstance(torch.load(io.BytesIO(data), weights_only=False), torch.nn.Module)
+    served = tmp_path / "served.safetensors"
+    served.write_bytes(data)
+    assert isinstance(slimtune.load(served, fake_base_model()), torch.nn.Module)  # no pickle involved
 
     failed = next(t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL)
     status, body = server.get(f"api/studies/nsga2-a/trials/{failed.number}")

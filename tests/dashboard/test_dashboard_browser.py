@@ -155,7 +155,7 @@ def test_clicking_a_point_opens_its_trial(page: Any, server: Server, storage_url
     study = open_study(storage_url, "nsga2-a")
     artifact = Path(study.user_attrs["artifacts_dir"]) / study.trials[n].user_attrs["model_artifact"]
     assert Path(info.value.path()).read_bytes() == artifact.read_bytes()
-    assert info.value.suggested_filename == f"nsga2-a-trial{n}.pt"
+    assert info.value.suggested_filename == f"nsga2-a-trial{n}.safetensors"
     assert page.inner_text("#trial-export").startswith(f"slimtune export --storage {storage_url} --study nsga2-a --trial {n}")
 
     # a failed trial shows its error; an unknown one says so

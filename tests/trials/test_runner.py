@@ -137,19 +137,30 @@ def test_complete_trials_record_plan_measures_and_times(digits_study) -> None:
         assert t.user_attrs["model_artifact"]
 
 
-def test_load_model_evaluates_to_the_stored_accuracy(digits_study, tmp_path: Path) -> None:
+def test_load_model_evaluates_to_the_stored_accuracy(
+    digits_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     task, study, _ = digits_study
     for t in study.get_trials(deepcopy=False):
-        model = load_model(study, t.number)
+        model = load_model(study, t.number, task.model)  # rebuilt from the original and the plan: no pickle
         assert isinstance(model, torch.nn.Module)
         m = t.user_attrs["measures"]
         assert task.evaluate(model) == m["accuracy"]
         assert float(count_flops(model, task.example_inputs)["macs"].sum()) == m["flops_abs"]
-    out = export_model(study, 1, tmp_path / "sub" / "model.pt")
-    exported = torch.load(out, weights_only=False)
+    out = export_model(study, 1, tmp_path / "sub" / "model.safetensors")
+    exported = slimtune.load(out, task.model)
     assert task.evaluate(exported) == study.trials[1].user_attrs["measures"]["accuracy"]
     with pytest.raises(SlimtuneError, match="has no trial 99"):
-        load_model(study, 99)
+        load_model(study, 99, task.model)
+    # in the process that ran the search the task's model is remembered; elsewhere it must be given
+    assert task.evaluate(load_model(study, 1)) == study.trials[1].user_attrs["measures"]["accuracy"]
+    import weakref
+
+    from slimtune.trials import results
+
+    monkeypatch.setattr(results, "_BASE_MODELS", weakref.WeakValueDictionary())
+    with pytest.raises(SlimtuneError, match=r"needs the model the study compressed: load_model\(study, 1, task.model\)"):
+        load_model(study, 1)
 
 
 def test_reopened_study_loads_models(digits_study) -> None:

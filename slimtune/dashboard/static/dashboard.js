@@ -371,7 +371,7 @@
     const times = Object.entries(t.times);
     if (times.length) left.push(h("h3", {}, "Time (s)"), h("table", { class: "grid" }, h("tr", {}, times.map(([k]) => h("th", {}, k))), h("tr", {}, times.map(([, v]) => h("td", { class: "num" }, fmt(v, 3))))));
     const right = [h("h3", {}, "Compressed model")];
-    if (t.download && LIVE) right.push(h("p", {}, h("a", { href: t.download, id: "trial-download", download: "" }, "download the model (torch.save file)")));
+    if (t.download && LIVE) right.push(h("p", {}, h("a", { href: t.download, id: "trial-download", download: "" }, "download the model (safetensors state file: slimtune.load(file, base_model))")));
     if (t.export_command) right.push(h("pre", { class: "cmd", id: "trial-export" }, t.export_command));
     else right.push(h("p", { class: "note" }, "no saved model for this trial"));
     const params = Object.entries(t.params);
