@@ -147,15 +147,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     with open(p, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise ArgumentError(
-            f"{p} is a pickle (torch.save), not a slimtune state file; slimtune does not load pickles, which run "
-            "code when read. If you trust the file, load it yourself (torch.load with pickles allowed) and "
-            "write it safely with slimtune.save(model, plan, base_model, example_inputs, 'model.safetensors')",
-            field="path",
-        )
     size = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
-    if not 0 < size < _MAGIC_LIMIT or head[8:9] != b"{":
+    if not (0 < size < _MAGIC_LIMIT and head[8:9] == b"{"):
+        if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip archive, or a bare pickle
+            raise ArgumentError(
+                f"{p} is a pickle (torch.save), not a slimtune state file; slimtune does not load pickles, which "
+                "run code when read. If you trust the file, load it yourself (torch.load with pickles allowed) and "
+                "write it safely with slimtune.save(model, plan, base_model, example_inputs, 'model.safetensors')",
+                field="path",
+            )
         raise ArgumentError(f"{p} is not a safetensors file", field="path")
     from safetensors import safe_open
 
