@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", required=True, metavar="FILE", help="where to write the model (e.g. model.safetensors)"
     )
+    export.add_argument(
+        "--format",
+        choices=("state", "onnx", "pt2"),
+        help="state: safetensors + plan (slimtune.load); onnx: an ONNX file checked in onnxruntime; pt2: a "
+        "torch.export program (torch.export.load); default: from --out's suffix (.onnx, .pt2), else state",
+    )
 
     sensitivity = command(
         "sensitivity",
@@ -401,7 +407,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from slimtune.trials.results import export_model
 
     _check_file_path(args.out, "--out", "model.safetensors")
+    fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(Path(args.out).suffix.lower(), "state")
     study = _open_study(args)
+    if fmt != "state":
+        return _export_program(args, study, fmt)
     try:
         path = export_model(study, args.trial, args.out)
     except OSError as exc:
@@ -413,6 +422,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"inputs: {inputs} (the first dimension is the batch)")
     print(f"base model: {meta.get('base_class')} (fingerprint {meta.get('base', {}).get('architecture')})")
     print(f"load it with: slimtune.load({str(path)!r}, base_model)   # base_model: the model the study compressed")
+    return 0
+
+
+def _export_program(args: argparse.Namespace, study: optuna.Study, fmt: str) -> int:
+    """``export --format onnx|pt2``: rebuild the trial's model from the spec's task, export it, check it."""
+    from slimtune import devices
+    from slimtune.compressors.deploy import export_onnx, export_pt2
+    from slimtune.trials.results import load_model
+
+    if not args.spec:
+        raise SlimtuneError(
+            f"--format {fmt} rebuilds the trial's model from the task's model: give the SPEC file (its task)",
+            field="--format",
+        )
+    task = load_spec(args.spec).make_task()
+    model = load_model(study, args.trial, task.model)
+    export = export_onnx if fmt == "onnx" else export_pt2
+    result = export(model, devices.move(task.example_inputs, "cpu"), args.out)
+    print(f"exported trial {args.trial} of study {study.study_name!r}")
+    print(result)
     return 0
 
 

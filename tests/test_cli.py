@@ -109,6 +109,7 @@ def test_export_writes_a_loadable_model(study_dir: Path) -> None:
     assert f"exported trial {trial} of study 'tiny' to model.safetensors" in result.stdout
     assert "inputs: float32[1, 8] (the first dimension is the batch)" in result.stdout
     from _tasks import tiny_task
+
     from slimtune.compressors.state import load
 
     model = load(study_dir / "model.safetensors", tiny_task(hidden=16).model)  # the spec's base model
@@ -365,3 +366,26 @@ def test_no_optuna_log_lines_from_the_cli(study_dir: Path) -> None:
     result = slimtune(study_dir, "run", "tiny.yaml", "--n-trials", "4", "--study", "tiny-logs")
     assert result.returncode == 0, result.stderr
     assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("[I ")]
+
+
+def test_export_formats_onnx_and_pt2(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from slimtune.compressors.deploy import load_pt2
+
+    monkeypatch.chdir(study_dir)
+    monkeypatch.syspath_prepend(str(TESTS))
+    onnx_path, pt2_path = tmp_path / "m.onnx", tmp_path / "m.bin"
+    assert main(["-q", "export", "tiny.yaml", "--trial", "0", "--out", str(onnx_path)]) == 0  # format from the suffix
+    out = capsys.readouterr().out
+    assert "ONNX (opset" in out and "inputs:  input: float32[batch, 8]" in out and "checked with onnxruntime" in out
+    x = torch.randn(5, 8)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].shape == (5, 3)
+    assert main(["-q", "export", "tiny.yaml", "--trial", "0", "--out", str(pt2_path), "--format", "pt2"]) == 0
+    assert load_pt2(pt2_path).module()(x).shape == (5, 3)
+    assert main(["-q", "export", "--study", "tiny", "--trial", "0", "--out", str(onnx_path)]) == 2
+    assert "--format onnx rebuilds the trial's model from the task's model: give the SPEC" in capsys.readouterr().err
