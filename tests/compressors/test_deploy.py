@@ -218,13 +218,3 @@ def test_bad_inputs_and_arguments_are_clear_errors(tmp_path):
     (tmp_path / "junk.pt2").write_text("not a program")
     with pytest.raises(SlimtuneError, match=r"load_pt2: torch.export.load cannot load .*junk\.pt2"):
         load_pt2(tmp_path / "junk.pt2")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_model_on_the_gpu_is_exported_from_a_cpu_copy(tmp_path):
-    model, x = _reference("resnet20", pruned=True)
-    model = model.cuda()
-    result = export_pt2(model, x.cuda(), tmp_path / "gpu.pt2")
-    assert next(model.parameters()).is_cuda and result.max_abs_diff <= 1e-4
-    if onnx_available():
-        assert export_onnx(model, x.cuda(), tmp_path / "gpu.onnx").max_abs_diff <= 1e-4
