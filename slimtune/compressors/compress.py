@@ -56,6 +56,11 @@ def compress(
         quant_algorithm: Quantization algorithm (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``, ``slb``);
             None: the plan's ``quant_algorithm``, else ``ste``.
 
+    Each group loses :meth:`plan.n_prune(group) <CompressionPlan.n_prune>` channels: with
+    ``plan.channel_multiple`` (8, 16) its kept channels are a multiple of it
+    (:func:`~slimtune.compressors.plan.round_kept` says what happens at the edges), the counts the
+    resource predictor and the latency table predict.
+
     Pruning comes first (and speedup), then quantization: the plan's ``quantize`` layers are
     wrapped in fake-quantizers (weights per channel at ``bits_w``; inputs at ``bits_a`` with a
     range calibrated on ``data``, then frozen). The result trains with straight-through gradients

@@ -14,11 +14,29 @@ Example:
     >>> plan = CompressionPlan.uniform(graph, 0.5, criterion="l1")
     >>> CompressionPlan.from_json(plan.to_json()) == plan
     True
+
+*Hardware-friendly widths.* With ``channel_multiple`` set, every group keeps a multiple of it
+(:func:`round_kept`): vector units and tensor cores work in lanes of 8 or 16 channels, so a
+layer of 24 channels can run as fast as one of 32 and faster than one of 25.
+:meth:`CompressionPlan.n_prune` is the one place where a plan's sparsity becomes a number of
+channels; :func:`~slimtune.compressors.compress`, the
+:class:`~slimtune.compressors.measures.ResourcePredictor` and the
+:class:`~slimtune.compressors.measures.LatencyTable` all read it, and
+:meth:`CompressionPlan.rounded` writes the rounded counts back as sparsities, so code that maps a
+sparsity to channels with :meth:`Group.n_prune <slimtune.compressors.Group.n_prune>` agrees too:
+
+    >>> plan = CompressionPlan.uniform(graph, 0.3, channel_multiple=8)
+    >>> group = graph.groups["features.4"]                     # 64 channels
+    >>> group.size - group.n_prune(0.3), group.size - plan.n_prune(group)
+    (45, 48)
+    >>> plan.rounded(graph).prune["features.4"].sparsity       # 16 of 64 removed
+    0.25
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -28,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from slimtune.errors import PlanError
 
 if TYPE_CHECKING:
+    from slimtune.compressors._types import Group
     from slimtune.compressors.graph import ModelGraph
 
 Granularity = Literal["channel", "unstructured"]
@@ -42,6 +61,7 @@ _FIELDS = (
     "finetune",
     "init_from_trial",
     "quant_algorithm",
+    "channel_multiple",
 )
 
 
@@ -90,8 +110,11 @@ class CompressionPlan:
         quant_algorithm: The quantization algorithm of the ``quantize`` layers, a name from
             :data:`slimtune.compressors.quantization.ALGORITHMS` (``ste``, ``ptq``, ``pact``, ``dorefa``,
             ``bnn``, ``slb`` ...); None: ``ste`` (or what :func:`~slimtune.compressors.compress` is given).
+        channel_multiple: Round every pruned group's kept channels to a multiple of this (8 or 16:
+            the SIMD and tensor-core widths; :func:`round_kept` says what happens at the edges).
+            None (or 1): no rounding. Channel granularity only.
 
-    The last five are written by :meth:`to_dict` only when they differ from their defaults, so
+    The last six are written by :meth:`to_dict` only when they differ from their defaults, so
     plans stored before they existed stay valid.
     """
 
@@ -103,6 +126,7 @@ class CompressionPlan:
     finetune: dict[str, Any] = field(default_factory=dict)
     init_from_trial: int | None = None
     quant_algorithm: str | None = None
+    channel_multiple: int | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -112,8 +136,10 @@ class CompressionPlan:
         sparsity: float,
         criterion: str = "l1",
         granularity: Granularity = "channel",
+        channel_multiple: int | None = None,
     ) -> CompressionPlan:
-        """The same sparsity for every prunable group (or layer, when unstructured).
+        """The same sparsity for every prunable group (or layer, when unstructured); with
+        ``channel_multiple``, kept channels rounded to multiples of it (see :func:`round_kept`).
 
         Raises:
             PlanError: ``granularity="channel"`` on a graph without a prunable group (tracing failed,
@@ -135,7 +161,12 @@ class CompressionPlan:
                     else " (it has no Conv/Linear layer whose channels propagation reaches)"
                 )
             )
-        plan = cls({n: PruneSpec(float(sparsity), criterion) for n in names}, {}, granularity)
+        plan = cls(
+            {n: PruneSpec(float(sparsity), criterion) for n in names},
+            {},
+            granularity,
+            channel_multiple=channel_multiple,
+        )
         plan.validate(graph)
         return plan
 
@@ -146,6 +177,7 @@ class CompressionPlan:
         criterion: str | Mapping[str, str] = "l1",
         granularity: Granularity = "channel",
         quantize: Mapping[str, QuantSpec | Mapping[str, Any]] | None = None,
+        channel_multiple: int | None = None,
     ) -> CompressionPlan:
         """Build a plan from ``{group: sparsity}`` and one criterion (or one per group)."""
         prune = {}
@@ -153,7 +185,7 @@ class CompressionPlan:
             crit = criterion if isinstance(criterion, str) else criterion.get(name, "l1")
             prune[name] = PruneSpec(float(s), crit)
         quant = {k: v if isinstance(v, QuantSpec) else QuantSpec(**v) for k, v in (quantize or {}).items()}
-        return cls(prune, quant, granularity)
+        return cls(prune, quant, granularity, channel_multiple=channel_multiple)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +204,8 @@ class CompressionPlan:
             out["init_from_trial"] = self.init_from_trial
         if self.quant_algorithm is not None:
             out["quant_algorithm"] = self.quant_algorithm
+        if self.channel_multiple is not None:
+            out["channel_multiple"] = self.channel_multiple
         return out
 
     def to_json(self, **kwargs: Any) -> str:
@@ -211,6 +245,8 @@ class CompressionPlan:
             extra[key] = copy.deepcopy(dict(value))
         init = data.get("init_from_trial")
         algorithm = data.get("quant_algorithm")
+        multiple = data.get("channel_multiple")
+        _check_multiple(multiple)
         return cls(
             prune,
             quant,
@@ -219,6 +255,7 @@ class CompressionPlan:
             **extra,
             init_from_trial=init,
             quant_algorithm=algorithm,
+            channel_multiple=multiple,
         )
 
     @classmethod
@@ -259,6 +296,13 @@ class CompressionPlan:
                 raise PlanError(
                     f"unknown {kind} {name!r} in plan.prune{why}; prunable {kind}s are: {_preview(sorted(names))}"
                 )
+        _check_multiple(self.channel_multiple)
+        if self.channel_multiple not in (None, 1) and self.granularity != "channel":
+            raise PlanError(
+                f"plan.channel_multiple: {self.channel_multiple} rounds kept channels, but a "
+                f"{self.granularity!r} plan removes single weights: drop it or use granularity 'channel'",
+                field="plan.channel_multiple",
+            )
         self._validate_training()
         qnames = set(graph.quantizable_layers()) if graph is not None else None
         max_bits = 8
@@ -309,6 +353,46 @@ class CompressionPlan:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise PlanError(f"plan.init_from_trial must be a trial number (an integer >= 0) or null, got {n!r}")
 
+    # ------------------------------------------------------------------ channel counts
+    def n_prune(self, group: Group) -> int:
+        """Channels the plan removes from ``group`` (0 when the plan does not list it).
+
+        ``group.n_prune(sparsity)`` (half rounds up, equally many per block, one channel per block
+        always stays), then, with :attr:`channel_multiple`, the kept count rounded by
+        :func:`round_kept`. Compress, the resource predictor and the latency table all count this way.
+        A group whose producers each hold part of its channels (a split, the inputs of a
+        concatenation) keeps a multiple in all; its parts share the removals by their sizes
+        (:meth:`Group.allocate <slimtune.compressors.Group.allocate>`), so a part's count need not be one.
+        """
+        spec = self.prune.get(group.name)
+        if spec is None:
+            return 0
+        n = group.n_prune(float(spec.sparsity))
+        if self.channel_multiple in (None, 1) or self.granularity != "channel":
+            return n
+        return group.size - round_kept(group.size - n, group.size, self.channel_multiple, group.blocks)
+
+    def rounded(self, graph: ModelGraph) -> CompressionPlan:
+        """The plan with :attr:`channel_multiple` applied to its sparsities: each group's sparsity
+        becomes the exact fraction (removed channels per block / channels per block) that
+        :meth:`Group.n_prune <slimtune.compressors.Group.n_prune>` maps back to :meth:`n_prune`'s count.
+
+        Idempotent, and ``self`` when there is nothing to round (no multiple, unstructured plans).
+        Groups ``graph`` lacks keep their sparsity (:meth:`validate` reports them). The rounded plan
+        keeps ``channel_multiple``, so it documents what it was rounded to.
+        """
+        if self.channel_multiple in (None, 1) or self.granularity != "channel":
+            return self
+        prune = {}
+        for name, spec in self.prune.items():
+            group = graph.groups.get(name)
+            if group is None:
+                prune[name] = spec
+                continue
+            per_block = group.size // group.blocks
+            prune[name] = PruneSpec(self.n_prune(group) // group.blocks / per_block, spec.criterion)
+        return dataclasses.replace(self, prune=prune)
+
     # ------------------------------------------------------------------ summaries
     def sparsities(self) -> dict[str, float]:
         return {k: v.sparsity for k, v in self.prune.items()}
@@ -329,7 +413,53 @@ class CompressionPlan:
             parts.append(f"from trial {self.init_from_trial}")
         if self.quant_algorithm is not None and self.quantize:
             parts.append(f"quantized by {self.quant_algorithm}")
+        if self.channel_multiple not in (None, 1):
+            parts.append(f"channels in multiples of {self.channel_multiple}")
         return ", ".join(parts)
+
+
+def round_kept(kept: int, size: int, multiple: int | None, blocks: int = 1) -> int:
+    """``kept`` of a group's ``size`` channels rounded to a hardware-friendly width.
+
+    The kept count moves to the nearest multiple of ``step = lcm(multiple, blocks)`` (a grouped
+    convolution keeps equally many channels per block, so the step also divides into its
+    blocks); a tie goes to the smaller count, as :meth:`Group.n_prune
+    <slimtune.compressors.Group.n_prune>` rounds removals half up. At the edges:
+
+    * never below one step: a plan keeping fewer channels keeps ``step``;
+    * never above ``size``: when ``size`` is no multiple of the step, ``size`` itself (the group
+      left whole) is the candidate above the largest multiple;
+    * a group of at most ``step`` channels keeps them all (it has no smaller multiple);
+    * ``multiple`` None or 1, or ``kept >= size``: ``kept`` unchanged.
+
+    Example:
+        >>> [round_kept(k, 64, 8) for k in (1, 11, 12, 13, 60, 61, 64)]
+        [8, 8, 8, 16, 56, 64, 64]
+        >>> round_kept(9, 20, 8), round_kept(19, 20, 8), round_kept(5, 12, 16)  # 20 is no multiple of 8
+        (8, 20, 12)
+        >>> round_kept(10, 48, 8, blocks=3)  # lcm(8, 3) = 24: 8 per block
+        24
+    """
+    if multiple is None or multiple <= 1 or kept >= size:
+        return kept
+    step = math.lcm(int(multiple), int(blocks))
+    if size <= step:
+        return size
+    lo = kept // step * step
+    hi = min(lo + step, size)
+    if lo < step:
+        return hi
+    return lo if kept - lo <= hi - kept else hi
+
+
+def _check_multiple(value: Any) -> None:
+    """``plan.channel_multiple`` must be None or a positive integer."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise PlanError(
+            f"plan.channel_multiple must be a positive integer (8 or 16: the SIMD and tensor-core widths) "
+            f"or null, got {value!r}",
+            field="plan.channel_multiple",
+        )
 
 
 def _preview(names: list[str], n: int = 12) -> str:

@@ -40,13 +40,15 @@ _UNSTRUCTURED_SCORES = {
 def select_channels(graph: ModelGraph, plan: CompressionPlan, ctx: CriterionContext) -> dict[str, torch.Tensor]:
     """The channels each group of ``plan`` loses: ``{group: sorted long tensor of channel ids}``.
 
-    Each group loses ``group.n_prune(sparsity)`` channels, the lowest-scoring by its criterion;
-    with a block constraint (grouped convs) the same number is taken from each block.
+    Each group loses :meth:`plan.n_prune(group) <slimtune.compressors.CompressionPlan.n_prune>`
+    channels (``group.n_prune(sparsity)``, kept channels rounded to ``plan.channel_multiple``), the
+    lowest-scoring by its criterion; with a block constraint (grouped convs) the same number is
+    taken from each block.
     """
     pruned: dict[str, torch.Tensor] = {}
     for name, spec in plan.prune.items():
         group = graph.groups[name]
-        n = group.n_prune(spec.sparsity)
+        n = plan.n_prune(group)
         if n == 0:
             continue
         scores = score_group(group, spec.criterion, ctx)

@@ -73,6 +73,11 @@ class SpaceOptions:
             ``dorefa``, ``bnn``, ``slb`` ...) written into every plan, or a list of names searched
             as the trial parameter ``quant/algorithm``; None: ``ste``. Each must accept every
             searched weight bit-width (``slb`` 1-4 bits, ``bnn`` 1 bit).
+        channel_multiple: Hardware-friendly widths: every plan of the space keeps a multiple of
+            this many channels in each group (8 or 16, the SIMD and tensor-core widths; see
+            :func:`~slimtune.compressors.plan.round_kept` for groups smaller than it). The plans
+            carry it as ``plan.channel_multiple`` and their sparsities are the rounded ones, so
+            compress, the resource predictor and the latency table agree. None: no rounding.
     """
 
     max_sparsity: float = 0.9
@@ -87,6 +92,7 @@ class SpaceOptions:
     bits_a: tuple[int, ...] | None = None
     quantize_layers: tuple[str, ...] | None = None
     quant_algorithm: str | tuple[str, ...] | None = None
+    channel_multiple: int | None = None
 
     def __post_init__(self) -> None:
         """Check every option: a :class:`~slimtune.errors.ConfigError` whose ``field`` is ``space.<option>``."""
@@ -146,6 +152,9 @@ class SpaceOptions:
             object.__setattr__(self, "quantize_layers", tuple(self.quantize_layers))
         if self.quant_algorithm is not None:
             object.__setattr__(self, "quant_algorithm", self._check_algorithms())
+        m = self.channel_multiple
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise _bad("channel_multiple", f"expected a positive integer such as 8 or 16 (or null), got {m!r}")
 
     def _check_algorithms(self) -> str | tuple[str, ...]:
         from slimtune.compressors.quantization.algorithms import ALGORITHMS
@@ -301,7 +310,10 @@ class SearchSpace:
     def plan(self, params: Mapping[str, Any]) -> CompressionPlan:
         """The plan of a trial's parameters (``sparsity/<group>``, ``bits_w/<layer>``, ``bits_a/<layer>``
         and ``quant/algorithm`` keys; others are ignored). Without ``quant/algorithm`` the plan
-        quantizes with the first of ``space.quant_algorithm``."""
+        quantizes with the first of ``space.quant_algorithm``. With ``space.channel_multiple`` the
+        plan carries it and its sparsities are rounded to it (:meth:`CompressionPlan.rounded
+        <slimtune.compressors.CompressionPlan.rounded>`): a stored plan gives the same channels to
+        any code that reads its sparsities."""
         prune = {}
         bits: dict[str, dict[str, int | None]] = {}
         for key, value in params.items():
@@ -326,7 +338,10 @@ class SearchSpace:
                     f"parameter {QUANT_ALGORITHM_PARAM!r}: {algorithm!r} is not one of space.quant_algorithm "
                     f"{list(self.options.quant_algorithms)}"
                 )
-        return CompressionPlan(prune, quantize, quant_algorithm=algorithm)
+        plan = CompressionPlan(
+            prune, quantize, quant_algorithm=algorithm, channel_multiple=self.options.channel_multiple
+        )
+        return plan.rounded(self.graph)
 
     def uniform(self, sparsity: float, clip: bool = True) -> dict[str, Any]:
         """Parameters giving every group ``sparsity`` (clipped to each group's bounds); searched

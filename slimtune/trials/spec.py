@@ -134,6 +134,8 @@ SPACE_FIELDS: dict[str, str] = {
     "bits_w": "weight bit-widths to choose from per layer, e.g. [4, 8, 32] (32 = float; default: none)",
     "bits_a": "activation bit-widths to choose from per layer, e.g. [8, 32] (needs calibration data)",
     "quantize_layers": "layers whose bit-widths are searched (default: every Conv/Linear)",
+    "channel_multiple": "round every group's kept channels to a multiple of this, e.g. 8 or 16 (SIMD and "
+    "tensor-core widths; a group that small stays whole; default: none)",
     "quant_algorithm": "quantization algorithm of every plan (ste, ptq, pact, dorefa, bnn, slb ...), or a list of "
     "them searched as the parameter quant/algorithm (default: ste)",
 }

@@ -15,7 +15,9 @@ from torch import nn
 
 from slimtune.compressors import CompressionPlan, compress, trace
 from slimtune.compressors.measures import LatencyTable
-from slimtune.compressors.measures._lut_parts import Entry, LayerSpec, cell, interp1, line_fit
+from slimtune.compressors.measures._lut_parts import Entry, LayerSpec, cell, grid_counts, interp1, line_fit
+from slimtune.compressors.plan import round_kept
+from slimtune.errors import MeasureError
 
 FAST = {"batch_size": 4, "grid": (0.5, 1.0), "warmup": 1, "repeats": 2, "burst": 1}
 
@@ -263,3 +265,48 @@ def test_attention_products_are_looked_up_by_kept_heads() -> None:
     again = LatencyTable.from_json(table.to_json(), graph)
     assert again.products_ms == table.products_ms
     assert again.predict({node: (2, 2)}, measure_missing=False) == table.predict({node: (2, 2)}, measure_missing=False)
+
+
+# ------------------------------------------------------------------------------------------ channel multiples
+class Net(nn.Module):
+    """conv 3->32, conv 32->32, pool, fc: two prunable 32-channel groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_latency_table_predicts_the_rounded_counts() -> None:
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(1, 3, 8, 8)
+    graph = trace(model, x)
+    fast = {"batch_size": 2, "grid": (0.3, 0.6, 1.0), "warmup": 1, "repeats": 1, "burst": 1}
+    table = LatencyTable.build(graph, x, channel_multiple=8, **fast)
+    assert table.meta["channel_multiple"] == 8
+    entry = table.entries[table.layers["conv2"].key]
+    assert entry.ins == entry.outs == [8, 16, 32]  # 0.3·32 ≈ 10 → 8, 0.6·32 ≈ 19 → 16
+    plan = CompressionPlan.from_sparsities({"conv1": 0.42, "conv2": 0.7}, channel_multiple=8)
+    small = compress(model, plan, x, graph=graph)
+    counts = {"conv1": (3, small.conv1.out_channels), "conv2": (small.conv2.in_channels, small.conv2.out_channels)}
+    counts["fc"] = (small.fc.in_features, 10)
+    assert counts == {"conv1": (3, 16), "conv2": (16, 8), "fc": (8, 10)}  # 18.6 → 16 and 9.6 → 8 kept
+    assert table.measure(plan) == 0  # the rounded counts are grid points
+    assert table.predict(plan, measure_missing=False) == pytest.approx(table.predict(counts, measure_missing=False))
+    with pytest.raises(MeasureError, match="channel_multiple must be a positive int"):
+        LatencyTable.build(graph, x, channel_multiple=0, **fast)
+
+
+def test_grid_counts_with_a_channel_multiple() -> None:
+    def to(multiple: int):
+        return lambda count, size, blocks: round_kept(count, size, multiple, blocks)
+
+    assert grid_counts(64, (0.25, 0.5, 0.75, 1.0), 1) == [16, 32, 48, 64]
+    assert grid_counts(20, (0.25, 0.5, 0.75, 1.0), 1, to(8)) == [8, 16, 20]
+    assert grid_counts(12, (0.25, 0.5, 1.0), 1, to(16)) == [12]
+    assert grid_counts(48, (0.25, 0.5, 1.0), 3, to(8)) == [24, 48]  # grouped: multiples of lcm(3, 8)

@@ -85,7 +85,9 @@ def test_training_fields_round_trip_and_stay_out_of_default_plans(graph):
 def test_training_field_errors_name_the_field(graph):
     with pytest.raises(PlanError, match=r"plan.compressor: unknown compressor 'adm'; known: \['admm', 'agp'"):
         CompressionPlan(compressor="adm").validate()
-    with pytest.raises(PlanError, match=r"plan.compressor_params: unknown parameter\(s\) \['roh'\] of compressor 'admm'"):
+    with pytest.raises(
+        PlanError, match=r"plan.compressor_params: unknown parameter\(s\) \['roh'\] of compressor 'admm'"
+    ):
         CompressionPlan(compressor="admm", compressor_params={"roh": 1}).validate(graph)
     with pytest.raises(PlanError, match=r"plan.finetune.kd.alpha: must be a number in \[0, 1\]"):
         CompressionPlan(finetune={"kd": {"alpha": 1.5}}).validate()
@@ -95,3 +97,19 @@ def test_training_field_errors_name_the_field(graph):
         CompressionPlan.from_dict({"compressor": 3})
     with pytest.raises(PlanError, match=r"plan.finetune must be a mapping"):
         CompressionPlan.from_dict({"finetune": [1]})
+
+
+def test_channel_multiple_round_trips_and_bad_values_name_the_field(graph) -> None:
+    plan = CompressionPlan.uniform(graph, 0.4, channel_multiple=8)
+    assert plan.to_dict()["channel_multiple"] == 8
+    assert CompressionPlan.from_json(plan.to_json()) == plan
+    assert "channel_multiple" not in CompressionPlan.uniform(graph, 0.4).to_dict()  # stored plans stay as they were
+    for bad in (0, -8, 8.0, "8", True):
+        with pytest.raises(PlanError, match=r"plan.channel_multiple must be a positive integer") as e:
+            CompressionPlan.from_dict({"prune": {}, "channel_multiple": bad})
+        assert e.value.field == "plan.channel_multiple"
+        with pytest.raises(PlanError, match=r"plan.channel_multiple"):
+            CompressionPlan(channel_multiple=bad).validate(graph)
+    unstructured = CompressionPlan({"fc": PruneSpec(0.5)}, granularity="unstructured", channel_multiple=8)
+    with pytest.raises(PlanError, match=r"plan.channel_multiple: 8 rounds kept channels, but a 'unstructured'"):
+        unstructured.validate(graph)

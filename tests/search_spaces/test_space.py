@@ -10,7 +10,7 @@ from optuna.distributions import FloatDistribution
 
 from slimtune.compressors import trace
 from slimtune.compressors.plan import CompressionPlan, PruneSpec
-from slimtune.errors import PlanError
+from slimtune.errors import ConfigError, PlanError
 from slimtune.examples.models import mlp, resnet20
 from slimtune.search_spaces import SPARSITY_PREFIX, SearchSpace, SpaceOptions, parameter_groups
 
@@ -243,7 +243,9 @@ def test_unknown_criterion_lists_known() -> None:
 
 
 def test_from_dict_unknown_option() -> None:
-    with pytest.raises(ValueError, match=r"space.max_sparse: unknown option\(s\) \['max_sparse'\]; did you mean 'max_sparsity'\?"):
+    with pytest.raises(
+        ValueError, match=r"space.max_sparse: unknown option\(s\) \['max_sparse'\]; did you mean 'max_sparsity'\?"
+    ):
         SpaceOptions.from_dict({"max_sparse": 0.5})
 
 
@@ -283,7 +285,9 @@ def test_bit_width_options_are_checked(graph) -> None:
         SpaceOptions(bits_a=[])
     with pytest.raises(ValueError, match=r"space.quantize_layers: \['nope'\]"):
         SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[8], quantize_layers=["nope"]))
-    only = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[8], quantize_layers=[graph.quantizable_layers()[0]]))
+    only = SearchSpace(
+        graph, SpaceOptions(sensitivity=False, bits_w=[8], quantize_layers=[graph.quantizable_layers()[0]])
+    )
     assert [k for k in only.distributions() if k.startswith("bits_w/")] == [f"bits_w/{graph.quantizable_layers()[0]}"]
 
 
@@ -304,7 +308,10 @@ def test_quant_algorithm_is_fixed_or_searched_and_checked_against_the_bits(graph
         searched.plan({f"bits_w/{layer}": 4, "quant/algorithm": "bnn"})
     assert SpaceOptions.from_dict(searched.options.to_dict()) == searched.options
     assert searched.options.to_dict()["quant_algorithm"] == ["slb", "ste"]
-    with pytest.raises(ValueError, match=r"space.quant_algorithm: 'slb' quantizes weights to at most 4 bit\(s\) but space.bits_w has \[8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"space.quant_algorithm: 'slb' quantizes weights to at most 4 bit\(s\) but space.bits_w has \[8\]",
+    ):
         SpaceOptions(bits_w=[4, 8, 32], quant_algorithm=["ste", "slb"])
     with pytest.raises(ValueError, match=r"space.quant_algorithm: 'bnn' .* at most 1 bit"):
         SpaceOptions(bits_w=[1, 2], quant_algorithm="bnn")
@@ -342,7 +349,9 @@ def test_bit_sensitivity_seeds_each_layer_at_its_lowest_safe_bits(graph) -> None
     assert snapped.safe_bits == {a: 4, b: 4, c: 8}
     # a layer unsafe even at its highest analysed bits stays float when 32 is a choice
     unsafe = bit_frame({a: [(4, 0.5), (8, 0.4)]})
-    assert SearchSpace(graph, SpaceOptions(tolerance=0.02, bits_w=[4, 8, 32]), bit_sensitivity=unsafe).safe_bits == {a: 32}
+    assert SearchSpace(graph, SpaceOptions(tolerance=0.02, bits_w=[4, 8, 32]), bit_sensitivity=unsafe).safe_bits == {
+        a: 32
+    }
     # sensitivity off: the table is ignored
     off = SearchSpace(graph, SpaceOptions(sensitivity=False, bits_w=[2, 4, 8]), bit_sensitivity=table)
     assert off.safe_bits == {} and len(off.seeds()) == 1
@@ -402,3 +411,23 @@ def test_allocate_reads_drops_as_non_decreasing_and_ends_when_out_of_levels(grap
     # without a sensitivity table there is nothing to read
     assert SearchSpace(graph, SpaceOptions(sensitivity=False), table).allocate(size, 0.5) is None
     assert SearchSpace(graph).allocate(size, 0.5) is None
+
+
+# ---------------------------------------------------------------------- hardware-friendly widths
+def test_space_plans_carry_the_channel_multiple(graph) -> None:
+    space = SearchSpace(graph, SpaceOptions(sensitivity=False, channel_multiple=8))
+    params = {space.param_name(g): 0.33 for g in space.groups}
+    plan = space.plan(params)
+    assert plan.channel_multiple == 8
+    for g in space.groups:
+        group = graph.groups[g]
+        kept = group.size - group.n_prune(plan.prune[g].sparsity)  # the stored sparsities are the rounded ones
+        assert kept % 8 == 0 and kept == group.size - plan.n_prune(group)
+    assert [graph.groups[g].size - plan.n_prune(graph.groups[g]) for g in space.groups] == [24, 16, 8]
+    assert space.plan(space.seeds()[0]).channel_multiple == 8
+    assert SpaceOptions.from_dict({"channel_multiple": 8}).channel_multiple == 8
+    assert SpaceOptions(channel_multiple=8).to_dict()["channel_multiple"] == 8
+    for bad in (0, 2.5, "8", False):
+        with pytest.raises(ConfigError, match=r"space.channel_multiple: expected a positive integer") as e:
+            SpaceOptions(channel_multiple=bad)
+        assert e.value.field == "space.channel_multiple"

@@ -231,11 +231,18 @@ def prunable_dims(graph: ModelGraph) -> dict[str, tuple[bool, bool]] | None:
     return {k: (v[0], v[1]) for k, v in dims.items()}
 
 
-def grid_counts(n: int, ratios: Sequence[float], multiple: int) -> list[int]:
-    """Channel counts for the ratios, rounded to ``multiple`` (groups), at least ``multiple``."""
+def grid_counts(
+    n: int, ratios: Sequence[float], multiple: int, rounding: Callable[[int, int, int], int] | None = None
+) -> list[int]:
+    """Channel counts for the ratios, rounded to ``multiple`` (groups), at least ``multiple``; then
+    ``rounding(count, n, multiple)`` when given (the latency table passes a plan's rounding of kept
+    channels to ``channel_multiple``, so rounded plans land on the grid)."""
     if n % multiple:
         multiple = 1
-    return sorted({max(multiple, int(round(r * n / multiple)) * multiple) for r in ratios} | {n})
+    counts = {max(multiple, int(round(r * n / multiple)) * multiple) for r in ratios} | {n}
+    if rounding is not None:
+        counts = {rounding(c, n, multiple) for c in counts}
+    return sorted(counts)
 
 
 def config_key(spec: LayerSpec, ins: list[int], outs: list[int]) -> str:

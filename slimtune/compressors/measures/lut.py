@@ -48,8 +48,11 @@ noise hits them alike. With one thread the default clock is the thread's CPU tim
 other processes preempting the measurement.
 
 Only channel pruning changes the prediction (quantization settings and unstructured sparsity are
-ignored). A table is valid for the machine, thread count and batch size it was measured with;
-save it with :meth:`LatencyTable.save` and reload it with :meth:`LatencyTable.load`.
+ignored). A plan's channel counts are those ``compress`` gives it, kept channels rounded to its
+``channel_multiple`` (:meth:`CompressionPlan.rounded <slimtune.compressors.CompressionPlan.rounded>`);
+``build(channel_multiple=8)`` puts the grid on such counts. A table is valid for the machine,
+thread count and batch size it was measured with; save it with :meth:`LatencyTable.save` and
+reload it with :meth:`LatencyTable.load`.
 
 *Devices.* The table is measured on the device of ``graph.model`` (standalone layers, their inputs
 and the model passes all run there; example inputs are moved there) and records it:
@@ -119,6 +122,7 @@ from slimtune.compressors.measures.latency import (
     stabilize_allocator,
     time_interleaved,
 )
+from slimtune.compressors.plan import round_kept
 from slimtune.errors import MeasureError
 
 if TYPE_CHECKING:
@@ -201,6 +205,7 @@ class LatencyTable:
         min_time_s: float = 0.0,
         stable_allocator: bool = True,
         progress: Callable[[str], None] | None = None,
+        channel_multiple: int | None = None,
     ) -> LatencyTable:
         """Measure the table for ``graph``'s model, on the device the model is on.
 
@@ -231,13 +236,17 @@ class LatencyTable:
                 allocation history dominate small standalone layers. Measure the models you
                 compare predictions with the same way (``measure_latency`` does by default).
             progress: Optional callback receiving a line of progress.
+            channel_multiple: Round the grid's channel counts as plans with this
+                ``channel_multiple`` round their kept channels (multiples of 8 or 16), so that their
+                layers land on grid points: ``predict(..., measure_missing=False)`` then needs no
+                interpolation for uniform rounded plans. Any table predicts any plan.
 
         Returns:
             The table; ``table.graph`` is ``graph``.
 
         Raises:
-            MeasureError: A grid value is outside (0, 1], ``batch_size``/``threads`` are not
-                positive, ``quantile`` is outside (0, 1), ``clock="cpu"`` with several threads or
+            MeasureError: A grid value is outside (0, 1], ``batch_size``/``threads``/``channel_multiple``
+                are not positive, ``quantile`` is outside (0, 1), ``clock="cpu"`` with several threads or
                 on a GPU, the model is spread over several devices.
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -250,6 +259,12 @@ class LatencyTable:
         for r in ratios:
             if not 0.0 < r <= 1.0:
                 raise MeasureError(f"grid ratio {r!r} is outside (0, 1]", field="grid")
+        if channel_multiple is not None and (
+            isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1
+        ):
+            raise MeasureError(
+                f"channel_multiple must be a positive int or None, got {channel_multiple!r}", field="channel_multiple"
+            )
         model = graph.model
         device = run_device({"graph.model": model})
         clock = clock or ("cpu" if threads == 1 and device.type == "cpu" else "wall")
@@ -271,6 +286,7 @@ class LatencyTable:
             inputs = devices.move(as_tuple(example_inputs), device)
         modules = dict(model.named_modules())
         dims = prunable_dims(graph)
+        rounding = _kept_rounding(channel_multiple)
 
         layers: dict[str, LayerRef] = {}
         entries: dict[str, Entry] = {}
@@ -286,8 +302,8 @@ class LatencyTable:
             if spec.depthwise:
                 din = dout = din or dout
             multiple = spec.groups if spec.kind == "conv" and not spec.depthwise else 1
-            ins = grid_counts(spec.in_ch, ratios if din else [1.0], multiple)
-            outs = ins if spec.depthwise else grid_counts(spec.out_ch, ratios if dout else [1.0], multiple)
+            ins = grid_counts(spec.in_ch, ratios if din else [1.0], multiple, rounding)
+            outs = ins if spec.depthwise else grid_counts(spec.out_ch, ratios if dout else [1.0], multiple, rounding)
             key = config_key(spec, ins, outs)
             entries.setdefault(key, Entry(spec, ins, outs, []))
             layers[name] = LayerRef(
@@ -369,6 +385,7 @@ class LatencyTable:
             meta={
                 "torch": torch.__version__,
                 "grid": ratios,
+                "channel_multiple": channel_multiple,
                 "build_s": round(time.perf_counter() - t_start, 3),
                 "configs": len(entries),
                 "points": n_points,
@@ -598,9 +615,10 @@ class LatencyTable:
                 "or pass {layer: (in, out)} counts",
                 field="graph",
             )
-        counts = {n: c for n, c in graph.channel_counts(plan_or_counts).items() if n in self.layers}
+        plan = plan_or_counts.rounded(graph)  # counts as compress does: kept channels to the plan's multiple
+        counts = {n: c for n, c in graph.channel_counts(plan).items() if n in self.layers}
         if self.products:
-            heads = graph.product_heads(plan_or_counts) if hasattr(graph, "product_heads") else {}
+            heads = graph.product_heads(plan) if hasattr(graph, "product_heads") else {}
             counts.update({n: (h, h) for n, h in heads.items() if n in self.products})
         return counts
 
@@ -785,6 +803,17 @@ class LatencyTable:
         :meth:`from_dict` for ``device``)."""
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read(), graph, device)
+
+
+def _kept_rounding(multiple: int | None) -> Callable[[int, int, int], int] | None:
+    """``(count, size, blocks) → count`` rounded as a plan with ``channel_multiple=multiple`` keeps channels."""
+    if multiple in (None, 1):
+        return None
+
+    def rounding(count: int, size: int, blocks: int) -> int:
+        return round_kept(count, size, multiple, blocks)
+
+    return rounding
 
 
 def _preview(names: list[str], n: int = 8) -> str:

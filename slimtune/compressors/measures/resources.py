@@ -13,6 +13,10 @@ evaluate hundreds of plans per trial; compressing each one would take seconds. A
 * **Parameters** — Conv/Linear weights and biases and BatchNorm affine parameters shrink with
   their channels; every other parameter is unchanged (unstructured sparsity keeps the count,
   as :func:`count_params` does).
+* **Channel counts** — a group loses :meth:`CompressionPlan.n_prune
+  <slimtune.compressors.CompressionPlan.n_prune>` channels, the count ``compress`` removes
+  (kept channels rounded to the plan's ``channel_multiple``, if any); a ``{group: sparsity}``
+  mapping is not rounded.
 * **Size** — bytes as :func:`model_size_bytes` counts them in a trial (weights of layers with
   ``bits_w`` packed at that width plus one fp32 scale per output channel, the two fp32 range
   buffers of each fake-quantized layer, BatchNorm running statistics, unstructured sparsity in
@@ -135,13 +139,14 @@ class ResourcePredictor:
     # ------------------------------------------------------------------ prediction
     def _lost(self, plan: CompressionPlan | Mapping[str, float]) -> dict[str, dict[str, float]]:
         """``{layer: {role: positions removed}}`` under the plan's channel pruning."""
-        sparsities = plan if isinstance(plan, Mapping) else (plan.sparsities() if plan.granularity == "channel" else {})
         lost: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        for name, s in sparsities.items():
+        names = plan if isinstance(plan, Mapping) else (plan.prune if plan.granularity == "channel" else {})
+        for name in names:
             g = self.graph.groups.get(name)
             if g is None or not g.prunable:
                 continue
-            n = g.n_prune(float(s))
+            # a plan counts its channels itself (its channel_multiple rounds them), as compress does
+            n = g.n_prune(float(plan[name])) if isinstance(plan, Mapping) else plan.n_prune(g)
             if n:
                 alloc = g.allocate(n)
                 for layer, role, weights in self._members[name]:

@@ -171,6 +171,11 @@ def run_compressor(
         plan = CompressionPlan.from_dict(plan)
     plan.validate(context.graph if context is not None else None)
     context = context if context is not None else TrainingContext()
+    if plan.channel_multiple not in (None, 1) and plan.granularity == "channel":
+        from slimtune.compressors.graph import trace
+
+        # the training compressors count channels with the groups' own rounding: give them exact sparsities
+        plan = plan.rounded(context.graph if context.graph is not None else trace(model, example_inputs))
     entry = get_compressor(plan.compressor)
     params = check_compressor_params(plan.compressor, plan.compressor_params)
     if entry.trains:
