@@ -151,9 +151,10 @@ class ResourceModel:
         or ``{layer: weight bits}`` for the bit-width latency model)."""
         if self._bits_table is not None:
             return float(self._bits_table.relative(plan))
+        if isinstance(plan, Mapping):  # as the space's plans: with its channel multiple, counted as compress counts
+            multiple = getattr(self.space.options, "channel_multiple", None)
+            plan = CompressionPlan({g: PruneSpec(float(s)) for g, s in plan.items()}, channel_multiple=multiple)
         if self._table is not None:
-            if isinstance(plan, Mapping):
-                plan = CompressionPlan({g: PruneSpec(float(s)) for g, s in plan.items()})
             return float(self._table.predict(plan, measure_missing=False) / self._table.dense_ms)
         assert self._predictor is not None
         return float(self._predictor.relative(plan)[self.resource])

@@ -165,3 +165,22 @@ def test_training_compressors_keep_multiples() -> None:
     small = run_compressor(model, plan, x[:1], TrainingContext(train_data=[(x, y)], graph=graph))
     widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
     assert widths and all(w % 8 == 0 for w in widths), widths
+
+
+def test_strategies_predict_rounded_widths() -> None:
+    """A strategy's resource model predicts a ``{group: sparsity}`` mapping as the space's rounded plan
+    is built (netadapt and simulated annealing search such mappings)."""
+    from slimtune.compressors import CompressionPlan, compress, count_flops, trace
+    from slimtune.examples.models import vgg_small
+    from slimtune.search_spaces import SearchSpace, SpaceOptions
+    from slimtune.strategies._budget import ResourceModel
+
+    torch.manual_seed(0)
+    model, x = vgg_small().eval(), torch.randn(1, 3, 32, 32)
+    graph = trace(model, x)
+    space = SearchSpace(graph, SpaceOptions(sensitivity=False, channel_multiple=8))
+    sparsities = {name: 0.37 for name, g in graph.groups.items() if g.prunable}
+    predicted = ResourceModel(space, "flops").relative(sparsities)
+    small = compress(model, CompressionPlan.from_sparsities(sparsities, channel_multiple=8), x)
+    measured = float(count_flops(small, x)["macs"].sum()) / float(count_flops(model, x)["macs"].sum())
+    assert predicted == pytest.approx(measured, rel=1e-9)
