@@ -245,13 +245,14 @@ class ModelGraph:
 
     # ------------------------------------------------------------------ plan arithmetic
     def channels_removed(self, plan: CompressionPlan | dict[str, float]) -> dict[str, int]:
-        """Number of channels each group loses under ``plan`` (or ``{group: sparsity}``)."""
+        """Number of channels each group loses under ``plan`` (or ``{group: sparsity}``); a plan's
+        ``channel_multiple`` rounds the kept counts as :func:`~slimtune.compressors.compress` does."""
         sparsities = plan if isinstance(plan, dict) else plan.sparsities()
         out = {}
         for name, s in sparsities.items():
             g = self.groups.get(name)
             if g is not None and g.prunable:
-                out[name] = g.n_prune(float(s))
+                out[name] = g.n_prune(float(s)) if isinstance(plan, dict) else plan.n_prune(g)
         return out
 
     def lost_positions(self, plan: CompressionPlan | dict[str, float]) -> dict[tuple[str, str], float]:

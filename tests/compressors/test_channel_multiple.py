@@ -184,3 +184,17 @@ def test_strategies_predict_rounded_widths() -> None:
     small = compress(model, CompressionPlan.from_sparsities(sparsities, channel_multiple=8), x)
     measured = float(count_flops(small, x)["macs"].sum()) / float(count_flops(model, x)["macs"].sum())
     assert predicted == pytest.approx(measured, rel=1e-9)
+
+
+def test_the_graph_counts_a_plans_multiple() -> None:
+    from slimtune.compressors import CompressionPlan, trace
+    from slimtune.examples.models import vgg_small
+
+    model, x = vgg_small().eval(), torch.randn(1, 3, 32, 32)
+    graph = trace(model, x)
+    sparsities = {name: 0.37 for name, g in graph.groups.items() if g.prunable}
+    plan = CompressionPlan.from_sparsities(sparsities, channel_multiple=8)
+    removed = graph.channels_removed(plan)
+    assert removed == {name: plan.n_prune(graph.groups[name]) for name in sparsities}
+    assert all((graph.groups[n].size - k) % 8 == 0 for n, k in removed.items() if graph.groups[n].size > 8)
+    assert graph.channels_removed(sparsities) != removed  # the bare mapping is not rounded
