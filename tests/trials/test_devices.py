@@ -34,6 +34,14 @@ from test_cli import slimtune as run_cli  # noqa: E402
 NO_CUDA = not torch.cuda.is_available()
 
 
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without a usable GPU, on any machine: PyTorch sees no CUDA device (in this process,
+    and in the subprocesses it starts: ``CUDA_VISIBLE_DEVICES`` empty)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 # ---------------------------------------------------------------------------------------------- names
 @pytest.mark.parametrize(
     ("given", "name"),
@@ -56,7 +64,7 @@ def test_auto_is_the_cpu_without_a_gpu() -> None:
     assert devices.resolve("cpu") == torch.device("cpu")
 
 
-@pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
+@pytest.mark.usefixtures("no_gpu")
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
 def test_a_missing_gpu_says_why(name: str) -> None:
     with pytest.raises(devices.DeviceError) as info:
@@ -89,7 +97,7 @@ def test_on_device_copies_only_when_the_device_differs() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- search
-@pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
+@pytest.mark.usefixtures("no_gpu")
 def test_a_gpu_asked_for_where_none_exists_fails_before_any_work(tmp_path: Path) -> None:
     calls = []
     task = tiny_task()
@@ -242,7 +250,7 @@ def test_two_local_workers_one_per_device(tmp_path: Path) -> None:
     assert all(attributes.device(t).startswith("cpu (") for t in done)
 
 
-@pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
+@pytest.mark.usefixtures("no_gpu")
 def test_workers_on_missing_gpus_fail_at_start(tmp_path: Path) -> None:
     (tmp_path / "w.yaml").write_text(SPEC)
     result = run_cli(tmp_path, "run", "w.yaml", "--workers", "2", "--devices", "0,1")
@@ -253,7 +261,7 @@ def test_workers_on_missing_gpus_fail_at_start(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--devices: 2 devices for 1 worker" in result.stderr
 
 
-@pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
+@pytest.mark.usefixtures("no_gpu")
 def test_sensitivity_on_a_missing_gpu_is_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
