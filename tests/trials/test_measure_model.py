@@ -71,9 +71,15 @@ def test_latency_of_a_quantized_model_is_measured_on_its_int8_export(monkeypatch
     # conv1 at 4 bits and conv2 at 8 run in int8; fc, with float weights (8-bit activations), stays float
     q = freeze(calibrate(quantize_model(model, {"conv1": (4, 8), "conv2": (8, 8), "fc": (None, 8)}), calib)).eval()
     m = measure_model(q, x, latency=True, latency_repeats=5)
-    kinds = {n: type(mod).__module__ for n, mod in timed[-1].named_modules()}
-    assert kinds["conv1"].startswith("torch.ao.nn.") and ".quantized" in kinds["conv1"]
-    assert ".quantized" in kinds["conv2"] and kinds["fc"] == "torch.nn.modules.linear"
+    from slimtune.compressors.quantization import PT2EInt8Model
+
+    assert isinstance(timed[-1], PT2EInt8Model)  # the default int8 path
+    graph = timed[-1].program.graph
+    ops = [str(n.target) for n in graph.nodes if n.op == "call_function"]
+    # conv1 and conv2 take quantized inputs; fc stays float (its input is not quantized)
+    assert ops.count("quantized_decomposed.quantize_per_tensor.default") == 2
+    linear = next(n for n in graph.nodes if str(n.target) == "aten.linear.default")
+    assert "dequantize" not in str(linear.args[0].target) and "dequantize" not in str(linear.args[1].target)
     assert m["latency"] > 0 and "latency_note" not in m
     assert m["size"] == measure_model(q, x, latency=False)["size"]  # the other measures are unchanged
 
@@ -86,4 +92,4 @@ def test_latency_of_a_quantized_model_is_measured_on_its_int8_export(monkeypatch
     branchy = freeze(calibrate(quantize_model(_ConvNet(branch=True).eval(), {"conv1": (8, 8)}), calib)).eval()
     m = measure_model(branchy, x, latency=True, latency_repeats=5)
     assert timed[-1] is branchy and m["latency"] > 0
-    assert "int8 export of conv1 failed" in m["latency_note"] and "trace" in m["latency_note"]
+    assert "int8 export of conv1 failed" in m["latency_note"] and "torch.export" in m["latency_note"]

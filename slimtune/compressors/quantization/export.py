@@ -2,21 +2,27 @@
 
 One entry point, :func:`export_int8`, three paths:
 
-- **static, torch.ao FX** (``mode="static"``, ``method="fx"`` — the default): PyTorch's FX graph mode
-  pipeline (``prepare_fx`` with ``get_default_qconfig_mapping(backend)`` → calibration → ``convert_fx``):
-  conv-BN(-ReLU) and linear-ReLU are fused, weights are int8 per-channel symmetric, activations uint8
-  affine (histogram observer), and the result is a ``torch.fx.GraphModule`` whose layers run the
-  ``quantized::conv2d`` / ``quantized::linear`` kernels of the chosen backend (``x86``: fbgemm/oneDNN).
-- **static, PT2E** (``method="pt2e"``, needs ``torchao``): ``torch.export`` with a dynamic batch dim →
-  ``prepare_pt2e``/``convert_pt2e`` with ``X86InductorQuantizer`` (conv-BN folded, conv-BN-ReLU fused) →
-  ``torch.compile`` with inductor freezing (oneDNN int8 kernels); a
+- **static, PT2E** (``mode="static"``, ``method="pt2e"`` — the default, what ``method="auto"`` runs):
+  ``torch.export`` with a dynamic batch dim → torchao's ``prepare_pt2e``/``convert_pt2e`` with
+  ``X86InductorQuantizer`` (conv-BN folded, conv-BN-ReLU / linear-ReLU / conv-add annotated as one op; int8
+  per-channel symmetric weights, uint8 affine activations) → ``torch.compile`` with inductor freezing, which
+  lowers each dq → op → q pattern to oneDNN int8 kernels; a
   :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model`. See :mod:`.pt2e`.
+- **static, torch.ao FX** (``method="fx"``, only when chosen): PyTorch's FX graph mode pipeline
+  (``prepare_fx`` with ``get_default_qconfig_mapping(backend)`` → calibration → ``convert_fx``), a
+  ``torch.fx.GraphModule`` whose layers run the eager ``quantized::conv2d`` / ``quantized::linear`` kernels of
+  the chosen backend. ``torch.ao.quantization`` is deprecated for removal (PyTorch warns on every use), so it
+  is kept as a fallback for as long as PyTorch ships it: for a model ``torch.export`` cannot capture but
+  ``torch.fx`` can trace, for eager int8 kernels without compiling, and for the per-layer int8 latency table
+  (:class:`~slimtune.compressors.measures.BitsLatencyTable`, which times int8 layers one by one).
 - **dynamic** (``mode="dynamic"``): ``torch.ao.quantization.quantize_dynamic`` of the Linear, LSTM and GRU
   layers: int8 weights per output channel (range ±127, so 8-bit fake-quantized weights carry over exactly),
-  activations quantized per batch at run time; no calibration. Conv layers stay float.
+  activations quantized per batch at run time; no calibration. Conv layers stay float. (For Linear-heavy
+  models, torchao's weight-only int8 / int4 is
+  :func:`~slimtune.compressors.quantization.quantize_weight_only`.)
 
-Why FX is the default of ``method="auto"`` — ``benchmarks/quantization.py`` on the 2-core AMD EPYC (AVX-512
-VNNI), 1 thread, CPU time, all variants interleaved, latency relative to fp32 eager (lower is faster):
+``benchmarks/quantization.py`` on the 2-core AMD EPYC (AVX-512 VNNI), 1 thread, CPU time, all variants
+interleaved, latency relative to fp32 eager (lower is faster):
 
 ================ ============= =============================== =================================
 model, batch     torch.ao FX   PT2E + ``torch.compile``        PT2E lowered, not compiled
@@ -27,18 +33,17 @@ ResNet-20, 1     ×0.60         ×0.68 (plain torchao: ×0.70)    ×0.84 (ad-hoc
 ResNet-20, 32    ×0.30         ×0.29 (plain torchao: ×0.29)    ×0.29 (ad-hoc run)
 ================ ============= =============================== =================================
 
-FX is the fastest or within noise of the fastest everywhere (2 threads: the same picture when the machine
-is not overloaded), exports in about a second and compiles nothing, while PT2E costs 3-10 s of inductor
-compilation per batch size and thread count. So ``auto`` runs FX (:data:`AUTO_METHOD`) and falls
-back to PT2E (when ``torchao`` is installed) if FX cannot export the model — e.g. one
-``torch.fx`` cannot trace but ``torch.export`` can.
-PT2E stays available as ``method="pt2e"`` (its serialized int8 program is ~5 % smaller here; latest
-numbers in ``benchmarks/results/quantization.md``).
+PT2E is as fast as FX on ResNet-20 and slower on the small digits CNN (whose layers are too small for the
+compiled graph's overheads to pay), its program is ~5 % smaller, and it costs 3-10 s of inductor compilation
+per batch size and thread count (cached on disk by inductor across processes). It is the default because
+it is the supported path; FX stays one argument away (``method="fx"``) and nothing falls back to it silently:
+when PT2E cannot export a model, the error says why and names ``method="fx"``. Latest numbers in
+``benchmarks/results/quantization.md`` and ``benchmarks/results/deploy.md``.
 
 The x86 int8 kernels of the FX path adapt a layer's packed weights to the first input shape they run on
 (a digits CNN first run at batch 1 ran ~25 % slower at batch 32 than one first run at batch 32), so
-``export_int8`` checks the model on a copy and returns one that has never run: run it first at the batch
-size that matters (``copy.deepcopy`` gives a fresh one).
+``export_int8`` checks an FX model on a copy and returns one that has never run: run it first at the batch
+size that matters (``copy.deepcopy`` gives a fresh one). A PT2E model compiles once per input shape.
 
 A model with :class:`~slimtune.compressors.quantization.QuantWrapper` layers (from ``compress`` with a plan's
 ``quantize`` entries, or :func:`~slimtune.compressors.quantization.quantize_model`) is exported from its
@@ -46,23 +51,23 @@ A model with :class:`~slimtune.compressors.quantization.QuantWrapper` layers (fr
 layers become int8 (with ``mode="static"``, the wrapped Conv/Linear layers; with ``mode="dynamic"``, the
 wrapped Linear/LSTM/GRU layers), and ``mode="auto"`` is ``"dynamic"`` when every wrapper uses the ``dynamic``
 algorithm, else ``"static"``. Weights fake-quantized below 8 bits are stored in int8 (x86 has no int4 kernels).
-On the FX path each wrapped layer's input keeps the range it was trained or calibrated with (QAT's frozen
-range, PACT's learned ``[0, α]``): the calibration batches set only the other activations' ranges. The
-PT2E path calibrates every range afresh and warns that the learned ones are not kept.
+On both static paths each wrapped layer's input keeps the range it was trained or calibrated with (QAT's frozen
+range, PACT's learned ``[0, α]``): its observer is fixed at that range and clips there, and the calibration
+batches set only the other activations' ranges.
 A float model is exported whole (or the ``layers`` given), ``mode="auto"`` meaning ``"static"``.
 
-Serialization: :func:`save_int8` / :func:`load_int8`. FX and dynamic models go through TorchScript
-(``torch.jit.trace`` → ``torch.jit.save``; round-trips exactly); a PT2E model through ``torch.export.save``
-(loaded back as a ``PT2EInt8Model`` that compiles on first use). Pickling a whole FX ``GraphModule`` with
-``torch.save(model)`` does *not* work in torch 2.13, so don't. :func:`exported_size_bytes` counts the bytes of
-the serialized ``state_dict`` (packed int8 weights, scales, zero points), the same measure for every path and
-for a float model.
+Serialization: :func:`save_int8` / :func:`load_int8`. A PT2E model goes through ``torch.export.save`` (loaded
+back as a ``PT2EInt8Model`` that compiles on first use); FX and dynamic models through TorchScript
+(``torch.jit.trace`` → ``torch.jit.save``; round-trips exactly). Neither is a pickle. Pickling a whole FX
+``GraphModule`` with ``torch.save(model)`` does *not* work in torch 2.13, so don't. :func:`exported_size_bytes`
+counts the bytes of the serialized ``state_dict`` (packed int8 weights, scales, zero points), the same measure
+for every path and for a float model.
 
-Devices: the int8 kernels of every path are CPU kernels (fbgemm / oneDNN on x86, qnnpack on ARM; PyTorch has
-no CUDA backend for ``torch.ao`` quantized ops), so export is a CPU path whatever device the model trains on.
-Given a model on a GPU, :func:`export_int8` exports a CPU copy (parameters and buffers copied straight to host
-memory, no second copy on the GPU); the model itself is neither moved nor modified, ``example_inputs`` and every
-calibration batch are moved to the CPU, and the int8 model it returns lives on the CPU: run it on CPU tensors.
+Devices: the int8 kernels of every path are CPU kernels (oneDNN / fbgemm on x86, qnnpack on ARM), so export is
+a CPU path whatever device the model trains on. Given a model on a GPU, :func:`export_int8` exports a CPU copy
+(parameters and buffers copied straight to host memory, no second copy on the GPU); the model itself is neither
+moved nor modified, ``example_inputs`` and every calibration batch are moved to the CPU, and the int8 model it
+returns lives on the CPU: run it on CPU tensors.
 
 The ``torch.ao.quantization`` deprecation warnings are silenced inside these functions.
 """
@@ -98,9 +103,9 @@ __all__ = [
 Method = Literal["auto", "fx", "pt2e"]
 Mode = Literal["auto", "static", "dynamic"]
 
-AUTO_METHOD = "fx"
-"""The static path ``method="auto"`` tries first (the measured fastest here, see the module docstring); the
-other one (``"pt2e"``, when torchao is installed) is its fallback."""
+AUTO_METHOD = "pt2e"
+"""The static path ``method="auto"`` runs: torchao's PT2E (see the module docstring). ``"fx"`` runs only when
+asked for."""
 
 _STATIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
@@ -499,25 +504,25 @@ def export_int8(
         backend: Quantized engine for FX and dynamic (``"x86"`` default; ``"fbgemm"``, ``"onednn"``,
             ``"qnnpack"``). The engine is set while exporting; run the model under the same
             ``torch.backends.quantized.engine`` (``x86`` is the default on x86 builds).
-        method: Static path: ``"fx"`` (torch.ao FX), ``"pt2e"`` (torchao PT2E + ``torch.compile``; needs
-            ``torchao``) or ``"auto"`` (:data:`AUTO_METHOD` = FX, falling back to PT2E when FX fails and
-            torchao is installed; always FX when ``layers`` selects a subset).
+        method: Static path: ``"auto"`` or ``"pt2e"`` (:data:`AUTO_METHOD`: torchao PT2E +
+            ``torch.compile``), or ``"fx"`` (the deprecated torch.ao FX pipeline, eager int8 kernels).
         layers: Names of the layers to quantize (others stay float); ``None`` = every eligible layer (or,
-            for a fake-quantized model, its wrapped layers). Static: Conv/Linear, FX only; dynamic:
-            Linear/LSTM/GRU.
+            for a fake-quantized model, its wrapped layers). Static: Conv/Linear; dynamic: Linear/LSTM/GRU.
         mode: ``"static"``, ``"dynamic"`` or ``"auto"`` (``"dynamic"`` for a model whose quantized layers
             all use the ``dynamic`` algorithm, else ``"static"``).
 
     Returns:
-        The int8 model in eval mode, on the CPU (give it CPU inputs): a ``torch.fx.GraphModule`` (FX), a
-        :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model` (PT2E) or the model with
+        The int8 model in eval mode, on the CPU (give it CPU inputs): a
+        :class:`~slimtune.compressors.quantization.pt2e.PT2EInt8Model` (PT2E), a ``torch.fx.GraphModule`` (FX) or
+        the model with
         ``torch.ao.nn.quantized.dynamic`` layers (dynamic). Save it with :func:`save_int8`, load it with
         :func:`load_int8`; ``torch.save(model)`` does not work for FX models.
 
     Raises:
-        QuantExportError: naming the layer or the reason (unknown / ineligible layer name, a module
-            torch.fx cannot trace, missing, empty or failing calibration, an op the backend cannot run in
-            int8, PT2E without torchao, dynamic mode without Linear/LSTM/GRU layers).
+        QuantExportError: naming the layer or the reason (unknown / ineligible layer name, a model
+            ``torch.export`` (PT2E) or ``torch.fx`` (FX) cannot capture, missing, empty or failing calibration,
+            an op the backend cannot run in int8, PT2E without torchao, dynamic mode without Linear/LSTM/GRU
+            layers).
         ValueError: ``method`` or ``mode`` not one of the names above.
 
     Example:
@@ -566,35 +571,9 @@ def export_int8(
                 "export_int8: static quantization needs calibration batches (calibration=...); "
                 "or use mode='dynamic' for weight-only int8 of Linear/LSTM/GRU layers"
             )
-        if chosen is not None and method == "pt2e":
-            raise QuantExportError(
-                f"export_int8: quantizing only some layers ({', '.join(chosen[:6])}"
-                f"{', ...' if len(chosen) > 6 else ''}) is only supported with method='fx'"
-            )
-        if method != "auto" or chosen is not None:
-            return _export_static(
-                method if method != "auto" else "fx", float_model, args, calibration, backend, chosen, ranges
-            )
-        # auto: AUTO_METHOD first, the other path as the fallback (PT2E only when torchao is installed).
-        fallback = "pt2e" if AUTO_METHOD == "fx" else "fx"
-        if isinstance(calibration, Iterator):
-            calibration = list(calibration)  # may be consumed twice
-        try:
-            return _export_static(AUTO_METHOD, copy.deepcopy(float_model), args, calibration, backend, None, ranges)
-        except QuantExportError as first_error:
-            if fallback == "pt2e" and not pt2e_available():
-                raise
-            try:
-                result = _export_static(fallback, float_model, args, calibration, backend, None, ranges)
-            except QuantExportError as second_error:
-                raise QuantExportError(
-                    f"{first_error}; the {fallback} fallback failed too: {second_error}"
-                ) from first_error
-            warnings.warn(
-                f"export_int8: the {AUTO_METHOD} path failed ({first_error}); exported with {fallback} instead",
-                stacklevel=2,
-            )
-            return result
+        return _export_static(
+            AUTO_METHOD if method == "auto" else method, float_model, args, calibration, backend, chosen, ranges
+        )
 
 
 def _export_static(
@@ -607,14 +586,10 @@ def _export_static(
     ranges: dict[str, tuple[float, float]] | None = None,
 ) -> nn.Module:
     if method == "pt2e":
-        if ranges:
-            warnings.warn(
-                f"export_int8: the pt2e path calibrates activation ranges afresh; the input ranges fixed on the "
-                f"fake-quantized layers {', '.join(sorted(ranges)[:6])}{', ...' if len(ranges) > 6 else ''} "
-                "(calibrated or learned: QAT, PACT's α) are not kept (method='fx' keeps them)",
-                stacklevel=3,
-            )
-        return export_pt2e(model, args, _calibration_args(calibration)).eval()
+        try:
+            return export_pt2e(model, args, _calibration_args(calibration), layers, ranges).eval()
+        except QuantExportError as e:
+            raise QuantExportError(f"{e} (the deprecated torch.ao FX path may export it: method='fx')") from e
     return _export_fx(model, args, calibration, backend, layers, ranges).eval()
 
 

@@ -1,10 +1,9 @@
 """The PT2E int8 path: ``torch.export`` → torchao ``prepare_pt2e``/``convert_pt2e`` (``X86InductorQuantizer``)
 → ``torch.compile`` (inductor, freezing).
 
-Used by :func:`~slimtune.compressors.quantization.export_int8` with ``method="pt2e"`` and as the fallback of
-``method="auto"`` when the torch.ao FX path cannot export a model (e.g. one that ``torch.fx`` cannot trace but
-``torch.export`` can). Needs ``torchao`` (``pip install "slimtune[quant]"``; torchao 0.18 installs beside
-torch 2.13 without touching it).
+The default static int8 path of :func:`~slimtune.compressors.quantization.export_int8` (``method="auto"`` or
+``"pt2e"``). Needs ``torchao`` (a dependency of slimtune; torchao 0.18 installs beside torch 2.13 without
+touching it).
 
 Steps:
 
@@ -37,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -89,6 +88,53 @@ def _drop_unused_attributes(gm: torch.fx.GraphModule) -> None:
             owner, _, leaf = name.rpartition(".")
             delattr(gm.get_submodule(owner) if owner else gm, leaf)
     gm.recompile()
+
+
+def _layer_of(node: torch.fx.Node) -> str | None:
+    """The module path (``features.0``) of the innermost module a node of an exported graph was traced in."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return str(path).removeprefix("L['self'].") if isinstance(path, str) else None
+
+
+def _keep_learned_ranges(prepared: torch.fx.GraphModule, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Fix the observer of each listed layer's input at the layer's range, before calibration.
+
+    In the prepared graph each quantized input is an observer module called between the producer and the
+    conv / linear. The observer that feeds a listed layer's op is replaced by a min/max observer fixed at the
+    range that clips its input there: the calibration of every range after it sees the values the trained model
+    produces, and ``convert_pt2e`` quantizes that input over the trained range. An observer feeding several
+    layers with different ranges keeps its calibrated range (one input cannot have two grids).
+    """
+    if not ranges:
+        return
+    from torchao.quantization.pt2e.observer import MinMaxObserver, ObserverBase
+
+    modules = dict(prepared.named_modules())
+    for node in prepared.graph.nodes:
+        observer = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(observer, ObserverBase) or getattr(observer, "qscheme", None) != torch.per_tensor_affine:
+            continue
+        chosen = {ranges[layer] for user in node.users if (layer := _layer_of(user)) in ranges}
+        if len(chosen) != 1:
+            continue
+        lo, hi = chosen.pop()
+
+        class FixedRangeObserver(MinMaxObserver):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.clamp(x, float(self.min_val), float(self.max_val))
+
+        fixed = FixedRangeObserver(
+            dtype=observer.dtype,
+            qscheme=observer.qscheme,
+            reduce_range=observer.reduce_range,
+            quant_min=observer.quant_min,
+            quant_max=observer.quant_max,
+        )
+        MinMaxObserver.forward(fixed, torch.tensor([lo, hi], device="cpu"))
+        setattr(prepared, str(node.target), fixed)
 
 
 class PT2EInt8Model(nn.Module):
@@ -147,12 +193,24 @@ class PT2EInt8Model(nn.Module):
         return cls(exported.module(), tuple(example))
 
 
-def export_pt2e(model: nn.Module, args: tuple[Any, ...], calibration: Iterator[tuple[Any, ...]]) -> PT2EInt8Model:
+def export_pt2e(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    calibration: Iterator[tuple[Any, ...]],
+    layers: Sequence[str] | None = None,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> PT2EInt8Model:
     """Static int8 quantization of a float model through PT2E; see the module docstring.
 
     ``calibration`` yields the model arguments of each batch. The result is compiled and run once on
     ``args`` before it is returned, so a model inductor cannot compile fails here, not at its first use.
     A CPU path: ``model``, ``args`` and the batches are expected on the CPU (``export_int8`` moves them there).
+
+    ``layers`` (module names) limits quantization to those layers (``X86InductorQuantizer``'s per-module-name
+    config; every other op stays float, with quantize / dequantize at the borders); ``None`` quantizes the whole
+    model. ``ranges`` maps a layer to the input range it was trained or calibrated with (QAT's frozen range,
+    PACT's ``[0, α]``): that input's observer is fixed at the range and clips there, so the calibration of the
+    ranges after it sees what the fake-quantized model produced (see :func:`_keep_learned_ranges`).
 
     Raises:
         QuantExportError: torchao missing, ``torch.export`` failing (naming its reason), empty or failing
@@ -161,7 +219,8 @@ def export_pt2e(model: nn.Module, args: tuple[Any, ...], calibration: Iterator[t
     if not pt2e_available():
         raise QuantExportError(
             "export_int8: method='pt2e' needs torchao (prepare_pt2e/convert_pt2e, X86InductorQuantizer), which is "
-            f"not installed beside torch {torch.__version__}; pip install 'slimtune[quant]' or use method='fx'"
+            f"not installed beside torch {torch.__version__}; pip install torchao (a slimtune dependency) "
+            "or use method='fx'"
         )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
@@ -175,8 +234,15 @@ def export_pt2e(model: nn.Module, args: tuple[Any, ...], calibration: Iterator[t
         raise QuantExportError(
             f"export_int8 (pt2e): torch.export with a dynamic batch dimension failed: {type(exc).__name__}: {reason}"
         ) from exc
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    config = xiq.get_default_x86_inductor_quantization_config()
+    quantizer = xiq.X86InductorQuantizer()
+    if layers is None:
+        quantizer.set_global(config)
+    else:
+        for name in layers:
+            quantizer.set_module_name_qconfig(name, config)
     prepared = prepare_pt2e(exported, quantizer)
+    _keep_learned_ranges(prepared, ranges or {})
     n = 0
     with torch.no_grad():
         for cargs in calibration:

@@ -1,4 +1,5 @@
-"""int8 export (torch.ao FX static PTQ, x86 backend): accuracy, size, batch sizes, pruned models, errors.
+"""int8 export through the deprecated torch.ao FX path (``method="fx"``, x86 backend): accuracy, size, batch
+sizes, pruned models, errors. The default path (PT2E) is tested in ``test_pt2e.py``.
 
 Tolerances: relative L2 error of the int8 output vs the float output < 5 %; argmax agreement ≥ 95 % on the
 digits validation set; serialized state_dict bytes ≤ 0.35× the float model's (≤ 0.45× for the
@@ -86,7 +87,7 @@ def test_small_convnet_int8_close_smaller_and_any_batch() -> None:
             bn.running_var.uniform_(0.5, 2.0)
             bn.weight.uniform_(0.5, 1.5)
     calib = [(torch.randn(16, 3, 16, 16), torch.zeros(16)) for _ in range(4)]  # (inputs, targets) batches
-    q = export_int8(model, torch.randn(2, 3, 16, 16), calib)
+    q = export_int8(model, torch.randn(2, 3, 16, 16), calib, method="fx")
     assert _is_int8(q)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())  # conv-bn(-relu) fused
     for batch in (1, 32):
@@ -101,7 +102,7 @@ def test_small_convnet_int8_close_smaller_and_any_batch() -> None:
 
 def test_digits_cnn_accuracy_agreement_size_and_save(digits) -> None:
     model, _, val_set, calib = digits
-    q = export_int8(model, calib[0][:1], calib)
+    q = export_int8(model, calib[0][:1], calib, method="fx")
     x = val_set.tensors[0]
     with torch.no_grad():
         out, ref = q(x), model(x)
@@ -126,7 +127,7 @@ def test_pruned_digits_cnn_exports(digits) -> None:
     x = calib[0][:2]
     pruned = compress(model, CompressionPlan.uniform(trace(model, x), 0.5), x)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
-    q = export_int8(pruned, x, calib)
+    q = export_int8(pruned, x, calib, method="fx")
     assert _is_int8(q)
     xs = val_set.tensors[0]
     with torch.no_grad():
@@ -139,7 +140,7 @@ def test_pruned_digits_cnn_exports(digits) -> None:
 
 def test_layers_subset_keeps_the_rest_float(digits) -> None:
     model, _, val_set, calib = digits
-    q = export_int8(model, calib[0][:1], calib, layers={"features.0", "fc2"})
+    q = export_int8(model, calib[0][:1], calib, layers={"features.0", "fc2"}, method="fx")
     kinds = dict(q.named_modules())
     for name in ("fc1", "features.3", "features.7", "features.10"):  # stay float (possibly fused, not quantized)
         assert "quantized" not in type(kinds[name]).__module__, name
@@ -153,25 +154,23 @@ def test_errors_name_the_problem(digits) -> None:
     model, _, _, calib = digits
     x = calib[0][:2]
     with pytest.raises(QuantExportError, match="nope"):
-        export_int8(model, x, calib, layers={"nope"})
+        export_int8(model, x, calib, layers={"nope"}, method="fx")
     with pytest.raises(QuantExportError, match=r"'features\.1'.*BatchNorm2d"):
-        export_int8(model, x, calib, layers={"features.1"})
+        export_int8(model, x, calib, layers={"features.1"}, method="fx")
     with pytest.raises(QuantExportError, match="calibration is empty"):
-        export_int8(model, x, [])
+        export_int8(model, x, [], method="fx")
     with pytest.raises(QuantExportError, match="'nonexistent_backend'"):
-        export_int8(model, x, calib, backend="nonexistent_backend")
+        export_int8(model, x, calib, backend="nonexistent_backend", method="fx")
     with pytest.raises(QuantExportError, match=r"cannot trace.*'head'"):
-        export_int8(Untraceable().eval(), torch.randn(2, 3, 8, 8), [torch.randn(4, 3, 8, 8)])
+        export_int8(Untraceable().eval(), torch.randn(2, 3, 8, 8), [torch.randn(4, 3, 8, 8)], method="fx")
     with pytest.raises(ValueError, match="method"):
         export_int8(model, x, calib, method="magic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode"):
         export_int8(model, x, calib, mode="magic")  # type: ignore[arg-type]
     with pytest.raises(QuantExportError, match="needs calibration batches"):
-        export_int8(model, x)
-    with pytest.raises(QuantExportError, match=r"only some layers \(fc2\).*method='fx'"):
-        export_int8(model, x, calib, layers={"fc2"}, method="pt2e")
+        export_int8(model, x, method="fx")
     with pytest.raises(QuantExportError, match=r"'features\.0' is a Conv2d; only Linear, LSTM and GRU"):
         export_int8(model, x, layers={"features.0"}, mode="dynamic")
     with pytest.raises(QuantExportError, match="method='pt2e' is for static"):
         export_int8(model, x, mode="dynamic", method="pt2e")
-    assert pt2e_available()  # torchao is part of the dev extra
+    assert pt2e_available()  # torchao is a dependency

@@ -1,7 +1,7 @@
-"""The torchao PT2E export path (``torch.export`` → ``X86InductorQuantizer`` → ``torch.compile``).
+"""The default int8 path, torchao PT2E (``torch.export`` → ``X86InductorQuantizer`` → ``torch.compile``).
 
-One model, exported once (compiling costs seconds per batch size): a conv-BN-ReLU net with a Python branch
-on an input shape, which ``torch.fx`` cannot trace, so ``method="auto"`` falls back from FX to PT2E.
+A conv-BN-ReLU net with a Python branch on an input shape (``torch.fx`` cannot trace it; ``torch.export``
+specialises it away), exported once per test (compiling costs seconds per batch size).
 
 Tolerances: relative L2 error of the int8 output vs the 8/8-bit fake-quantized model it was exported from
 < 5 % (PT2E also quantizes the outputs of ReLU / pooling and uses histogram-calibrated ranges, the
@@ -13,6 +13,7 @@ takes ~40 kB).
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from slimtune.compressors.quantization import (
     PT2EInt8Model,
+    QuantExportError,
     calibrate,
     export_int8,
     exported_size_bytes,
@@ -72,12 +74,19 @@ def test_pt2e_export_of_a_fake_quantized_model() -> None:
     fake = quantize_model(model, {n: (8, 8) for n in ("conv1", "conv2", "conv3", "fc")}, algorithm="ptq")
     fake = freeze(calibrate(fake, calib))
 
-    with (
-        pytest.warns(UserWarning, match=r"the fx path failed .*cannot trace.*exported with pt2e instead"),
-        pytest.warns(UserWarning, match=r"pt2e path calibrates activation ranges afresh.*conv1, conv2, conv3, fc"),
-    ):
-        q = export_int8(fake, calib[0][:1], calib)  # auto: FX cannot trace the branch → PT2E
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback, no "ranges not kept" warning
+        warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+        q = export_int8(fake, calib[0][:1], calib)  # the default: PT2E
     assert isinstance(q, PT2EInt8Model)
+    scales = {  # the calibrated input range of each wrapped layer is kept: its scale is the fake-quant one's
+        round(float(n.args[1]), 6)
+        for n in q.program.graph.nodes
+        if str(n.target) == "quantized_decomposed.quantize_per_tensor.default"
+    }
+    for name in ("conv2", "conv3", "fc"):
+        lo, hi = fake.get_submodule(name).algorithm.export_range(fake.get_submodule(name))
+        assert round((hi - lo) / 255, 6) in scales, name
     ops = {str(n.target) for n in q.program.graph.nodes if n.op == "call_function"}
     assert not any("batch_norm" in op for op in ops), ops  # BN folded into the convs
     assert "quantized_decomposed.quantize_per_tensor.default" in ops
@@ -100,3 +109,27 @@ def test_pt2e_export_of_a_fake_quantized_model() -> None:
     original, reloaded = q.state_dict(), loaded.state_dict()
     assert list(original) == list(reloaded) and all(torch.equal(original[k], reloaded[k]) for k in original)
     assert isinstance(model.bn1, nn.BatchNorm2d)  # the original is untouched
+
+
+def test_pt2e_layer_subset_and_errors() -> None:
+    torch.manual_seed(0)
+    model = ShapeBranchNet().eval()
+    calib = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    q = export_int8(model, calib[0], calib, layers={"conv2", "fc"})
+    assert isinstance(q, PT2EInt8Model)
+    graph = q.program.graph
+    int8_inputs = [n for n in graph.nodes if str(n.target) == "quantized_decomposed.quantize_per_tensor.default"]
+    # the inputs of conv2 and fc are quantized; conv1 and conv3 run in float
+    convs = [n for n in graph.nodes if "conv2d" in str(n.target)]
+    assert len(convs) == 3
+    quantized = [c for c in convs if "dequantize" in str(c.args[0].target)]
+    assert len(quantized) == 1 and len(int8_inputs) == 2
+    with torch.no_grad():
+        assert _rel(q(calib[1]), model(calib[1])) < 0.05
+
+    class Gate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.sum() > 0 else -x  # data-dependent control flow: torch.export cannot capture it
+
+    with pytest.raises(QuantExportError, match=r"torch\.export .*failed.*method='fx'"):
+        export_int8(nn.Sequential(nn.Conv2d(3, 4, 3), Gate()).eval(), calib[0], calib)
