@@ -54,6 +54,8 @@ class Study:
     BASELINE_DEVICE = "baseline_device"
     #: the batch size of the baseline's latency and memory
     MEASURE_BATCH = "measure_batch"
+    #: where latency is measured: ``{"runtime", "batch", "threads"}`` (``LatencySetting.to_dict``)
+    LATENCY = "latency"
     #: the budget of finished trials asked for by the latest run
     N_TRIALS = "n_trials"
     SEED = "seed"
@@ -86,6 +88,8 @@ class Trial:
     COMPRESSOR_INFO = "compressor_info"
     #: why the latency of a quantized model was measured on the fake-quantized model
     LATENCY_NOTE = "latency_note"
+    #: the runtime the trial's latency was measured in (``onnxruntime, batch 1, 1 thread``)
+    LATENCY_RUNTIME = "latency_runtime"
     #: where the trial ran: backend, host, pid (and Ray node, node IP, actor)
     WORKER = "worker"
     #: the device the trial ran on, with its hardware (``cuda:0 (NVIDIA H100 80GB HBM3)``)

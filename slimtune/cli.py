@@ -636,6 +636,12 @@ def format_legend(study: optuna.Study, front: pd.DataFrame) -> str:
     ):
         if base.get(key) is not None:
             original.append(_fmt(base[key], fmt))
+    if base.get("latency") is not None:
+        from slimtune.compressors.measures.runtimes import LatencySetting
+
+        setting = LatencySetting.parse(study.user_attrs.get(attributes.Study.LATENCY))
+        batch = study.user_attrs.get(attributes.Study.MEASURE_BATCH) or 32
+        original[-1] += f" ({setting.with_batch(int(batch)).describe()})"
     lines = [
         "original model: " + (", ".join(original) or "not recorded (a study slimtune did not create)"),
         f"accuracy: the task's metric ({metric}, {'higher' if direction == 'maximize' else 'lower'} is better)",

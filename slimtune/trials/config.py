@@ -67,6 +67,10 @@ class SearchConfig:
         device: Where this process runs its trials (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``);
             None: the task's ``device``. ``slimtune worker --device cuda:1`` sets it per worker.
         measure_batch: Batch size of the latency and memory measures; None: 32 on the CPU, 64 on a GPU.
+        latency: Where and how latency is measured (objectives and constraints alike): a runtime name
+            (``torch``, ``compile``, ``onnxruntime``), a mapping ``{runtime, batch, threads}`` or a
+            :class:`~slimtune.compressors.measures.runtimes.LatencySetting`; None: eager PyTorch, one thread,
+            at ``measure_batch``.
     """
 
     strategy: str = "nsga2"
@@ -88,6 +92,7 @@ class SearchConfig:
     heartbeat: Heartbeat = field(default_factory=Heartbeat.from_env)
     device: str | None = None
     measure_batch: int | None = None
+    latency: Any = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once here
@@ -127,6 +132,9 @@ class SearchConfig:
             isinstance(self.measure_batch, bool) or not isinstance(self.measure_batch, int) or self.measure_batch < 1
         ):
             raise ConfigError(f"must be an integer >= 1, got {self.measure_batch!r}", field="measure_batch")
+        from slimtune.compressors.measures.runtimes import LatencySetting
+
+        set_(self, "latency", LatencySetting.parse(self.latency))
 
     @property
     def study(self) -> str:
@@ -160,6 +168,7 @@ class SearchConfig:
             "ray": self.ray.to_dict() if isinstance(self.ray, RayOptions) else None,
             "device": self.device,
             "measure_batch": self.measure_batch,
+            "latency": self.latency.to_dict(),
             "heartbeat": {
                 "interval": self.heartbeat.interval,
                 "grace_period": self.heartbeat.grace_period,

@@ -8,12 +8,14 @@ Measures of a trial (all stored, whatever is optimised):
 ``flops``      MACs per sample relative to the original model (``flops_abs``: absolute)
 ``params``     parameters, relative (``params_abs``)
 ``size``       bytes, relative (``size_abs``)
-``latency``    measured latency, relative (``latency_abs``: milliseconds)
+``latency``    measured latency, relative (``latency_abs``: milliseconds), in the runtime ``latency`` names
 ``memory``     peak memory of a forward at the measured batch size, relative (``memory_abs``: bytes)
 ============== =====================================================================
 
 Latency and memory are measured on the trial's device and relative to the original model measured
-on the same device.
+on the same device. Latency is measured in one runtime for the whole study (``Cost(latency=...)``, the
+spec's ``latency:``): eager PyTorch by default, ``torch.compile`` or ONNX Runtime, at a batch size and a
+thread count (:class:`~slimtune.compressors.measures.runtimes.LatencySetting`).
 
 Objectives are chosen from ``accuracy``, ``flops``, ``params``, ``latency``, ``size`` and ``memory``
 (resources are minimised as ratios to the original, so objectives of different scales compare).
@@ -152,6 +154,10 @@ class Cost:
         weights: Optional ``{objective: weight}``: one scalar ``Σ w·v`` (maximised objectives
             enter with a minus sign) is minimised instead of a Pareto search.
         constraints: Strings (see :func:`parse_constraint`) or :class:`Constraint`.
+        latency: How the ``latency`` measure is taken, for objectives and constraints alike: a
+            :class:`~slimtune.compressors.measures.runtimes.LatencySetting` or what its ``parse`` reads
+            (``"onnxruntime"``, ``{"runtime": "compile", "batch": 1, "threads": 1}``); None: eager PyTorch, one
+            thread, at the study's measure batch.
     """
 
     def __init__(
@@ -160,7 +166,10 @@ class Cost:
         metric_direction: str = "maximize",
         weights: Mapping[str, float] | None = None,
         constraints: Sequence[str | Constraint] | None = None,
+        latency: Any = None,
     ) -> None:
+        from slimtune.compressors.measures.runtimes import LatencySetting
+
         objectives = check_objectives(objectives)
         if weights is not None:
             weights = check_weights(weights, objectives)
@@ -168,6 +177,7 @@ class Cost:
         self.metric_direction = metric_direction
         self.weights = dict(weights) if weights is not None else None
         self.constraints = [parse_constraint(c) for c in (constraints or [])]
+        self.latency = LatencySetting.parse(latency)
 
     def direction_of(self, objective: str) -> str:
         return OBJECTIVES[objective] or self.metric_direction
@@ -224,6 +234,7 @@ class Cost:
             "directions": self.directions,
             "weights": self.weights,
             "constraints": [c.text for c in self.constraints],
+            "latency": self.latency.to_dict(),
         }
 
 

@@ -144,8 +144,11 @@ class Objective:
                 self.latency_batch,
                 memory=self.cost.needs_memory,
                 memory_batch=self.latency_batch,
+                runtime=self.cost.latency,
             )
             raw["accuracy"] = metric
+            if self.cost.needs_latency:
+                trial.set_user_attr(T.LATENCY_RUNTIME, self.cost.latency.with_batch(self.latency_batch).describe())
             if raw.get("latency_note"):  # not the latency of the int8 export, or timed on the CPU
                 trial.set_user_attr(T.LATENCY_NOTE, raw["latency_note"])
                 failed = raw.get("latency_device") != "cpu" or devices.model_device(model).type == "cpu"

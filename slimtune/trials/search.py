@@ -60,6 +60,7 @@ def search(
     ray: RayOptions | Mapping[str, Any] | None = None,
     device: str | None = None,
     measure_batch: int | None = None,
+    latency: Any = None,
     **strategy_params: Any,
 ) -> optuna.Study:
     """Search for compressed versions of ``task.model``; returns the Optuna study.
@@ -94,6 +95,9 @@ def search(
             task's ``device``. On Ray, each worker uses the GPU Ray assigned to it
             (``ray={"resources_per_trial": {"cpu": 4, "gpu": 1}}``).
         measure_batch: Batch size of the latency and memory measures (None: 32 on the CPU, 64 on a GPU).
+        latency: Where latency is measured, for objectives and constraints: a runtime (``"torch"``, the default
+            eager PyTorch; ``"compile"``; ``"onnxruntime"``) or ``{"runtime", "batch", "threads"}`` (see
+            :class:`~slimtune.compressors.measures.runtimes.LatencySetting`).
         **strategy_params: Parameters of the strategy.
 
     Returns:
@@ -118,6 +122,7 @@ def search(
         ray=ray,
         device=device,
         measure_batch=measure_batch,
+        latency=latency,
     )
     return run(task, config)
 

@@ -31,6 +31,8 @@ Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` an
     ray: {address: 127.0.0.1:6379, max_concurrent_trials: 4, resources_per_trial: {cpu: 1}}  # backend: ray only
     device: auto                        # where trials run: auto (a CUDA GPU when there is one), cpu, cuda, cuda:N, mps
     measure_batch: 64                   # batch size of the latency and memory measures (default 32 CPU, 64 GPU)
+    latency: {runtime: onnxruntime, batch: 1, threads: 1}  # where latency is measured: torch (default), compile,
+                                        # onnxruntime; batch (default measure_batch) and threads (default 1)
 
 **Storage URLs**: ``sqlite:///file.db``, ``postgresql://user@host/db`` (any SQLAlchemy URL: several
 machines can share a study), ``journal:///path/file.log`` (an Optuna journal file) or ``memory``
@@ -119,6 +121,7 @@ FIELDS: dict[str, str] = {
     "device": "where the trials run: auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, "
     "mps; overrides the task's device",
     "measure_batch": "batch size of the latency and memory measures (default 32 on the CPU, 64 on a GPU)",
+    "latency": "where latency is measured: a runtime (torch, compile, onnxruntime) or {runtime, batch, threads}",
 }
 
 #: Options of the ``space`` mapping and what each holds.
@@ -162,6 +165,7 @@ _SEARCH_ARGS = (
     "ray",
     "device",
     "measure_batch",
+    "latency",
 )
 _TASK_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -191,6 +195,7 @@ class Spec:
         ray: Options of the Ray backend (:data:`slimtune.trials.ray_backend.RAY_FIELDS`), or ``None``.
         device: Where the trials run (overrides the task's ``device``), or ``None``.
         measure_batch: Batch size of the latency and memory measures, or ``None`` (32 CPU, 64 GPU).
+        latency: Where latency is measured (``{"runtime", "batch", "threads"}``), or ``None`` (eager, 1 thread).
         path: The file the spec was loaded from (``None`` when it came from data).
     """
 
@@ -213,6 +218,7 @@ class Spec:
     finetune: dict[str, Any] | None = None
     device: str | None = None
     measure_batch: int | None = None
+    latency: dict[str, Any] | None = None
     path: Path | None = field(default=None, compare=False)
 
     # ---------------------------------------------------------------------------------------------
@@ -294,6 +300,8 @@ class Spec:
             out["device"] = self.device
         if self.measure_batch is not None:
             out["measure_batch"] = self.measure_batch
+        if self.latency is not None:
+            out["latency"] = dict(self.latency)
         return out
 
     def to_yaml(self) -> str:
@@ -325,6 +333,7 @@ class Spec:
             **({"ray": dict(self.ray or {})} if self.backend == "ray" else {}),
             **({"device": self.device} if self.device is not None else {}),
             **({"measure_batch": self.measure_batch} if self.measure_batch is not None else {}),
+            **({"latency": dict(self.latency)} if self.latency is not None else {}),
             **self.strategy_params,
         }
 
@@ -514,6 +523,7 @@ class _Validator:
         measure_batch = data.get("measure_batch")
         if measure_batch is not None:
             measure_batch = self.integer(measure_batch, "measure_batch", minimum=1)
+        latency = self.latency(data.get("latency"))
         return Spec(
             study=study,
             task=task,
@@ -534,6 +544,7 @@ class _Validator:
             finetune=finetune,
             device=device,
             measure_batch=measure_batch,
+            latency=latency,
         )
 
     # -- fields ---------------------------------------------------------------------------------
@@ -585,6 +596,16 @@ class _Validator:
             return devices.check_name(value if isinstance(value, (str, int)) else repr(value))
         except SlimtuneError as exc:
             self.owner_error(exc, "device")
+
+    def latency(self, value: Any) -> dict[str, Any] | None:
+        from slimtune.compressors.measures.runtimes import LatencySetting
+
+        if value is None:
+            return None
+        try:
+            return LatencySetting.parse(value).to_dict()
+        except SlimtuneError as exc:
+            self.owner_error(exc, "latency")
 
     def ray(self, value: Any) -> dict[str, Any] | None:
         from slimtune.trials.config import RAY_FIELDS, RayOptions

@@ -22,6 +22,7 @@ from slimtune import attributes as attrs
 from slimtune import devices
 from slimtune.compressors import trace
 from slimtune.compressors.measures import measure_deployable
+from slimtune.compressors.measures.runtimes import LatencySetting
 from slimtune.errors import SlimtuneError
 from slimtune.search_spaces import SearchSpace
 from slimtune.strategies import get_strategy
@@ -66,7 +67,13 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
     task = task.on_device(device)
     measure_batch = config.measure_batch or (DEFAULT_MEASURE_BATCH_GPU if device.type == "cuda" else 32)
     strat = get_strategy(config.strategy, **config.strategy_params)
-    cost = Cost(config.objectives, task.direction, weights=config.weights, constraints=list(config.constraints) or None)
+    cost = Cost(
+        config.objectives,
+        task.direction,
+        weights=config.weights,
+        constraints=list(config.constraints) or None,
+        latency=config.latency,
+    )
     url = url_of(config.storage)
     st = make_storage(config.storage, config.heartbeat)
     options = config.space
@@ -132,6 +139,7 @@ def _measure_original(task: Task, cost: Cost, batch: int) -> dict[str, Any]:
         latency_batch=batch,
         memory=cost.needs_memory,
         memory_batch=batch,
+        runtime=cost.latency,
     )
 
 
@@ -165,6 +173,9 @@ def _init_study(
             S.WEIGHTS: cost.weights,
             S.DIRECTIONS: cost.directions,
         }
+        if cost.needs_latency:  # a study from before runtimes measured eager latency
+            asked[S.LATENCY] = cost.latency.to_dict()
+            stored = {**stored, S.LATENCY: stored.get(S.LATENCY) or LatencySetting().to_dict()}
         mismatch = [
             f"{key} {stored.get(key)!r} (asked: {value!r})" for key, value in asked.items() if stored.get(key) != value
         ]
@@ -218,6 +229,7 @@ def _init_study(
         S.BASELINE: baseline,
         S.BASELINE_DEVICE: devices.hardware(task.device),
         S.MEASURE_BATCH: measure_batch,
+        S.LATENCY: cost.latency.to_dict(),
         S.N_TRIALS: config.n_trials,
         S.SEED: config.seed,
         S.ARTIFACTS_DIR: str(artifacts_dir(url)),

@@ -196,7 +196,7 @@ def test_bits_table_is_measured_on_the_cpu() -> None:
 
 # ------------------------------------------------------------------------------------------ deployable
 def test_deployable_reports_latency_device_and_memory(monkeypatch) -> None:
-    import slimtune.compressors.measures.deployable as deployable
+    import slimtune.compressors.measures.runtimes as runtimes
     from slimtune.compressors.quantization import calibrate, freeze, quantize_model
 
     torch.manual_seed(0)
@@ -210,7 +210,7 @@ def test_deployable_reports_latency_device_and_memory(monkeypatch) -> None:
     # a quantized model on a GPU: its int8 export is timed on the CPU, and the result says so
     q = freeze(calibrate(quantize_model(model, {"conv1": (8, 8), "conv2": (8, 8)}), [torch.randn(8, 3, 8, 8)]))
     on_gpu = types.SimpleNamespace(model_device=lambda m: torch.device("cuda", 0), move=devices.move)
-    monkeypatch.setattr(deployable, "devices", on_gpu)
+    monkeypatch.setattr(runtimes, "devices", on_gpu)
     m = measure_deployable(q.eval(), x, latency=True, latency_repeats=2)
     assert m["latency_device"] == "cpu"
     assert "timed on the CPU" in m["latency_note"] and "on cuda:0" in m["latency_note"]

@@ -153,7 +153,10 @@ def test_cost_to_dict() -> None:
         "directions": ["minimize"],
         "weights": {"accuracy": 1, "flops": 2},
         "constraints": ["flops <= 0.5"],
+        "latency": {"runtime": "torch", "batch": None, "threads": 1},
     }
+    d = Cost(["accuracy", "latency"], latency={"runtime": "onnxruntime", "batch": 1}).to_dict()
+    assert d["latency"] == {"runtime": "onnxruntime", "batch": 1, "threads": 1}
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ class _ConvNet(nn.Module):
 
 
 def test_latency_of_a_quantized_model_is_measured_on_its_int8_export(monkeypatch) -> None:
-    import slimtune.compressors.measures.deployable as objective
+    import slimtune.compressors.measures.runtimes as objective
     from slimtune.compressors.quantization import calibrate, freeze
 
     timed: list[nn.Module] = []

@@ -5,6 +5,8 @@
   prune-aware parameter counts (``size.py``).
 * :func:`measure_latency`, :func:`compare_latency` — measured latency on the model's device (CPU:
   fixed threads; CUDA: CUDA events), medians, interleaved comparisons (``latency.py``).
+* :class:`LatencySetting`, :func:`measure_runtime_latency` — latency in the runtime a model ships on: eager
+  PyTorch, ``torch.compile`` or ONNX Runtime, at a batch size and thread count (``runtimes.py``).
 * :func:`measure_memory` — peak memory of one forward pass at a batch size, weights and inputs
   included, on the model's device (``memory.py``).
 * :class:`LatencyTable` — NetAdapt-style per-layer lookup table predicting a plan's latency on the
@@ -35,6 +37,7 @@ from slimtune.compressors.measures.latency import LatencyResult, compare_latency
 from slimtune.compressors.measures.lut import LatencyTable
 from slimtune.compressors.measures.memory import MemoryResult, measure_memory
 from slimtune.compressors.measures.resources import ResourcePredictor, Resources, predict_resources
+from slimtune.compressors.measures.runtimes import LatencySetting, measure_runtime_latency
 from slimtune.compressors.measures.size import SizeReport, count_params, model_size_bytes
 from slimtune.compressors.measures.summary import Measures, measure
 
@@ -49,6 +52,8 @@ __all__ = [
     "measure_latency",
     "compare_latency",
     "LatencyResult",
+    "LatencySetting",
+    "measure_runtime_latency",
     "measure_memory",
     "MemoryResult",
     "LatencyTable",

@@ -13,10 +13,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from slimtune import devices
 from slimtune.compressors.measures.flops import count_flops
-from slimtune.compressors.measures.latency import measure_latency
 from slimtune.compressors.measures.memory import measure_memory
+from slimtune.compressors.measures.runtimes import LatencySetting, measure_runtime_latency
 from slimtune.compressors.measures.size import count_params, model_size_bytes
 
 
@@ -28,6 +27,7 @@ def measure_deployable(
     latency_repeats: int = 20,
     memory: bool = False,
     memory_batch: int = 32,
+    runtime: LatencySetting | str | None = None,
 ) -> dict[str, Any]:
     """FLOPs (MACs per sample), parameters, size in bytes (quantized weights at their bit-widths),
     and optionally latency and peak memory of ``model``.
@@ -37,16 +37,19 @@ def measure_deployable(
     SLB model is measured as deployed (:func:`~slimtune.compressors.quantization.unwrap`: the
     most probable candidate of each weight), so its per-weight logits are not counted.
 
-    Latency is that of the deployable model too, measured on the model's device
-    (:func:`~slimtune.compressors.measures.measure_latency`, one thread on the CPU). Fake-quantized
+    Latency is that of the deployable model too, in the runtime of ``runtime`` (a
+    :class:`~slimtune.compressors.measures.runtimes.LatencySetting`: eager PyTorch by default, or
+    ``torch.compile``, or ONNX Runtime; its ``batch``, if set, overrides ``latency_batch``, and its ``threads``
+    are used on the CPU), measured on the model's device
+    (:func:`~slimtune.compressors.measures.measure_latency`; ONNX Runtime on the CPU). Fake-quantized
     layers run float kernels plus fake-quant ops, which says nothing about integer kernels, so
     when the model has layers with at most 8 weight bits, the latency measured is that of
     :func:`~slimtune.compressors.quantization.export_int8` with those layers in int8 (calibrated
     on the latency batch: activation ranges do not change kernel time; below 8 bits, x86 has no
-    faster kernels). The int8 kernels run on the CPU only, so for a model on another device the
-    export is made from a CPU copy and timed on the CPU: ``latency_device`` is then ``"cpu"`` and
-    ``latency_note`` says so. If the export fails, the fake-quantized model is timed on its device
-    and ``latency_note`` says why.
+    faster kernels); in ONNX Runtime, the QDQ form of those layers. The int8 kernels run on the CPU only,
+    so for a model on another device the export is made from a CPU copy and timed on the CPU:
+    ``latency_device`` is then ``"cpu"`` and ``latency_note`` says so. If the int8 export fails, the
+    fake-quantized model is timed on its device and ``latency_note`` says why.
 
     Memory is :func:`~slimtune.compressors.measures.measure_memory`'s ``peak_bytes`` of the
     deployable model on its device (fake-quantized layers hold float weights).
@@ -93,8 +96,9 @@ def measure_deployable(
         "memory": None,
     }
     if latency:
-        timed, inputs, note = _latency_model(model, example_inputs, latency_batch)
-        result = measure_latency(timed, inputs, batch_size=latency_batch, threads=1, warmup=3, repeats=latency_repeats)
+        result, note = measure_runtime_latency(
+            model, example_inputs, runtime, batch_size=latency_batch, warmup=3, repeats=latency_repeats
+        )
         out["latency"] = result.median_ms
         out["latency_device"] = result.device
         if note is not None:
@@ -102,42 +106,6 @@ def measure_deployable(
     if memory:
         out["memory"] = measure_memory(deployable, example_inputs, batch_size=memory_batch).peak_bytes
     return out
-
-
-def _latency_model(model: nn.Module, example_inputs: Any, batch: int) -> tuple[nn.Module, Any, str | None]:
-    """The model whose latency a trial reports, its inputs and a note: the int8 export (on the CPU) of
-    the layers with at most 8 weight bits and CPU inputs, or (none, or the export failed) ``model``
-    itself and the inputs as given, with why."""
-    from slimtune.compressors.measures.bits_latency import INT8_MAX_BITS
-    from slimtune.compressors.measures.latency import as_tuple, make_batch
-    from slimtune.compressors.quantization import QuantWrapper, export_int8
-
-    layers = sorted(
-        name
-        for name, w in model.named_modules()
-        if isinstance(w, QuantWrapper) and not w.recurrent and w.bits_w is not None and w.bits_w <= INT8_MAX_BITS
-    )
-    if not layers:
-        return model, example_inputs, None
-    device = devices.model_device(model)
-    inputs = devices.move(as_tuple(example_inputs), "cpu")
-    try:
-        calibration = [(make_batch(inputs, batch),)]
-        # export_int8 exports a model on any device from a CPU copy (the model stays where it is)
-        int8 = export_int8(model, inputs, calibration, layers=layers)
-    except Exception as e:  # noqa: BLE001 - any export failure: measure the fake-quantized model, say why
-        return (
-            model,
-            example_inputs,
-            f"latency of the fake-quantized model: int8 export of {', '.join(layers)} failed: {type(e).__name__}: {e}",
-        )
-    note = None
-    if device.type != "cpu":
-        note = (
-            f"latency of the int8 export of {', '.join(layers)}, timed on the CPU (int8 kernels run on the CPU "
-            f"only); the model itself is on {device}"
-        )
-    return int8, inputs, note
 
 
 __all__ = ["measure_deployable"]
