@@ -13,13 +13,16 @@ until the MACs are within 2 % or no move brings them closer; MACs come from
 :class:`~slimtune.compressors.measures.ResourcePredictor` and are checked against
 :func:`~slimtune.compressors.count_flops` on the compressed models. The three models are timed
 interleaved (:func:`~slimtune.compressors.compare_latency`, one thread, the thread's CPU clock, medians)
-at batch 1 and 32, eager PyTorch, NCHW, with a second copy of the unrounded model as the noise control.
+at batch 1 and 32, eager PyTorch (``--runtime compile|onnxruntime``: as that runtime runs them, see
+:func:`~slimtune.compressors.measures.runtimes.runtime_model`), NCHW, with a second copy of the unrounded
+model as the noise control.
 
 Reported per row: the rounded model's MACs and latency relative to the unrounded one, and latency per
 MAC relative to it (``latency ratio / MACs ratio``: below 1, the rounded widths run faster per FLOP).
 
 ``python benchmarks/rounding.py [--models resnet20,vgg] [--repeats 80] [--quick] [--no-write]``; results
-go to ``benchmarks/results/rounding.md`` and ``.json`` (≈ 2 min on 2 cores).
+go to ``benchmarks/results/rounding.md`` and ``.json`` (``rounding_<runtime>.*`` for another runtime; ≈ 2 min
+on 2 cores eager, more with compiling or exporting).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 from slimtune import devices
 from slimtune.compressors import CompressionPlan, PruneSpec, compare_latency, compress, count_flops, trace
 from slimtune.compressors.measures import ResourcePredictor
+from slimtune.compressors.measures.runtimes import RUNTIMES, runtime_model
 from slimtune.compressors.plan import round_kept
 from slimtune.examples.digits import digits_cnn
 from slimtune.examples.models import REFERENCE_MODELS
@@ -143,10 +147,12 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             assert predictor.predict(p).flops == macs[v], f"{name} {label} {v}: predicted MACs differ from counted"
         kept = {v: {g.name: g.size - p.n_prune(g) for g in graph.prunable_groups()} for v, p in variants.items()}
         latency = {}
+        # the models as the runtime runs them (eager: themselves; compile / onnxruntime: see runtime_model)
+        timed = {v: runtime_model(mod, x, args.runtime)[0] for v, mod in small.items()}
         for batch, repeats in ((1, args.repeats * 5), (32, args.repeats)):
             with torch.no_grad():
                 res = compare_latency(
-                    small, x, batch_size=batch, threads=1, warmup=5, repeats=repeats, min_time_s=0.0, clock="cpu"
+                    timed, x, batch_size=batch, threads=1, warmup=5, repeats=repeats, min_time_s=0.0, clock="cpu"
                 )
             latency[batch] = {
                 v: {"median_ms": r.median_ms, "p10_ms": r.p10_ms, "p90_ms": r.p90_ms} for v, r in res.items()
@@ -200,7 +206,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float)
         "# Hardware-friendly widths: rounded vs unrounded channels at equal MACs",
         "",
         f"{devices.hardware('cpu')} ({platform.machine()}, {torch.get_num_threads()} threads available, "
-        f"{_simd()}); torch {torch.__version__}; eager, NCHW, fp32, 1 thread, thread CPU clock, medians of "
+        f"{_simd()}); torch {torch.__version__}; runtime {args.runtime}, NCHW, fp32, 1 thread, thread CPU clock, "
+        "medians of "
         f"{args.repeats * 5} (batch 1) / {args.repeats} (batch 32) interleaved calls; run {time.strftime('%Y-%m-%d')}, "
         f"{seconds / 60:.1f} min.",
         "",
@@ -275,9 +282,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=80, help="timed rounds at batch 32 (batch 1 gets 5x)")
     parser.add_argument("--quick", action="store_true", help="one random plan per model, 8 repeats")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--runtime", default="torch", choices=RUNTIMES, help="where latency is measured (default: eager torch)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats = 8
+    # several compiled models of one class are timed together: room for all their shapes in dynamo's cache
+    torch._dynamo.config.recompile_limit = 64
     t0 = time.perf_counter()
     rows = []
     for name in [m for m in args.models.split(",") if m]:
@@ -286,9 +298,15 @@ def main() -> None:
     print(text)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "rounding.md").write_text(text)
-        meta = {"hardware": devices.hardware("cpu"), "torch": torch.__version__, "repeats": args.repeats}
-        (RESULTS / "rounding.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        stem = "rounding" if args.runtime == "torch" else f"rounding_{args.runtime}"
+        (RESULTS / f"{stem}.md").write_text(text)
+        meta = {
+            "hardware": devices.hardware("cpu"),
+            "torch": torch.__version__,
+            "repeats": args.repeats,
+            "runtime": args.runtime,
+        }
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -199,9 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--format",
-        choices=("state", "onnx", "pt2"),
-        help="state: safetensors + plan (slimtune.load); onnx: an ONNX file checked in onnxruntime; pt2: a "
-        "torch.export program (torch.export.load); default: from --out's suffix (.onnx, .pt2), else state",
+        choices=("state", "onnx", "pt2", "int8", "onnx-int8"),
+        help="state: safetensors + plan (slimtune.load); onnx: an ONNX file checked in onnxruntime (a quantized "
+        "trial in QDQ form); pt2: a torch.export program (torch.export.load); int8: the PT2E int8 program "
+        "(slimtune.compressors.quantization.load_int8), calibrated on the task's calibration batches; onnx-int8: "
+        "ONNX Runtime static int8 (QDQ), calibrated likewise; default: from --out's suffix (.onnx, .pt2), else "
+        "state",
     )
 
     sensitivity = command(
@@ -426,9 +429,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_program(args: argparse.Namespace, study: optuna.Study, fmt: str) -> int:
-    """``export --format onnx|pt2``: rebuild the trial's model from the spec's task, export it, check it."""
+    """``export --format onnx|pt2|int8|onnx-int8``: rebuild the trial's model from the spec's task, export it,
+    check it."""
     from slimtune import devices
-    from slimtune.compressors.deploy import export_onnx, export_pt2
+    from slimtune.compressors.deploy import export_onnx, export_onnx_int8, export_pt2
     from slimtune.trials.results import load_model
 
     if not args.spec:
@@ -438,10 +442,50 @@ def _export_program(args: argparse.Namespace, study: optuna.Study, fmt: str) -> 
         )
     task = load_spec(args.spec).make_task()
     model = load_model(study, args.trial, task.model)
-    export = export_onnx if fmt == "onnx" else export_pt2
-    result = export(model, devices.move(task.example_inputs, "cpu"), args.out)
+    inputs = devices.move(task.example_inputs, "cpu")
+    if fmt in ("int8", "onnx-int8"):
+        if not task.calibration:
+            raise SlimtuneError(
+                f"--format {fmt} calibrates activation ranges on the task's calibration batches, and "
+                "Task.calibration is empty: give the task calibration=[...] (a few hundred samples)",
+                field="Task.calibration",
+            )
+        if fmt == "int8":
+            return _export_int8(args, study, model, inputs, task.calibration)
+        result = export_onnx_int8(model, inputs, args.out, task.calibration)
+    else:
+        export = export_onnx if fmt == "onnx" else export_pt2
+        result = export(model, inputs, args.out)
     print(f"exported trial {args.trial} of study {study.study_name!r}")
     print(result)
+    return 0
+
+
+def _export_int8(args: argparse.Namespace, study: optuna.Study, model: Any, inputs: Any, calibration: Any) -> int:
+    """``export --format int8``: the default int8 path (PT2E), saved as its program, reloaded and compared."""
+    import time
+
+    import torch
+
+    from slimtune.compressors.quantization import export_int8, load_int8, save_int8
+
+    start = time.perf_counter()
+    int8 = export_int8(model, inputs, calibration)
+    save_int8(int8, args.out, inputs)
+    seconds = time.perf_counter() - start
+    args_ = inputs if isinstance(inputs, tuple) else (inputs,)
+    with torch.no_grad():
+        ref = model.eval().cpu()(*args_)
+        out = load_int8(args.out)(*args_)
+    rel = float((out - ref).norm() / ref.norm()) if isinstance(out, torch.Tensor) else float("nan")
+    shapes = ", ".join(f"{a.dtype}[batch, {', '.join(map(str, a.shape[1:]))}]" for a in args_ if hasattr(a, "shape"))
+    size = Path(args.out).stat().st_size
+    print(f"exported trial {args.trial} of study {study.study_name!r}")
+    print(
+        f"{args.out}: int8 torch.export program (torchao PT2E, X86InductorQuantizer), {size:,} bytes, {seconds:.1f} s"
+    )
+    print(f"  inputs: {shapes} (dynamic batch)")
+    print(f"  reloaded with slimtune.compressors.quantization.load_int8: relative L2 error {rel:.2%} against fp32")
     return 0
 
 

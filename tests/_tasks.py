@@ -27,8 +27,11 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def tiny_task(hidden: int = 16, seed: int = 0, train_steps: int = 60, finetune_steps: int = 0) -> Task:
-    """A Linear(8, hidden) → ReLU → Linear(hidden, 3) classifier; its metric is accuracy."""
+def tiny_task(
+    hidden: int = 16, seed: int = 0, train_steps: int = 60, finetune_steps: int = 0, calibrated: bool = False
+) -> Task:
+    """A Linear(8, hidden) → ReLU → Linear(hidden, 3) classifier; its metric is accuracy (``calibrated``: with
+    calibration batches from its data)."""
     torch.manual_seed(seed)
     x, y = _data(seed)
     model = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 3))
@@ -44,7 +47,15 @@ def tiny_task(hidden: int = 16, seed: int = 0, train_steps: int = 60, finetune_s
 
     fit(model, train_steps)
     finetune = (lambda m: fit(m, finetune_steps)) if finetune_steps else None
-    return Task(model.eval(), x[:1], lambda m: _accuracy(m, x, y), finetune=finetune, name=f"tiny-{hidden}")
+    calibration = [x[i : i + 32] for i in range(0, 128, 32)] if calibrated else None
+    return Task(
+        model.eval(),
+        x[:1],
+        lambda m: _accuracy(m, x, y),
+        finetune=finetune,
+        calibration=calibration,
+        name=f"tiny-{hidden}",
+    )
 
 
 def failing_task() -> Task:

@@ -388,3 +388,31 @@ def test_export_formats_onnx_and_pt2(
     assert load_pt2(pt2_path).module()(x).shape == (5, 3)
     assert main(["-q", "export", "--study", "tiny", "--trial", "0", "--out", str(onnx_path)]) == 2
     assert "--format onnx rebuilds the trial's model from the task's model: give the SPEC" in capsys.readouterr().err
+
+
+def test_export_formats_int8_and_onnx_int8(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import onnx
+
+    from slimtune.compressors.quantization import PT2EInt8Model, load_int8
+
+    monkeypatch.chdir(study_dir)
+    monkeypatch.syspath_prepend(str(TESTS))
+    int8_path, ort_path = tmp_path / "m-int8.pt2", tmp_path / "m-int8.onnx"
+    # the task has no calibration batches: the error names the field
+    assert main(["-q", "export", "tiny.yaml", "--trial", "0", "--out", str(int8_path), "--format", "int8"]) == 2
+    assert "Task.calibration" in capsys.readouterr().err
+    # the same study, its task with calibration batches (the model is the same)
+    (study_dir / "tiny-cal.yaml").write_text(
+        SPEC.replace("task_args: {hidden: 16, finetune_steps: 5}", "task_args: {hidden: 16, finetune_steps: 5, calibrated: true}")
+    )
+    assert main(["-q", "export", "tiny-cal.yaml", "--trial", "0", "--out", str(int8_path), "--format", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 torch.export program (torchao PT2E" in out and "float32[batch, 8]" in out
+    loaded = load_int8(int8_path)
+    assert isinstance(loaded, PT2EInt8Model) and loaded(torch.randn(5, 8)).shape == (5, 3)
+    fmt = ["--format", "onnx-int8"]
+    assert main(["-q", "export", "tiny-cal.yaml", "--trial", "0", "--out", str(ort_path), *fmt]) == 0
+    ops = {n.op_type for n in onnx.load(str(ort_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_FORMAT_NAMES = {"onnx": "ONNX", "pt2": "PT2 (torch.export)"}
+_FORMAT_NAMES = {"onnx": "ONNX", "pt2": "PT2 (torch.export)", "onnx-int8": "ONNX static int8 (QDQ, onnxruntime)"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,12 @@ class ExportResult:
             lines.append("  not checked (check=False)")
         else:
             batches = " and ".join(str(b) for b in self.checked_batches)
-            tol = f"rtol {self.tolerance[0]:g}, atol {self.tolerance[1]:g}" if self.tolerance else ""
+            if self.tolerance:
+                tol = f"rtol {self.tolerance[0]:g}, atol {self.tolerance[1]:g}"
+            elif self.rel_l2 is not None:
+                tol = f"relative L2 error {self.rel_l2:.2%}"
+            else:
+                tol = "not compared element-wise"
             lines.append(
                 f"  checked with {self.checked_with} at batch {batches}: max |diff| {self.max_abs_diff:.2g} ({tol})"
             )

@@ -11,7 +11,9 @@ The algorithms: PTQ, dynamic, STE-QAT, PACT, DoReFa, BNN, SLB.
 - :mod:`.algorithms`: the algorithms by name (``ptq``, ``dynamic``, ``ste``, ``pact``, ``dorefa``, ``bnn``,
   ``slb`` with its temperature helpers :func:`anneal` / :func:`set_temperature`);
 - :mod:`.export`: :func:`export_int8`, a real int8 model: static (torch.ao FX by default, or torchao PT2E
-  compiled — :mod:`.pt2e`; conv-bn-relu fused) or dynamic (Linear/LSTM/GRU).
+  compiled — :mod:`.pt2e`; conv-bn-relu fused) or dynamic (Linear/LSTM/GRU);
+- :mod:`.weight_only`: :func:`quantize_weight_only`, torchao weight-only int8 / int4 Linear layers (for
+  Linear-heavy models: transformers, MLPs), with :func:`weight_only_info` and :func:`int4_available`.
 
 Example:
     >>> import torch
@@ -63,6 +65,12 @@ from slimtune.compressors.quantization.modules import (
     weight_bits,
 )
 from slimtune.compressors.quantization.observers import OBSERVERS, Observer, make_observer, register_observer
+from slimtune.compressors.quantization.weight_only import (
+    WeightOnlyInfo,
+    int4_available,
+    quantize_weight_only,
+    weight_only_info,
+)
 from slimtune.errors import QuantExportError, QuantizationError
 
 __all__ = [
@@ -100,4 +108,8 @@ __all__ = [
     "slb_candidates",
     "slb_probabilities",
     "unwrap",
+    "WeightOnlyInfo",
+    "int4_available",
+    "quantize_weight_only",
+    "weight_only_info",
 ]
