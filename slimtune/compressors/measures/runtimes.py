@@ -15,9 +15,10 @@ runtime                   what is timed
                           done in the warm-up calls, with the measurement's thread count); fake-quantized
                           layers as their PT2E int8 export, which is itself compiled
 ``onnxruntime``           the model exported by :func:`~slimtune.compressors.deploy.export_onnx` (dynamic
-                          batch; fake-quantized layers in QDQ form, which ONNX Runtime runs with int8
-                          kernels), in an ``onnxruntime.InferenceSession`` on the CPU execution provider with
-                          ``threads`` intra-op threads and one inter-op thread
+                          batch; fake-quantized layers in QDQ form with their learned weights and ranges,
+                          which ONNX Runtime 1.32 runs partly as float ops: the note says so), in an
+                          ``onnxruntime.InferenceSession`` on the CPU execution provider with ``threads``
+                          intra-op threads and one inter-op thread
 ========================= ==================================================================================
 
 Each is measured by :func:`~slimtune.compressors.measures.measure_latency` (warm-up calls, then timed calls,
@@ -231,10 +232,15 @@ def runtime_model(
     setting = LatencySetting.parse(runtime)
     device = devices.model_device(model)
     if setting.runtime == "onnxruntime":
-        note = None
+        notes = []
         if device.type != "cpu":
-            note = f"timed in onnxruntime on the CPU (CPU execution provider); the model itself is on {device}"
-        return _ort_model(model, example_inputs, setting.threads, workdir), note
+            notes.append(f"timed in onnxruntime on the CPU (CPU execution provider); the model itself is on {device}")
+        if _int8_layers(model):
+            notes.append(
+                "the quantized layers are timed in their QDQ form (the learned int8 weights and ranges), which "
+                "onnxruntime runs partly as float ops; export_onnx_int8 gives ONNX Runtime's int8 kernels"
+            )
+        return _ort_model(model, example_inputs, setting.threads, workdir), "; ".join(notes) or None
     layers = _int8_layers(model)
     if layers:
         return _int8_model(model, example_inputs, layers, device)
