@@ -6,7 +6,8 @@ Public entry points:
     - :func:`trace` → :class:`ModelGraph` (dependency groups, prunable and quantizable layers),
       for any model: ``torch.fx`` or ``torch.export`` frontends, one :class:`LayerHandler` per layer
       kind (:func:`register_handler` adds one)
-    - :class:`CompressionPlan` (what to prune / quantize), JSON round-trip and validation
+    - :class:`CompressionPlan` (what to prune / factorize / quantize), JSON round-trip and validation
+    - :func:`factorize` (low-rank factorization: SVD, Tucker-2; :mod:`slimtune.compressors.lowrank`)
     - :func:`compress` (a compressed copy: masked or physically smaller), :func:`speedup`
     - :func:`measure` (FLOPs, params, size in bytes, latency) and :class:`LatencyTable`
     - :data:`CRITERIA` (pruning criteria by name)
@@ -21,6 +22,7 @@ from slimtune.compressors.compress import compress
 from slimtune.compressors.criteria import CRITERIA, CriterionContext, register_criterion, score_group
 from slimtune.compressors.graph import ModelGraph, trace
 from slimtune.compressors.handlers import LayerHandler, handler_for, register_handler
+from slimtune.compressors.lowrank import factorize, factorize_layer
 from slimtune.compressors.measures import (
     LatencyResult,
     LatencyTable,
@@ -32,7 +34,7 @@ from slimtune.compressors.measures import (
     measure_latency,
     model_size_bytes,
 )
-from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
+from slimtune.compressors.plan import CompressionPlan, FactorSpec, PruneSpec, QuantSpec
 from slimtune.compressors.pruning import apply_channel_masks, apply_unstructured_masks, make_permanent
 from slimtune.compressors.speedup import SpeedupError, speedup
 from slimtune.compressors.training import COMPRESSORS, FinetuneConfig, KDConfig, finetune, run_compressor
@@ -42,6 +44,7 @@ __all__ = [
     "CRITERIA",
     "CompressionPlan",
     "CriterionContext",
+    "FactorSpec",
     "FinetuneConfig",
     "Group",
     "KDConfig",
@@ -62,6 +65,8 @@ __all__ = [
     "compress",
     "count_flops",
     "count_params",
+    "factorize",
+    "factorize_layer",
     "finetune",
     "handler_for",
     "make_permanent",

@@ -138,6 +138,10 @@ def finalize(
                 torch_prune.custom_from_mask(module, "weight", keep.to(module.weight.device))
     else:
         apply_channel_selection(model, graph, pruned or {}, example_inputs, speedup)
+    if plan.factorize:
+        from slimtune.compressors.lowrank import factorize
+
+        factorize(model, plan.factorize)
     if plan.quantize:
         algorithm = quant_algorithm or plan.quant_algorithm or "ste"
         _quantize(model, plan, data, max_batches, observer, algorithm)
@@ -161,7 +165,13 @@ def _quantize(
             "needed to set their ranges (pass data=...)"
         )
     was_training = model.training
-    quantize_model(model, plan.quantize, observer=observer, algorithm=algorithm, inplace=True)
+    layers = dict(plan.quantize)
+    for name in plan.factorize:  # a factorized layer is quantized as its factors
+        if name in layers:
+            spec = layers.pop(name)
+            factors = model.get_submodule(name)
+            layers.update({f"{name}.{i}": spec for i in range(len(factors))})
+    quantize_model(model, layers, observer=observer, algorithm=algorithm, inplace=True)
     if needs_range:
         calibrate(model, data, max_batches=max_batches)
     freeze(model)

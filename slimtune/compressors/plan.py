@@ -62,6 +62,7 @@ _FIELDS = (
     "init_from_trial",
     "quant_algorithm",
     "channel_multiple",
+    "factorize",
 )
 
 
@@ -84,6 +85,22 @@ class QuantSpec:
 
     bits_w: int | None = None
     bits_a: int | None = None
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """How one layer is factorized (:mod:`slimtune.compressors.lowrank`): give ``rank`` or ``rank_ratio``.
+
+    Args:
+        rank: Kept rank (SVD: singular values; Tucker-2: both channel ranks, each at most its side).
+        rank_ratio: Kept fraction of the layer's full rank, in (0, 1] (1: exact, no compression).
+        method: ``"auto"`` (SVD for Linear and 1×1 convs; for a ``k×k`` conv the decomposition with fewer
+            MACs), ``"svd"`` or ``"tucker2"``.
+    """
+
+    rank: int | None = None
+    rank_ratio: float | None = None
+    method: str = "auto"
 
 
 @dataclass
@@ -113,8 +130,11 @@ class CompressionPlan:
         channel_multiple: Round every pruned group's kept channels to a multiple of this (8 or 16:
             the SIMD and tensor-core widths; :func:`round_kept` says what happens at the edges).
             None (or 1): no rounding. Channel granularity only.
+        factorize: Layer name → :class:`FactorSpec`: after pruning, the layer is replaced by its low-rank
+            factors (:mod:`slimtune.compressors.lowrank`; ratios apply to the pruned layer), before
+            quantization (a quantized layer's factors get its bit-widths).
 
-    The last six are written by :meth:`to_dict` only when they differ from their defaults, so
+    The last seven are written by :meth:`to_dict` only when they differ from their defaults, so
     plans stored before they existed stay valid.
     """
 
@@ -127,6 +147,7 @@ class CompressionPlan:
     init_from_trial: int | None = None
     quant_algorithm: str | None = None
     channel_multiple: int | None = None
+    factorize: dict[str, FactorSpec] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -206,6 +227,10 @@ class CompressionPlan:
             out["quant_algorithm"] = self.quant_algorithm
         if self.channel_multiple is not None:
             out["channel_multiple"] = self.channel_multiple
+        if self.factorize:
+            out["factorize"] = {
+                k: {f: v for f, v in asdict(s).items() if v is not None} for k, s in self.factorize.items()
+            }
         return out
 
     def to_json(self, **kwargs: Any) -> str:
@@ -247,6 +272,14 @@ class CompressionPlan:
         algorithm = data.get("quant_algorithm")
         multiple = data.get("channel_multiple")
         _check_multiple(multiple)
+        factors = {}
+        for name, spec in dict(data.get("factorize") or {}).items():
+            if not isinstance(spec, Mapping):
+                raise PlanError(f"plan.factorize[{name!r}] must be a mapping with 'rank' or 'rank_ratio' and 'method'")
+            try:
+                factors[name] = FactorSpec(**spec)
+            except TypeError as e:
+                raise PlanError(f"plan.factorize[{name!r}]: {e}") from None
         return cls(
             prune,
             quant,
@@ -256,6 +289,7 @@ class CompressionPlan:
             init_from_trial=init,
             quant_algorithm=algorithm,
             channel_multiple=multiple,
+            factorize=factors,
         )
 
     @classmethod
@@ -304,6 +338,7 @@ class CompressionPlan:
                 field="plan.channel_multiple",
             )
         self._validate_training()
+        self._validate_factorize(graph)
         qnames = set(graph.quantizable_layers()) if graph is not None else None
         max_bits = 8
         if self.quant_algorithm is not None:
@@ -331,6 +366,40 @@ class CompressionPlan:
                     f"unknown layer {name!r} in plan.quantize; quantizable layers are: {_preview(sorted(qnames))}"
                 )
         return self
+
+    def _validate_factorize(self, graph: ModelGraph | None) -> None:
+        """Check ``factorize`` (errors name the layer and the field)."""
+        from slimtune.compressors.lowrank import METHODS, why_not_factorizable
+
+        modules = dict(graph.model.named_modules()) if graph is not None else None
+        for name, spec in self.factorize.items():
+            where = f"plan.factorize[{name!r}]"
+            if not isinstance(spec, FactorSpec):
+                raise PlanError(f"{where} must be a FactorSpec", field="plan.factorize")
+            if (spec.rank is None) == (spec.rank_ratio is None):
+                raise PlanError(f"{where}: give one of rank and rank_ratio", field="plan.factorize")
+            r = spec.rank
+            if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+                raise PlanError(f"{where}: rank must be an integer >= 1, got {r!r}", field="plan.factorize")
+            q = spec.rank_ratio
+            if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1):
+                raise PlanError(f"{where}: rank_ratio must be in (0, 1], got {q!r}", field="plan.factorize")
+            if spec.method not in METHODS:
+                raise PlanError(
+                    f"{where}: unknown method {spec.method!r}; known: {', '.join(METHODS)}", field="plan.factorize"
+                )
+            if modules is not None:
+                if name not in modules or not name:
+                    raise PlanError(f"{where}: {name!r} is not a layer of the model", field="plan.factorize")
+                why = why_not_factorizable(modules[name])
+                if why is not None:
+                    raise PlanError(f"{where}: cannot factorize {why}", field="plan.factorize")
+        if self.factorize and self.granularity != "channel":
+            raise PlanError(
+                "plan.factorize replaces layers by smaller ones, which a plan of granularity "
+                f"{self.granularity!r} does not do: use granularity 'channel'",
+                field="plan.factorize",
+            )
 
     def _validate_training(self) -> None:
         """Check ``compressor``, ``compressor_params`` and ``finetune`` (errors name the field)."""

@@ -17,6 +17,9 @@ evaluate hundreds of plans per trial; compressing each one would take seconds. A
   <slimtune.compressors.CompressionPlan.n_prune>` channels, the count ``compress`` removes
   (kept channels rounded to the plan's ``channel_multiple``, if any); a ``{group: sparsity}``
   mapping is not rounded.
+* **Factorization** — a layer in the plan's ``factorize`` is counted as its low-rank factors at the pruned
+  layer's counts (:mod:`slimtune.compressors.lowrank`): MACs, parameters and bytes, exactly as the built
+  model counts them.
 * **Size** — bytes as :func:`model_size_bytes` counts them in a trial (weights of layers with
   ``bits_w`` packed at that width plus one fp32 scale per output channel, the two fp32 range
   buffers of each fake-quantized layer, BatchNorm running statistics, unstructured sparsity in
@@ -227,6 +230,9 @@ class ResourcePredictor:
                 size += db
             if q is not None and (q.bits_w is not None or q.bits_a is not None):
                 size += _WRAPPER_BYTES
+        if not isinstance(plan, Mapping) and plan.factorize:
+            f, p, s = self._factorized(plan, lost, quantize)
+            flops, params, size = flops + f, params + p, size + s
         # parameters used directly (class tokens, position embeddings, layer scales)
         for layer, roles in lost.items():
             for role, n in roles.items():
@@ -249,6 +255,43 @@ class ResourcePredictor:
         if abs(flops - round(flops)) < 1e-6 * max(1.0, abs(flops)):
             flops = float(round(flops))
         return Resources(float(flops), int(params), int(size))
+
+    def _factorized(
+        self, plan: CompressionPlan, lost: Mapping[str, Mapping[str, float]], quantize: Mapping[str, Any]
+    ) -> tuple[float, int, int]:
+        """The change in MACs, parameters and bytes from factorizing the plan's layers, once they are pruned:
+        the pruned weight is replaced by its factors (the bias moves to the last one), their MACs are the
+        factors' per output position times the layer's positions."""
+        from slimtune.compressors.lowrank import factor_sizes, macs_for, shape_for
+
+        counts = self.counts(plan)
+        d_flops, d_params, d_size = 0.0, 0, 0
+        for name, spec in plan.factorize.items():
+            L = self._layers.get(name)
+            if L is None or name not in counts:
+                continue
+            m = L.module
+            inp, out = counts[name]
+            kk = 1 if isinstance(m, nn.Linear) else math.prod(m.kernel_size)
+            roles = {r: n for r, n in lost.get(name, {}).items() if not r.startswith(("param:", "macs:"))}
+            macs = L.macs * (L.handler.mac_ratio(m, roles, L.in_shape) if roles else 1.0)
+            positions = macs / (out * inp * kk)
+            shape = shape_for(isinstance(m, nn.Linear), out, inp, kk, spec.rank, spec.rank_ratio, spec.method)
+            d_flops += positions * macs_for(out, inp, kk, shape) - macs
+            factors = factor_sizes(out, inp, kk, shape)
+            d_params += sum(n for n, _ in factors) - out * inp * kk
+            q = quantize.get(name)
+            bits = q.bits_w if q is not None and q.bits_w is not None and q.bits_w < 16 else None
+            element = m.weight.element_size()
+            if bits is None:
+                d_size += element * (sum(n for n, _ in factors) - out * inp * kk)
+            else:  # each factor packed at the layer's bits with one fp32 scale per output channel
+                before = math.ceil(out * inp * kk * bits / 8) + 4 * out
+                after = sum(math.ceil(n * bits / 8) + 4 * c for n, c in factors)
+                d_size += after - before + _WRAPPER_BYTES * (len(factors) - 1)
+            if q is not None and bits is None and q.bits_a is not None:
+                d_size += _WRAPPER_BYTES * (len(factors) - 1)
+        return d_flops, d_params, d_size
 
     def relative(self, plan: CompressionPlan | Mapping[str, float] | None = None) -> dict[str, float]:
         """``{flops, params, size}`` of the plan relative to the dense model (1.0 = unchanged)."""
