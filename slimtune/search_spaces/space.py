@@ -35,6 +35,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from slimtune.compressors.criteria import CRITERIA
 from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
 from slimtune.compressors.sensitivity import DEFAULT_LEVELS, max_safe_level, min_safe_bits
+from slimtune.compressors.training.config import KD_MODE_CHOICES, kd_mode_overrides
 from slimtune.errors import ArgumentError, ConfigError, PlanError, UnknownNameError
 from slimtune.registry import closest_name
 
@@ -49,6 +50,8 @@ BITS_W_PREFIX = "bits_w/"
 BITS_A_PREFIX = "bits_a/"
 QUANT_ALGORITHM_PARAM = "quant/algorithm"
 """The trial parameter choosing the quantization algorithm when ``space.quant_algorithm`` lists several."""
+KD_MODE_PARAM = "finetune/kd_mode"
+"""The trial parameter choosing the fine-tune's distillation when ``space.kd_mode`` lists several."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class SpaceOptions:
             :func:`~slimtune.compressors.plan.round_kept` for groups smaller than it). The plans
             carry it as ``plan.channel_multiple`` and their sparsities are the rounded ones, so
             compress, the resource predictor and the latency table agree. None: no rounding.
+        kd_mode: How each plan's fine-tune distils: ``none`` (no KD) or a mode of
+            :data:`~slimtune.compressors.training.config.KD_MODES` (``offline``, ``online``, ``born_again``,
+            ``self``), written into every plan's ``finetune`` (``{"kd": {"mode": ...}}`` or ``{"kd": None}``),
+            or a list of them searched as the trial parameter ``finetune/kd_mode``. None: the task's own
+            fine-tune settings.
     """
 
     max_sparsity: float = 0.9
@@ -93,6 +101,7 @@ class SpaceOptions:
     quantize_layers: tuple[str, ...] | None = None
     quant_algorithm: str | tuple[str, ...] | None = None
     channel_multiple: int | None = None
+    kd_mode: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         """Check every option: a :class:`~slimtune.errors.ConfigError` whose ``field`` is ``space.<option>``."""
@@ -155,6 +164,27 @@ class SpaceOptions:
         m = self.channel_multiple
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise _bad("channel_multiple", f"expected a positive integer such as 8 or 16 (or null), got {m!r}")
+        if self.kd_mode is not None:
+            object.__setattr__(self, "kd_mode", self._check_kd_modes())
+
+    def _check_kd_modes(self) -> str | tuple[str, ...]:
+        value = self.kd_mode
+        names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+        if not names or any(not isinstance(n, str) for n in names):
+            raise _bad("kd_mode", f"{value!r} must be a distillation mode or a non-empty list of them")
+        unknown = [n for n in names if n not in KD_MODE_CHOICES]
+        if unknown:
+            close = closest_name(unknown[0], KD_MODE_CHOICES)
+            hint = f" did you mean {close!r}?" if close else ""
+            raise _bad("kd_mode", f"unknown mode(s) {unknown};{hint} known: {', '.join(KD_MODE_CHOICES)}")
+        names = list(dict.fromkeys(names))
+        return names[0] if len(names) == 1 else tuple(names)
+
+    @property
+    def kd_modes(self) -> tuple[str, ...]:
+        """The distillation choices a plan may take (empty when the space leaves KD to the task)."""
+        value = self.kd_mode
+        return () if value is None else (value,) if isinstance(value, str) else tuple(value)
 
     def _check_algorithms(self) -> str | tuple[str, ...]:
         from slimtune.compressors.quantization.algorithms import ALGORITHMS
@@ -209,6 +239,8 @@ class SpaceOptions:
             d[key] = list(getattr(self, key)) if getattr(self, key) is not None else None
         if isinstance(self.quant_algorithm, tuple):
             d["quant_algorithm"] = list(self.quant_algorithm)
+        if isinstance(self.kd_mode, tuple):
+            d["kd_mode"] = list(self.kd_mode)
         return d
 
 
@@ -295,6 +327,8 @@ class SearchSpace:
                     dists[prefix + layer] = CategoricalDistribution(list(choices))
         if len(self.options.quant_algorithms) > 1 and self.quant_layers:
             dists[QUANT_ALGORITHM_PARAM] = CategoricalDistribution(list(self.options.quant_algorithms))
+        if len(self.options.kd_modes) > 1:
+            dists[KD_MODE_PARAM] = CategoricalDistribution(list(self.options.kd_modes))
         return dists
 
     def suggest(self, trial: optuna.trial.Trial) -> dict[str, Any]:
@@ -313,7 +347,8 @@ class SearchSpace:
         quantizes with the first of ``space.quant_algorithm``. With ``space.channel_multiple`` the
         plan carries it and its sparsities are rounded to it (:meth:`CompressionPlan.rounded
         <slimtune.compressors.CompressionPlan.rounded>`): a stored plan gives the same channels to
-        any code that reads its sparsities."""
+        any code that reads its sparsities. With ``space.kd_mode`` the plan's ``finetune`` distils as
+        ``finetune/kd_mode`` says (the first of ``space.kd_mode`` without it)."""
         prune = {}
         bits: dict[str, dict[str, int | None]] = {}
         for key, value in params.items():
@@ -339,9 +374,23 @@ class SearchSpace:
                     f"{list(self.options.quant_algorithms)}"
                 )
         plan = CompressionPlan(
-            prune, quantize, quant_algorithm=algorithm, channel_multiple=self.options.channel_multiple
+            prune,
+            quantize,
+            quant_algorithm=algorithm,
+            channel_multiple=self.options.channel_multiple,
+            finetune=self._kd_overrides(params),
         )
         return plan.rounded(self.graph)
+
+    def _kd_overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``plan.finetune`` for ``finetune/kd_mode`` (the first of ``space.kd_mode`` without it)."""
+        modes = self.options.kd_modes
+        if not modes:
+            return {}
+        mode = params.get(KD_MODE_PARAM, modes[0])
+        if mode not in modes:
+            raise PlanError(f"parameter {KD_MODE_PARAM!r}: {mode!r} is not one of space.kd_mode {list(modes)}")
+        return kd_mode_overrides(mode)
 
     def uniform(self, sparsity: float, clip: bool = True) -> dict[str, Any]:
         """Parameters giving every group ``sparsity`` (clipped to each group's bounds); searched
@@ -474,6 +523,7 @@ def parameter_groups(params: Mapping[str, Any]) -> Sequence[str]:
 __all__ = [
     "BITS_A_PREFIX",
     "BITS_W_PREFIX",
+    "KD_MODE_PARAM",
     "QUANT_ALGORITHM_PARAM",
     "SPARSITY_PREFIX",
     "SearchSpace",

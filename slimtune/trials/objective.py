@@ -32,6 +32,7 @@ from slimtune.attributes import Trial as T
 from slimtune.compressors import trace
 from slimtune.compressors.measures import measure_deployable
 from slimtune.compressors.training import run_compressor
+from slimtune.compressors.training.config import kd_mode_overrides
 from slimtune.errors import SlimtuneError, TrialFailure
 from slimtune.trials.cost import Cost, relative_measures
 from slimtune.trials.results import load_model
@@ -257,17 +258,22 @@ FINETUNE_PREFIX = "finetune/"
 
 def with_finetune_params(plan: CompressionPlan, params: Mapping[str, Any]) -> CompressionPlan:
     """``plan`` with searched fine-tune knobs: a parameter ``finetune/<field>`` (``finetune/kd.alpha``
-    for a KD setting) sets that field of ``plan.finetune`` unless the plan already sets it.
+    for a KD setting) sets that field of ``plan.finetune`` unless the plan already sets it;
+    ``finetune/kd_mode`` (``space.kd_mode``) sets ``kd`` to that mode, or to None for ``none``.
 
     Example:
         >>> from slimtune.compressors import CompressionPlan
         >>> with_finetune_params(CompressionPlan(), {"finetune/kd.alpha": 0.3, "finetune/steps": 20}).finetune
         {'kd': {'alpha': 0.3}, 'steps': 20}
+        >>> with_finetune_params(CompressionPlan(), {"finetune/kd_mode": "online"}).finetune
+        {'kd': {'mode': 'online'}}
     """
     knobs = {k[len(FINETUNE_PREFIX) :]: v for k, v in params.items() if k.startswith(FINETUNE_PREFIX)}
     if not knobs:
         return plan
     finetune = copy.deepcopy(dict(plan.finetune))
+    if "kd_mode" in knobs:  # before the kd.<field> knobs, which then refine that mode's settings
+        finetune.setdefault("kd", kd_mode_overrides(knobs.pop("kd_mode"))["kd"])
     for key, value in knobs.items():
         head, _, sub = key.partition(".")
         if sub:

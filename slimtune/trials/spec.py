@@ -141,6 +141,8 @@ SPACE_FIELDS: dict[str, str] = {
     "tensor-core widths; a group that small stays whole; default: none)",
     "quant_algorithm": "quantization algorithm of every plan (ste, ptq, pact, dorefa, bnn, slb ...), or a list of "
     "them searched as the parameter quant/algorithm (default: ste)",
+    "kd_mode": "distillation of every plan's fine-tune (none, offline, online, born_again, self), or a list of them "
+    "searched as the parameter finetune/kd_mode (default: the task's fine-tune settings)",
 }
 
 _BACKENDS = ("local", "ray")

@@ -5,7 +5,11 @@
   each batch of a list or a ``DataLoader`` there, with mixed precision (``amp: bf16 | fp16``),
   ``channels_last``, gradient accumulation (``accumulate``) and clipping (``clip_grad_norm``) as configured.
 - :class:`KDConfig` / :mod:`~slimtune.compressors.training.distill`: response-, feature- and
-  relation-based distillation from the original model.
+  relation-based distillation from the original model; ``kd.mode`` (:data:`KD_MODES`) picks the teacher:
+  the original model (``offline``), a peer trained alongside (``online``,
+  :mod:`~slimtune.compressors.training.online`), the student's own snapshot (``born_again``,
+  :mod:`~slimtune.compressors.training.born_again`) or its deepest exit teaching auxiliary exits
+  (``self``, :mod:`~slimtune.compressors.training.self_distill`).
 - :data:`COMPRESSORS`: model + plan → compressed model, by the name a plan's ``compressor`` field uses:
   ``oneshot`` (:func:`~slimtune.compressors.compress`), ``agp`` (gradual, cubic schedule), ``admm``,
   ``lottery`` (iterative magnitude pruning with rewind), ``slimming`` (L1 on BN scales). A new compressor
@@ -28,7 +32,7 @@ from slimtune.compressors.training._base import (
 )
 from slimtune.compressors.training.admm import ADMMHook, admm
 from slimtune.compressors.training.agp import AGPHook, agp, cubic_sparsity
-from slimtune.compressors.training.config import FinetuneConfig, KDConfig, check_finetune_overrides
+from slimtune.compressors.training.config import KD_MODES, FinetuneConfig, KDConfig, check_finetune_overrides
 from slimtune.compressors.training.finetune import FinetuneResult, TrainHook, early_stopping, finetune
 from slimtune.compressors.training.lottery import RewindPoint, lottery
 
@@ -47,6 +51,7 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "KDConfig",
+    "KD_MODES",
     "RewindPoint",
     "TrainHook",
     "TrainingContext",

@@ -17,6 +17,15 @@ Example:
     50
     >>> FinetuneConfig(epochs=3, accumulate=4).total_steps(batches_per_epoch=10)  # 10 // 4 steps an epoch
     6
+
+    Distillation has four modes (:data:`KD_MODES`); a mode's unset weights take that mode's defaults, and a
+    plan that changes the mode starts from the new mode's defaults:
+
+    >>> online = cfg.merged({"kd": {"mode": "online"}}).kd  # deep mutual learning: T 1, equal weights
+    >>> online.mode, online.alpha, online.temperature, online.peer
+    ('online', 0.5, 1.0, 'original')
+    >>> KDConfig(mode="self").feature  # Be Your Own Teacher's hint weight
+    0.03
 """
 
 from __future__ import annotations
@@ -34,33 +43,99 @@ SCHEDULES = ("constant", "cosine", "step", "linear")
 AMP = ("bf16", "fp16")
 """Mixed-precision modes of ``FinetuneConfig.amp`` (None: full float32)."""
 
+KD_MODES = ("offline", "online", "born_again", "self")
+"""Who teaches in :class:`KDConfig` ``mode``: the frozen original model (``offline``), a peer trained alongside
+(``online``, deep mutual learning), the student's own frozen snapshot (``born_again``) or the student's
+deepest exit teaching auxiliary shallow exits (``self``, Be Your Own Teacher)."""
+
+KD_MODE_CHOICES = ("none", *KD_MODES)
+"""What a search space may choose for the fine-tune's distillation: ``none`` (KD off) or a mode."""
+
+KD_PEERS = ("original", "student")
+"""What ``online`` mode's peer starts as: a copy of the original model or of the student."""
+
+# Each mode's defaults of the weights left unset (None); the new modes' come from their papers (docs/algorithms.md).
+_MODE_DEFAULTS: dict[str, dict[str, float]] = {
+    "offline": {"alpha": 0.5, "temperature": 4.0, "feature": 0.0},  # Hinton et al.; hints off
+    "online": {"alpha": 0.5, "temperature": 1.0, "feature": 0.0},  # DML: T 1, equal weights
+    "born_again": {"alpha": 0.5, "temperature": 1.0, "feature": 0.0},  # BAN: no temperature, labels kept
+    "self": {"alpha": 0.3, "temperature": 3.0, "feature": 0.03},  # BYOT: alpha 0.3, T 3, hints 0.03
+}
+# Fields a mode cannot use, with why: giving them is an error naming the field.
+_MODE_UNUSED: dict[str, dict[str, str]] = {
+    "online": {
+        "feature": "deep mutual learning exchanges predictions only",
+        "feature_layers": "deep mutual learning exchanges predictions only",
+        "relation": "deep mutual learning exchanges predictions only",
+        "relation_layer": "deep mutual learning exchanges predictions only",
+    },
+    "self": {
+        "relation": "self-distillation matches exits' predictions and features only",
+        "relation_layer": "self-distillation matches exits' predictions and features only",
+    },
+}
+
 
 @dataclass(frozen=True)
 class KDConfig:
-    """Knowledge distillation from a teacher (the original model) to the compressed student.
+    """Knowledge distillation during fine-tuning: who teaches (``mode``) and how the terms are weighted.
 
-    The training loss is ``(1 - alpha) · task_loss + alpha · T² · KL(teacher_T ‖ student_T)
-    + feature · hint_loss + relation · relation_loss`` (see :mod:`slimtune.compressors.training.distill`).
+    The student's loss is ``(1 - alpha) · task_loss + alpha · T² · KL(teacher_T ‖ student_T)
+    + feature · hint_loss + relation · relation_loss``; the teacher depends on ``mode``:
+
+    - ``offline`` (default): the original, uncompressed model, frozen
+      (:mod:`~slimtune.compressors.training.distill`: Hinton's response term, FitNets hints, RKD relations);
+    - ``online``: deep mutual learning (:mod:`~slimtune.compressors.training.online`): a peer (a copy of the
+      original model, or of the student: ``peer``) trains alongside with its own optimizer, each learning
+      from the task and the other's softened predictions;
+    - ``born_again``: the student's own snapshot, frozen, taken at the start of the run and refreshed at the
+      start of each of ``generations`` equal parts of it (:mod:`~slimtune.compressors.training.born_again`);
+    - ``self``: Be Your Own Teacher (:mod:`~slimtune.compressors.training.self_distill`): small auxiliary
+      heads on intermediate feature maps learn from the labels, the model's own (deepest) output and, by a
+      hint, its penultimate features; they are removed after fine-tuning.
+
+    ``alpha``, ``temperature`` and ``feature`` left unset (None) take the mode's defaults (for the new modes
+    their papers', see ``docs/algorithms.md``): offline 0.5 / 4 / 0, online 0.5 / 1 / 0 (DML's equal weights
+    and plain softmax), born_again 0.5 / 1 / 0, self 0.3 / 3 / 0.03.
 
     Args:
-        alpha: Weight of the response-based term (softened logits) against the task loss, in [0, 1].
+        alpha: Weight of the response-based term (softened predictions) against the task loss, in [0, 1].
         temperature: Softening temperature ``T`` (> 0).
-        feature: Weight of the feature-based (hint) term; 0 turns it off.
+        feature: Weight of the feature-based (hint) term; 0 turns it off. Not with ``online``.
         feature_layers: Module names whose outputs are matched (the same name in student and teacher);
-            ``None``: every Conv layer present in both.
+            ``None``: every Conv layer present in both. With ``self``: the modules whose outputs get an
+            auxiliary exit; ``None``: the last module at each spatial resolution but the deepest.
         relation: Weight of the relation-based term (pairwise distances between samples); 0 turns it off.
+            Offline and born-again only.
         relation_layer: Module whose output gives the sample embeddings for the relation term;
             ``None``: the model's outputs (logits).
+        mode: ``offline``, ``online``, ``born_again`` or ``self`` (:data:`KD_MODES`).
+        peer: ``online`` only: the peer starts as a copy of the ``original`` model (needs the teacher) or of
+            the ``student``.
+        generations: ``born_again`` only: parts of the run, each taught by the snapshot taken at its start
+            (1: the snapshot of the run's start teaches throughout).
     """
 
-    alpha: float = 0.5
-    temperature: float = 4.0
-    feature: float = 0.0
+    alpha: float | None = None
+    temperature: float | None = None
+    feature: float | None = None
     feature_layers: tuple[str, ...] | None = None
     relation: float = 0.0
     relation_layer: str | None = None
+    mode: str = "offline"
+    peer: str = "original"
+    generations: int = 1
 
     def __post_init__(self) -> None:
+        if self.mode not in KD_MODES:
+            raise PlanConfigError(
+                f"unknown distillation mode {self.mode!r}{did_you_mean(str(self.mode), KD_MODES)}; "
+                f"known: {', '.join(KD_MODES)}",
+                field="finetune.kd.mode",
+            )
+        for name, default in _MODE_DEFAULTS[self.mode].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         _number(self.alpha, "kd.alpha", 0.0, 1.0)
         _number(self.temperature, "kd.temperature", 0.0, math.inf, open_low=True)
         _number(self.feature, "kd.feature", 0.0, math.inf)
@@ -75,10 +150,46 @@ class KDConfig:
             raise PlanConfigError(
                 f"must be a module name, got {self.relation_layer!r}", field="finetune.kd.relation_layer"
             )
+        if self.peer not in KD_PEERS:
+            raise PlanConfigError(
+                f"unknown peer {self.peer!r}{did_you_mean(str(self.peer), KD_PEERS)}; known: {', '.join(KD_PEERS)}",
+                field="finetune.kd.peer",
+            )
+        _integer(self.generations, "kd.generations", 1)
+        for name, why in _MODE_UNUSED.get(self.mode, {}).items():
+            value = getattr(self, name)
+            if value not in (None, 0, 0.0):
+                raise PlanConfigError(
+                    f"mode {self.mode!r} does not use it ({why}); got {value!r}", field=f"finetune.kd.{name}"
+                )
+        for name, mode, default in (("peer", "online", "original"), ("generations", "born_again", 1)):
+            if self.mode != mode and getattr(self, name) != default:
+                raise PlanConfigError(
+                    f"only mode {mode!r} uses it (mode is {self.mode!r}); got {getattr(self, name)!r}",
+                    field=f"finetune.kd.{name}",
+                )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KDConfig:
         return cls(**_known(data, cls, "finetune.kd"))
+
+
+def kd_mode_overrides(choice: str) -> dict[str, Any]:
+    """The ``plan.finetune`` overrides that fine-tune with ``choice`` of :data:`KD_MODE_CHOICES`:
+    ``{"kd": None}`` for ``none``, else ``{"kd": {"mode": choice}}`` (the task's KD settings kept when
+    they are of that mode, that mode's defaults otherwise).
+
+    Example:
+        >>> kd_mode_overrides("none"), kd_mode_overrides("born_again")
+        ({'kd': None}, {'kd': {'mode': 'born_again'}})
+    """
+    if choice not in KD_MODE_CHOICES:
+        raise PlanConfigError(
+            f"unknown choice {choice!r}{did_you_mean(str(choice), KD_MODE_CHOICES)}; "
+            f"known: {', '.join(KD_MODE_CHOICES)}",
+            field="finetune.kd.mode",
+        )
+    return {"kd": None} if choice == "none" else {"kd": {"mode": choice}}
 
 
 @dataclass(frozen=True)
@@ -100,7 +211,8 @@ class FinetuneConfig:
         warmup_steps: Linear warm-up steps before the schedule.
         seed: Seed of the batch order and of any randomness inside the model.
         shuffle: Shuffle the order of the batches every epoch (when they are a list or tuple).
-        kd: Knowledge distillation from the original model (None: off).
+        kd: Knowledge distillation (:class:`KDConfig`: from the original model, a peer trained alongside,
+            the student's snapshot or its own deepest exit; None: off).
         eval_every: Optimizer steps between the evaluations passed to the report callback (None: at the
             end of every pass over the data, found when it runs out where the data has no ``len``);
             there is always one at the end of the run.
@@ -211,8 +323,9 @@ class FinetuneConfig:
     def merged(self, overrides: Mapping[str, Any] | None) -> FinetuneConfig:
         """This config with ``overrides`` applied (a plan's ``finetune`` mapping).
 
-        ``kd`` merges field by field into the current KD settings (or the defaults when KD was off);
-        ``kd: null`` or ``kd: false`` turns KD off. Giving ``epochs`` without ``steps`` clears ``steps``.
+        ``kd`` merges field by field into the current KD settings (or the defaults when KD was off; a
+        ``kd.mode`` other than the current one starts from that mode's defaults); ``kd: null`` or
+        ``kd: false`` turns KD off. Giving ``epochs`` without ``steps`` clears ``steps``.
         """
         if not overrides:
             return self
@@ -225,6 +338,8 @@ class FinetuneConfig:
                 changes["kd"] = self.kd or KDConfig()
             elif isinstance(kd, Mapping):
                 base = asdict(self.kd) if self.kd is not None else {}
+                if "mode" in kd and kd["mode"] != base.get("mode", "offline"):
+                    base = {}  # another teacher: that mode's defaults, not this mode's settings
                 changes["kd"] = KDConfig.from_dict({**base, **kd})
         if "epochs" in changes and "steps" not in changes:
             changes["steps"] = None

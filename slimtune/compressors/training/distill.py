@@ -1,4 +1,5 @@
-"""Knowledge distillation from the original model (teacher) to its compressed version (student).
+"""Knowledge distillation from the original model (teacher) to its compressed version (student), and the
+distiller of each ``kd.mode`` (:func:`make_distiller`).
 
 Three kinds of knowledge, weighted by a :class:`~slimtune.compressors.training.KDConfig`:
 
@@ -17,6 +18,11 @@ The teacher runs on the student's device (:func:`~slimtune.compressors.training.
 teacher elsewhere), under the same autocast as the student when ``amp`` is on; the adapters are made in
 the student's device and parameter dtype from a probe batch run in full precision.
 
+This is ``kd.mode: offline``. The other modes are distillers of their own, built by :func:`make_distiller`
+with the interface :class:`KDMode`: ``online`` (:mod:`~slimtune.compressors.training.online`), ``born_again``
+(:mod:`~slimtune.compressors.training.born_again`) and ``self``
+(:mod:`~slimtune.compressors.training.self_distill`).
+
 Example:
     >>> import torch
     >>> from slimtune.compressors.training.distill import response_loss
@@ -29,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,7 +48,7 @@ from slimtune.errors import PlanConfigError
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-    from slimtune.compressors.training.config import KDConfig
+    from slimtune.compressors.training.config import FinetuneConfig, KDConfig
 
 
 def response_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -78,8 +85,46 @@ def make_adapter(student_channels: int, teacher_channels: int, dims: int) -> nn.
     return nn.Linear(student_channels, teacher_channels, bias=False)
 
 
-class Distiller:
-    """The KD terms of one training run: hooks on hint layers, adapters, and the combined loss.
+class KDMode:
+    """What :func:`~slimtune.compressors.training.finetune` asks of the distiller of a ``kd.mode``.
+
+    :meth:`attach` before the first step, :meth:`loss` for each batch (inside autocast under ``amp``),
+    :meth:`parameters` trained with the student by its optimizer, :meth:`peer_parameters` trained by an
+    optimizer of their own (same settings and schedule), :meth:`after_step` after each optimizer step and
+    :meth:`detach` at the end. Whatever a distiller creates belongs on the student's device.
+    """
+
+    def attach(self, sample_inputs: tuple[torch.Tensor, ...]) -> None:
+        """Before the first step; ``sample_inputs``: one batch's inputs, on the student's device."""
+
+    def loss(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        student_out: Any,
+        task_loss: torch.Tensor,
+        targets: Any = None,
+    ) -> torch.Tensor:
+        """The training loss of one batch, given the student's outputs on ``inputs`` and its task loss."""
+        raise NotImplementedError
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters trained with the student, by its optimizer (e.g. adapters, auxiliary heads)."""
+        return []
+
+    def peer_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained alongside the student by an optimizer of their own (e.g. a peer model)."""
+        return []
+
+    def after_step(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based) of the run."""
+
+    def detach(self) -> None:
+        """After the last step: hooks removed, borrowed modules restored."""
+
+
+class Distiller(KDMode):
+    """The KD terms of one training run from a frozen teacher (``kd.mode: offline``): hooks on hint
+    layers, adapters, and the combined loss.
 
     Args:
         student: The model being trained.
@@ -111,17 +156,13 @@ class Distiller:
                     where = "student" if n not in s_mods else "teacher"
                     raise PlanConfigError(f"no module {n!r} in the {where}", field="finetune.kd.feature_layers")
             self._layers = list(names)
-        watched = list(self._layers)
         if cfg.relation > 0 and cfg.relation_layer is not None:
             n = cfg.relation_layer
             if n not in s_mods or n not in t_mods:
                 raise PlanConfigError(
                     f"no module {n!r} in both student and teacher", field="finetune.kd.relation_layer"
                 )
-            watched.append(n)
-        for key, mods in (("s", s_mods), ("t", t_mods)):
-            for n in dict.fromkeys(watched):
-                self._handles.append(mods[n].register_forward_hook(self._recorder(key, n)))
+        self._hook()
         if self._layers:
             mode = self.student.training
             self.student.eval()
@@ -141,11 +182,25 @@ class Distiller:
                     adapter = make_adapter(fs.shape[1], ft.shape[1], fs.dim()).to(device=fs.device, dtype=fs.dtype)
                     self.adapters[n.replace(".", "__")] = adapter
 
-    def detach(self) -> None:
+    def _hook(self) -> None:
+        """Record the outputs of the hint and relation layers of student and teacher."""
+        cfg = self.config
+        watched = list(self._layers)
+        if cfg.relation > 0 and cfg.relation_layer is not None:
+            watched.append(cfg.relation_layer)
+        s_mods, t_mods = dict(self.student.named_modules()), dict(self.teacher.named_modules())
+        for key, mods in (("s", s_mods), ("t", t_mods)):
+            for n in dict.fromkeys(watched):
+                self._handles.append(mods[n].register_forward_hook(self._recorder(key, n)))
+
+    def _unhook(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self._feats = {"s": {}, "t": {}}
+
+    def detach(self) -> None:
+        self._unhook()
         self.teacher.train(self._teacher_mode)
 
     def parameters(self) -> list[nn.Parameter]:
@@ -160,9 +215,14 @@ class Distiller:
 
     # ------------------------------------------------------------------ loss
     def loss(
-        self, inputs: tuple[torch.Tensor, ...], student_out: torch.Tensor, task_loss: torch.Tensor
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        student_out: torch.Tensor,
+        task_loss: torch.Tensor,
+        targets: Any = None,
     ) -> torch.Tensor:
-        """The training loss with the KD terms, given the student's outputs on ``inputs``."""
+        """The training loss with the KD terms, given the student's outputs on ``inputs`` (``targets``: the
+        batch's, for modes that train something else on them)."""
         cfg = self.config
         with torch.no_grad():
             teacher_out = logits(self.teacher(*inputs))
@@ -185,3 +245,59 @@ class Distiller:
             et = self._feats["t"][n] if n is not None else teacher_out
             loss = loss + cfg.relation * relation_loss(es, et)
         return loss
+
+
+def make_distiller(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    config: FinetuneConfig,
+    loss_fn: Callable[..., torch.Tensor],
+    total_steps: int,
+) -> KDMode | None:
+    """The distiller of ``config.kd.mode`` for a run of ``total_steps`` optimizer steps, or None where
+    there is nothing to distil (``offline`` without a teacher).
+
+    Raises:
+        ArgumentError: ``online`` with ``peer: original`` and no teacher (field ``teacher``).
+    """
+    assert config.kd is not None
+    return _MODES[config.kd.mode](student, teacher, config, loss_fn, total_steps)
+
+
+def _offline(
+    student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int
+) -> Distiller | None:
+    assert config.kd is not None
+    return Distiller(student, teacher, config.kd) if teacher is not None else None
+
+
+def _online(student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int) -> KDMode:
+    from slimtune.compressors.training.online import MutualLearning
+
+    assert config.kd is not None
+    return MutualLearning(student, teacher, config.kd, loss_fn, config.channels_last)
+
+
+def _born_again(
+    student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int
+) -> Distiller:
+    from slimtune.compressors.training.born_again import BornAgain
+
+    assert config.kd is not None
+    return BornAgain(student, config.kd, total)
+
+
+def _self(student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int) -> KDMode:
+    from slimtune.compressors.training.self_distill import SelfDistiller
+
+    assert config.kd is not None
+    return SelfDistiller(student, config.kd, loss_fn, config.seed)
+
+
+_MODES: dict[str, Callable[..., KDMode | None]] = {
+    "offline": _offline,
+    "online": _online,
+    "born_again": _born_again,
+    "self": _self,
+}
+"""How each ``kd.mode`` builds its distiller (the modes of :data:`~slimtune.compressors.training.config.KD_MODES`)."""

@@ -29,10 +29,14 @@ CPU generator and that of the training GPU are restored afterwards. (GPU kernels
 nondeterministic unless ``torch.use_deterministic_algorithms(True)``.)
 
 A :class:`TrainHook` adds a penalty to the loss or acts after each step: the training compressors (AGP,
-ADMM, lottery ticket, network slimming) are hooks on this loop. Knowledge distillation from a teacher
-follows ``config.kd`` (:mod:`~slimtune.compressors.training.distill`). ``report(step, metric)`` receives
-``evaluate(model)`` every ``config.eval_every`` steps (default: every pass over the data); a true return
-value stops the run early (see :func:`early_stopping`) and an exception (``optuna.TrialPruned``) aborts it.
+ADMM, lottery ticket, network slimming) are hooks on this loop. Knowledge distillation follows
+``config.kd`` and its ``mode`` (:func:`~slimtune.compressors.training.distill.make_distiller`): from the
+teacher (``offline``), with a peer trained alongside by an optimizer of its own (``online``: same settings,
+schedule, clipping and gradient scaler; it sees the same batches), from the student's own snapshot
+(``born_again``) or through auxiliary exits whose heads are dropped afterwards (``self``).
+``report(step, metric)`` receives ``evaluate(model)`` every ``config.eval_every`` steps (default: every pass
+over the data); a true return value stops the run early (see :func:`early_stopping`) and an exception
+(``optuna.TrialPruned``) aborts it.
 
 Example:
     >>> import torch
@@ -187,8 +191,9 @@ def finetune(
         config: A :class:`FinetuneConfig` (or a mapping of its fields); None: the defaults.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``; None: cross-entropy on the outputs (a tensor, or
             the ``logits`` of a Hugging Face ``ModelOutput``).
-        teacher: The teacher for knowledge distillation (used when ``config.kd`` is set; never trained);
-            on the model's device.
+        teacher: The original model, for knowledge distillation (``config.kd``): the teacher of ``offline``
+            mode (never trained; on the model's device), copied into ``online`` mode's peer (to the model's
+            device; the teacher itself is never trained); other modes do not use it.
         report: ``report(step, metric)``, called with ``evaluate(model)`` every ``config.eval_every``
             steps (default: at the end of every pass over ``data``) and at the end; a true return value
             stops the run.
@@ -203,14 +208,14 @@ def finetune(
         PlanConfigError: ``config.epochs`` with data that has no ``len()`` (field ``finetune.epochs``:
             give ``finetune.steps``), ``accumulate`` larger than a pass over the data (field
             ``finetune.accumulate``), or ``amp`` the model's device cannot run (field ``finetune.amp``).
-        ArgumentError: A teacher on another device than the model, or data that yields no batches
-            (an exhausted iterator).
+        ArgumentError: An ``offline`` KD teacher on another device than the model, ``online`` KD with
+            ``peer: original`` and no teacher, or data that yields no batches (an exhausted iterator).
     """
     config = FinetuneConfig.coerce(config)
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ArgumentError(f"finetune: start_step must be an integer >= 0, got {start_step!r}", field="start_step")
     device = devices.model_device(model)
-    if teacher is not None and config.kd is not None:
+    if teacher is not None and config.kd is not None and config.kd.mode == "offline":
         check_teacher(teacher, device)
     per_epoch = steps_per_epoch(data, config)
     full = run_length(config, per_epoch)
@@ -219,10 +224,10 @@ def finetune(
     result = FinetuneResult()
     start_time = time.perf_counter()
     distiller = None
-    if teacher is not None and config.kd is not None and total > 0:
-        from slimtune.compressors.training.distill import Distiller
+    if config.kd is not None and total > 0:
+        from slimtune.compressors.training.distill import make_distiller
 
-        distiller = Distiller(model, teacher, config.kd)
+        distiller = make_distiller(model, teacher, config, loss_fn or default_loss, total)
     if config.slb_final_temperature is not None and _has_slb(model):
         hooks = [*hooks, SLBAnnealing(config.slb_final_temperature)]
     losses: list[torch.Tensor] = []
@@ -246,6 +251,8 @@ def finetune(
             result.steps = step + 1
             for hook in hooks:
                 hook.after_step(model, step + 1)
+            if distiller is not None:
+                distiller.after_step(step + 1)
             last = step + 1 == total
             due = (step + 1) % config.eval_every == 0 if config.eval_every is not None else epoch_end
             if report is not None and evaluate is not None and (due or last):
@@ -286,6 +293,9 @@ class _Trainer:
         if distiller is not None:
             self.params += distiller.parameters()
         self.optimizer = _optimizer(config, self.params) if trains else None
+        # a KD peer (online mode) trains by an optimizer of its own, with the same settings and schedule
+        self.peer_params = distiller.peer_parameters() if distiller is not None else []
+        self.peer_optimizer = _optimizer(config, self.peer_params) if trains and self.peer_params else None
         self.scaler = amp.scaler()
         self.keeper = _ZeroKeeper(model) if config.freeze_zeros else None
         self.masked = _mask_hooks(model)
@@ -295,13 +305,16 @@ class _Trainer:
         (the mean over the batches), detached, on the device."""
         optimizer, scaler, config, model = self.optimizer, self.scaler, self.config, self.model
         assert optimizer is not None
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * self.schedule(at)
+        optimizers = [optimizer] if self.peer_optimizer is None else [optimizer, self.peer_optimizer]
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = config.lr * self.schedule(at)
         # recompute masked weights: a fake-quantizer reads its layer's weight without calling the
         # layer, so the layer's own pre-hook would not
         for module, hook in self.masked:
             hook(module, None)
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         total = None
         for batch in batches:
             inputs, targets = _split(devices.move(batch, self.device, non_blocking=True))
@@ -311,7 +324,7 @@ class _Trainer:
                 outputs = model(*inputs)
                 loss = self.loss_fn(outputs, targets)
                 if self.distiller is not None:
-                    loss = self.distiller.loss(inputs, outputs, loss)
+                    loss = self.distiller.loss(inputs, outputs, loss, targets)
                 for hook in self.hooks:
                     extra = hook.penalty(model, step)
                     if extra is not None:
@@ -321,16 +334,21 @@ class _Trainer:
             (scaler.scale(loss) if scaler is not None else loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         if scaler is not None:
-            scaler.unscale_(optimizer)
+            for opt in optimizers:
+                scaler.unscale_(opt)
         for hook in self.hooks:
             hook.after_backward(model, step)
         if config.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, config.clip_grad_norm)
+            if self.peer_params:
+                torch.nn.utils.clip_grad_norm_(self.peer_params, config.clip_grad_norm)
         if scaler is not None:
-            scaler.step(optimizer)
+            for opt in optimizers:
+                scaler.step(opt)
             scaler.update()
         else:
-            optimizer.step()
+            for opt in optimizers:
+                opt.step()
         if self.keeper is not None:
             self.keeper.apply()
         return total.float()  # type: ignore[union-attr]
