@@ -232,6 +232,125 @@ def analyze_bit_sensitivity(
     return table
 
 
+RANK_COLUMNS = ["layer", "rank_ratio", "method", "metric", "drop", "flops_rel", "seconds"]
+
+
+def analyze_rank_sensitivity(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    evaluate: Callable[[nn.Module], float],
+    ratios: Sequence[float] = (0.125, 0.25, 0.5),
+    layers: Iterable[str] | None = None,
+    method: str = "auto",
+    direction: str = "maximize",
+    graph: ModelGraph | None = None,
+    baseline: float | None = None,
+    progress: bool = True,
+    done: Mapping[tuple[str, float], Mapping[str, Any]] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> pd.DataFrame:
+    """Factorize one layer at a time at each rank ratio (:mod:`slimtune.compressors.lowrank`, no fine-tuning)
+    and record the metric.
+
+    Args:
+        model: The trained model (not modified).
+        example_inputs: Inputs with a batch dimension.
+        evaluate: ``evaluate(model) -> float``.
+        ratios: Rank ratios to try, each in (0, 1).
+        layers: Layers to analyse (default: every factorizable layer).
+        method: The decomposition (``auto``, ``svd``, ``tucker2``).
+        direction, graph, baseline, progress, done, on_result: As for :func:`analyze_bit_sensitivity`
+            (``done`` keyed by ``(layer, rank_ratio)``).
+
+    Returns:
+        One row per (layer, ratio): ``layer``, ``rank_ratio``, ``method``, ``metric``, ``drop`` (positive is
+        worse), ``flops_rel`` (the model's MACs with that layer factorized, relative to the original) and
+        ``seconds``; the baseline is in ``table.attrs["baseline"]``.
+
+    Example:
+        >>> import torch
+        >>> from slimtune.examples.models import mlp
+        >>> model, x = mlp(16, (32,), 4).eval(), torch.randn(64, 16)
+        >>> ref = model(x).detach()
+        >>> table = analyze_rank_sensitivity(model, x[:1], lambda m: -float((m(x) - ref).detach().square().mean()),
+        ...                                  ratios=(0.25, 0.5), progress=False)
+        >>> list(table["layer"]), bool((table["drop"] >= 0).all())
+        (['features.0', 'features.0', 'fc', 'fc'], True)
+    """
+    from slimtune.compressors.lowrank import factorizable_layers
+    from slimtune.compressors.measures import count_flops
+    from slimtune.compressors.plan import FactorSpec
+
+    if direction not in ("maximize", "minimize"):
+        raise ArgumentError(f"direction must be 'maximize' or 'minimize', got {direction!r}", field="direction")
+    bad = [r for r in ratios if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1]
+    if bad or not ratios:
+        raise ArgumentError(f"rank ratios for sensitivity must be in (0, 1); got {list(ratios)}", field="ratios")
+    example_inputs = positional_inputs(model, example_inputs)
+    graph = graph or trace(model, example_inputs)
+    candidates = factorizable_layers(model)
+    names = list(layers) if layers is not None else candidates
+    unknown = [n for n in names if n not in candidates]
+    if unknown:
+        raise ArgumentError(f"not factorizable layer(s) for sensitivity: {unknown}", field="layers")
+    if baseline is None:
+        baseline = float(evaluate(model))
+    dense = float(count_flops(model, example_inputs)["macs"].sum()) or 1.0
+
+    jobs = [
+        (
+            f"{layer} @ rank {r:g}",
+            (layer, float(r)),
+            {"layer": layer, "rank_ratio": float(r), "method": method},
+            CompressionPlan(factorize={layer: FactorSpec(rank_ratio=float(r), method=method)}),
+        )
+        for layer in names
+        for r in ratios
+    ]
+    rows = _sweep(
+        jobs,
+        lambda plan: compress(model, plan, example_inputs, graph=graph),
+        evaluate,
+        baseline,
+        direction,
+        progress,
+        "rank sensitivity",
+        extra=lambda small: {"flops_rel": float(count_flops(small, example_inputs)["macs"].sum()) / dense},
+        done=_keyed(done, float),
+        on_result=on_result,
+    )
+    table = pd.DataFrame(rows, columns=RANK_COLUMNS)
+    table.attrs["baseline"] = baseline
+    table.attrs["direction"] = direction
+    return table
+
+
+def min_safe_ranks(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
+    """For each layer of a rank-sensitivity table, the lowest rank ratio whose drop stays within ``tolerance``
+    (1.0, i.e. not factorized, if even the highest one tried is over it). Ratios are read from the highest down
+    and the scan stops at the first one over the tolerance.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"layer": ["a"] * 3 + ["b"] * 3, "rank_ratio": [0.25, 0.5, 0.75] * 2,
+        ...                   "drop": [0.3, 0.01, 0.0, 0.001, 0.2, 0.0]})
+        >>> min_safe_ranks(t, 0.02)
+        {'a': 0.5, 'b': 0.75}
+    """
+    out: dict[str, float] = {}
+    for name, rows in table.groupby("layer", sort=False):
+        best = 1.0
+        for ratio, drop in zip(
+            rows.sort_values("rank_ratio", ascending=False)["rank_ratio"],
+            rows.sort_values("rank_ratio", ascending=False)["drop"],
+        ):
+            if not drop <= tolerance:
+                break
+            best = float(ratio)
+        out[str(name)] = best
+    return out
+
+
 def max_safe_level(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
     """For each group, the largest level whose drop stays within ``tolerance`` (0.0 if none).
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from slimtune.compressors.criteria import CRITERIA
-from slimtune.compressors.plan import CompressionPlan, PruneSpec, QuantSpec
+from slimtune.compressors.plan import CompressionPlan, FactorSpec, PruneSpec, QuantSpec
 from slimtune.compressors.sensitivity import DEFAULT_LEVELS, max_safe_level, min_safe_bits
 from slimtune.compressors.training.config import KD_MODE_CHOICES, kd_mode_overrides
 from slimtune.errors import ArgumentError, ConfigError, PlanError, UnknownNameError
@@ -50,6 +50,8 @@ BITS_W_PREFIX = "bits_w/"
 BITS_A_PREFIX = "bits_a/"
 QUANT_ALGORITHM_PARAM = "quant/algorithm"
 """The trial parameter choosing the quantization algorithm when ``space.quant_algorithm`` lists several."""
+RANK_PREFIX = "rank/"
+"""Trial parameters ``rank/<layer>``: the kept rank ratio of a factorized layer (1.0 keeps it whole)."""
 KD_MODE_PARAM = "finetune/kd_mode"
 """The trial parameter choosing the fine-tune's distillation when ``space.kd_mode`` lists several."""
 
@@ -86,6 +88,13 @@ class SpaceOptions:
             ``self``), written into every plan's ``finetune`` (``{"kd": {"mode": ...}}`` or ``{"kd": None}``),
             or a list of them searched as the trial parameter ``finetune/kd_mode``. None: the task's own
             fine-tune settings.
+        ranks: Low-rank factorization: the rank ratios to choose from per factorizable layer (e.g.
+            ``[0.25, 0.5, 1.0]``; 1.0 keeps the layer whole), searched as ``rank/<layer>``
+            (:mod:`slimtune.compressors.lowrank`); None factorizes nothing.
+        factorize_layers: Restrict the rank choices to these layers (default: every Linear and ungrouped Conv2d).
+        rank_method: The decomposition of every factorized layer: ``auto``, ``svd`` or ``tucker2``.
+        rank_energy: The seed allocation keeps this fraction of each layer's singular-value energy (the
+            smallest rank ratio of ``ranks`` that does).
     """
 
     max_sparsity: float = 0.9
@@ -102,6 +111,10 @@ class SpaceOptions:
     quant_algorithm: str | tuple[str, ...] | None = None
     channel_multiple: int | None = None
     kd_mode: str | tuple[str, ...] | None = None
+    ranks: tuple[float, ...] | None = None
+    factorize_layers: tuple[str, ...] | None = None
+    rank_method: str = "auto"
+    rank_energy: float = 0.95
 
     def __post_init__(self) -> None:
         """Check every option: a :class:`~slimtune.errors.ConfigError` whose ``field`` is ``space.<option>``."""
@@ -130,7 +143,7 @@ class SpaceOptions:
         levels = tuple(float(v) for v in levels)
         if not isinstance(self.sensitivity, bool):
             raise _bad("sensitivity", f"expected true or false, got {self.sensitivity!r}")
-        for name in ("groups", "quantize_layers"):
+        for name in ("groups", "quantize_layers", "factorize_layers"):
             names = getattr(self, name)
             if names is None:
                 continue
@@ -166,6 +179,26 @@ class SpaceOptions:
             raise _bad("channel_multiple", f"expected a positive integer such as 8 or 16 (or null), got {m!r}")
         if self.kd_mode is not None:
             object.__setattr__(self, "kd_mode", self._check_kd_modes())
+        self._check_ranks()
+
+    def _check_ranks(self) -> None:
+        from slimtune.compressors.lowrank import METHODS
+
+        if self.ranks is not None:
+            choices = tuple(self.ranks) if isinstance(self.ranks, (list, tuple)) else ()
+            wrong = [r for r in choices if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r <= 1]
+            if not choices or wrong:
+                raise _bad("ranks", f"{self.ranks!r} must be a non-empty list of rank ratios in (0, 1]")
+            object.__setattr__(self, "ranks", tuple(sorted({float(r) for r in choices})))
+        if self.factorize_layers is not None:
+            object.__setattr__(self, "factorize_layers", tuple(self.factorize_layers))
+        if self.rank_method not in METHODS:
+            close = closest_name(str(self.rank_method), METHODS)
+            hint = f" did you mean {close!r}?" if close else ""
+            raise _bad("rank_method", f"unknown method {self.rank_method!r};{hint} known: {', '.join(METHODS)}")
+        e = self.rank_energy
+        if isinstance(e, bool) or not isinstance(e, numbers.Real) or not 0 < e <= 1:
+            raise _bad("rank_energy", f"{e!r} must be in (0, 1]")
 
     def _check_kd_modes(self) -> str | tuple[str, ...]:
         value = self.kd_mode
@@ -235,7 +268,7 @@ class SpaceOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["levels"] = list(self.levels)
-        for key in ("groups", "bits_w", "bits_a", "quantize_layers"):
+        for key in ("groups", "bits_w", "bits_a", "quantize_layers", "ranks", "factorize_layers"):
             d[key] = list(getattr(self, key)) if getattr(self, key) is not None else None
         if isinstance(self.quant_algorithm, tuple):
             d["quant_algorithm"] = list(self.quant_algorithm)
@@ -256,6 +289,9 @@ class SearchSpace:
             :func:`~slimtune.compressors.sensitivity.analyze_bit_sensitivity` (with
             ``options.sensitivity`` and searched weight bits: each layer's lowest bit-width within
             ``tolerance`` becomes :attr:`safe_bits`, used by the seeds and by strategies as a prior).
+        rank_sensitivity: The table of :func:`~slimtune.compressors.sensitivity.analyze_rank_sensitivity`
+            (with ``options.sensitivity`` and searched ranks: each layer's lowest rank ratio within ``tolerance``,
+            snapped to ``ranks``, becomes :attr:`safe_ranks`, a seed).
     """
 
     def __init__(
@@ -264,6 +300,7 @@ class SearchSpace:
         options: SpaceOptions | None = None,
         sensitivity: pd.DataFrame | None = None,
         bit_sensitivity: pd.DataFrame | None = None,
+        rank_sensitivity: pd.DataFrame | None = None,
     ) -> None:
         self.options = options or SpaceOptions()
         self.graph = graph  # strategies predict resources of plans from it
@@ -303,6 +340,31 @@ class SearchSpace:
                 if layer in lowest:
                     fits = [b for b in opt.bits_w if b >= lowest[layer]]
                     self.safe_bits[layer] = min(fits) if fits else max(opt.bits_w)
+        self.rank_layers: list[str] = []
+        if self.options.ranks:
+            from slimtune.compressors.lowrank import factorizable_layers
+
+            factorizable = factorizable_layers(graph.model)
+            wanted = self.options.factorize_layers
+            if wanted is not None:
+                unknown = [n for n in wanted if n not in factorizable]
+                if unknown:
+                    raise _bad(
+                        "factorize_layers",
+                        f"{unknown} are not factorizable layers (Linear, ungrouped Conv2d); "
+                        f"factorizable: {factorizable}",
+                    )
+            self.rank_layers = [n for n in factorizable if wanted is None or n in wanted]
+        self.rank_sensitivity = rank_sensitivity
+        self.safe_ranks: dict[str, float] = {}
+        if rank_sensitivity is not None and self.options.sensitivity and self.rank_layers:
+            from slimtune.compressors.sensitivity import min_safe_ranks
+
+            lowest = min_safe_ranks(rank_sensitivity, self.options.tolerance)
+            for layer in self.rank_layers:
+                if layer in lowest:
+                    fits = [r for r in self.options.ranks or () if r >= lowest[layer] - 1e-12]
+                    self.safe_ranks[layer] = min(fits) if fits else max(self.options.ranks or (1.0,))
         self.upper: dict[str, float] = {}
         for g in prunable:
             if g in self.safe:
@@ -329,6 +391,9 @@ class SearchSpace:
             dists[QUANT_ALGORITHM_PARAM] = CategoricalDistribution(list(self.options.quant_algorithms))
         if len(self.options.kd_modes) > 1:
             dists[KD_MODE_PARAM] = CategoricalDistribution(list(self.options.kd_modes))
+        if self.options.ranks:
+            for layer in self.rank_layers:
+                dists[RANK_PREFIX + layer] = CategoricalDistribution(list(self.options.ranks))
         return dists
 
     def suggest(self, trial: optuna.trial.Trial) -> dict[str, Any]:
@@ -351,7 +416,14 @@ class SearchSpace:
         ``finetune/kd_mode`` says (the first of ``space.kd_mode`` without it)."""
         prune = {}
         bits: dict[str, dict[str, int | None]] = {}
+        factorize = {}
         for key, value in params.items():
+            if key.startswith(RANK_PREFIX):
+                layer = key[len(RANK_PREFIX) :]
+                if layer not in self.rank_layers:
+                    raise PlanError(f"parameter {key!r} names no factorizable layer of this search space")
+                if float(value) < 1.0:
+                    factorize[layer] = FactorSpec(rank_ratio=float(value), method=self.options.rank_method)
             if key.startswith(SPARSITY_PREFIX):
                 group = key[len(SPARSITY_PREFIX) :]
                 if group not in self.sizes:
@@ -379,6 +451,7 @@ class SearchSpace:
             quant_algorithm=algorithm,
             channel_multiple=self.options.channel_multiple,
             finetune=self._kd_overrides(params),
+            factorize=factorize,
         )
         return plan.rounded(self.graph)
 
@@ -401,12 +474,26 @@ class SearchSpace:
         }
         return {**params, **self._widest_bits()}
 
-    def _widest_bits(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def _widest_bits(self) -> dict[str, Any]:
+        """Searched bit-widths at their highest choice, and searched ranks at theirs."""
+        out: dict[str, Any] = {}
         for prefix, choices in ((BITS_W_PREFIX, self.options.bits_w), (BITS_A_PREFIX, self.options.bits_a)):
             if choices:
                 out.update({prefix + layer: max(choices) for layer in self.quant_layers})
+        if self.options.ranks:
+            out.update({RANK_PREFIX + layer: max(self.options.ranks) for layer in self.rank_layers})
         return out
+
+    def energy_ranks(self) -> dict[str, float]:
+        """``rank/<layer>`` parameters keeping ``space.rank_energy`` of each layer's singular-value energy (the
+        smallest choice of ``space.ranks`` that does; see
+        :func:`~slimtune.compressors.lowrank.energy_rank_ratios`); empty when no rank is searched."""
+        if not self.options.ranks or not self.rank_layers:
+            return {}
+        from slimtune.compressors.lowrank import energy_rank_ratios
+
+        ratios = energy_rank_ratios(self.graph.model, self.options.rank_energy, self.rank_layers, self.options.ranks)
+        return {RANK_PREFIX + layer: r for layer, r in ratios.items()}
 
     def safe_bits_params(self) -> dict[str, int]:
         """``bits_w/<layer>`` parameters at each layer's sensitivity-safe bit-width (the widest
@@ -422,6 +509,12 @@ class SearchSpace:
             lo = self.options.min_sparsity
             safe_sparsity = {self.param_name(g): min(max(self.safe.get(g, lo), lo), self.upper[g]) for g in self.groups}
             seeds.append({**safe_sparsity, **self.safe_bits_params()})
+        energy = self.energy_ranks()
+        if energy:  # the singular-value energy allocation, nothing pruned
+            seeds.append({**self.uniform(self.options.min_sparsity), **energy})
+        if self.safe_ranks:  # each layer at its one-shot-safe rank, nothing pruned
+            safe = {RANK_PREFIX + layer: r for layer, r in self.safe_ranks.items()}
+            seeds.append({**self.uniform(self.options.min_sparsity), **safe})
         return seeds
 
     def allocate(self, relative: Callable[[dict[str, float]], float], target: float) -> dict[str, float] | None:

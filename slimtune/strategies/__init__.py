@@ -12,7 +12,9 @@ simulated_annealing per-group sparsities annealed at a resource target (FLOPs,
 netadapt            NetAdapt: iterations lowering the resource, one trial per
                     candidate group; ends at the target
 bitwidth            HAQ-like per-layer bit-widths under a size or latency budget
-joint               per-group sparsities and per-layer bit-widths together
+joint               per-group sparsities and per-layer bit-widths (and ranks) together
+lowrank             per-layer ranks of a low-rank factorization (SVD, Tucker-2),
+                    alone or with the per-group sparsities
 admm                ADMM pruning (compressor ``admm``) toward searched or fixed
                     per-group targets; tunes rho / iterations on request
 autocompress        AutoCompress: rounds of simulated annealing at falling targets,
@@ -34,6 +36,7 @@ from slimtune.strategies import (  # noqa: F401  (registration)
     autocompress,
     bitwidth,
     joint,
+    lowrank,
     netadapt,
     nsga2,
     random_search,

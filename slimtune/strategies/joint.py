@@ -20,7 +20,10 @@ widest and sensitivity-safe bit-widths), repaired likewise.
 
 Parameters (spec ``strategy`` section): ``resource`` and ``target`` (default: the study's first
 ``flops``/``params``/``size``/``latency`` constraint; none: no repair), ``sampler`` (``nsga2``)
-and ``sampler_params`` (``{}``). The space must list bit-widths (``space.bits_w``).
+and ``sampler_params`` (``{}``). The space must list bit-widths (``space.bits_w``) or ranks (``space.ranks``:
+the ``rank/<layer>`` parameters of a low-rank factorization, searched with the rest; the budget repair moves
+sparsities and bit-widths only, and predicts the budget without the factorization, so it may prune more than a
+factorized plan needs — a departure from a budget-exact search, named here).
 
 Example:
     >>> import slimtune, torch
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.distributions import CategoricalDistribution
 
-from slimtune.search_spaces.space import SPARSITY_PREFIX
+from slimtune.search_spaces.space import BITS_A_PREFIX, BITS_W_PREFIX, RANK_PREFIX, SPARSITY_PREFIX
 from slimtune.strategies._base import Strategy, get_strategy, register_strategy
 from slimtune.strategies._budget import RESOURCES, check_budget_params
 from slimtune.strategies._repair import BudgetRepairSampler
@@ -49,6 +52,8 @@ from slimtune.strategies.bitwidth import bit_names, check_inner
 
 if TYPE_CHECKING:
     from slimtune.search_spaces import SearchSpace
+
+BITS_PREFIXES = (BITS_W_PREFIX, BITS_A_PREFIX)
 
 
 @register_strategy
@@ -64,8 +69,10 @@ class Joint(Strategy):
         check_inner(self.name, self.params)
 
     def sampler(self, space: SearchSpace, n_objectives: int, seed: int, n_trials: int | None) -> BudgetRepairSampler:
-        bits = bit_names(space, self.name)
-        names = [k for k in space.distributions() if k.startswith(SPARSITY_PREFIX)] + bits
+        dists = space.distributions()
+        ranks = [k for k in dists if k.startswith(RANK_PREFIX)]
+        bits = bit_names(space, self.name) if not ranks else [k for k in dists if k.startswith(BITS_PREFIXES)]
+        names = [k for k in dists if k.startswith(SPARSITY_PREFIX)] + bits + ranks
         inner = get_strategy(self.params["sampler"], **self.params["sampler_params"]).sampler(
             space, n_objectives, seed, n_trials
         )

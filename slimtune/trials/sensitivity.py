@@ -70,6 +70,7 @@ logger = logging.getLogger("slimtune")
 SENSITIVITY_PREFIX = CACHE_PREFIX
 #: bit-width tables share the prefix, so listings that skip caches skip both
 BIT_SENSITIVITY_PREFIX = SENSITIVITY_PREFIX + "bits-"
+RANK_SENSITIVITY_PREFIX = SENSITIVITY_PREFIX + "ranks-"
 
 #: user attributes of a row trial of a cache study: the table's row, the baseline it was measured against
 ROW_ATTR = C.ROW
@@ -177,6 +178,58 @@ def bit_sensitivity_table(
     return _cached_table(task, storage, BIT_SENSITIVITY_PREFIX + key, compute, ("layer", "bits_w", int))
 
 
+def rank_sensitivity_table(
+    task: Task,
+    storage: str | BaseStorage | None = None,
+    space: SpaceOptions | Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The task's per-layer rank sensitivity table, computed once per task and storage.
+
+    One row per (layer, rank ratio) of ``space.ranks`` (1.0 excluded) for the space's factorizable layers: that
+    layer alone factorized (``space.rank_method``), no fine-tuning. Cached and resumable like
+    :func:`sensitivity_table` (study ``slimtune-sensitivity-ranks-<key>``).
+    """
+    from slimtune.compressors.sensitivity import analyze_rank_sensitivity
+
+    options = space if isinstance(space, SpaceOptions) else SpaceOptions.from_dict(space)
+    ratios = tuple(r for r in (options.ranks or ()) if r < 1.0)
+    if not ratios:
+        raise SlimtuneError("space.ranks has no rank ratio below 1 to analyse (e.g. ranks: [0.25, 0.5, 1.0])")
+    layers = options.factorize_layers
+    key = f"{task.fingerprint()}-r{'_'.join(f'{r:g}' for r in ratios)}-{options.rank_method}" + (
+        f"-{hashlib.sha1(','.join(layers).encode()).hexdigest()[:12]}" if layers else ""
+    )
+
+    def compute(baseline: float, done: Rows, on_result: Callable[[dict[str, Any]], None]) -> pd.DataFrame:
+        from slimtune.compressors.lowrank import factorizable_layers
+
+        names = list(layers) if layers is not None else factorizable_layers(task.model)
+        total = len(ratios) * len(names)
+        logger.info(
+            "rank sensitivity: %s rank ratios x %s factorizable layers = %s evaluations (cached in the storage)",
+            len(ratios),
+            len(names),
+            total,
+        )
+        _log_resume(sum((n, float(r)) in done for n in names for r in ratios), total)
+        return analyze_rank_sensitivity(
+            task.model,
+            task.example_inputs,
+            task.evaluate,
+            ratios=ratios,
+            layers=names,
+            method=options.rank_method,
+            direction=task.direction,
+            baseline=baseline,
+            progress=progress,
+            done=done,
+            on_result=on_result,
+        )
+
+    return _cached_table(task, storage, RANK_SENSITIVITY_PREFIX + key, compute, ("layer", "rank_ratio", float))
+
+
 def _log_resume(stored: int, total: int) -> None:
     if stored:
         logger.info("resuming: %s of %s evaluations already stored", stored, total)
@@ -281,4 +334,11 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-__all__ = ["BIT_SENSITIVITY_PREFIX", "SENSITIVITY_PREFIX", "bit_sensitivity_table", "sensitivity_table"]
+__all__ = [
+    "BIT_SENSITIVITY_PREFIX",
+    "RANK_SENSITIVITY_PREFIX",
+    "SENSITIVITY_PREFIX",
+    "bit_sensitivity_table",
+    "rank_sensitivity_table",
+    "sensitivity_table",
+]

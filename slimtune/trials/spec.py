@@ -143,6 +143,11 @@ SPACE_FIELDS: dict[str, str] = {
     "them searched as the parameter quant/algorithm (default: ste)",
     "kd_mode": "distillation of every plan's fine-tune (none, offline, online, born_again, self), or a list of them "
     "searched as the parameter finetune/kd_mode (default: the task's fine-tune settings)",
+    "ranks": "low-rank factorization: rank ratios to choose from per layer, e.g. [0.25, 0.5, 1.0] (1.0 keeps the "
+    "layer whole), searched as rank/<layer>",
+    "factorize_layers": "restrict the rank choices to these layers (default: every Linear and ungrouped Conv2d)",
+    "rank_method": "decomposition of the factorized layers: auto (default), svd or tucker2",
+    "rank_energy": "the seed keeps this fraction of each layer's singular-value energy (default 0.95)",
 }
 
 _BACKENDS = ("local", "ray")

@@ -31,7 +31,7 @@ from slimtune.trials.cost import DEVICE_MEASURES, Cost
 from slimtune.trials.driver import quiet_optuna
 from slimtune.trials.objective import Objective
 from slimtune.trials.results import remember_base_model
-from slimtune.trials.sensitivity import bit_sensitivity_table, sensitivity_table
+from slimtune.trials.sensitivity import bit_sensitivity_table, rank_sensitivity_table, sensitivity_table
 from slimtune.trials.storage import artifacts_dir, make_storage, url_of
 from slimtune.trials.task import evaluate_original
 from slimtune.version import __version__
@@ -92,12 +92,14 @@ def prepare(task: Task, config: SearchConfig) -> PreparedStudy:
     graph = trace(task.model, task.example_inputs)
     for line in graph.explain():
         logger.info(line)
-    table = bit_table = None
+    table = bit_table = rank_table = None
     if options.sensitivity and strat.uses_sensitivity:
         table = sensitivity_table(task, st, options, progress=config.progress)
         if any(b != 32 for b in options.bits_w or ()):
             bit_table = bit_sensitivity_table(task, st, options, progress=config.progress)
-    space = SearchSpace(graph, options, table, bit_table)
+        if any(r < 1.0 for r in options.ranks or ()):
+            rank_table = rank_sensitivity_table(task, st, options, progress=config.progress)
+    space = SearchSpace(graph, options, table, bit_table, rank_table)
     # a new study samples from `seed` (reproducible); a resumed run or a joining worker must not
     # replay the proposals already made, so it draws from a seed of its own
     sampler_seed = config.seed if not existing else _fresh_seed(config.seed)
