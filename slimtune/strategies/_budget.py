@@ -13,9 +13,14 @@ bit-widths (``latency="bits"``), from a
 :class:`~slimtune.compressors.measures.BitsLatencyTable` (per-layer fp32 and int8 times, HAQ's
 hardware-in-the-loop table). Either table is measured once per study and kept in the study's
 attributes (``slimtune.attributes.StrategyState``) so every worker and every resumed run uses the
-same table. :func:`scale_to_target` moves a sparsity vector along one line until it just meets
-the target: a bisection with a fixed number of steps, so it always ends, also for targets that
-cannot be reached (it then returns the most compressed vector and says so).
+same table. Latency is predicted in the runtime the study measures it in (its ``latency`` attribute,
+:class:`~slimtune.compressors.measures.LatencySetting`: eager PyTorch, ``torch.compile`` or ONNX
+Runtime), with one channel-pruning table per runtime, batch size and thread count; the bit-width
+table times eager int8 kernels and serves eager PyTorch only.
+
+:func:`scale_to_target` moves a sparsity vector along one line until it just meets the target: a
+bisection with a fixed number of steps, so it always ends, also for targets that cannot be reached
+(it then returns the most compressed vector and says so).
 """
 
 from __future__ import annotations
@@ -115,8 +120,9 @@ class ResourceModel:
     Args:
         space: The search space (its ``graph`` is the traced original model).
         resource: ``flops``, ``params``, ``size`` or ``latency``.
-        study: For ``latency``: the study whose system attributes cache the lookup table (measured
-            on first use, at batch 32 and one thread, as trials measure latency).
+        study: For ``latency``: the study whose user attributes cache the lookup table (measured on
+            first use, in the runtime, batch size and threads of the study's ``latency`` setting; by
+            default eager PyTorch at batch 32 on a CPU, 64 on a GPU, and one thread).
         latency: What changes latency: ``"channels"`` (channel pruning: the NetAdapt-style
             :class:`~slimtune.compressors.measures.LatencyTable`; bit-widths are ignored) or
             ``"bits"`` (weight bit-widths of ``space.quant_layers``: the
@@ -160,20 +166,39 @@ class ResourceModel:
         return float(self._predictor.relative(plan)[self.resource])
 
 
+def _latency_setting(study: optuna.Study | None) -> Any:
+    """The study's latency setting (``attributes.Study.LATENCY``); eager PyTorch without a study or one."""
+    from slimtune.compressors.measures import LatencySetting
+
+    value = study.user_attrs.get(attributes.Study.LATENCY) if study is not None else None
+    return LatencySetting.parse(value, field=attributes.Study.LATENCY)
+
+
 def _latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
-    """The study's latency table for the hardware this worker runs on (measured and cached on first use).
+    """The study's latency table for the hardware this worker runs on and the study's runtime (measured
+    and cached on first use).
 
     Each kind of hardware has its own table in the study (a CPU table under the plain attribute name,
-    as before devices; a GPU's under ``<name>@<GPU model>``), measured at batch 32 on a CPU, 64 on a GPU.
+    as before devices; a GPU's under ``<name>@<GPU model>``), measured at the batch size of the study's
+    latency setting, else 32 on a CPU and 64 on a GPU, with its threads. Eager PyTorch at the default
+    batch and one thread keeps that name; another runtime, batch or thread count adds
+    ``/<runtime>,batch=<b>,threads=<t>`` (ONNX Runtime's tables are CPU tables, whatever the device).
     """
     from slimtune import devices
     from slimtune.compressors.measures import LatencyTable
+    from slimtune.compressors.measures._lut_parts import measuring_device
 
-    device = devices.model_device(space.graph.model)
+    setting = _latency_setting(study)
+    device = measuring_device(setting.runtime, devices.model_device(space.graph.model))
+    default = 64 if device.type == "cuda" else 32
+    batch = setting.batch or default
     key = _LUT_ATTR if device.type == "cpu" else f"{_LUT_ATTR}@{devices.hardware(device)}"
-    batch = 64 if device.type == "cuda" else 32
+    if (setting.runtime, batch, setting.threads) != ("torch", default, 1):
+        key += f"/{setting.runtime},batch={batch},threads={setting.threads}"
     cached = study.user_attrs.get(key) if study is not None else None
-    table = LatencyTable.load_or_build(cached, space.graph, batch_size=batch, threads=1)
+    table = LatencyTable.load_or_build(
+        cached, space.graph, runtime=setting.runtime, batch_size=batch, threads=setting.threads
+    )
     if study is not None and table.to_dict() != cached:
         study.set_user_attr(key, table.to_dict())
     return table
@@ -184,6 +209,14 @@ def _bits_latency_table(space: SearchSpace, study: optuna.Study | None) -> Any:
     from slimtune.compressors.measures import BitsLatencyTable
     from slimtune.compressors.measures._lut_parts import inputs_from_graph
 
+    runtime = _latency_setting(study).runtime
+    if runtime != "torch":
+        raise StrategyError(
+            "a bit-width latency budget is predicted from per-layer eager int8 kernel times (BitsLatencyTable), "
+            f"which is only available with the torch runtime; this study measures latency in runtime {runtime!r}: "
+            "measure latency in runtime 'torch', or budget size instead of latency",
+            field="latency.runtime",
+        )
     layers = list(space.quant_layers)
     if not layers:
         raise StrategyError(

@@ -239,7 +239,7 @@ class LayerHandler:
         return cin - round(lost.get("in", 0.0)), cout - round(lost.get("out", 0.0))
 
     def lut_spec(self, module: nn.Module, in_shape: tuple[int, ...]) -> Any:
-        """A :class:`~slimtune.compressors.measures._lut_parts.LayerSpec` for the latency table, or None."""
+        """A :class:`~slimtune.compressors.measures._layer_spec.LayerSpec` for the latency table, or None."""
         return None
 
 

@@ -182,7 +182,7 @@ class ConvHandler(LayerHandler):
         return cin - round(lost.get("in", 0.0)), cout - round(lost.get("out", 0.0))
 
     def lut_spec(self, module: nn.Module, in_shape: tuple[int, ...]) -> Any:
-        from slimtune.compressors.measures._lut_parts import LayerSpec
+        from slimtune.compressors.measures._layer_spec import LayerSpec
 
         return LayerSpec.of(module, in_shape)
 

@@ -74,7 +74,7 @@ class LinearHandler(LayerHandler):
         return self.width(module)
 
     def lut_spec(self, module: nn.Module, in_shape: tuple[int, ...]) -> Any:
-        from slimtune.compressors.measures._lut_parts import LayerSpec
+        from slimtune.compressors.measures._layer_spec import LayerSpec
 
         return LayerSpec.of(module, in_shape)
 
@@ -102,7 +102,7 @@ class HFConv1DHandler(LinearHandler):
             module.nx = int(module.weight.shape[0])
 
     def lut_spec(self, module: nn.Module, in_shape: tuple[int, ...]) -> Any:
-        from slimtune.compressors.measures._lut_parts import LayerSpec
+        from slimtune.compressors.measures._layer_spec import LayerSpec
 
         cin, cout = self.width(module)
         return LayerSpec("linear", cin, cout, in_shape, getattr(module, "bias", None) is not None)

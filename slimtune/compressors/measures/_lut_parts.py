@@ -3,141 +3,31 @@
 A :class:`LayerSpec` describes a Conv/Linear layer well enough to build a standalone copy at other
 channel counts; an :class:`Entry` holds the latencies of one configuration on a grid of
 (in, out) counts plus exact points, and interpolates between them. The functions build the
-measured callables (standalone layers, plain and hooked whole-model passes) and fit the remainder.
+measured callables (standalone layers, plain and hooked whole-model passes) and fit the remainder;
+:func:`measure_eager` and :func:`measure_in_runtime` measure a table in eager PyTorch and in
+``torch.compile`` / ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from slimtune import devices
-from slimtune.compressors.measures.latency import make_batch
+from slimtune.compressors.measures._layer_spec import LayerSpec
+from slimtune.compressors.measures.latency import make_batch, measurement_context, time_interleaved
+from slimtune.compressors.measures.runtimes import LatencySetting, runtime_model
 from slimtune.errors import MeasureError
 
 if TYPE_CHECKING:
     from slimtune.compressors.graph import ModelGraph
-
-CONV_TYPES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """What a standalone copy of a layer needs: its kind, hyper-parameters and input shape."""
-
-    kind: str  # "conv" | "linear" | "matmul" | "sdpa" (attention products: in_ch = out_ch = heads)
-    in_ch: int
-    out_ch: int
-    in_shape: tuple[int, ...]  # without the batch dimension
-    bias: bool
-    kernel: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
-    padding: Any = ()  # tuple or "same"/"valid"
-    dilation: tuple[int, ...] = ()
-    groups: int = 1
-    padding_mode: str = "zeros"
-    depthwise: bool = False
-    operands: tuple[tuple[int, ...], ...] = ()  # products: each operand's shape without the batch dim
-    head_axes: tuple[int, ...] = ()  # products: the dim of each operand holding the heads (-1: none)
-
-    @classmethod
-    def product(cls, kind: str, heads: int, operands: Sequence[tuple[Sequence[int], int | None]]) -> LayerSpec:
-        """A product outside the layers (``matmul`` or ``sdpa``) whose cost scales with ``heads``."""
-        shapes = tuple(tuple(int(v) for v in shape[1:]) for shape, _ in operands)
-        axes = tuple(-1 if axis is None else int(axis) - 1 for _, axis in operands)
-        return cls(kind, heads, heads, shapes[0], False, depthwise=True, operands=shapes, head_axes=axes)
-
-    @property
-    def is_product(self) -> bool:
-        return self.kind in ("matmul", "sdpa")
-
-    @classmethod
-    def of(cls, m: nn.Module, in_shape: tuple[int, ...]) -> LayerSpec:
-        if isinstance(m, nn.Linear):
-            return cls("linear", int(m.in_features), int(m.out_features), in_shape, m.bias is not None)
-        pad = m.padding if isinstance(m.padding, str) else tuple(int(p) for p in m.padding)
-        return cls(
-            "conv",
-            int(m.in_channels),
-            int(m.out_channels),
-            in_shape,
-            m.bias is not None,
-            tuple(int(k) for k in m.kernel_size),
-            tuple(int(s) for s in m.stride),
-            pad,
-            tuple(int(d) for d in m.dilation),
-            int(m.groups),
-            str(m.padding_mode),
-            depthwise=m.groups > 1 and m.groups == m.in_channels,
-        )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LayerSpec:
-        tup = {k: tuple(d[k]) for k in ("in_shape", "kernel", "stride", "dilation")}
-        pad = d["padding"] if isinstance(d["padding"], str) else tuple(d["padding"])
-        ops = {"operands": tuple(tuple(o) for o in d.get("operands", ())), "head_axes": tuple(d.get("head_axes", ()))}
-        return cls(**{**d, **tup, **ops, "padding": pad})
-
-    def groups_for(self, cin: int, cout: int) -> int:
-        if self.depthwise:
-            return cin
-        g = self.groups
-        return g if cin % g == 0 and cout % g == 0 else math.gcd(math.gcd(cin, cout), g)
-
-    def module(self, cin: int, cout: int, device: Any = "cpu") -> nn.Module:
-        """A standalone layer of this kind at ``(cin, cout)`` channels, created on ``device``."""
-        if self.is_product:
-            return _Product(self.kind).eval()
-        if self.kind == "linear":
-            return nn.Linear(cin, cout, bias=self.bias, device=device).eval()
-        cls = CONV_TYPES[len(self.kernel)]
-        return cls(
-            cin,
-            cout,
-            self.kernel,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups_for(cin, cout),
-            self.bias,
-            self.padding_mode,
-            device=device,
-        ).eval()
-
-    def input(self, batch: int, cin: int, device: Any = "cpu") -> Any:
-        """A random input of ``batch`` rows for :meth:`module` at ``cin`` channels, on ``device``."""
-        if self.is_product:  # every operand's heads scaled alike (grouped-query k/v keep their ratio)
-            out = []
-            for shape, axis in zip(self.operands, self.head_axes):
-                shape = list(shape)
-                if axis >= 0:
-                    shape[axis] = max(1, shape[axis] * cin // self.in_ch)
-                out.append(torch.randn(batch, *shape, device=device))
-            return tuple(out)
-        shape = list(self.in_shape)
-        shape[-1 if self.kind == "linear" else 0] = cin
-        return torch.randn(batch, *shape, device=device)
-
-
-class _Product(nn.Module):
-    """A standalone attention product: ``a @ b`` or ``scaled_dot_product_attention(q, k, v)``."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-
-    def forward(self, operands: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if self.kind == "sdpa":
-            q, k, v = operands
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=k.shape[-3] != q.shape[-3])
-        return torch.matmul(*operands)
 
 
 @dataclass
@@ -206,6 +96,16 @@ class Settings:
     quantile: float
     clock: str
     min_time_s: float = 0.0
+
+
+class Measured(NamedTuple):
+    """What a build measured besides the grid (which it writes into the entries)."""
+
+    batches: list[int]  # the remainder batch sizes, largest first
+    totals: list[float]  # the dense model's ms at each
+    layers_ms: list[float]  # its Conv/Linear layers' ms at each (in the model, or standalone in a runtime)
+    points: int  # grid points measured
+    call_ms: float = 0.0  # a runtime's cost of one call of an almost empty module
 
 
 def statistic(quantile: float) -> Callable[[Sequence[float]], float]:
@@ -391,6 +291,71 @@ def model_passes(
     return batches, fns, per_pass, other_pass
 
 
+def measure_eager(
+    entries: Mapping[str, Entry],
+    layers: Mapping[str, LayerRef],
+    model: nn.Module,
+    example_inputs: Any,
+    batch: int,
+    threads: int,
+    settings: Settings,
+    device: Any,
+    progress: Callable[[str], None] | None = None,
+) -> Measured:
+    """Measure a table in eager PyTorch: every grid point standalone, the dense model plain and hooked.
+
+    Fills in every entry's ``ms`` and every layer's ``remainder_ms`` (the leaf modules that work on its
+    output channels); the layers' time inside the model, and the leaf modules', are timed with hooks.
+    """
+    warmup, burst, clock = settings.warmup, settings.burst, settings.clock
+    fns: list[Callable[[], Any]] = []
+    for e in entries.values():
+        xs = {cin: e.spec.input(batch, cin, device) for cin in e.ins}
+        fns += [bind(e.spec.module(cin, cout, device), xs[cin]) for cin, cout in e.points()]
+    n_points = len(fns)
+    owners = attribute_leaves(model, example_inputs, list(layers))
+    batches, model_fns, in_net_passes, other_passes = model_passes(
+        model, example_inputs, list(layers), list(owners), batch, clock, device
+    )
+    fns += model_fns
+    if progress is not None:
+        progress(
+            f"measuring {len(entries)} layer configurations ({n_points} points) and the model at batch sizes {batches}"
+        )
+    with measurement_context([model], threads, device):
+        samples = time_interleaved(
+            fns,
+            warmup,
+            settings.repeats,
+            settings.min_time_s,
+            burst=burst,
+            burst_warmup=1,
+            clock=clock,  # type: ignore[arg-type]
+            device=device,
+        )
+
+    stat = statistic(settings.quantile)
+    pos = 0
+    for e in entries.values():
+        values = {p: stat(samples[pos + j]) for j, p in enumerate(e.points())}
+        pos += len(values)
+        if e.spec.depthwise:
+            e.ms = [[values[(i, i)]] for i in e.ins]
+        else:
+            e.ms = [[values[(i, o)] for o in e.outs] for i in e.ins]
+    totals = [stat(samples[n_points + 2 * k]) for k in range(len(batches))]
+
+    # hooked passes log every call: drop the warm-up rounds and each turn's untimed first call
+    def timed(values: list[float]) -> list[float]:
+        return [v for j, v in enumerate(values[warmup:]) if j % (burst + 1)]
+
+    in_net = [stat(timed(p)) for p in in_net_passes]
+    for leaf, owner in owners.items():
+        if owner is not None:
+            layers[owner].remainder_ms += stat(timed(other_passes[leaf]))
+    return Measured(batches, totals, in_net, n_points)
+
+
 def _event() -> Any:
     """A timing CUDA event recorded now on the current stream."""
     event = torch.cuda.Event(enable_timing=True)
@@ -517,3 +482,197 @@ def cell(axis: Sequence[int], v: float) -> tuple[int, int, float]:
     else:
         lo = max(i for i in range(len(axis) - 1) if axis[i] <= v)
     return lo, lo + 1, (v - axis[lo]) / (axis[lo + 1] - axis[lo])
+
+
+# ============================================================================================ runtimes
+class _Spread(nn.Module):
+    """An attention product taking its operands as separate inputs (what an ONNX export needs)."""
+
+    def __init__(self, product: nn.Module) -> None:
+        super().__init__()
+        self.product = product
+
+    def forward(self, *operands: torch.Tensor) -> torch.Tensor:
+        return self.product(operands)
+
+
+def measuring_device(runtime: str, device: Any) -> torch.device:
+    """Where a runtime runs a model on ``device``: ONNX Runtime (CPU execution provider) on the CPU."""
+    return torch.device("cpu") if runtime == "onnxruntime" else torch.device(device)
+
+
+@contextlib.contextmanager
+def compile_limits(runtime: str) -> Iterator[None]:
+    """For ``compile``: no recompile limit while the table's modules run.
+
+    ``torch.compile`` keeps the code it compiles per Python function, and every standalone layer
+    runs the same ``forward``: past ``recompile_limit`` (8) entries it would silently run the rest
+    eagerly. The cache puts the entry it hits first, so a turn's untimed call makes the timed ones
+    find theirs at once.
+    """
+    if runtime != "compile":
+        yield
+        return
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(recompile_limit=1 << 20, accumulated_recompile_limit=1 << 20):
+        yield
+
+
+def runtime_point(
+    spec: LayerSpec, cin: int, cout: int, setting: LatencySetting, device: Any, batch: int
+) -> Callable[[int], Callable[[], Any]]:
+    """``batch → call``: a zero-argument call of the standalone layer at ``(cin, cout)``, as ``setting``'s
+    runtime runs it, on a random input of ``batch`` rows.
+
+    ``compile`` compiles at the first call of each batch size; ``onnxruntime`` exports the layer now, at
+    ``batch`` rows (one file serves every batch size, or, where the export could not make the batch
+    dynamic, another is exported for each other batch size), and runs it on the CPU (``device`` must be
+    the CPU).
+    """
+    module: nn.Module = spec.module(cin, cout, device)
+    module = _Spread(module) if spec.is_product else module
+    made: dict[int, nn.Module] = {}
+
+    def timed_at(b: int) -> nn.Module:
+        first = next(iter(made.values()), None)
+        if first is not None and not _static_batch(first):
+            return first
+        if b not in made:
+            made[b] = runtime_model(module, spec.input(max(2, b), cin, device), setting)[0]
+        return made[b]
+
+    timed_at(batch)
+
+    def at(b: int) -> Callable[[], Any]:
+        timed = timed_at(b)
+        x = spec.input(b, cin, device)
+        args = x if isinstance(x, tuple) else (x,)
+
+        def call() -> Any:
+            return timed(*args)
+
+        return call
+
+    return at
+
+
+def _static_batch(timed: nn.Module) -> bool:
+    """Whether an ONNX Runtime model takes one batch size only (its export could not make it dynamic)."""
+    session = getattr(timed, "session", None)
+    return session is not None and any(isinstance(i.shape[0], int) for i in session.get_inputs() if i.shape)
+
+
+def measure_in_runtime(
+    entries: Mapping[str, Entry],
+    layers: Mapping[str, LayerRef],
+    model: nn.Module,
+    example_inputs: Any,
+    setting: LatencySetting,
+    settings: Settings,
+    device: Any,
+    progress: Callable[[str], None] | None = None,
+) -> Measured:
+    """Measure a table in a runtime other than eager PyTorch (``compile``, ``onnxruntime``).
+
+    Every grid point of every entry is timed standalone through
+    :func:`~slimtune.compressors.measures.runtimes.runtime_model`, the dense point of each layer
+    configuration also at the smaller remainder batch sizes, the dense model through ``runtime_model``
+    at each remainder batch size, and the runtime's cost of one call (a ``ReLU`` of one element), all
+    round-robin in one measurement. Every standalone time is kept less that call cost (``e.ms`` is filled
+    in): a layer inside the model does not pay it, the model's one call does (in its remainder).
+    Hooks cannot see inside a compiled graph or an ONNX session, so the layers' time in the model is
+    taken as their standalone time. ``setting.batch`` is the full batch size; ``example_inputs`` are on
+    ``device``.
+    """
+    batch = int(setting.batch or 1)
+    batches = remainder_batches(batch)
+    fns: list[Callable[[], Any]] = []
+    dense: dict[str, int] = {}  # layer configuration -> index of its dense point at batches[1]
+    used = {layer.key for layer in layers.values()}
+    with compile_limits(setting.runtime):
+        probe = torch.randn(1, 1, device=device)
+        empty, _ = runtime_model(nn.ReLU(), probe, setting)
+        fns.append(bind(empty, probe))
+        for key, e in entries.items():
+            for cin, cout in e.points():
+                at = runtime_point(e.spec, cin, cout, setting, device, batch)
+                fns.append(at(batch))
+                if key in used and (cin, cout) == _dense_point(e.spec):
+                    dense[key] = len(fns)
+                    fns += [at(b) for b in batches[1:]]
+        n_points = len(fns) - 1 - len(dense) * (len(batches) - 1)
+        _, model_fns = runtime_passes(model, example_inputs, batch, setting, device)
+        fns += model_fns
+        if progress is not None:
+            progress(
+                f"measuring {len(entries)} layer configurations ({n_points} points) and the model at batch sizes "
+                f"{batches} in {setting.runtime}"
+            )
+        with measurement_context([model], setting.threads, device):
+            samples = time_interleaved(
+                fns,
+                settings.warmup,
+                settings.repeats,
+                settings.min_time_s,
+                burst=settings.burst,
+                burst_warmup=1,
+                clock=settings.clock,  # type: ignore[arg-type]
+                device=device,
+            )
+    stat = statistic(settings.quantile)
+    call_ms = stat(samples[0])
+
+    def ms(k: int) -> float:
+        return max(0.0, stat(samples[k]) - call_ms)
+
+    pos = 1
+    at_batch: dict[str, list[float]] = {}
+    for key, e in entries.items():
+        values = {}
+        for cin, cout in e.points():
+            values[(cin, cout)] = ms(pos)
+            pos += 1
+            if dense.get(key) == pos:
+                at_batch[key] = [values[(cin, cout)]] + [ms(k) for k in range(pos, pos + len(batches) - 1)]
+                pos += len(batches) - 1
+        if e.spec.depthwise:
+            e.ms = [[values[(i, i)]] for i in e.ins]
+        else:
+            e.ms = [[values[(i, o)] for o in e.outs] for i in e.ins]
+    totals = [stat(s) for s in samples[pos:]]
+    # each layer at its own counts (as predict looks it up), scaled to the smaller batches as its dense point
+    scale = {key: [_ratio(v, values[0]) for v in values] for key, values in at_batch.items()}
+    layers_ms = [
+        sum(layer.calls * entries[layer.key].lookup(*layer.orig) * scale[layer.key][k] for layer in layers.values())
+        for k in range(len(batches))
+    ]
+    return Measured(batches, totals, layers_ms, n_points, call_ms)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else 1.0
+
+
+def _dense_point(spec: LayerSpec) -> tuple[int, int]:
+    return (spec.in_ch, spec.in_ch) if spec.depthwise else (spec.in_ch, spec.out_ch)
+
+
+def runtime_passes(
+    model: nn.Module, example_inputs: Any, batch: int, setting: LatencySetting, device: Any
+) -> tuple[list[int], list[Callable[[], Any]]]:
+    """The dense model as ``setting``'s runtime runs it, one call per remainder batch size.
+
+    ``example_inputs`` must be on ``device`` (the CPU for ONNX Runtime).
+    """
+    batches = remainder_batches(batch)
+    timed, _ = runtime_model(model, example_inputs, setting)
+    fns: list[Callable[[], Any]] = []
+    for b in batches:
+        args = make_batch(example_inputs, b)
+
+        def plain(args: tuple[Any, ...] = args) -> Any:
+            return timed(*args)
+
+        fns.append(plain)
+    return batches, fns

@@ -37,6 +37,11 @@ and records ``device = "cpu"`` and the CPU model (``meta["hardware"]``). Its pre
 latencies, to compare with CPU measurements (a trial's latency of a quantized model is timed on
 the CPU too: see :func:`~slimtune.compressors.measures.measure_deployable`).
 
+*Eager PyTorch only.* The table times eager kernels (the int8 modules of the torch.ao export), so it
+predicts latency in the ``torch`` runtime (:class:`~slimtune.compressors.measures.LatencySetting`) and
+records it (:attr:`~BitsLatencyTable.runtime`); ``torch.compile`` and ONNX Runtime run int8 layers with
+other kernels and fuse them with their neighbours, which a per-layer eager table does not see.
+
 A table is valid for the machine, thread count and batch size it was measured with; it is small
 and JSON-safe (:meth:`~BitsLatencyTable.to_dict`, :meth:`~BitsLatencyTable.from_dict`), so a study
 can cache it.
@@ -108,6 +113,7 @@ class BitsLatencyTable:
         int8: Per layer: its int8 module's time on its quantized input (ms per batch, all calls).
         meta: Free-form information (torch version, clock, build time, CPU model ...); not compared.
         device: Where the table was measured: always ``"cpu"`` (int8 kernels are CPU-only).
+        runtime: The runtime its times hold for: always ``"torch"`` (eager kernels).
     """
 
     batch_size: int
@@ -118,6 +124,7 @@ class BitsLatencyTable:
     int8: dict[str, float]
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     device: str = "cpu"
+    runtime: str = "torch"
 
     # ------------------------------------------------------------------------------------- build
     @classmethod
@@ -299,17 +306,18 @@ class BitsLatencyTable:
             "fp32": dict(self.fp32),
             "int8": dict(self.int8),
             "device": self.device,
+            "runtime": self.runtime,
             "meta": dict(self.meta),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BitsLatencyTable:
         """Rebuild a table from :meth:`to_dict` output (one saved without ``device`` is a CPU table,
-        as every bit-width table is).
+        as every bit-width table is; one saved without ``runtime`` a ``"torch"`` one, as every one is).
 
         Raises:
             MeasureError: ``data`` is not a bit-width latency table, is malformed, or names a device
-                other than the CPU.
+                other than the CPU or a runtime other than ``"torch"``.
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise MeasureError(f"not a slimtune bit-width latency table (expected format {_FORMAT!r})")
@@ -319,6 +327,13 @@ class BitsLatencyTable:
                 f"bit-width latency table measured on {device!r}: int8 kernels run on the CPU only, so a table "
                 "is measured there; rebuild it (BitsLatencyTable.build)",
                 field="device",
+            )
+        runtime = str(data.get("runtime") or "torch")
+        if runtime != "torch":
+            raise MeasureError(
+                f"bit-width latency table of runtime {runtime!r}: a bit-width table times eager int8 kernels, "
+                "runtime 'torch'; rebuild it (BitsLatencyTable.build)",
+                field="runtime",
             )
         try:
             table = cls(

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,7 +47,7 @@ from slimtune.errors import PlanConfigError
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-    from slimtune.compressors.training.config import FinetuneConfig, KDConfig
+    from slimtune.compressors.training.config import KDConfig
 
 
 def response_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -245,59 +244,3 @@ class Distiller(KDMode):
             et = self._feats["t"][n] if n is not None else teacher_out
             loss = loss + cfg.relation * relation_loss(es, et)
         return loss
-
-
-def make_distiller(
-    student: nn.Module,
-    teacher: nn.Module | None,
-    config: FinetuneConfig,
-    loss_fn: Callable[..., torch.Tensor],
-    total_steps: int,
-) -> KDMode | None:
-    """The distiller of ``config.kd.mode`` for a run of ``total_steps`` optimizer steps, or None where
-    there is nothing to distil (``offline`` without a teacher).
-
-    Raises:
-        ArgumentError: ``online`` with ``peer: original`` and no teacher (field ``teacher``).
-    """
-    assert config.kd is not None
-    return _MODES[config.kd.mode](student, teacher, config, loss_fn, total_steps)
-
-
-def _offline(
-    student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int
-) -> Distiller | None:
-    assert config.kd is not None
-    return Distiller(student, teacher, config.kd) if teacher is not None else None
-
-
-def _online(student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int) -> KDMode:
-    from slimtune.compressors.training.online import MutualLearning
-
-    assert config.kd is not None
-    return MutualLearning(student, teacher, config.kd, loss_fn, config.channels_last)
-
-
-def _born_again(
-    student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int
-) -> Distiller:
-    from slimtune.compressors.training.born_again import BornAgain
-
-    assert config.kd is not None
-    return BornAgain(student, config.kd, total)
-
-
-def _self(student: nn.Module, teacher: nn.Module | None, config: FinetuneConfig, loss_fn: Any, total: int) -> KDMode:
-    from slimtune.compressors.training.self_distill import SelfDistiller
-
-    assert config.kd is not None
-    return SelfDistiller(student, config.kd, loss_fn, config.seed)
-
-
-_MODES: dict[str, Callable[..., KDMode | None]] = {
-    "offline": _offline,
-    "online": _online,
-    "born_again": _born_again,
-    "self": _self,
-}
-"""How each ``kd.mode`` builds its distiller (the modes of :data:`~slimtune.compressors.training.config.KD_MODES`)."""

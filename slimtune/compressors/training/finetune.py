@@ -225,7 +225,7 @@ def finetune(
     start_time = time.perf_counter()
     distiller = None
     if config.kd is not None and total > 0:
-        from slimtune.compressors.training.distill import make_distiller
+        from slimtune.compressors.training.kd_modes import make_distiller
 
         distiller = make_distiller(model, teacher, config, loss_fn or default_loss, total)
     if config.slb_final_temperature is not None and _has_slb(model):
