@@ -32,6 +32,7 @@ def compress(
     graph: ModelGraph | None = None,
     observer: str = "minmax",
     quant_algorithm: str | None = None,
+    report: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Return a compressed copy of ``model``; the model itself is never modified.
 
@@ -55,6 +56,9 @@ def compress(
             ``moving_average``, ``percentile``, ``kl``).
         quant_algorithm: Quantization algorithm (``ste``, ``ptq``, ``pact``, ``dorefa``, ``bnn``, ``slb``);
             None: the plan's ``quant_algorithm``, else ``ste``.
+        report: A dict that receives what the criteria reported per group (``{group: {...}}``: e.g.
+            ``scop``'s control scales, and the channels ``pruned`` and ``kept``); a trial stores it in its
+            ``compressor_info`` under ``criteria``.
 
     Each group loses :meth:`plan.n_prune(group) <CompressionPlan.n_prune>` channels: with
     ``plan.channel_multiple`` (8, 16) its kept channels are a multiple of it
@@ -104,6 +108,8 @@ def compress(
     if plan.granularity == "channel":
         ctx = CriterionContext(compressed, graph, data, loss_fn, max_batches)
         pruned = select_channels(graph, plan, ctx)
+        if report is not None:
+            report.update(ctx.report)
     return finalize(
         compressed, plan, example_inputs, graph, pruned, speedup, data, max_batches, observer, quant_algorithm
     )

@@ -43,7 +43,8 @@ def select_channels(graph: ModelGraph, plan: CompressionPlan, ctx: CriterionCont
     Each group loses :meth:`plan.n_prune(group) <slimtune.compressors.CompressionPlan.n_prune>`
     channels (``group.n_prune(sparsity)``, kept channels rounded to ``plan.channel_multiple``), the
     lowest-scoring by its criterion; with a block constraint (grouped convs) the same number is
-    taken from each block.
+    taken from each block. Groups a criterion reported on (``ctx.report``) get the channels ``pruned``
+    and ``kept`` added to their entry.
     """
     pruned: dict[str, torch.Tensor] = {}
     for name, spec in plan.prune.items():
@@ -53,6 +54,9 @@ def select_channels(graph: ModelGraph, plan: CompressionPlan, ctx: CriterionCont
             continue
         scores = score_group(group, spec.criterion, ctx)
         pruned[name] = lowest_scores(group, scores, n)
+        if name in ctx.report:  # the criterion reported on this group: record what was chosen
+            gone = set(pruned[name].tolist())
+            ctx.report[name].update(pruned=sorted(gone), kept=[c for c in range(group.size) if c not in gone])
     return pruned
 
 

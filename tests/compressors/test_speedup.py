@@ -26,7 +26,8 @@ def _channels(module: nn.Module) -> tuple[int, int]:
     return module.in_channels, module.out_channels
 
 
-@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+# SCOP learns over many passes (minutes on the larger models here); its compressions are checked in test_scop.py
+@pytest.mark.parametrize("criterion", sorted(set(CRITERIA) - {"scop", "scop_vae"}))
 @pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
 def test_speedup_matches_masked_model(name, criterion):
     factory, shape = REFERENCE_MODELS[name]

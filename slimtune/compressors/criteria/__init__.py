@@ -15,6 +15,9 @@ name           score                                                     needs
 ``taylor``     ``(sum g*w)^2`` (Molchanov et al. 2019)                   data with targets
 ``apoz``       ``1 -`` fraction of zero activations (Hu et al. 2016)     data, traced graph
 ``mean_activation`` mean ``|activation|`` (Molchanov et al. 2017)        data, traced graph
+``scop``       ``β − β̃``: learned control scale of the real feature      data with targets
+               against its knockoff's (Tang et al. 2020)
+``scop_vae``   ``scop`` with knockoffs from a small VAE                   data with targets
 ============== ========================================================= ==================
 
 Weight criteria score each member layer with a selected role (by default the producers,
@@ -51,6 +54,7 @@ from slimtune.compressors.criteria.fpgm import fpgm
 # Importing the algorithm modules registers them.
 from slimtune.compressors.criteria.level import level
 from slimtune.compressors.criteria.norm import l1, l2
+from slimtune.compressors.criteria.scop import scop, scop_vae
 from slimtune.compressors.criteria.taylor import taylor
 
 __all__ = [
@@ -67,5 +71,7 @@ __all__ = [
     "mean_activation",
     "register_criterion",
     "score_group",
+    "scop",
+    "scop_vae",
     "taylor",
 ]

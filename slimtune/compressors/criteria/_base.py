@@ -39,11 +39,14 @@ class CriterionContext:
         cache: Shared by every group of one compression, so that one pass over the data (gradients,
             activation statistics) serves all groups. Start each compression with a fresh context
             (or an empty cache) whenever the model's weights changed.
+        report: What criteria report about the groups they score, ``{group: {key: JSON value}}`` (e.g.
+            ``scop``'s control scales); :func:`~slimtune.compressors.pruning.select_channels` adds the
+            channels it ``pruned`` and ``kept`` to every group reported on.
 
     Example:
         >>> import torch
         >>> ctx = CriterionContext(torch.nn.Linear(3, 2), data=[(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))])
-        >>> ctx.max_batches is None and ctx.cache == {}
+        >>> ctx.max_batches is None and ctx.cache == {} and ctx.report == {}
         True
     """
 
@@ -53,6 +56,7 @@ class CriterionContext:
     loss_fn: Callable[..., torch.Tensor] | None = None
     max_batches: int | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Criterion(Protocol):

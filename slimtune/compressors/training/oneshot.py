@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 @register_compressor("oneshot")
 def oneshot(model: nn.Module, plan: CompressionPlan, example_inputs: Any, context: TrainingContext) -> nn.Module:
     """Prune ``plan``'s groups at once (criteria on ``context.calibration`` where they need data)."""
-    return compress(
+    report: dict[str, Any] = {}
+    small = compress(
         model,
         plan,
         example_inputs,
@@ -40,4 +41,8 @@ def oneshot(model: nn.Module, plan: CompressionPlan, example_inputs: Any, contex
         data=context.calibration,
         loss_fn=context.loss_fn,
         graph=context.graph,
+        report=report,
     )
+    if report:  # what the criteria reported per group (scop's control scales, the channels kept and pruned)
+        context.info["criteria"] = report
+    return small
