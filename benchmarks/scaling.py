@@ -1,13 +1,17 @@
-"""Scaling: trials per minute with 1 and 2 workers, local processes and Ray, on the digits task.
+"""Scaling: trials per minute with 1 and 2 workers, local processes, Ray and Ray Tune, on the digits task.
 
-One run measures four configurations of the same study (digits CNN, ``finetune_epochs`` of
+One run measures six configurations of the same study (digits CNN, ``finetune_epochs`` of
 fine-tuning per trial, strategy ``random`` by default, SQLite storage, every worker one thread):
 
 - **local ×1 / ×2**: one or two ``slimtune worker``-like processes (``search(join=True)``) started
   together on a study initialised beforehand (baseline, seeds);
 - **ray ×1 / ×2**: ``search(backend="ray", ray={"max_concurrent_trials": k})`` from this process on
   a local Ray (``ray.init(num_cpus=2)``, started once); the Ray workers start fresh for each
-  configuration (their start-up is part of the wall time).
+  configuration (their start-up is part of the wall time);
+- **tune ×1 / ×2**: ``slimtune.tune.tuner(..., max_concurrent_trials=k).fit()`` on the same local Ray: a Tune
+  searcher asks the study's sampler, each Tune trial runs one slimtune trial (actors reused). A trial's
+  span starts when the searcher asks for it, so Tune's scheduling of the trial (and, for an actor's first
+  trial, the actor's start) is part of the trial.
 
 Throughput is trials per minute in the workers' steady state: each worker's trials over its own
 span (its first trial's start to its last trial's end), summed over the workers; start-up is
@@ -17,7 +21,8 @@ workers one after the other; a short run ends unevenly). The speedup of 2 worker
 ratio of steady throughputs (target ≥ 1.7× on 2 cores). Every configuration runs ``--repeats``
 times in ABBA order (a drift in the load of a shared machine falls on all alike) and the means are
 reported. The Ray path's cost against the local path is reported
-per trial in the steady state (difference of seconds per trial at 1 worker) and once per run
+per trial in the steady state (difference of seconds per trial at 1 worker; the Tune path against both
+the local and the Ray paths alike) and once per run
 (worker start-up: from launching the workers to the first trial's start, against a local worker
 process's: interpreter, imports, task), then amortised over the run's trials (target: Ray adds ≤ 0.5 s per trial).
 
@@ -74,7 +79,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     load_before = _uptime()
-    configs = [(backend, workers) for backend in ("local", "ray") for workers in (1, 2)]
+    configs = [(backend, workers) for backend in ("local", "ray", "tune") for workers in (1, 2)]
     order = [c for k in range(args.repeats) for c in (configs if k % 2 == 0 else configs[::-1])]  # ABBA: drifts in
     # the machine's load (other jobs) fall on every configuration alike
     with tempfile.TemporaryDirectory(prefix="slimtune-scaling-") as tmp:
@@ -83,7 +88,7 @@ def main() -> None:
             name = f"{backend}-{workers}"
             url = f"sqlite:///{tmp}/{name}-{k}.db"
             print(f"{name}: {args.trials} trials ...", flush=True)
-            run = (_local if backend == "local" else _ray)(url, workers, args, Path(tmp))
+            run = {"local": _local, "ray": _ray, "tune": _tune}[backend](url, workers, args, Path(tmp))
             done.setdefault(name, []).append(run)
             print(f"  {run['trials_per_min']:.1f} trials/min ({run['steady_trials_per_min']:.1f} steady), wall {run['wall_s']:.1f} s", flush=True)
         _stop_ray()
@@ -157,6 +162,30 @@ def _ray(url: str, workers: int, args: argparse.Namespace, tmp: Path) -> dict[st
     return {"setup_s": setup, "ray_init_s": init_s, "wall_s": wall, "worker_startup_s": out.pop("first_start") - t_wall, **out}
 
 
+def _tune(url: str, workers: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    import ray
+
+    from slimtune.tune import tuner
+
+    init_s = 0.0
+    if not ray.is_initialized():
+        t = time.perf_counter()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=str(tmp / "ray"))
+        init_s = time.perf_counter() - t
+    setup = _init_study(url, args)
+    task = _task(args.finetune_epochs)
+    t = time.perf_counter()
+    t_wall = time.time()
+    built = tuner(task, strategy=args.strategy, n_trials=args.trials, storage=url, study_name=STUDY, progress=False,
+                  max_concurrent_trials=workers, storage_path=str(tmp / f"tune-{time.time_ns()}"))  # fmt: skip
+    results = built.fit()
+    wall = time.perf_counter() - t
+    if results.errors:
+        raise SystemExit(f"a Tune trial failed: {results.errors[0]}")
+    out = _throughput(url)
+    return {"setup_s": setup, "ray_init_s": init_s, "wall_s": wall, "worker_startup_s": out.pop("first_start") - t_wall, **out}
+
+
 def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs of one configuration: each number averaged, the runs themselves kept."""
     out: dict[str, Any] = {k: statistics.fmean(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, (int, float))}
@@ -192,6 +221,10 @@ def _throughput(url: str) -> dict[str, Any]:
     # each worker's own rate between its first trial's start and its last trial's end, summed: the
     # steady state, without the minutes' tails where one worker starts (or finishes) before the other
     per_worker = sum(60 * len(spans) / (max(b for _, b in spans) - min(a for a, _ in spans)) for spans in by_pid.values())
+    # the same without each worker's first trial (from its end on): a worker's start-up (a Tune actor's start
+    # and the study's preparation in it fall inside its first trial) left out
+    after_first = sum(60 * (len(spans) - 1) / (spans[-1][1] - spans[0][1]) for spans in by_pid.values() if len(spans) > 1)
+    first_extra = statistics.fmean(spans[0][1] - spans[0][0] for spans in by_pid.values()) - statistics.median(durations)
     return {
         "trials": len(trials),
         "span_s": span,
@@ -202,6 +235,8 @@ def _throughput(url: str) -> dict[str, Any]:
         "median_finetune_evaluate_s": statistics.median(x.get("finetune", 0.0) + x.get("evaluate", 0.0) for x in inside),
         "workers_seen": len(by_pid),
         "steady_trials_per_min": per_worker,
+        "after_first_trials_per_min": after_first,
+        "first_trial_extra_s": first_extra,
         "start_stagger_s": firsts[-1] - firsts[0],
         "end_stagger_s": lasts[-1] - lasts[0],
         "first_start": min(starts),
@@ -224,6 +259,10 @@ def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace, before: str
     steady = 60 / by["ray-1"]["trials_per_min"] - 60 / by["local-1"]["trials_per_min"]
     startup_extra = by["ray-1"]["worker_startup_s"] - by["local-1"]["worker_startup_s"]
     amortised = steady + max(0.0, by["ray-1"]["worker_startup_s"]) / args.trials
+    tune_speedup = by["tune-2"]["steady_trials_per_min"] / by["tune-1"]["steady_trials_per_min"]
+    tune_vs_local = 60 / by["tune-1"]["after_first_trials_per_min"] - 60 / by["local-1"]["after_first_trials_per_min"]
+    tune_vs_ray = 60 / by["tune-1"]["after_first_trials_per_min"] - 60 / by["ray-1"]["after_first_trials_per_min"]
+    tune_in_trial = by["tune-1"]["median_trial_s"] - by["local-1"]["median_trial_s"]
     return {
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
         "load_before": before,
@@ -240,6 +279,15 @@ def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace, before: str
         "ray_startup_vs_local_process_s": startup_extra,
         "ray_overhead_s_per_trial_amortised": amortised,
         "ray_init_s": by["ray-1"].get("ray_init_s", 0.0),
+        "speedup_tune": tune_speedup,
+        "speedup_tune_span": by["tune-2"]["trials_per_min"] / by["tune-1"]["trials_per_min"],
+        "tune_overhead_s_per_trial_vs_local": tune_vs_local,
+        "tune_overhead_s_per_trial_vs_ray": tune_vs_ray,
+        "tune_median_trial_extra_s": tune_in_trial,
+        "tune_worker_startup_s": by["tune-1"]["worker_startup_s"],
+        "tune_first_trial_extra_s": by["tune-1"]["first_trial_extra_s"],
+        "ray_first_trial_extra_s": by["ray-1"]["first_trial_extra_s"],
+        "tune_wall_s_vs_ray_1": by["tune-1"]["wall_s"] - by["ray-1"]["wall_s"],
         "targets": {"speedup": 1.7, "ray_overhead_s_per_trial": 0.5},
     }
 
@@ -247,7 +295,7 @@ def _summarise(runs: list[dict[str, Any]], args: argparse.Namespace, before: str
 def _markdown(r: dict[str, Any]) -> str:
     s = r["settings"]
     lines = [
-        "# Scaling: trials per minute with 1 and 2 workers, local processes and Ray (digits CNN)",
+        "# Scaling: trials per minute with 1 and 2 workers, local processes, Ray and Ray Tune (digits CNN)",
         "",
         f"{r['machine']}; torch {r['versions']['torch']}, optuna {r['versions']['optuna']}, ray {r['versions']['ray']}; "
         f"{s['trials']} trials per configuration, {s['finetune_epochs']} fine-tune epochs per trial, strategy {s['strategy']}, "
@@ -255,14 +303,16 @@ def _markdown(r: dict[str, Any]) -> str:
         f"Load (`uptime`) before: `{r['load_before']}`; after: `{r['load_after']}` (other jobs on the machine lower the speedups).",
         "",
         "| configuration | trials/min, steady | trials/min, whole span | trials at once (mean) | median trial (s) "
-        "| median gap between a worker's trials (s) | workers' first trials apart (s) | worker start-up (s) | wall (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| median gap between a worker's trials (s) | workers' first trials apart (s) | worker start-up (s) | wall (s) "
+        "| trials/min after each worker's first trial | first trial's extra (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in r["runs"]:
         lines.append(
             f"| {run['backend']} ×{run['workers']} | {run['steady_trials_per_min']:.1f} | {run['trials_per_min']:.1f} | "
             f"{run['parallelism']:.2f} | {run['median_trial_s']:.2f} | {run['median_gap_s']:.3f} | {run['start_stagger_s']:.2f} | "
-            f"{run['worker_startup_s']:.1f} | {run['wall_s']:.1f} |"
+            f"{run['worker_startup_s']:.1f} | {run['wall_s']:.1f} | {run['after_first_trials_per_min']:.1f} | "
+            f"{run['first_trial_extra_s']:.2f} |"
         )
     ok = lambda v, target: "pass" if v >= target else "FAIL"  # noqa: E731
     lines += [
@@ -280,6 +330,15 @@ def _markdown(r: dict[str, Any]) -> str:
         f"against a local worker process's own start-up), i.e. {r['ray_overhead_s_per_trial_amortised']:.2f} s per trial "
         f"over {s['trials']} trials (target ≤ 0.5 s: "
         f"{'pass' if r['ray_overhead_s_per_trial_amortised'] <= 0.5 else 'FAIL'}). `ray.init` itself: {r['ray_init_s']:.1f} s, once per driver.",
+        f"- Ray Tune path (`slimtune.tune.tuner`, Tune actors reused), 1 worker: {r['tune_overhead_s_per_trial_vs_local']:+.3f} s "
+        f"per trial against the local path and {r['tune_overhead_s_per_trial_vs_ray']:+.3f} s against the Ray path (seconds per "
+        "trial after the worker's first trial); the first trial of a Tune actor takes "
+        f"{r['tune_first_trial_extra_s']:.1f} s more than the median trial (actor start, imports, the study prepared in it; a Ray "
+        f"worker's: {r['ray_first_trial_extra_s']:.1f} s, its actor started before); its median trial is {r['tune_median_trial_extra_s']:+.3f} s longer "
+        "than a local one (a Tune trial's span starts when the searcher asks for it: Tune's scheduling round trip, the "
+        "reports' round trips, the telling in the worker); whole run "
+        f"{r['tune_wall_s_vs_ray_1']:+.1f} s against the Ray backend's (Tune's controller start, trial actor start). With 2 "
+        f"workers: {r['speedup_tune']:.2f}× steady ({r['speedup_tune_span']:.2f}× over the whole span).",
         "- *Trials at once* is the sum of trial durations over the span: near the number of workers when no worker waits "
         "(for the storage, the sampler or the other worker); with fewer free cores than workers the trials themselves slow "
         "down (median trial) and the speedup falls below it.",

@@ -98,6 +98,9 @@ class Trial:
     OVER_BUDGET = "over_budget"
     #: set by a strategy on the trial after which it has nothing more to propose
     STRATEGY_FINISHED = "strategy_finished"
+    #: a trial run under Ray Tune: its run and Tune trial (``experiment``, ``run``, ``trial_id``) and, when
+    #: Tune's scheduler stopped it (PRUNED), ``stopped_by``, ``iteration`` and the last ``finetune_metric``
+    TUNE = "tune"
 
 
 class SensitivityCache:

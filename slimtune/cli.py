@@ -3,7 +3,7 @@
 .. code-block:: text
 
     slimtune run SPEC [--n-trials N] [--timeout S] [--storage URL] [--study NAME]
-                      [--backend local|ray] [--ray-address HOST:PORT] [--max-concurrent-trials N]
+                      [--backend local|ray|tune] [--ray-address HOST:PORT] [--max-concurrent-trials N]
     slimtune worker SPEC [same options]       join a running study as one more worker process
     slimtune status [SPEC | --storage URL]    the studies of a storage
     slimtune pareto SPEC | --storage URL --study NAME [--format table|csv|json] [--out FILE]
@@ -246,8 +246,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", metavar="NAME", help="override the spec's study name")
     parser.add_argument(
         "--backend",
-        choices=("local", "ray"),
-        help="override the spec's backend: trials in this process or on Ray workers",
+        choices=("local", "ray", "tune"),
+        help="override the spec's backend: trials in this process, on Ray workers or as Ray Tune trials",
     )
     parser.add_argument(
         "--ray-address",
@@ -264,7 +264,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-trials",
         type=_positive_int,
         metavar="N",
-        help="Ray backend: trials at once, one Ray worker each (default: as many as the cluster holds)",
+        help="Ray and Tune backends: trials at once, one Ray worker each (default: as many as the cluster holds)",
     )
 
 
@@ -772,6 +772,15 @@ def _load_run_spec(args: argparse.Namespace) -> Spec:
 
         from slimtune.trials.config import RayOptions
 
+        if spec.backend == "tune":  # the same two options of the Tune backend
+            from slimtune.trials.tune_options import TuneOptions
+
+            merged = {**(spec.tune or {}), **ray}
+            try:
+                TuneOptions.from_dict(merged)
+            except ValueError as exc:
+                raise SlimtuneError(f"{spec.source}: {exc}") from exc
+            return replace(spec, tune=merged, path=spec.path)
         merged = {**(spec.ray or {}), **ray}
         try:
             RayOptions.from_dict(merged)

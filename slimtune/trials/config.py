@@ -29,11 +29,12 @@ from slimtune.errors import ConfigError, SlimtuneError
 from slimtune.search_spaces import SpaceOptions
 from slimtune.trials.cost import check_objectives, check_weights, parse_constraint
 from slimtune.trials.storage import Heartbeat, parse_url
+from slimtune.trials.tune_options import TuneOptions
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "ray", "tune")
 SAVE_MODELS = ("all", "none")
 #: the longest study name (it names folders, URLs and log lines)
 MAX_STUDY_NAME = 200
@@ -60,8 +61,9 @@ class SearchConfig:
         save_models: ``"all"`` saves every completed trial's model, ``"none"`` none.
         join: Join an existing study as an extra worker (error if it does not exist).
         progress: Progress bar and per-trial log lines.
-        backend: ``"local"`` or ``"ray"``.
+        backend: ``"local"``, ``"ray"`` or ``"tune"`` (:mod:`slimtune.tune`).
         ray: :class:`RayOptions` (or a dict of them) for ``backend="ray"``.
+        tune: :class:`~slimtune.trials.tune_options.TuneOptions` (or a dict of them) for ``backend="tune"``.
         heartbeat: Heartbeat settings of the workers (default from ``SLIMTUNE_HEARTBEAT_INTERVAL``
             and ``SLIMTUNE_GRACE_PERIOD``).
         device: Where this process runs its trials (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``);
@@ -89,6 +91,7 @@ class SearchConfig:
     progress: bool = True
     backend: str = "local"
     ray: RayOptions | Mapping[str, Any] | None = None
+    tune: TuneOptions | Mapping[str, Any] | None = None
     heartbeat: Heartbeat = field(default_factory=Heartbeat.from_env)
     device: str | None = None
     measure_batch: int | None = None
@@ -124,6 +127,13 @@ class SearchConfig:
             raise ConfigError("Ray options are given but backend is 'local': pass backend='ray'", field="ray")
         if self.backend == "ray":
             set_(self, "ray", RayOptions.from_value(self.ray))
+        if self.tune is not None and self.backend != "tune":
+            raise ConfigError(
+                f"Tune options are given but backend is {self.backend!r}: pass backend='tune'",
+                field="tune",
+            )
+        if self.backend == "tune":
+            set_(self, "tune", TuneOptions.from_value(self.tune))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"expected an integer, got {self.seed!r}", field="seed")
         if self.device is not None:
@@ -166,6 +176,7 @@ class SearchConfig:
             "progress": self.progress,
             "backend": self.backend,
             "ray": self.ray.to_dict() if isinstance(self.ray, RayOptions) else None,
+            "tune": self.tune.to_dict() if isinstance(self.tune, TuneOptions) else None,
             "device": self.device,
             "measure_batch": self.measure_batch,
             "latency": self.latency.to_dict(),

@@ -31,6 +31,7 @@ from slimtune.trials.config import RayOptions, SearchConfig
 from slimtune.trials.driver import counts, drive, worker_identity
 from slimtune.trials.ray_backend import check_storage, ray_driver_config, run_on_ray
 from slimtune.trials.study import prepare
+from slimtune.trials.tune_backend import run_on_tune, tune_driver_config
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -61,6 +62,7 @@ def search(
     device: str | None = None,
     measure_batch: int | None = None,
     latency: Any = None,
+    tune_options: Mapping[str, Any] | None = None,
     **strategy_params: Any,
 ) -> optuna.Study:
     """Search for compressed versions of ``task.model``; returns the Optuna study.
@@ -91,6 +93,8 @@ def search(
             one per concurrent trial, writing to the same storage).
         ray: Options of the Ray backend (:class:`~slimtune.trials.config.RayOptions` or a dict of
             ``address``, ``max_concurrent_trials``, ``resources_per_trial``, ``max_retries``).
+        tune_options: Options of ``backend="tune"`` (trials run as Ray Tune trials: :mod:`slimtune.tune`), a
+            :class:`~slimtune.trials.tune_options.TuneOptions` or a dict (``scheduler``, ``callbacks`` ...).
         device: Where the trials run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); None: the
             task's ``device``. On Ray, each worker uses the GPU Ray assigned to it
             (``ray={"resources_per_trial": {"cpu": 4, "gpu": 1}}``).
@@ -120,6 +124,7 @@ def search(
         progress=progress,
         backend=backend,
         ray=ray,
+        tune=tune_options,
         device=device,
         measure_batch=measure_batch,
         latency=latency,
@@ -133,6 +138,8 @@ def run(task: Task, config: SearchConfig) -> optuna.Study:
     if config.backend == "ray":
         check_storage(config.storage)  # before any work
         driver_config = ray_driver_config(task, config)
+    elif config.backend == "tune":
+        driver_config = tune_driver_config(task, config)
     prepared = prepare(task, driver_config)
     study = prepared.study
     if config.n_trials is not None and not config.join:
@@ -147,6 +154,8 @@ def run(task: Task, config: SearchConfig) -> optuna.Study:
             return study
     if config.backend == "ray":
         run_on_ray(task, dataclasses.replace(prepared, config=config))
+    elif config.backend == "tune":
+        run_on_tune(task, dataclasses.replace(prepared, config=config))
     else:
         drive(
             study,

@@ -27,8 +27,9 @@ Fields (only ``study`` and ``task`` are required, plus a budget: ``n_trials`` an
     timeout: 600                        # seconds (optional, alone or with n_trials)
     seed: 0
     save_models: all                    # "all" (every trial's model is kept) or "none"
-    backend: local                      # "local" (trials in this process) or "ray"
+    backend: local                      # "local" (trials in this process), "ray" or "tune" (Ray Tune trials)
     ray: {address: 127.0.0.1:6379, max_concurrent_trials: 4, resources_per_trial: {cpu: 1}}  # backend: ray only
+    tune: {scheduler: asha, max_concurrent_trials: 2, callbacks: [csv, tensorboard]}  # backend: tune only
     device: auto                        # where trials run: auto (a CUDA GPU when there is one), cpu, cuda, cuda:N, mps
     measure_batch: 64                   # batch size of the latency and memory measures (default 32 CPU, 64 GPU)
     latency: {runtime: onnxruntime, batch: 1, threads: 1}  # where latency is measured: torch (default), compile,
@@ -113,8 +114,10 @@ FIELDS: dict[str, str] = {
     "timeout": "seconds to search",
     "seed": "random seed (default 0)",
     "save_models": "'all' (keep every trial's model) or 'none'",
-    "backend": "'local' (trials run in this process) or 'ray' (trials run on Ray workers)",
+    "backend": "'local' (trials run in this process), 'ray' (trials run on Ray workers) or 'tune' (Ray Tune trials)",
     "ray": "Ray options (backend: ray): address, max_concurrent_trials, resources_per_trial, max_retries",
+    "tune": "Ray Tune options (backend: tune): scheduler, callbacks, max_concurrent_trials, resources_per_trial, "
+    "max_failures, address, storage_path, name, reuse_actors",
     "compressor": "a compressor name (oneshot, agp, admm, lottery, slimming) or a mapping with 'name' and "
     "its parameters",
     "finetune": "fine-tune settings over the task's (epochs or steps, optimizer, lr, schedule, seed, kd, amp ...)",
@@ -150,7 +153,7 @@ SPACE_FIELDS: dict[str, str] = {
     "rank_energy": "the seed keeps this fraction of each layer's singular-value energy (default 0.95)",
 }
 
-_BACKENDS = ("local", "ray")
+_BACKENDS = ("local", "ray", "tune")
 _SAVE_MODELS = ("all", "none")
 # keyword arguments of ``search`` that a strategy parameter must not shadow
 _SEARCH_ARGS = (
@@ -170,6 +173,7 @@ _SEARCH_ARGS = (
     "weights",
     "backend",
     "ray",
+    "tune_options",
     "device",
     "measure_batch",
     "latency",
@@ -198,8 +202,9 @@ class Spec:
         timeout: Seconds to search (``None``: until ``n_trials``).
         seed: Random seed.
         save_models: ``"all"`` or ``"none"``.
-        backend: ``"local"`` or ``"ray"``.
+        backend: ``"local"``, ``"ray"`` or ``"tune"``.
         ray: Options of the Ray backend (:data:`slimtune.trials.ray_backend.RAY_FIELDS`), or ``None``.
+        tune: Options of the Ray Tune backend (:data:`slimtune.trials.tune_options.TUNE_FIELDS`), or ``None``.
         device: Where the trials run (overrides the task's ``device``), or ``None``.
         measure_batch: Batch size of the latency and memory measures, or ``None`` (32 CPU, 64 GPU).
         latency: Where latency is measured (``{"runtime", "batch", "threads"}``), or ``None`` (eager, 1 thread).
@@ -226,6 +231,7 @@ class Spec:
     device: str | None = None
     measure_batch: int | None = None
     latency: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None
     path: Path | None = field(default=None, compare=False)
 
     # ---------------------------------------------------------------------------------------------
@@ -309,6 +315,8 @@ class Spec:
             out["measure_batch"] = self.measure_batch
         if self.latency is not None:
             out["latency"] = dict(self.latency)
+        if self.tune is not None:
+            out["tune"] = dict(self.tune)
         return out
 
     def to_yaml(self) -> str:
@@ -338,6 +346,7 @@ class Spec:
             "save_models": self.save_models,
             "backend": self.backend,
             **({"ray": dict(self.ray or {})} if self.backend == "ray" else {}),
+            **({"tune_options": dict(self.tune or {})} if self.backend == "tune" else {}),
             **({"device": self.device} if self.device is not None else {}),
             **({"measure_batch": self.measure_batch} if self.measure_batch is not None else {}),
             **({"latency": dict(self.latency)} if self.latency is not None else {}),
@@ -357,7 +366,10 @@ class Spec:
         from slimtune.trials.config import SearchConfig
 
         kwargs = self.search_kwargs()
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in SearchConfig.__dataclass_fields__}
+        # "tune" is a strategy parameter here (admm's tune: [rho]); the spec's Tune options are tune_options
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in SearchConfig.__dataclass_fields__ and k != "tune"}
+        if "tune_options" in kwargs:
+            fields["tune"] = kwargs.pop("tune_options")
         return SearchConfig(
             **{**fields, "constraints": fields.get("constraints") or (), "strategy_params": kwargs, **changes}
         )
@@ -531,6 +543,7 @@ class _Validator:
         if measure_batch is not None:
             measure_batch = self.integer(measure_batch, "measure_batch", minimum=1)
         latency = self.latency(data.get("latency"))
+        tune = self.tune(data.get("tune"))
         return Spec(
             study=study,
             task=task,
@@ -552,6 +565,7 @@ class _Validator:
             device=device,
             measure_batch=measure_batch,
             latency=latency,
+            tune=tune,
         )
 
     # -- fields ---------------------------------------------------------------------------------
@@ -625,6 +639,19 @@ class _Validator:
             RayOptions.from_dict(data)
         except SlimtuneError as exc:
             self.owner_error(exc, "ray")
+        return data
+
+    def tune(self, value: Any) -> dict[str, Any] | None:
+        from slimtune.trials.tune_options import TUNE_FIELDS, TuneOptions
+
+        if value is None:
+            return None
+        data = self.mapping(value, "tune")
+        self.unknown_keys(data, TUNE_FIELDS, prefix="tune.")
+        try:  # the Tune options check their own fields
+            TuneOptions.from_dict(data)
+        except SlimtuneError as exc:
+            self.owner_error(exc, "tune")
         return data
 
     def storage(self, value: Any) -> str | None:

@@ -75,11 +75,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# one token per test process: Ray caches the first token it reads, so a second local Ray started in the same
+# process (another test module's local_ray) must use the same one
+_TOKEN = secrets.token_hex(32)
+
+
 def ray_env(single_node: bool) -> dict[str, str]:
-    """Environment for a test's Ray: token authentication with a fresh token kept in the
+    """Environment for a test's Ray: token authentication with a fresh token (one per process) kept in the
     environment (Ray 2.59+ turns token auth on; the token never touches ``~/.ray``), and for a
     single-node session Ray's loopback-only mode (node IP and every server on 127.0.0.1)."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _TOKEN, "RAY_USAGE_STATS_ENABLED": "0"}
     if single_node:
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's switch for "this node only": binds 127.0.0.1
     return env

@@ -337,7 +337,7 @@ def test_ray_workers_and_a_local_worker_share_a_postgresql_study(local_ray: Any,
 def test_errors_name_what_is_wrong(local_ray: Any, tmp_path: Path) -> None:
     task = slow_task(sleep=0.0)
     kw: dict[str, Any] = dict(strategy="random", n_trials=2, space={"sensitivity": False}, progress=False, save_models="none")
-    with pytest.raises(ValueError, match="backend: must be one of local, ray, got 'dask'"):
+    with pytest.raises(ValueError, match="backend: must be one of local, ray, tune, got 'dask'"):
         slimtune.search(task, storage="memory", backend="dask", **kw)
     with pytest.raises(ValueError, match="ray: Ray options are given but backend is 'local'"):
         slimtune.search(task, storage="memory", ray={"max_concurrent_trials": 2}, **kw)
