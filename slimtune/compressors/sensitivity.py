@@ -337,18 +337,7 @@ def min_safe_ranks(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
         >>> min_safe_ranks(t, 0.02)
         {'a': 0.5, 'b': 0.75}
     """
-    out: dict[str, float] = {}
-    for name, rows in table.groupby("layer", sort=False):
-        best = 1.0
-        for ratio, drop in zip(
-            rows.sort_values("rank_ratio", ascending=False)["rank_ratio"],
-            rows.sort_values("rank_ratio", ascending=False)["drop"],
-        ):
-            if not drop <= tolerance:
-                break
-            best = float(ratio)
-        out[str(name)] = best
-    return out
+    return _safe_scan(table, "layer", "rank_ratio", tolerance, ascending=False, default=1.0, cast=float)
 
 
 def max_safe_level(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
@@ -357,15 +346,7 @@ def max_safe_level(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
     Levels are read in increasing order and the scan stops at the first level over the tolerance,
     so a noisy recovery at a higher level does not count.
     """
-    out: dict[str, float] = {}
-    for name, rows in table.sort_values("level").groupby("group", sort=False):
-        best = 0.0
-        for level, drop in zip(rows["level"], rows["drop"]):
-            if drop > tolerance:
-                break
-            best = float(level)
-        out[str(name)] = best
-    return out
+    return _safe_scan(table, "group", "level", tolerance, ascending=True, default=0.0, cast=float)
 
 
 def min_safe_bits(table: pd.DataFrame, tolerance: float) -> dict[str, int]:
@@ -382,14 +363,22 @@ def min_safe_bits(table: pd.DataFrame, tolerance: float) -> dict[str, int]:
         >>> min_safe_bits(t, 0.02)
         {'a': 4, 'b': 8}
     """
-    out: dict[str, int] = {}
-    for name, rows in table.groupby("layer", sort=False):
-        rows = rows.sort_values("bits_w", ascending=False)
-        best = 32
-        for bits, drop in zip(rows["bits_w"], rows["drop"]):
+    return _safe_scan(table, "layer", "bits_w", tolerance, ascending=False, default=32, cast=int)
+
+
+def _safe_scan(
+    table: pd.DataFrame, name_col: str, value_col: str, tolerance: float, ascending: bool, default: Any, cast: type
+) -> dict[str, Any]:
+    """Per ``name_col``, the last ``value_col`` (scanned in that order) before the first drop over ``tolerance``
+    (``default`` when the first one is already over it)."""
+    out: dict[str, Any] = {}
+    for name, rows in table.groupby(name_col, sort=False):
+        rows = rows.sort_values(value_col, ascending=ascending)
+        best = default
+        for value, drop in zip(rows[value_col], rows["drop"]):
             if drop > tolerance:
                 break
-            best = int(bits)
+            best = cast(value)
         out[str(name)] = best
     return out
 

@@ -569,6 +569,13 @@ class LatencyTable:
                 runtime_point(e.spec, cin, cout, self.latency, device, self.batch_size)(self.batch_size)
                 for (_, cin, cout), e in todo.items()
             ]
+        for ((_, cin, cout), e), ms in zip(todo.items(), self._time_points(fns, device)):
+            e.exact[f"{cin},{cout}"] = ms
+        return len(todo)
+
+    def _time_points(self, fns: list[Callable[[], Any]], device: torch.device) -> list[float]:
+        """Standalone ms of each call, measured like the grid (the table's settings, interleaved), less the
+        runtime's per-call cost."""
         st = self.settings
         with compile_limits(self.runtime), measurement_context([], self.threads, device):
             samples = time_interleaved(
@@ -582,9 +589,7 @@ class LatencyTable:
                 device=device,
             )
         stat = statistic(st.quantile)
-        for ((_, cin, cout), e), s in zip(todo.items(), samples):
-            e.exact[f"{cin},{cout}"] = stat(s) if self.runtime == "torch" else max(0.0, stat(s) - self.call_ms)
-        return len(todo)
+        return [stat(s) if self.runtime == "torch" else max(0.0, stat(s) - self.call_ms) for s in samples]
 
     def _factored(self, plan: Any, counts: Mapping[str, tuple[int, int]]) -> dict[str, tuple[str, FactorSpec, float]]:
         """``{layer: (exact key, its FactorSpec, factors' MACs / the layer's)}`` for the plan's factorized layers
@@ -625,21 +630,8 @@ class LatencyTable:
             x = e.spec.input(self.batch_size, cin, device)
             timed = layer if self.runtime == "torch" else runtime_model(layer, x, self.latency)[0]
             fns.append(bind(timed, x))
-        st = self.settings
-        with compile_limits(self.runtime), measurement_context([], self.threads, device):
-            samples = time_interleaved(
-                fns,
-                max(1, st.warmup // 2),
-                st.repeats,
-                st.min_time_s,
-                burst=st.burst,
-                burst_warmup=1,
-                clock=st.clock,
-                device=device,
-            )
-        stat = statistic(st.quantile)
-        for ((_, fkey), (e, _)), s in zip(todo.items(), samples):
-            e.exact[fkey] = stat(s) if self.runtime == "torch" else max(0.0, stat(s) - self.call_ms)
+        for ((_, fkey), (e, _)), ms in zip(todo.items(), self._time_points(fns, device)):
+            e.exact[fkey] = ms
         return len(todo)
 
     # ------------------------------------------------------------------------------------- devices

@@ -85,7 +85,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from slimtune.compressors.quantization.pt2e import PT2EInt8Model, export_pt2e, pt2e_available
+from slimtune.compressors.quantization.pt2e import PT2EInt8Model, export_pt2e, fixed_range_observer, pt2e_available
 from slimtune.devices import model_device, move
 from slimtune.errors import ArgumentError, ArgumentTypeError, QuantExportError
 
@@ -417,23 +417,10 @@ def _clip_learned_inputs(quantized: torch.fx.GraphModule, ranges: dict[str, tupl
 
 
 def _fixed_range_observer(like: Any, lo: float, hi: float) -> nn.Module:
-    """A min/max observer with ``like``'s dtype and quantization range, fixed at ``[lo, hi]``, that
-    clips its input there."""
+    """torch.ao's min/max observer fixed at ``[lo, hi]`` (see :func:`.pt2e.fixed_range_observer`)."""
     from torch.ao.quantization.observer import MinMaxObserver
 
-    class FixedRangeObserver(MinMaxObserver):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.clamp(x, float(self.min_val), float(self.max_val))
-
-    fixed = FixedRangeObserver(
-        dtype=like.dtype,
-        qscheme=like.qscheme,
-        reduce_range=like.reduce_range,
-        quant_min=like.quant_min,
-        quant_max=like.quant_max,
-    )
-    MinMaxObserver.forward(fixed, torch.tensor([lo, hi], device="cpu"))
-    return fixed
+    return fixed_range_observer(MinMaxObserver, like, lo, hi)
 
 
 def _learned_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:

@@ -44,7 +44,7 @@ from torch import nn
 
 from slimtune.errors import QuantExportError
 
-__all__ = ["PT2EInt8Model", "export_pt2e", "pt2e_available"]
+__all__ = ["PT2EInt8Model", "export_pt2e", "fixed_range_observer", "pt2e_available"]
 
 
 def pt2e_available() -> bool:
@@ -99,6 +99,25 @@ def _layer_of(node: torch.fx.Node) -> str | None:
     return str(path).removeprefix("L['self'].") if isinstance(path, str) else None
 
 
+def fixed_range_observer(base: type, like: Any, lo: float, hi: float) -> nn.Module:
+    """A min/max observer (a subclass of ``base``: torch.ao's or torchao's ``MinMaxObserver``) with ``like``'s
+    dtype and quantization range, fixed at ``[lo, hi]``, that clips its input there."""
+
+    class FixedRangeObserver(base):  # type: ignore[misc,valid-type]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.clamp(x, float(self.min_val), float(self.max_val))
+
+    fixed = FixedRangeObserver(
+        dtype=like.dtype,
+        qscheme=like.qscheme,
+        reduce_range=like.reduce_range,
+        quant_min=like.quant_min,
+        quant_max=like.quant_max,
+    )
+    base.forward(fixed, torch.tensor([lo, hi], device="cpu"))
+    return fixed
+
+
 def _keep_learned_ranges(prepared: torch.fx.GraphModule, ranges: Mapping[str, tuple[float, float]]) -> None:
     """Fix the observer of each listed layer's input at the layer's range, before calibration.
 
@@ -120,20 +139,7 @@ def _keep_learned_ranges(prepared: torch.fx.GraphModule, ranges: Mapping[str, tu
         chosen = {ranges[layer] for user in node.users if (layer := _layer_of(user)) in ranges}
         if len(chosen) != 1:
             continue
-        lo, hi = chosen.pop()
-
-        class FixedRangeObserver(MinMaxObserver):
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return torch.clamp(x, float(self.min_val), float(self.max_val))
-
-        fixed = FixedRangeObserver(
-            dtype=observer.dtype,
-            qscheme=observer.qscheme,
-            reduce_range=observer.reduce_range,
-            quant_min=observer.quant_min,
-            quant_max=observer.quant_max,
-        )
-        MinMaxObserver.forward(fixed, torch.tensor([lo, hi], device="cpu"))
+        fixed = fixed_range_observer(MinMaxObserver, observer, *chosen.pop())
         setattr(prepared, str(node.target), fixed)
 
 
