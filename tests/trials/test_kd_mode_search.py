@@ -20,7 +20,7 @@ from slimtune.trials import search
 from slimtune.trials.objective import with_finetune_params
 from slimtune.trials.spec import Spec
 
-distill = importlib.import_module("slimtune.compressors.training.distill")
+kd_modes = importlib.import_module("slimtune.compressors.training.kd_modes")
 MODES = ["none", "offline", "online", "born_again", "self"]
 
 
@@ -78,13 +78,13 @@ def test_bad_modes_name_the_option(value, problem):
 
 def test_trials_finetune_with_the_mode_they_drew(tmp_path: Path, monkeypatch):
     drawn = []
-    original = distill.make_distiller
+    original = kd_modes.make_distiller
 
     def spy(student, teacher, config, loss_fn, total):
         drawn.append(config.kd.mode)
         return original(student, teacher, config, loss_fn, total)
 
-    monkeypatch.setattr(distill, "make_distiller", spy)
+    monkeypatch.setattr(kd_modes, "make_distiller", spy)
     spec = Spec.from_yaml(f"""
 study: kd-modes
 storage: sqlite:///{tmp_path / 's.db'}
