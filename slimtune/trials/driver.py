@@ -138,11 +138,14 @@ class Budgeted:
             me = next((t for t in trials if t.number == trial.number), None)
             if me is not None and optuna_internals.retried_from(me) is not None:
                 return self._run(trial)  # a retry of a dead worker's trial: always run
-            retried = {optuna_internals.retried_from(t) for t in trials} - {None}
-            # every trial numbered before this one uses budget (finished, running or queued),
-            # unless it was retried (its copy counts) or was itself over budget
+            # every trial numbered before this one uses budget (finished, running or queued), unless it
+            # was itself over budget; a dead worker's trial keeps its place, and its copy (numbered later,
+            # always run) is counted through it: so a new trial started while a dead trial waits to be
+            # retried cannot take that trial's place, and the budget is not overrun once the copy runs
             ahead = sum(
-                1 for t in trials if t.number < trial.number and t.number not in retried and not attrs.over_budget(t)
+                1
+                for t in trials
+                if t.number < trial.number and optuna_internals.retried_from(t) is None and not attrs.over_budget(t)
             )
             if ahead >= self.n_trials:
                 trial.set_user_attr(attrs.Trial.OVER_BUDGET, True)

@@ -624,3 +624,35 @@ def test_search_over_bit_widths_on_digits(tmp_path: Path) -> None:
         no_data.calibration = None
         search(no_data, strategy="random", n_trials=1, storage=sqlite(tmp_path), study_name="nodata",
                space={"sensitivity": False, "bits_a": [8]}, progress=False)
+
+
+def test_a_dead_workers_trial_keeps_its_place_in_the_budget() -> None:
+    """Trials 0 and 1 finished, trial 2's worker died (failed, its copy queued with a later number): with a
+    budget of 3, a new trial asked before the copy runs is over budget, and the copy itself runs."""
+    from slimtune.optuna_internals import _RETRIED_FROM  # noqa: PLC2701 - the attribute Optuna's retry writes
+    from slimtune.trials.driver import Budgeted
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    ran: list[int] = []
+
+    class Objective:
+        def __call__(self, trial: optuna.trial.Trial) -> float:
+            ran.append(trial.number)
+            return 0.0
+
+    budgeted = Budgeted(Objective(), n_trials=3)  # type: ignore[arg-type]
+    for _ in range(2):
+        study.optimize(budgeted, n_trials=1)
+    dead = study.ask()  # trial 2: its worker dies
+    study.tell(dead, state=TrialState.FAIL)
+
+    def asked_before_the_copy(trial: optuna.trial.Trial) -> float:  # trial 3
+        copy = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={_RETRIED_FROM: dead.number})
+        study.add_trial(copy)  # trial 4: trial 2's copy, queued while trial 3 runs
+        return budgeted(trial)
+
+    study.optimize(asked_before_the_copy, n_trials=1)
+    new = study.trials[3]
+    assert new.state == TrialState.PRUNED and new.user_attrs["over_budget"] is True
+    study.optimize(budgeted, n_trials=1)  # runs the queued copy
+    assert ran == [0, 1, 4]
