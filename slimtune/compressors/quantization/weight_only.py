@@ -53,7 +53,7 @@ speed use :func:`~slimtune.compressors.quantization.export_int8` (int8 kernels) 
 :func:`~slimtune.compressors.deploy.export_onnx_int8`. The tests bound the errors by :data:`WEIGHT_ONLY_INT8_REL_L2`
 and :data:`WEIGHT_ONLY_INT4_REL_L2`.
 
-Needs ``torchao`` (``pip install "slimtune[quant]"``).
+Needs ``torchao`` (a dependency of slimtune).
 
 Example:
     >>> import torch
@@ -161,7 +161,7 @@ def _quiet_torchao() -> Iterator[None]:
 
 
 def weight_only_available() -> bool:
-    """Whether torchao's ``quantize_`` and weight-only configs can be imported (``pip install "slimtune[quant]"``)."""
+    """Whether torchao's ``quantize_`` and weight-only configs can be imported (torchao is a dependency of slimtune)."""
     try:
         _torchao()
     except QuantExportError:
@@ -175,7 +175,7 @@ def _torchao() -> Any:
             import torchao.quantization as tq
     except Exception as e:
         raise QuantExportError(
-            f"quantize_weight_only needs torchao ({type(e).__name__}: {e}): pip install 'slimtune[quant]'"
+            f"quantize_weight_only needs torchao ({type(e).__name__}: {e}): pip install torchao"
         ) from e
     return tq
 
